@@ -1,0 +1,280 @@
+"""Header fields as they travel: names, unfolded values, and the original bytes.
+
+A proxy forwards most header fields untouched (RFC 3261 §16.6), so a parsed field
+keeps its exact bytes in ``raw`` and :meth:`Headers.to_bytes` writes them back as they
+arrived. Only fields built or edited in code are serialised from ``name`` and
+``value``. Values are ``str`` decoded from UTF-8 with ``surrogateescape``, so any
+byte, valid UTF-8 or not, survives the round trip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+__all__ = [
+    "COMPACT_FORMS",
+    "LIST_HEADERS",
+    "Header",
+    "Headers",
+    "canonical_name",
+    "split_values",
+]
+
+#: Compact forms of header names (RFC 3261 §7.3.3, §20 and the extensions that
+#: define one: RFC 3265, 3515, 3892, 4028, 3841, 4474).
+COMPACT_FORMS: dict[str, str] = {
+    "i": "call-id",
+    "m": "contact",
+    "e": "content-encoding",
+    "l": "content-length",
+    "c": "content-type",
+    "f": "from",
+    "s": "subject",
+    "k": "supported",
+    "t": "to",
+    "v": "via",
+    "o": "event",
+    "u": "allow-events",
+    "r": "refer-to",
+    "b": "referred-by",
+    "x": "session-expires",
+    "a": "accept-contact",
+    "j": "reject-contact",
+    "d": "request-disposition",
+    "y": "identity",
+    "n": "identity-info",
+}
+
+#: Header fields whose grammar is a comma-separated list, so that several fields
+#: of the name equal one field with the values joined by commas (RFC 3261 §7.3.1).
+#: WWW-Authenticate, Authorization and the Proxy-* credentials are left out on
+#: purpose: their values hold commas between auth-params, and §7.3.1 names them as
+#: the exception.
+LIST_HEADERS: frozenset[str] = frozenset(
+    {
+        "via",
+        "contact",
+        "route",
+        "record-route",
+        "path",
+        "service-route",
+        "allow",
+        "supported",
+        "require",
+        "proxy-require",
+        "unsupported",
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "allow-events",
+        "content-encoding",
+        "in-reply-to",
+        "warning",
+        "call-info",
+        "alert-info",
+        "error-info",
+        "history-info",
+        "diversion",
+    }
+)
+
+
+@lru_cache(maxsize=4096)
+def canonical_name(name: str) -> str:
+    """The lowercased long form of a header name: ``"v"`` and ``"VIA"`` give ``"via"``.
+
+    Header names are case-insensitive and a compact form equals its long form
+    (RFC 3261 §7.3.1, §7.3.3).
+    """
+    low = name.lower()
+    return COMPACT_FORMS.get(low, low)
+
+
+def split_values(value: str) -> list[str]:
+    """Split a list-valued header value on its top-level commas (RFC 3261 §7.3.1).
+
+    Commas inside a quoted-string (with its quoted-pairs) or inside ``<...>`` do not
+    split. Each value is stripped of surrounding whitespace; empty values are kept,
+    so that a validator can see and reject them.
+    """
+    if "," not in value:
+        return [value.strip()]
+    values: list[str] = []
+    start = 0
+    quoted = False
+    angle = False
+    i = 0
+    n = len(value)
+    while i < n:
+        ch = value[i]
+        if quoted:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch == "<":
+            angle = True
+        elif ch == ">":
+            angle = False
+        elif ch == "," and not angle:
+            values.append(value[start:i].strip())
+            start = i + 1
+        i += 1
+    values.append(value[start:].strip())
+    return values
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """One header field (RFC 3261 §7.3).
+
+    ``name`` is as written on the wire (``"v"``, ``"Call-Id"``); ``value`` is the
+    unfolded value (each line fold is one SP, surrounding whitespace stripped);
+    ``raw`` is the exact bytes of the whole field as received, folds included and
+    line ends written as CRLF, without the final CRLF; it is ``None`` for fields
+    built in code. Equality ignores ``raw``: a field equals its re-parsed self.
+    """
+
+    name: str
+    value: str
+    raw: bytes | None = field(default=None, compare=False, repr=False)
+    #: ``canonical_name(name)``, computed once because every lookup needs it
+    key: str = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", canonical_name(self.name))
+
+    def to_bytes(self) -> bytes:
+        """The field as it goes on the wire, without the final CRLF."""
+        if self.raw is not None:
+            return self.raw
+        return f"{self.name}: {self.value}".encode("utf-8", "surrogateescape")
+
+
+@dataclass(frozen=True, slots=True)
+class Headers:
+    """The header fields of a message, in order; edits return a new ``Headers``.
+
+    Lookups take any spelling of a name: ``get("i")`` finds ``Call-ID``.
+    """
+
+    fields: tuple[Header, ...] = ()
+
+    @classmethod
+    def of(cls, *pairs: tuple[str, str]) -> Headers:
+        """Build headers from ``(name, value)`` pairs, in order."""
+        return cls(tuple(Header(name, value) for name, value in pairs))
+
+    def __iter__(self) -> Iterator[Header]:
+        return iter(self.fields)
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        key = canonical_name(name)
+        return any(h.key == key for h in self.fields)
+
+    def get(self, name: str) -> str | None:
+        """The value of the first field called ``name``, or ``None``."""
+        key = canonical_name(name)
+        for h in self.fields:
+            if h.key == key:
+                return h.value
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of every field called ``name``, in order.
+
+        Values of list-valued headers (:data:`LIST_HEADERS`) are split on top-level
+        commas (RFC 3261 §7.3.1); other headers give one value per field.
+        """
+        key = canonical_name(name)
+        if key in LIST_HEADERS:
+            values: list[str] = []
+            for h in self.fields:
+                if h.key == key:
+                    values.extend(split_values(h.value))
+            return values
+        return [h.value for h in self.fields if h.key == key]
+
+    def count(self, name: str) -> int:
+        """The number of fields called ``name`` (not of comma-separated values)."""
+        key = canonical_name(name)
+        return sum(1 for h in self.fields if h.key == key)
+
+    def append(self, name: str, value: str) -> Headers:
+        """A copy with the field added at the end."""
+        return Headers((*self.fields, Header(name, value)))
+
+    def prepend(self, name: str, value: str) -> Headers:
+        """A copy with the field as the first of its name.
+
+        It goes where the first field of that name is, or at the very top when there
+        is none, so a proxy's Via or Record-Route ends up topmost (RFC 3261 §16.6).
+        """
+        key = canonical_name(name)
+        new = Header(name, value)
+        for i, h in enumerate(self.fields):
+            if h.key == key:
+                return Headers((*self.fields[:i], new, *self.fields[i:]))
+        return Headers((new, *self.fields))
+
+    def remove(self, name: str) -> Headers:
+        """A copy without any field called ``name``."""
+        key = canonical_name(name)
+        return Headers(tuple(h for h in self.fields if h.key != key))
+
+    def replace(self, name: str, value: str) -> Headers:
+        """A copy with one field ``name: value`` where the first such field was.
+
+        Other fields of the name are removed; with none, the field is appended.
+        """
+        key = canonical_name(name)
+        out: list[Header] = []
+        done = False
+        for h in self.fields:
+            if h.key != key:
+                out.append(h)
+            elif not done:
+                out.append(Header(name, value))
+                done = True
+        if not done:
+            out.append(Header(name, value))
+        return Headers(tuple(out))
+
+    def extend(self, pairs: Iterable[tuple[str, str]]) -> Headers:
+        """A copy with the ``(name, value)`` pairs appended in order."""
+        return Headers((*self.fields, *(Header(name, value) for name, value in pairs)))
+
+    def pop_first_value(self, name: str) -> tuple[str, Headers]:
+        """Remove the first comma-separated value of the first field called ``name``.
+
+        Other values of that field stay in it, in place: this pops the topmost Via
+        of a response (RFC 3261 §16.7 step 3) or Route of a request (§16.4).
+
+        :raises KeyError: when there is no such field.
+        """
+        key = canonical_name(name)
+        for i, h in enumerate(self.fields):
+            if h.key != key:
+                continue
+            values = split_values(h.value)
+            first = values[0]
+            if len(values) == 1:
+                rest: tuple[Header, ...] = ()
+            else:
+                rest = (dataclasses.replace(h, value=", ".join(values[1:]), raw=None),)
+            return first, Headers((*self.fields[:i], *rest, *self.fields[i + 1 :]))
+        raise KeyError(name)
+
+    def to_bytes(self) -> bytes:
+        """The fields joined by CRLF; fields not edited keep their original bytes."""
+        return b"\r\n".join(h.to_bytes() for h in self.fields)

@@ -1,0 +1,289 @@
+"""Requests and responses as values (RFC 3261 §7), with typed views of headers.
+
+A message keeps its header fields as parsed (:class:`Headers`); the typed views
+(``vias``, ``cseq``, ``from_addr``, ...) parse a value each time they are read and
+raise :class:`ParseError`, so a proxy pays only for the headers it looks at.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from sipproxy.sip.errors import ParseError
+from sipproxy.sip.headers import Header, Headers, split_values
+from sipproxy.sip.status import reason_phrase
+from sipproxy.sip.uri import AbsoluteURI, NameAddress, SipURI, parse_uri
+from sipproxy.sip.via import Via
+
+__all__ = [
+    "MAX_CSEQ",
+    "CSeq",
+    "Request",
+    "Response",
+    "parse_digits",
+    "response_from_headers",
+]
+
+#: CSeq numbers are 32-bit unsigned (RFC 3261 §8.1.1.5).
+MAX_CSEQ = 2**32 - 1
+
+# CSeq = 1*DIGIT LWS Method
+_CSEQ = re.compile(r"([0-9]+)[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)")
+_DIGITS = re.compile(r"[0-9]+")
+_TAG = re.compile(r";[ \t]*tag[ \t]*=", re.IGNORECASE)
+
+
+def parse_digits(text: str, what: str, limit: int) -> int:
+    """Parse ``1*DIGIT`` (leading zeros allowed) no greater than ``limit``.
+
+    Overlong digit strings are rejected before conversion, so no value can make
+    ``int()`` slow or raise (RFC 4475 §3.1.2.4).
+
+    :raises ParseError: on anything but digits, or a value above ``limit``.
+    """
+    text = text.strip(" \t")
+    if not _DIGITS.fullmatch(text):
+        raise ParseError(f"{what} is not a number: {text[:30]!r}")
+    significant = text.lstrip("0")
+    if len(significant) > len(str(limit)) or int(text) > limit:
+        raise ParseError(f"{what} too large: {text[:30]!r}")
+    return int(text)
+
+
+@dataclass(frozen=True, slots=True)
+class CSeq:
+    """The CSeq header value: a sequence number and a method (RFC 3261 §20.16)."""
+
+    number: int
+    method: str
+
+    @classmethod
+    def parse(cls, text: str) -> CSeq:
+        """Parse ``1*DIGIT LWS Method``; the number must be below 2**32.
+
+        :raises ParseError: on bad syntax or an overlarge number.
+        """
+        m = _CSEQ.fullmatch(text.strip(" \t"))
+        if m is None:
+            raise ParseError(f"bad CSeq: {text[:60]!r}")
+        return cls(parse_digits(m[1], "CSeq number", MAX_CSEQ), m[2])
+
+    def __str__(self) -> str:
+        return f"{self.number} {self.method}"
+
+
+class _Message:
+    """Typed views shared by requests and responses."""
+
+    __slots__ = ()
+    headers: Headers
+
+    def _required(self, name: str) -> str:
+        value = self.headers.get(name)
+        if value is None:
+            raise ParseError(f"missing {name}")
+        return value
+
+    @property
+    def vias(self) -> list[Via]:
+        """Every Via value, topmost first (RFC 3261 §20.42)."""
+        return [Via.parse(v) for v in self.headers.get_all("via")]
+
+    @property
+    def top_via(self) -> Via:
+        """The topmost Via value.
+
+        :raises ParseError: when there is none or it does not parse.
+        """
+        value = self._required("via")
+        return Via.parse(_first_value(value))
+
+    @property
+    def cseq(self) -> CSeq:
+        """The CSeq (RFC 3261 §20.16)."""
+        return CSeq.parse(self._required("cseq"))
+
+    @property
+    def call_id(self) -> str:
+        """The Call-ID (RFC 3261 §20.8)."""
+        return self._required("call-id")
+
+    @property
+    def from_addr(self) -> NameAddress:
+        """The From value (RFC 3261 §20.20)."""
+        return NameAddress.parse(self._required("from"))
+
+    @property
+    def to_addr(self) -> NameAddress:
+        """The To value (RFC 3261 §20.39)."""
+        return NameAddress.parse(self._required("to"))
+
+    @property
+    def max_forwards(self) -> int | None:
+        """Max-Forwards (RFC 3261 §20.22): 0..255, or ``None`` when absent."""
+        value = self.headers.get("max-forwards")
+        return None if value is None else parse_digits(value, "Max-Forwards", 255)
+
+    @property
+    def contacts(self) -> list[NameAddress]:
+        """Every Contact value; callers check ``get_all("contact") == ["*"]`` first."""
+        return [NameAddress.parse(v) for v in self.headers.get_all("contact")]
+
+    @property
+    def routes(self) -> list[NameAddress]:
+        """Every Route value, in order (RFC 3261 §20.34)."""
+        return [NameAddress.parse(v) for v in self.headers.get_all("route")]
+
+    @property
+    def record_routes(self) -> list[NameAddress]:
+        """Every Record-Route value, in order (RFC 3261 §20.30)."""
+        return [NameAddress.parse(v) for v in self.headers.get_all("record-route")]
+
+
+def _first_value(value: str) -> str:
+    # Cheaper than splitting every value when only the top one is wanted.
+    if "," not in value:
+        return value
+    return split_values(value)[0]
+
+
+def _head_bytes(start_line: str, headers: Headers) -> bytes:
+    fields = headers.to_bytes()
+    start = start_line.encode("utf-8", "surrogateescape")
+    if fields:
+        return start + b"\r\n" + fields + b"\r\n\r\n"
+    return start + b"\r\n\r\n"
+
+
+def _body_headers(headers: Headers, body: bytes, content_type: str | None) -> Headers:
+    headers = headers.replace("Content-Length", str(len(body)))
+    if content_type is not None:
+        headers = headers.replace("Content-Type", content_type)
+    return headers
+
+
+@dataclass(frozen=True, slots=True)
+class Request(_Message):
+    """A SIP request (RFC 3261 §7.1); ``uri`` is the Request-URI text as received."""
+
+    method: str
+    uri: str
+    headers: Headers
+    body: bytes = b""
+    version: str = "SIP/2.0"
+
+    @property
+    def request_uri(self) -> SipURI | AbsoluteURI:
+        """The Request-URI, parsed (RFC 3261 §7.1, §19)."""
+        return parse_uri(self.uri)
+
+    def to_bytes(self) -> bytes:
+        """The message as it goes on the wire; Content-Length is not invented."""
+        return _head_bytes(f"{self.method} {self.uri} {self.version}", self.headers) + (
+            self.body
+        )
+
+    def with_body(self, body: bytes, content_type: str | None = None) -> Request:
+        """A copy with ``body``, Content-Length set and Content-Type if given."""
+        return replace(
+            self, body=body, headers=_body_headers(self.headers, body, content_type)
+        )
+
+    def response(
+        self,
+        status: int,
+        reason: str | None = None,
+        *,
+        to_tag: str | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> Response:
+        """Build a response to this request (RFC 3261 §8.2.6.2).
+
+        Via (every value, in order), From, To, Call-ID and CSeq are copied as
+        received; ``to_tag`` is added to To when To has no tag; then ``headers``
+        and a Content-Length.
+
+        :raises ParseError: when a field the response needs is missing.
+        """
+        return response_from_headers(
+            self.headers, status, reason, to_tag=to_tag, extra=headers, body=body
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Response(_Message):
+    """A SIP response (RFC 3261 §7.2)."""
+
+    status: int
+    reason: str
+    headers: Headers
+    body: bytes = b""
+    version: str = "SIP/2.0"
+
+    def to_bytes(self) -> bytes:
+        """The message as it goes on the wire; Content-Length is not invented."""
+        line = f"{self.version} {self.status} {self.reason}"
+        return _head_bytes(line, self.headers) + self.body
+
+    def with_body(self, body: bytes, content_type: str | None = None) -> Response:
+        """A copy with ``body``, Content-Length set and Content-Type if given."""
+        return replace(
+            self, body=body, headers=_body_headers(self.headers, body, content_type)
+        )
+
+
+def _has_tag(to: str) -> bool:
+    try:
+        return NameAddress.parse(to).tag is not None
+    except ParseError:
+        # A To that does not parse (RFC 4475 quotbal) still gets its 400; guess.
+        return _TAG.search(to) is not None
+
+
+def response_from_headers(
+    headers: Headers,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    extra: Sequence[tuple[str, str]] = (),
+    body: bytes = b"",
+) -> Response:
+    """Build a response from a request's header fields (RFC 3261 §8.2.6.2).
+
+    Used directly to answer a request that failed to parse, from the fields in
+    :attr:`ParseError.headers`. Every Via field is copied unchanged and in order,
+    then the first From, To (with ``;tag=to_tag`` added if it has none), Call-ID
+    and CSeq, then ``extra``, then Content-Length.
+
+    :raises ParseError: when Via, From, To, Call-ID or CSeq is missing or the top
+        Via does not parse: such a response could not be addressed.
+    """
+    vias: list[Header] = []
+    first: dict[str, Header] = {}
+    for h in headers.fields:
+        if h.key == "via":
+            vias.append(h)
+        elif h.key in ("from", "to", "call-id", "cseq") and h.key not in first:
+            first[h.key] = h
+    if not vias:
+        raise ParseError("cannot answer: no Via")
+    missing = [k for k in ("from", "to", "call-id", "cseq") if k not in first]
+    if missing:
+        raise ParseError(f"cannot answer: no {', '.join(missing)}")
+    Via.parse(_first_value(vias[0].value))
+    to = first["to"]
+    if to_tag is not None and not _has_tag(to.value):
+        to = Header(to.name, f"{to.value};tag={to_tag}")
+    fields = [*vias, first["from"], to, first["call-id"], first["cseq"]]
+    fields += (Header(name, value) for name, value in extra)
+    fields.append(Header("Content-Length", str(len(body))))
+    return Response(
+        status,
+        reason_phrase(status) if reason is None else reason,
+        Headers(tuple(fields)),
+        body,
+    )

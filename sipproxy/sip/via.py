@@ -1,0 +1,110 @@
+"""One Via header value (RFC 3261 §20.42, §18.2.1; RFC 3581; RFC 5118 §4.5)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from sipproxy.sip.errors import ParseError
+from sipproxy.sip.uri import _find_param, _format_params, _with_param, parse_params
+
+__all__ = ["BRANCH_COOKIE", "Via"]
+
+#: The magic cookie that starts every RFC 3261 branch (RFC 3261 §8.1.1.7).
+BRANCH_COOKIE = "z9hG4bK"
+
+# sent-protocol = protocol-name SLASH protocol-version SLASH transport, where
+# SLASH = SWS "/" SWS; then LWS and sent-by = host [ COLON port ].
+_SENT_PROTOCOL = re.compile(
+    r"[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*/[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)"
+    r"[ \t]*/[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t]+"
+)
+_HOST = re.compile(r"\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]|[A-Za-z0-9\-._]+")
+_PORT = re.compile(r"[ \t]*:[ \t]*([0-9]{1,5})")
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    """A via-parm: who sent the request and how to get the response back.
+
+    ``protocol`` is ``"SIP/2.0"`` as written without LWS; ``transport`` is as written
+    (``"UDP"``, ``"tls"``); ``host`` keeps IPv6 brackets; ``params`` keep their names
+    and values as written, ``None`` for a parameter without ``=``.
+    """
+
+    protocol: str
+    transport: str
+    host: str
+    port: int | None
+    params: tuple[tuple[str, str | None], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> Via:
+        """Parse one via-parm; LWS may surround ``/``, ``:``, ``;`` and ``=`` (§25).
+
+        :raises ParseError: when the value is not a via-parm.
+        """
+        m = _SENT_PROTOCOL.match(text)
+        if m is None:
+            raise ParseError(f"bad Via sent-protocol: {text[:60]!r}")
+        protocol = f"{m[1]}/{m[2]}"
+        transport = m[3]
+        h = _HOST.match(text, m.end())
+        if h is None:
+            raise ParseError(f"bad Via sent-by: {text[:60]!r}")
+        host = h.group()
+        i = h.end()
+        port: int | None = None
+        p = _PORT.match(text, i)
+        if p is not None:
+            port = int(p[1])
+            if port > 65535:
+                raise ParseError(f"Via port out of range: {port}")
+            i = p.end()
+        return cls(protocol, transport, host, port, parse_params(text, i))
+
+    def __str__(self) -> str:
+        port = "" if self.port is None else f":{self.port}"
+        params = _format_params(self.params)
+        return f"{self.protocol}/{self.transport} {self.host}{port}{params}"
+
+    def param(self, name: str) -> str | None:
+        """The value of parameter ``name`` (any case); ``""`` if it has none."""
+        item = _find_param(self.params, name)
+        if item is None:
+            return None
+        return "" if item[1] is None else item[1]
+
+    def with_param(self, name: str, value: str | None = None) -> Via:
+        """A copy with parameter ``name`` set (in place if present, else appended)."""
+        return replace(self, params=_with_param(self.params, name, value))
+
+    @property
+    def branch(self) -> str | None:
+        """The transaction identifier (RFC 3261 §8.1.1.7), or ``None``."""
+        return self.param("branch")
+
+    @property
+    def received(self) -> str | None:
+        """The source address a server noted (§18.2.1); IPv6 with or without ``[]``."""
+        return self.param("received")
+
+    @property
+    def rport(self) -> str | None:
+        """RFC 3581 ``rport``: ``None`` absent, ``""`` asked for, else the digits."""
+        return self.param("rport")
+
+    @property
+    def maddr(self) -> str | None:
+        """The ``maddr`` parameter, or ``None``."""
+        return self.param("maddr")
+
+    @property
+    def ttl(self) -> str | None:
+        """The ``ttl`` parameter as written, or ``None``."""
+        return self.param("ttl")
+
+    @property
+    def sent_by(self) -> tuple[str, int | None]:
+        """``(host, port)`` as the sender wrote them (RFC 3261 §18.2.2)."""
+        return self.host, self.port
