@@ -278,7 +278,10 @@ def _unescape_opt(text: str | None) -> str | None:
 
 
 def _param_map(params: tuple[tuple[str, str | None], ...]) -> dict[str, str | None]:
-    return {n.lower(): None if v is None else _unescape(v).lower() for n, v in params}
+    return {
+        _unescape(n).lower(): None if v is None else _unescape(v).lower()
+        for n, v in params
+    }
 
 
 def _header_set(headers: tuple[tuple[str, str], ...]) -> frozenset[tuple[str, str]]:
