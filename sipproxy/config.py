@@ -1,0 +1,306 @@
+"""One validated, immutable settings object from the TOML file and the command line.
+
+Nothing else in sipproxy reads options. The TOML keys are the long command-line
+option names (``domain``, ``listen``, ``location``, ...), so a newcomer learns one
+vocabulary; a value given on the command line replaces the file's value for that key.
+Every problem is a :class:`ConfigError` naming the key, the value and what is wrong,
+raised before anything listens.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: What ``--listen`` defaults to when neither the file nor the command line names one.
+DEFAULT_LISTEN = ("udp:5060", "tcp:5060")
+
+_TRANSPORTS = ("udp", "tcp", "tls")
+_LISTEN_KEYWORDS = {
+    "udp": {"interface"},
+    "tcp": {"interface", "backlog"},
+    "tls": {
+        "interface",
+        "backlog",
+        "privateKey",
+        "certKey",
+        "extraCertChain",
+        "caCerts",
+    },
+}
+# RFC 1034 host names as SIP uses them (RFC 3261 §25.1 hostname), for --domain.
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?\Z"
+)
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the key and the value."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenSpec:
+    r"""One listening address, from a Twisted-style endpoint string.
+
+    ``udp:5060``, ``tcp:5060:interface=127.0.0.1``, ``tcp:5060:interface=\\:\\:1``
+    (Twisted's escaping) or ``interface=[::1]``, and
+    ``tls:5061:privateKey=key.pem:certKey=cert.pem``.
+    """
+
+    transport: str
+    port: int
+    interface: str = ""
+    options: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> ListenSpec:
+        """Parse an endpoint string; raise ConfigError naming what is wrong."""
+        parts = _split_endpoint(text)
+        kind = parts[0].lower()
+        if kind not in _TRANSPORTS:
+            raise ConfigError(
+                f"listen {text!r}: unknown transport {parts[0]!r} "
+                f"(use {', '.join(_TRANSPORTS)})"
+            )
+        positional = [p for p in parts[1:] if "=" not in p]
+        keywords = [p.split("=", 1) for p in parts[1:] if "=" in p]
+        if len(positional) != 1:
+            raise ConfigError(
+                f"listen {text!r}: give exactly one port, e.g. {kind}:5060"
+            )
+        port = _port(positional[0], f"listen {text!r}")
+        interface = ""
+        options: list[tuple[str, str]] = []
+        for key, value in keywords:
+            if key not in _LISTEN_KEYWORDS[kind]:
+                allowed = ", ".join(sorted(_LISTEN_KEYWORDS[kind]))
+                raise ConfigError(
+                    f"listen {text!r}: unknown option {key!r} for {kind} "
+                    f"(allowed: {allowed})"
+                )
+            if key == "interface":
+                interface = value.removeprefix("[").removesuffix("]")
+                try:
+                    ipaddress.ip_address(interface)
+                except ValueError:
+                    raise ConfigError(
+                        f"listen {text!r}: interface {value!r} is not an IP address"
+                    ) from None
+            else:
+                options.append((key, value))
+        if kind == "tls":
+            given = {key for key, _ in options}
+            if "privateKey" not in given:
+                raise ConfigError(f"listen {text!r}: tls needs privateKey=FILE")
+        return cls(kind, port, interface, tuple(options))
+
+    @property
+    def reliable(self) -> bool:
+        """Stream transports deliver in order and need no retransmission (§17.1.1)."""
+        return self.transport != "udp"
+
+    def option(self, name: str) -> str | None:
+        """The value of a keyword option such as ``certKey``."""
+        for key, value in self.options:
+            if key == name:
+                return value
+        return None
+
+    def __str__(self) -> str:
+        host = self.interface.replace(":", "\\:")
+        text = f"{self.transport}:{self.port}"
+        if self.interface:
+            text += f":interface={host}"
+        for key, value in self.options:
+            text += f":{key}={value}"
+        return text
+
+
+def _split_endpoint(text: str) -> list[str]:
+    """Split on ``:`` except after a backslash or inside ``[...]``."""
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
+    chars = iter(text)
+    for char in chars:
+        if char == "\\":
+            current.append(next(chars, ""))
+        elif char == "[":
+            depth += 1
+            current.append(char)
+        elif char == "]":
+            depth -= 1
+            current.append(char)
+        elif char == ":" and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def _port(text: str, where: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise ConfigError(f"{where}: port {text!r} is not a number from 0 to 65535")
+    return int(text)
+
+
+def _host_port(text: str, default_port: int, where: str) -> tuple[str, int]:
+    """``127.0.0.1``, ``127.0.0.1:5353``, ``[::1]:5353`` or ``::1``."""
+    host, port = text, default_port
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ConfigError(f"{where}: {text!r} is not HOST[:PORT]")
+            port = _port(rest[1:], where)
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        port = _port(port_text, where)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{where}: {host!r} is not an IP address") from None
+    return host, port
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Every setting of one server process."""
+
+    domains: tuple[str, ...] = ("localhost",)
+    listen: tuple[ListenSpec, ...] = field(
+        default_factory=lambda: tuple(ListenSpec.parse(s) for s in DEFAULT_LISTEN)
+    )
+    #: host names or addresses that also mean "this server" in a Request-URI
+    aliases: tuple[str, ...] = ()
+    location: str = "memory:"
+    users: str | None = None
+    admin: str | None = None
+    #: DNS servers for every lookup the server makes; empty: the system's resolv.conf
+    dns: tuple[tuple[str, int], ...] = ()
+    log_format: str = "text"
+    max_message_size: int = 65536
+    #: a TCP/TLS connection with no traffic (not even a CRLF keepalive) is closed
+    tcp_idle_timeout: float = 600.0
+
+
+# key -> (kind, accepted as list); kinds validated in _coerce.
+_KEYS: dict[str, str] = {
+    "domain": "hosts",
+    "listen": "listen",
+    "alias": "hosts",
+    "location": "location",
+    "users": "path",
+    "admin": "str",
+    "dns": "dns",
+    "log-format": "log-format",
+    "max-message-size": "size",
+    "tcp-idle-timeout": "seconds",
+}
+
+
+def read_toml(path: str) -> dict[str, Any]:
+    """Read a TOML file; a missing or broken file is a ConfigError naming it."""
+    try:
+        with Path(path).open("rb") as file:
+            return tomllib.load(file)
+    except OSError as error:
+        raise ConfigError(f"config {path!r}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config {path!r}: {error}") from None
+
+
+def build_config(
+    file_values: Mapping[str, Any], cli_values: Mapping[str, Any]
+) -> Config:
+    """Merge the file's values with the command line's (which win) and validate.
+
+    :raises ConfigError: for an unknown key or a value that cannot be used.
+    """
+    for key in file_values:
+        if key not in _KEYS:
+            known = ", ".join(sorted(_KEYS))
+            raise ConfigError(f"config: unknown key {key!r} (known keys: {known})")
+    merged = {**file_values, **{k: v for k, v in cli_values.items() if v}}
+    settings: dict[str, Any] = {}
+    for key, value in merged.items():
+        settings[key.replace("-", "_")] = _coerce(key, value)
+    if "domain" in settings:
+        settings["domains"] = settings.pop("domain")
+    if "alias" in settings:
+        settings["aliases"] = settings.pop("alias")
+    return Config(**settings)
+
+
+def _as_list(key: str, value: Any) -> list[Any]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ConfigError(f"{key} = {value!r}: expected a string or a list of strings")
+
+
+def _coerce(key: str, value: Any) -> Any:
+    kind = _KEYS[key]
+    if kind == "hosts":
+        hosts = _as_list(key, value)
+        for host in hosts:
+            if not _is_host(host):
+                raise ConfigError(f"{key} = {host!r}: not a host name or IP address")
+        if key == "domain" and not hosts:
+            raise ConfigError("domain: at least one domain is needed")
+        return tuple(host.lower() for host in hosts)
+    if kind == "listen":
+        specs = tuple(ListenSpec.parse(text) for text in _as_list(key, value))
+        if not specs:
+            raise ConfigError("listen: at least one listening address is needed")
+        return specs
+    if kind == "dns":
+        return tuple(
+            _host_port(text, 53, f"dns {text!r}") for text in _as_list(key, value)
+        )
+    if kind in ("str", "path", "location"):
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key} = {value!r}: expected a non-empty string")
+        if kind == "location" and not value.startswith(
+            ("memory:", "sqlite:", "redis://")
+        ):
+            raise ConfigError(
+                f"location = {value!r}: use memory:, sqlite:PATH or redis://HOST:PORT/DB"
+            )
+        return value
+    if kind == "log-format":
+        if value not in ("text", "json"):
+            raise ConfigError(f"log-format = {value!r}: use text or json")
+        return value
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value) if kind == "seconds" else int(value)
+        except ValueError:
+            raise ConfigError(f"{key} = {value!r}: not a number") from None
+    if isinstance(number, bool) or not isinstance(number, int | float) or number <= 0:
+        raise ConfigError(f"{key} = {value!r}: expected a positive number")
+    if kind == "size":
+        if int(number) != number or not 1024 <= number <= 1 << 20:
+            raise ConfigError(
+                f"{key} = {value!r}: expected a whole number of bytes, 1024 to 1048576"
+            )
+        return int(number)
+    return float(number)
+
+
+def _is_host(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return bool(_HOSTNAME.match(text))
+    return True

@@ -1,0 +1,1 @@
+"""The proxy core (RFC 3261 §16): validation, routing decisions, forwarding."""

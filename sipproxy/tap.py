@@ -1,0 +1,215 @@
+"""``twistd sipproxy``: the command-line options and the one place layers are wired."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python import usage
+from typing_extensions import override
+
+from sipproxy import __version__
+from sipproxy.config import Config, ConfigError, ListenSpec, build_config, read_toml
+from sipproxy.proxy.core import Proxy
+from sipproxy.transport.stream import SIPStreamFactory
+from sipproxy.transport.udp import SIPDatagramProtocol
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class Options(usage.Options):
+    """Options of ``twistd sipproxy``; each may also be a key in the --config file."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "A SIP proxy, registrar and call router (RFC 3261). Every option can also be "
+        "given as a key of the same name in the TOML file named by --config; the "
+        "command line wins."
+    )
+    optParameters: Any = [
+        ["config", "c", None, "TOML file with any of these options as keys."],
+        [
+            "log-format",
+            None,
+            None,
+            "Log line format: text (default) or json.",
+        ],
+        [
+            "max-message-size",
+            None,
+            None,
+            "Largest SIP message accepted, in bytes (default 65536).",
+        ],
+        [
+            "tcp-idle-timeout",
+            None,
+            None,
+            "Seconds after which a silent TCP connection is closed (default 600).",
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        for key in ("domain", "listen", "alias", "dns"):
+            self[key] = []
+        self.config: Config | None = None
+
+    def opt_domain(self, value: str) -> None:
+        """SIP domain this server is responsible for (repeatable; default localhost)."""
+        self["domain"].append(value)
+
+    def opt_listen(self, value: str) -> None:
+        r"""Where to listen: udp:5060, tcp:5060:interface=127.0.0.1, ...
+
+        Twisted endpoint strings; IPv6 as interface=\:\:1 or interface=[::1].
+        Repeatable; default udp:5060 and tcp:5060.
+        """
+        self["listen"].append(value)
+
+    def opt_alias(self, value: str) -> None:
+        """Another host name or address that means this server (repeatable)."""
+        self["alias"].append(value)
+
+    def opt_dns(self, value: str) -> None:
+        """DNS server for every lookup, IP[:PORT] (repeatable; default resolv.conf)."""
+        self["dns"].append(value)
+
+    opt_d = opt_domain
+    opt_l = opt_listen
+
+    def opt_version(self) -> None:
+        """Print the version and exit."""
+        print(f"sipproxy {__version__}")
+        sys.exit(0)
+
+    @override
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        # twistd would print its whole usage text before our error; one line
+        # naming the problem is what an operator needs.
+        try:
+            super().parseOptions(options)  # type: ignore[no-untyped-call]
+        except usage.UsageError as error:
+            raise SystemExit(f"sipproxy: error: {error}") from None
+
+    @override
+    def postOptions(self) -> None:
+        cli = {
+            key: self[key]
+            for key in (
+                "domain",
+                "listen",
+                "alias",
+                "dns",
+                "log-format",
+                "max-message-size",
+                "tcp-idle-timeout",
+            )
+        }
+        try:
+            file_values = read_toml(self["config"]) if self["config"] else {}
+            self.config = build_config(file_values, cli)
+        except ConfigError as error:
+            raise usage.UsageError(str(error)) from None
+
+
+class SIPServerService(MultiService):
+    """Listens on every configured address and hands messages to the core."""
+
+    log = Logger()
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.config = config
+        self._reactor = reactor
+        self.ports: list[tuple[ListenSpec, IListeningPort]] = []
+        hosts = {*config.domains, *config.aliases}
+        hosts.update(spec.interface for spec in config.listen if spec.interface)
+        if any(not spec.interface for spec in config.listen):
+            hosts.update(_LOOPBACK)
+        self.proxy = Proxy(
+            local_hosts=hosts,
+            local_ports={spec.port for spec in config.listen},
+            secret=os.urandom(16),
+        )
+        self.stream_factories: dict[str, SIPStreamFactory] = {}
+
+    @override
+    def privilegedStartService(self) -> None:
+        # Bind here so that a port below 1024 works before twistd drops privileges.
+        for spec in self.config.listen:
+            try:
+                self.ports.append((spec, self._listen(spec)))
+            except CannotListenError as error:
+                # One line for the operator, not a traceback; nothing half-runs.
+                for _, port in self.ports:
+                    port.stopListening()
+                raise SystemExit(
+                    f"sipproxy: error: cannot listen on {spec}: {error.socketError}"
+                ) from None
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+
+    def _listen(self, spec: ListenSpec) -> IListeningPort:
+        if spec.transport == "udp":
+            protocol = SIPDatagramProtocol(self.proxy, self.config.max_message_size)
+            port: IListeningPort = self._reactor.listenUDP(
+                spec.port, protocol, interface=spec.interface, maxPacketSize=65535
+            )
+            return port
+        if spec.transport == "tls":
+            raise ConfigError(f"listen {spec}: TLS is not available yet")
+        factory = self.stream_factories.setdefault(
+            spec.transport,
+            SIPStreamFactory(
+                self.proxy,
+                self._reactor,
+                transport_name=spec.transport,
+                idle_timeout=self.config.tcp_idle_timeout,
+                max_message_size=self.config.max_message_size,
+            ),
+        )
+        port = self._reactor.listenTCP(spec.port, factory, interface=spec.interface)
+        return port
+
+    @override
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        where = ", ".join(
+            f"{spec.transport} {_hostport(port)}" for spec, port in self.ports
+        )
+        self.log.info(
+            "sipproxy {version} serving {domains} on {where}",
+            version=__version__,
+            domains=", ".join(self.config.domains),
+            where=where,
+        )
+
+    @override
+    def stopService(self) -> Any:
+        for _, port in self.ports:
+            port.stopListening()
+        for factory in self.stream_factories.values():
+            for connection in list(factory.connections.values()):
+                connection.transport.loseConnection()  # type: ignore[union-attr]
+        self.ports.clear()
+        return super().stopService()  # type: ignore[no-untyped-call]
+
+
+def _hostport(port: IListeningPort) -> str:
+    address = port.getHost()
+    host = getattr(address, "host", "")
+    host = f"[{host}]" if ":" in host else host or "*"
+    return f"{host}:{getattr(address, 'port', '?')}"
+
+
+def makeService(options: Options) -> IService:
+    """Build the service twistd runs, from parsed options."""
+    from twisted.internet import reactor
+
+    assert options.config is not None  # set by postOptions
+    return SIPServerService(options.config, reactor)

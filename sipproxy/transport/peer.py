@@ -1,0 +1,111 @@
+"""Who sent a message, over what, and where its responses go (RFC 3261 §18.2).
+
+Pure functions over values: the Twisted protocols in this package call them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Protocol
+
+from sipproxy.sip.errors import ParseError
+from sipproxy.sip.headers import Headers
+from sipproxy.sip.via import Via
+
+#: RFC 3261 §19.1.2: the port when a sent-by names none.
+DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """The far end of a message as the socket saw it."""
+
+    transport: str  # "udp" | "tcp" | "tls"
+    host: str
+    port: int
+
+    @property
+    def reliable(self) -> bool:
+        """Stream transports neither lose nor reorder (RFC 3261 §17.1.1.2)."""
+        return self.transport != "udp"
+
+
+class Channel(Protocol):
+    """Where a message came in and where its answers go out.
+
+    A UDP socket sends to any address; a TCP or TLS connection only to its peer,
+    so it ignores ``peer``.
+    """
+
+    @property
+    def local(self) -> Peer:
+        """Our own address on this channel (transport, host, port)."""
+
+    def send(self, data: bytes, peer: Peer) -> None:
+        """Write one whole message."""
+
+
+class MessageReceiver(Protocol):
+    """The layer above the transports: it gets every parsed message."""
+
+    def message_received(self, message: object, peer: Peer, channel: Channel) -> None:
+        """A parsed Request or Response arrived from ``peer`` on ``channel``."""
+
+    def message_invalid(self, error: Exception, peer: Peer, channel: Channel) -> None:
+        """Bytes from ``peer`` did not parse (``error`` is a ParseError)."""
+
+
+def _same_address(a: str, b: str) -> bool:
+    try:
+        return ipaddress.ip_address(a.strip("[]")) == ipaddress.ip_address(
+            b.strip("[]")
+        )
+    except ValueError:
+        return False
+
+
+def stamp_received(headers: Headers, peer: Peer) -> Headers:
+    """Add ``received`` and fill ``rport`` in the top Via (RFC 3261 §18.2.1, RFC 3581).
+
+    "When the server transport receives a request over any transport, it MUST
+    examine the value of the "sent-by" parameter in the top Via header field value.
+    If the host portion of the "sent-by" parameter contains a domain name, or if it
+    contains an IP address that differs from the packet source address, the server
+    MUST add a "received" parameter to that Via header field value."
+
+    RFC 3581 §4: with an empty ``rport`` the server also sets it to the source port,
+    and then always adds ``received``.
+    """
+    if "via" not in headers:
+        raise ParseError("no Via header field")
+    value, rest = headers.pop_first_value("via")
+    via = Via.parse(value)
+    changed = via
+    rport = via.rport
+    if rport == "":
+        changed = changed.with_param("rport", str(peer.port))
+    # A received the sender wrote itself is never trusted: responses go to it.
+    stale = via.received is not None and not _same_address(via.received, peer.host)
+    if rport == "" or stale or not _same_address(via.host, peer.host):
+        changed = changed.with_param("received", peer.host)
+    if changed is via:
+        return headers
+    return rest.prepend("Via", str(changed))
+
+
+def response_destination(via: Via, peer: Peer) -> Peer:
+    """Where a response to a request with top Via ``via`` goes (RFC 3261 §18.2.2).
+
+    Stream transports answer on the request's connection (the caller does that);
+    this gives the address for a datagram, or for a new connection when the old one
+    is gone. Deliberate choice: a Via ``maddr`` is not honoured. Sending to an
+    address the request names rather than the one it came from turns the server
+    into a reflector for spoofed requests; multicast SIP is not in use. The source
+    address (``received``) is used instead.
+    """
+    host = (via.received or via.host).strip("[]")
+    if via.rport:  # RFC 3581 §4: back to the source port
+        return Peer(peer.transport, host, int(via.rport))
+    port = via.port or DEFAULT_PORTS.get(peer.transport, 5060)
+    return Peer(peer.transport, host, port)

@@ -1,0 +1,196 @@
+"""Real servers on loopback sockets, and the outside tools the tests drive."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+def require_tool(name: str) -> str:
+    """The path of an outside tool; skip without it, but fail under CI=true."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (make system-deps installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (loopback only)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
+def options_request(
+    target: str,
+    *,
+    transport: str = "UDP",
+    sent_by: str = "127.0.0.1:9",
+    call_id: str = "probe",
+) -> bytes:
+    """An OPTIONS request to ``target`` (e.g. ``sip:example.test``)."""
+    return (
+        f"OPTIONS {target} SIP/2.0\r\n"
+        f"Via: SIP/2.0/{transport} {sent_by};branch=z9hG4bK{call_id};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        "From: <sip:probe@example.test>;tag=probe\r\n"
+        f"To: <{target}>\r\n"
+        f"Call-ID: {call_id}\r\n"
+        "CSeq: 1 OPTIONS\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def udp_exchange(
+    data: bytes, port: int, *, host: str = "127.0.0.1", timeout: float = 2.0
+) -> bytes | None:
+    """Send one datagram from a fresh socket; the first answer, or None."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(data, (host, port))
+        try:
+            return sock.recv(65536)
+        except TimeoutError:
+            return None
+
+
+def tcp_exchange(
+    data: bytes, port: int, *, host: str = "127.0.0.1", timeout: float = 2.0
+) -> bytes:
+    """Send on a fresh TCP connection; what arrives until a full response or close."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect((host, port))
+        sock.sendall(data)
+        return read_response(sock)
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """Read one response (headers + Content-Length body) or until close/timeout."""
+    buffer = b""
+    while True:
+        head, sep, rest = buffer.partition(b"\r\n\r\n")
+        if sep:
+            length = 0
+            for line in head.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() in (b"content-length", b"l"):
+                    length = int(value.strip())
+            if len(rest) >= length:
+                return buffer
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            return buffer
+        if not chunk:
+            return buffer
+        buffer += chunk
+
+
+def status_of(response: bytes | None) -> int | None:
+    """The status code of a raw response, or None."""
+    if not response:
+        return None
+    parts = response.split(b" ", 2)
+    return int(parts[1]) if parts[0] == b"SIP/2.0" and parts[1].isdigit() else None
+
+
+@dataclass
+class RunningServer:
+    """A `twistd -n sipproxy` child process."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def wait_for_options(port: int, deadline: float = 20.0) -> None:
+    """Poll over UDP until the server answers OPTIONS (bounded in time)."""
+    until = time.monotonic() + deadline
+    while time.monotonic() < until:
+        if status_of(udp_exchange(options_request("sip:127.0.0.1"), port, timeout=0.2)):
+            return
+    raise TimeoutError(f"server on port {port} did not answer OPTIONS in {deadline}s")
+
+
+def start_twistd(args: list[str], port: int, log: Path) -> RunningServer:
+    """Start ``twistd -n sipproxy ARGS`` and wait until it answers on ``port``."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", "sipproxy", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+    server = RunningServer(process, port, log)
+    try:
+        wait_for_options(port)
+    except TimeoutError:
+        stop(process)
+        raise AssertionError(f"server did not start:\n{server.log_text()}") from None
+    return server
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop a child (and its group) with SIGTERM, then SIGKILL after 10 s."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RunningServer]:
+    """Sipproxy for example.test on 127.0.0.1, UDP and TCP on one free port."""
+    port = free_port()
+    running = start_twistd(
+        [
+            "--domain",
+            "example.test",
+            "--listen",
+            f"udp:{port}:interface=127.0.0.1",
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+        ],
+        port,
+        tmp_path / "twistd.log",
+    )
+    yield running
+    stop(running.process)
+    # twistd re-raises the SIGTERM it handled after a clean shutdown.
+    assert running.process.returncode in (0, -15), running.log_text()
+    assert "Traceback" not in running.log_text(), running.log_text()

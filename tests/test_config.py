@@ -1,0 +1,129 @@
+"""Options and the TOML file become one validated Config, or one clear error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sipproxy.config import (
+    Config,
+    ConfigError,
+    ListenSpec,
+    build_config,
+    read_toml,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("udp:5060", ListenSpec("udp", 5060)),
+        ("tcp:5060:interface=127.0.0.1", ListenSpec("tcp", 5060, "127.0.0.1")),
+        ("UDP:0", ListenSpec("udp", 0)),
+        (r"udp:5060:interface=\:\:1", ListenSpec("udp", 5060, "::1")),
+        ("tcp:5062:interface=[::1]", ListenSpec("tcp", 5062, "::1")),
+        (
+            "tls:5061:privateKey=key.pem:certKey=cert.pem",
+            ListenSpec(
+                "tls", 5061, "", (("privateKey", "key.pem"), ("certKey", "cert.pem"))
+            ),
+        ),
+    ],
+)
+def test_listen_specs_parse(text: str, expected: ListenSpec) -> None:
+    """Twisted-style endpoint strings, IPv4 and IPv6 interfaces."""
+    assert ListenSpec.parse(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("sctp:5060", "unknown transport 'sctp'"),
+        ("udp", "exactly one port"),
+        ("udp:5060:6000", "exactly one port"),
+        ("udp:70000", "port '70000'"),
+        ("udp:http", "port 'http'"),
+        ("udp:5060:interface=example.com", "not an IP address"),
+        ("udp:5060:backlog=5", "unknown option 'backlog'"),
+        ("tls:5061:certKey=c.pem", "privateKey"),
+    ],
+)
+def test_bad_listen_specs_name_the_problem(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        ListenSpec.parse(text)
+    assert text in str(info.value)
+
+
+def test_listen_spec_round_trips_through_str() -> None:
+    for text in (
+        "udp:5060",
+        "tcp:5060:interface=127.0.0.1",
+        r"udp:5060:interface=\:\:1",
+    ):
+        spec = ListenSpec.parse(text)
+        assert ListenSpec.parse(str(spec)) == spec
+
+
+def test_defaults_listen_on_udp_and_tcp_5060() -> None:
+    config = build_config({}, {})
+    assert [(s.transport, s.port) for s in config.listen] == [
+        ("udp", 5060),
+        ("tcp", 5060),
+    ]
+    assert config == Config()
+
+
+def test_command_line_wins_over_file() -> None:
+    config = build_config(
+        {"domain": ["file.test"], "listen": "udp:5070", "tcp-idle-timeout": 30},
+        {"domain": ["cli.test", "Other.Test"], "listen": [], "dns": ["127.0.0.1:5353"]},
+    )
+    assert config.domains == ("cli.test", "other.test")
+    assert config.listen == (ListenSpec("udp", 5070),)
+    assert config.tcp_idle_timeout == 30.0
+    assert config.dns == (("127.0.0.1", 5353),)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"domian": ["x"]}, "unknown key 'domian'"),
+        ({"domain": "bad domain"}, "domain = 'bad domain'"),
+        ({"domain": 5}, "expected a string or a list"),
+        ({"domain": []}, "at least one domain"),
+        ({"dns": ["example.com"]}, "not an IP address"),
+        ({"dns": ["[::1]:99999"]}, "port '99999'"),
+        ({"tcp-idle-timeout": -1}, "positive number"),
+        ({"tcp-idle-timeout": "soon"}, "not a number"),
+        ({"max-message-size": 10}, "1024 to 1048576"),
+        ({"log-format": "xml"}, "text or json"),
+    ],
+)
+def test_bad_values_name_key_and_value(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config(values, {})
+
+
+def test_dns_accepts_ipv6_with_and_without_port() -> None:
+    config = build_config({"dns": ["::1", "[::1]:5353", "127.0.0.1"]}, {})
+    assert config.dns == (("::1", 53), ("::1", 5353), ("127.0.0.1", 53))
+
+
+def test_read_toml_errors_name_the_file(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text("domain = [\n")
+    with pytest.raises(ConfigError, match=r"broken\.toml"):
+        read_toml(str(broken))
+    with pytest.raises(ConfigError, match=r"missing\.toml"):
+        read_toml(str(tmp_path / "missing.toml"))
+
+
+def test_shipped_example_configuration_is_valid() -> None:
+    example = Path(__file__).parent.parent / "etc" / "sipproxy.toml"
+    config = build_config(read_toml(str(example)), {})
+    assert config.domains == ("example.test",)
+    assert {(s.transport, s.interface, s.port) for s in config.listen} == {
+        ("udp", "127.0.0.1", 5060),
+        ("tcp", "127.0.0.1", 5060),
+    }

@@ -1,0 +1,103 @@
+"""received/rport stamping (RFC 3261 §18.2.1, RFC 3581) and response addressing."""
+
+from __future__ import annotations
+
+import pytest
+
+from sipproxy.sip.headers import Headers
+from sipproxy.sip.via import Via
+from sipproxy.transport.peer import Peer, response_destination, stamp_received
+
+UDP_PEER = Peer("udp", "192.0.2.7", 40123)
+
+
+def top_via(headers: Headers) -> Via:
+    return Via.parse(headers.get_all("via")[0])
+
+
+def headers_with_via(*values: str) -> Headers:
+    headers = Headers(())
+    for value in values:
+        headers = headers.append("Via", value)
+    return headers.append("Call-ID", "x")
+
+
+def test_same_address_without_rport_is_left_alone() -> None:
+    headers = headers_with_via("SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bKa")
+    assert stamp_received(headers, UDP_PEER) is headers
+
+
+def test_different_address_gets_received() -> None:
+    headers = stamp_received(
+        headers_with_via("SIP/2.0/UDP 10.0.0.5;branch=z9hG4bKa"), UDP_PEER
+    )
+    assert top_via(headers).received == "192.0.2.7"
+
+
+def test_host_name_gets_received() -> None:
+    headers = stamp_received(
+        headers_with_via("SIP/2.0/UDP phone.example.com;branch=z9hG4bKa"), UDP_PEER
+    )
+    assert top_via(headers).received == "192.0.2.7"
+
+
+def test_empty_rport_is_filled_and_received_added() -> None:
+    """RFC 3581 §4: rport gets the source port, and received is always added."""
+    headers = stamp_received(
+        headers_with_via("SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bKa;rport"), UDP_PEER
+    )
+    via = top_via(headers)
+    assert via.rport == "40123"
+    assert via.received == "192.0.2.7"
+    assert response_destination(via, UDP_PEER) == Peer("udp", "192.0.2.7", 40123)
+
+
+def test_forged_received_is_replaced() -> None:
+    """A received the sender wrote itself would let it aim our answers anywhere."""
+    headers = stamp_received(
+        headers_with_via(
+            "SIP/2.0/UDP 192.0.2.7:5060;received=198.51.100.1;branch=z9hG4bKa"
+        ),
+        UDP_PEER,
+    )
+    assert top_via(headers).received == "192.0.2.7"
+
+
+def test_only_the_top_via_changes_and_others_stay_byte_for_byte() -> None:
+    headers = headers_with_via(
+        "SIP/2.0/UDP 10.0.0.5;branch=z9hG4bKa, "
+        "SIP/2.0/TCP  proxy.example.com ;branch=z9hG4bKb",
+        "SIP/2.0/UDP last.example.com;branch=z9hG4bKc",
+    )
+    stamped = stamp_received(headers, UDP_PEER)
+    vias = stamped.get_all("via")
+    assert len(vias) == 3
+    assert vias[1:] == headers.get_all("via")[1:]
+
+
+@pytest.mark.parametrize(
+    ("via", "expected"),
+    [
+        ("SIP/2.0/UDP 10.0.0.5;received=192.0.2.7", Peer("udp", "192.0.2.7", 5060)),
+        (
+            "SIP/2.0/UDP 10.0.0.5:5070;received=192.0.2.7",
+            Peer("udp", "192.0.2.7", 5070),
+        ),
+        ("SIP/2.0/UDP 192.0.2.7:5080", Peer("udp", "192.0.2.7", 5080)),
+        (
+            "SIP/2.0/UDP 10.0.0.5;received=192.0.2.7;rport=999",
+            Peer("udp", "192.0.2.7", 999),
+        ),
+        # maddr is deliberately not honoured: answers go to the source.
+        (
+            "SIP/2.0/UDP 10.0.0.5;maddr=239.1.1.1;received=192.0.2.7",
+            Peer("udp", "192.0.2.7", 5060),
+        ),
+        (
+            "SIP/2.0/UDP [2001:db8::9];received=2001:db8::9",
+            Peer("udp", "2001:db8::9", 5060),
+        ),
+    ],
+)
+def test_response_destination(via: str, expected: Peer) -> None:
+    assert response_destination(Via.parse(via), UDP_PEER) == expected
