@@ -53,6 +53,7 @@ _TOKENS = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+(?:[ \t]+[A-Za-z0-9\-.!%*_+`'~]+)*
 # without brackets (RFC 5118 §4.5), so ":" "[" "]" are allowed.
 _GEN_VALUE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+")
 _WS = " \t"
+_NEEDS_ANGLE = re.compile(r"[;?,]").search
 
 #: URI parameters that make two URIs differ when only one of them has it
 #: (RFC 3261 §19.1.4).
@@ -481,11 +482,13 @@ class NameAddress:
 
     def __str__(self) -> str:
         params = _format_params(self.params)
-        if not self.angle and self.display_name is None:
-            return f"{self.uri}{params}"
+        uri = str(self.uri)
+        # Without <>, a URI holding ";", "?" or "," would lose its meaning (§20).
+        if not self.angle and self.display_name is None and not _NEEDS_ANGLE(uri):
+            return f"{uri}{params}"
         if self.display_name is None:
-            return f"<{self.uri}>{params}"
-        return f"{_quote(self.display_name)} <{self.uri}>{params}"
+            return f"<{uri}>{params}"
+        return f"{_quote(self.display_name)} <{uri}>{params}"
 
     def param(self, name: str) -> str | None:
         """The value of header parameter ``name`` (any case); ``""`` if it has none."""

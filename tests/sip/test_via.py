@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import pytest
+
+from sipproxy.sip.errors import ParseError
+from sipproxy.sip.via import Via
+
+
+@pytest.mark.parametrize(
+    ("text", "transport", "host", "port", "params"),
+    [
+        (
+            "SIP/2.0/UDP pc33.atlanta.com;branch=z9hG4bK776",
+            "UDP",
+            "pc33.atlanta.com",
+            None,
+            (("branch", "z9hG4bK776"),),
+        ),
+        (
+            "SIP  /   2.0 /UDP    192.0.2.2;branch=x",
+            "UDP",
+            "192.0.2.2",
+            None,
+            (("branch", "x"),),
+        ),
+        (
+            "SIP/2.0/TCP h : 5070 ; branch = z9hG4bK1 ; rport",
+            "TCP",
+            "h",
+            5070,
+            (("branch", "z9hG4bK1"), ("rport", None)),
+        ),
+        ("SIP/2.0/TLS [2001:db8::9:1]:6050", "TLS", "[2001:db8::9:1]", 6050, ()),
+        (
+            "SIP/2.0/UDP h;received=[2001:db8::9:255]",
+            "UDP",
+            "h",
+            None,
+            (("received", "[2001:db8::9:255]"),),
+        ),
+        (
+            "SIP/2.0/UDP h;received=2001:db8::9:255;rport=5060",
+            "UDP",
+            "h",
+            None,
+            (("received", "2001:db8::9:255"), ("rport", "5060")),
+        ),
+        ('SIP/2.0/SCTP h;x="a b;c"', "SCTP", "h", None, (("x", '"a b;c"'),)),
+    ],
+)
+def test_via_parses(
+    text: str,
+    transport: str,
+    host: str,
+    port: int | None,
+    params: tuple[tuple[str, str | None], ...],
+) -> None:
+    """via-parm with LWS around "/", ":", ";" and "=" (RFC 3261 §20.42, §25)."""
+    via = Via.parse(text)
+    assert via.protocol == "SIP/2.0"
+    assert (via.transport, via.host, via.port, via.params) == (
+        transport,
+        host,
+        port,
+        params,
+    )
+    assert Via.parse(str(via)) == via
+
+
+def test_via_properties() -> None:
+    """branch, received, rport, maddr, ttl and sent_by read the parameters."""
+    via = Via.parse("SIP/2.0/UDP h:5060;Branch=z9hG4bKx;rport;maddr=239.1.1.1;ttl=16")
+    assert via.branch == "z9hG4bKx"
+    assert via.rport == ""
+    assert via.received is None
+    assert via.maddr == "239.1.1.1"
+    assert via.ttl == "16"
+    assert via.sent_by == ("h", 5060)
+    stamped = via.with_param("received", "192.0.2.1").with_param("rport", "4000")
+    assert stamped.received == "192.0.2.1"
+    assert stamped.rport == "4000"
+    assert str(stamped) == (
+        "SIP/2.0/UDP h:5060;Branch=z9hG4bKx;rport=4000;maddr=239.1.1.1;ttl=16"
+        ";received=192.0.2.1"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "SIP/2.0/UDP",
+        "SIP/2.0 UDP h",
+        "SIP/2.0/UDP 2001:db8::1",
+        "SIP/2.0/UDP h:99999",
+        "SIP/2.0/UDP h;;",
+        "SIP/2.0/UDP h;",
+        "SIP/2.0/UDP h junk",
+        "SIP/2.0/UDP h;branch=",
+        'SIP/2.0/UDP h;x="open',
+    ],
+)
+def test_bad_vias_raise(text: str) -> None:
+    """Broken via-parms raise ParseError (RFC 4475 §3.1.2.1 badinv01)."""
+    with pytest.raises(ParseError):
+        Via.parse(text)
