@@ -10,6 +10,7 @@ byte, valid UTF-8 or not, survives the round trip.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -82,6 +83,9 @@ LIST_HEADERS: frozenset[str] = frozenset(
 )
 
 
+_SPECIAL = re.compile(r'["<>,\\]')
+
+
 @lru_cache(maxsize=4096)
 def canonical_name(name: str) -> str:
     """The lowercased long form of a header name: ``"v"`` and ``"VIA"`` give ``"via"``.
@@ -102,17 +106,22 @@ def split_values(value: str) -> list[str]:
     """
     if "," not in value:
         return [value.strip()]
+    if '"' not in value and "<" not in value:
+        return [v.strip() for v in value.split(",")]
     values: list[str] = []
     start = 0
     quoted = False
     angle = False
-    i = 0
-    n = len(value)
-    while i < n:
+    escaped = -1  # index of the character a backslash escapes
+    # Visit only the characters that matter, not every character.
+    for m in _SPECIAL.finditer(value):
+        i = m.start()
+        if i == escaped:
+            continue
         ch = value[i]
         if quoted:
             if ch == "\\":
-                i += 1
+                escaped = i + 1
             elif ch == '"':
                 quoted = False
         elif ch == '"':
@@ -124,7 +133,6 @@ def split_values(value: str) -> list[str]:
         elif ch == "," and not angle:
             values.append(value[start:i].strip())
             start = i + 1
-        i += 1
     values.append(value[start:].strip())
     return values
 

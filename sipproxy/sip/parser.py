@@ -104,9 +104,13 @@ def _parse_fields(lines: list[bytes]) -> tuple[list[Header], str | None]:
         j = i + 1
         while j < n and lines[j].startswith(_FOLD):
             j += 1
-        group = lines[i:j]
+        group = lines[i:j] if j > i + 1 else None
         i = j
-        if any(len(g) > MAX_LINE_LENGTH or b"\r" in g for g in group):
+        if (
+            len(line) > MAX_LINE_LENGTH
+            or b"\r" in line
+            or (group and any(len(g) > MAX_LINE_LENGTH or b"\r" in g for g in group))
+        ):
             error = error or "header line too long or with a bare CR"
             continue
         colon = line.find(b":")
@@ -114,7 +118,7 @@ def _parse_fields(lines: list[bytes]) -> tuple[list[Header], str | None]:
         if not _TOKEN.fullmatch(name):
             error = error or f"bad header field {line[:40]!r}"
             continue
-        if len(group) == 1:
+        if group is None:
             raw = line
             value = line[colon + 1 :].strip(b" \t")
         else:
