@@ -182,14 +182,17 @@ class Config:
     #: host names or addresses that also mean "this server" in a Request-URI
     aliases: tuple[str, ...] = ()
     location: str = "memory:"
-    users: str | None = None
-    admin: str | None = None
     #: DNS servers for every lookup the server makes; empty: the system's resolv.conf
     dns: tuple[tuple[str, int], ...] = ()
-    log_format: str = "text"
     max_message_size: int = 65536
     #: a TCP/TLS connection with no traffic (not even a CRLF keepalive) is closed
     tcp_idle_timeout: float = 600.0
+    #: registration lifetimes, seconds (RFC 3261 §10.2.1.1, §10.3 step 7)
+    default_expires: int = 3600
+    min_expires: int = 60
+    max_expires: int = 7200
+    #: bindings one AOR may have; beyond it the oldest is evicted
+    max_bindings: int = 10
 
 
 # key -> (kind, accepted as list); kinds validated in _coerce.
@@ -198,12 +201,13 @@ _KEYS: dict[str, str] = {
     "listen": "listen",
     "alias": "hosts",
     "location": "location",
-    "users": "path",
-    "admin": "str",
     "dns": "dns",
-    "log-format": "log-format",
     "max-message-size": "size",
     "tcp-idle-timeout": "seconds",
+    "default-expires": "count",
+    "min-expires": "count",
+    "max-expires": "count",
+    "max-bindings": "count",
 }
 
 
@@ -237,7 +241,13 @@ def build_config(
         settings["domains"] = settings.pop("domain")
     if "alias" in settings:
         settings["aliases"] = settings.pop("alias")
-    return Config(**settings)
+    config = Config(**settings)
+    if not config.min_expires <= config.default_expires <= config.max_expires:
+        raise ConfigError(
+            f"expiry: need min-expires ({config.min_expires}) <= default-expires "
+            f"({config.default_expires}) <= max-expires ({config.max_expires})"
+        )
+    return config
 
 
 def _as_list(key: str, value: Any) -> list[Any]:
@@ -267,19 +277,13 @@ def _coerce(key: str, value: Any) -> Any:
         return tuple(
             _host_port(text, 53, f"dns {text!r}") for text in _as_list(key, value)
         )
-    if kind in ("str", "path", "location"):
+    if kind == "location":
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key} = {value!r}: expected a non-empty string")
-        if kind == "location" and not value.startswith(
-            ("memory:", "sqlite:", "redis://")
-        ):
+        if not value.startswith(("memory:", "sqlite:", "redis://")):
             raise ConfigError(
                 f"location = {value!r}: use memory:, sqlite:PATH or redis://HOST:PORT/DB"
             )
-        return value
-    if kind == "log-format":
-        if value not in ("text", "json"):
-            raise ConfigError(f"log-format = {value!r}: use text or json")
         return value
     number = value
     if isinstance(value, str):
@@ -289,6 +293,10 @@ def _coerce(key: str, value: Any) -> Any:
             raise ConfigError(f"{key} = {value!r}: not a number") from None
     if isinstance(number, bool) or not isinstance(number, int | float) or number <= 0:
         raise ConfigError(f"{key} = {value!r}: expected a positive number")
+    if kind == "count":
+        if int(number) != number:
+            raise ConfigError(f"{key} = {value!r}: expected a whole number")
+        return int(number)
     if kind == "size":
         if int(number) != number or not 1024 <= number <= 1 << 20:
             raise ConfigError(

@@ -35,12 +35,6 @@ class Options(usage.Options):
     optParameters: Any = [
         ["config", "c", None, "TOML file with any of these options as keys."],
         [
-            "log-format",
-            None,
-            None,
-            "Log line format: text (default) or json.",
-        ],
-        [
             "max-message-size",
             None,
             None,
@@ -65,11 +59,7 @@ class Options(usage.Options):
         self["domain"].append(value)
 
     def opt_listen(self, value: str) -> None:
-        r"""Where to listen: udp:5060, tcp:5060:interface=127.0.0.1, ...
-
-        Twisted endpoint strings; IPv6 as interface=\:\:1 or interface=[::1].
-        Repeatable; default udp:5060 and tcp:5060.
-        """
+        """Endpoint to listen on, e.g. tcp:5060:interface=127.0.0.1 (repeatable)."""
         self["listen"].append(value)
 
     def opt_alias(self, value: str) -> None:
@@ -106,7 +96,6 @@ class Options(usage.Options):
                 "listen",
                 "alias",
                 "dns",
-                "log-format",
                 "max-message-size",
                 "tcp-idle-timeout",
             )

@@ -97,7 +97,10 @@ def test_command_line_wins_over_file() -> None:
         ({"tcp-idle-timeout": -1}, "positive number"),
         ({"tcp-idle-timeout": "soon"}, "not a number"),
         ({"max-message-size": 10}, "1024 to 1048576"),
-        ({"log-format": "xml"}, "text or json"),
+        ({"max-bindings": 2.5}, "whole number"),
+        ({"max-bindings": 0}, "positive number"),
+        ({"min-expires": 600, "default-expires": 300}, "min-expires"),
+        ({"location": "mysql://x"}, "location = 'mysql://x'"),
     ],
 )
 def test_bad_values_name_key_and_value(values: dict[str, object], message: str) -> None:

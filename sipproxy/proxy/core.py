@@ -176,19 +176,30 @@ class Proxy:
         channel: Channel,
         why: str | None,
     ) -> None:
-        """Answer statelessly (RFC 3261 §8.2.6, §18.2.2); the one response path."""
+        """Answer statelessly (RFC 3261 §8.2.6, §18.2.2); the one response path.
+
+        A request whose Via or identifying fields are too broken to address a
+        response the RFC way still gets its 400 when it has a Via at all: back on
+        its connection, or over UDP to the address and port it came from.
+        """
+        to_tag = self._to_tag(headers) if status > 100 else None
         try:
-            headers = stamp_received(headers, peer)
-            response = response_from_headers(
-                headers,
-                status,
-                reason,
-                to_tag=self._to_tag(headers) if status > 100 else None,
-                extra=tuple(extra),
-            )
-            destination = (
-                peer if peer.reliable else response_destination(response.top_via, peer)
-            )
+            try:
+                stamped = stamp_received(headers, peer)
+                response = response_from_headers(
+                    stamped, status, reason, to_tag=to_tag, extra=tuple(extra)
+                )
+                destination = (
+                    peer
+                    if peer.reliable
+                    else response_destination(response.top_via, peer)
+                )
+            except ParseError:
+                response = response_from_headers(
+                    headers, status, reason, to_tag=to_tag, extra=tuple(extra),
+                    strict=False,
+                )  # fmt: skip
+                destination = peer
         except ParseError as error:
             self.log.info(
                 "dropped malformed message from {host}:{port} over {transport}: "

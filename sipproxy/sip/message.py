@@ -251,6 +251,7 @@ def response_from_headers(
     to_tag: str | None = None,
     extra: Sequence[tuple[str, str]] = (),
     body: bytes = b"",
+    strict: bool = True,
 ) -> Response:
     """Build a response from a request's header fields (RFC 3261 §8.2.6.2).
 
@@ -258,6 +259,11 @@ def response_from_headers(
     :attr:`ParseError.headers`. Every Via field is copied unchanged and in order,
     then the first From, To (with ``;tag=to_tag`` added if it has none), Call-ID
     and CSeq, then ``extra``, then Content-Length.
+
+    With ``strict=False`` only a Via field is needed: the fields that are there
+    are copied as received, for a 400 that goes back over the request's own
+    connection or to its source address (RFC 4475 §3.1.2.1 badinv01 and §3.3.1
+    insuf expect a 400 although their Via or identifying fields are unusable).
 
     :raises ParseError: when Via, From, To, Call-ID or CSeq is missing or the top
         Via does not parse: such a response could not be addressed.
@@ -272,13 +278,15 @@ def response_from_headers(
     if not vias:
         raise ParseError("cannot answer: no Via")
     missing = [k for k in ("from", "to", "call-id", "cseq") if k not in first]
-    if missing:
-        raise ParseError(f"cannot answer: no {', '.join(missing)}")
-    Via.parse(_first_value(vias[0].value))
-    to = first["to"]
-    if to_tag is not None and not _has_tag(to.value):
-        to = Header(to.name, f"{to.value};tag={to_tag}")
-    fields = [*vias, first["from"], to, first["call-id"], first["cseq"]]
+    if strict:
+        if missing:
+            raise ParseError(f"cannot answer: no {', '.join(missing)}")
+        Via.parse(_first_value(vias[0].value))
+    to = first.get("to")
+    if to is not None and to_tag is not None and not _has_tag(to.value):
+        first["to"] = Header(to.name, f"{to.value};tag={to_tag}")
+    fields = [*vias]
+    fields += (first[k] for k in ("from", "to", "call-id", "cseq") if k in first)
     fields += (Header(name, value) for name, value in extra)
     fields.append(Header("Content-Length", str(len(body))))
     return Response(

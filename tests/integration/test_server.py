@@ -255,7 +255,6 @@ def test_help_documents_every_option() -> None:
         "--listen",
         "--alias",
         "--dns",
-        "--log-format",
         "--max-message-size",
         "--tcp-idle-timeout",
     ):

@@ -128,8 +128,28 @@ def test_malformed_ack_is_never_answered() -> None:
     assert answer(data) == (None, None)
 
 
-def test_missing_call_id_is_unaddressable_and_dropped() -> None:
-    data = request().replace(b"Call-ID: c1\r\n", b"")
+def test_missing_call_id_still_gets_400_sent_to_the_source() -> None:
+    """RFC 4475 §3.3.1 (insuf): missing required fields -> 400, not a crash."""
+    data = request(via="SIP/2.0/UDP 10.9.9.9:5070;branch=z9hG4bK77").replace(
+        b"Call-ID: c1\r\n", b""
+    )
+    response, destination = answer(data)
+    assert response is not None and response.status == 400
+    assert "call-id" not in response.headers
+    assert destination == PEER
+
+
+def test_broken_via_still_gets_400_sent_to_the_source() -> None:
+    """RFC 4475 §3.1.2.1 (badinv01): the Via is unusable, the source is not."""
+    response, destination = answer(request(via="192.0.2.15;;,;,,"))
+    assert response is not None and response.status == 400
+    assert destination == PEER
+
+
+def test_no_via_at_all_is_dropped() -> None:
+    data = request().replace(
+        b"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK77;rport\r\n", b""
+    )
     assert answer(data) == (None, None)
 
 
