@@ -226,11 +226,11 @@ def _bad_spec(spec: str, why: str) -> ValueError:
 def _redis_from_spec(spec: str, reactor: Any) -> LocationService:
     if not spec.lower().startswith("redis://"):
         raise _bad_spec(spec, "expected redis://HOST:PORT/DB")
-    parts = urlsplit(spec)
     try:
+        parts = urlsplit(spec)
         host = parts.hostname
         port = parts.port or 6379
-    except ValueError as error:  # a port out of range or not a number
+    except ValueError as error:  # a bad port, an unclosed [
         raise _bad_spec(spec, str(error)) from None
     if not host:
         raise _bad_spec(spec, "no host")

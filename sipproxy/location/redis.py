@@ -171,14 +171,14 @@ class RedisLocationService:
             convertNumbers=False,
         )
         try:
-            await self._call(self._redis.ping())
+            await self._call(self._client().ping())
         except LocationUnavailableError:
             await self.close()
             raise
 
     async def bindings(self, aor: str, *, now: float) -> list[Binding]:
         """Unexpired bindings of ``aor``, newest first."""
-        values = await self._call(self._redis.hvals(self._aor_key(aor)))
+        values = await self._call(self._client().hvals(self._aor_key(aor)))
         return _live(values, now)
 
     async def update(
@@ -203,7 +203,7 @@ class RedisLocationService:
     async def aors(self, *, now: float) -> list[str]:
         """Addresses-of-record whose latest expiry is after ``now``, sorted."""
         found = await self._call(
-            self._redis.zrangebyscore(self._aors_key, f"({now!r}", "+inf")
+            self._client().zrangebyscore(self._aors_key, f"({now!r}", "+inf")
         )
         return sorted(_text(aor) for aor in found)
 
@@ -214,7 +214,7 @@ class RedisLocationService:
         gone without being counted; their index entries are cleaned here.
         """
         due = await self._call(
-            self._redis.zrangebyscore(
+            self._client().zrangebyscore(
                 self._due_key, "-inf", repr(now), offset=0, count=limit
             )
         )
@@ -244,11 +244,14 @@ class RedisLocationService:
         keys = [self._aor_key(aor), self._aors_key, self._due_key]
         # eval() sends EVALSHA once the script is known, EVAL otherwise or
         # after a server restart forgot it (NOSCRIPT).
-        return await self._call(self._redis.eval(script, keys, args))
+        return await self._call(self._client().eval(script, keys, args))
 
-    async def _call(self, command: Deferred[Any]) -> Any:
+    def _client(self) -> Any:
         if self._redis is None:
             raise LocationUnavailableError(f"{self._where()} is not open")
+        return self._redis
+
+    async def _call(self, command: Deferred[Any]) -> Any:
         command.addTimeout(self._timeout, self._reactor)
         try:
             return await command

@@ -156,6 +156,9 @@ class SQLiteLocationService:
             self._pool.stop()
 
     async def _run(self, function: Callable[..., _T], *args: object) -> _T:
+        if not self._pool.started:
+            # A stopped pool would queue the call forever.
+            raise LocationUnavailableError(f"sqlite:{self.path} is not open")
         return await deferToThreadPool(self._reactor, self._pool, function, *args)
 
     # Everything below runs on the worker thread.
