@@ -1,0 +1,490 @@
+"""Locating SIP servers: from a URI to the ordered destinations to try (RFC 3263 §4).
+
+Theory of operation. :meth:`SIPResolver.resolve` takes the target (``maddr`` if
+present, else the host) and decides, as RFC 3263 §4 does:
+
+- a numeric IP address is used as it is, with no query;
+- a host name with a port gets A and AAAA queries only;
+- a host name with a ``transport`` parameter but no port gets SRV for that
+  transport, then A/AAAA at the default port when there is no SRV;
+- otherwise NAPTR picks the transports (§4.1), SRV the servers (§4.2); with no
+  NAPTR, SRV for every transport we support; with no SRV either, A/AAAA at the
+  default port over UDP (TLS for ``sips``).
+
+Every DNS answer is cached under (name, type) until its TTL runs out on the
+injected clock; NXDOMAIN and empty answers by their SOA (RFC 2308 §5), failures
+(timeout, SERVFAIL, refused) for ``failure_ttl`` seconds (RFC 2308 §7), so a dead
+DNS server costs one timeout per name and period rather than one per call. The
+cache keeps at most ``max_cache`` answers, dropping the least recently used.
+A lookup that fails is an empty list: resolve() never raises, and logs once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from collections.abc import Collection, Coroutine, Iterable, Sequence
+from dataclasses import dataclass, field
+from random import Random
+from typing import Any, TypeVar, cast
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime, IResolver
+from twisted.logger import Logger
+from twisted.names import client, dns, error, hosts, resolve
+
+from sipproxy.sip.uri import SipURI
+from sipproxy.transport.peer import DEFAULT_PORTS, Peer
+
+__all__ = ["DNS_TIMEOUT", "SIPResolver", "make_resolver"]
+
+#: Seconds to wait for each try of a DNS query: a dead server fails a call in 4 s.
+DNS_TIMEOUT = (1, 3)
+
+#: NAPTR service fields and the transport each names (RFC 3263 §4.1, table 1).
+_NAPTR_SERVICES = {"sip+d2u": "udp", "sip+d2t": "tcp", "sips+d2t": "tls"}
+#: SRV owner-name prefixes (RFC 3263 §4.1: "_sips" is TLS over TCP).
+_SRV_PREFIXES = {"udp": "_sip._udp.", "tcp": "_sip._tcp.", "tls": "_sips._tcp."}
+#: The order we try transports in when DNS states no preference.
+_PREFERENCE = ("udp", "tcp", "tls")
+# The transport parameter values we understand; "sctp", "ws" and others we cannot send.
+_TRANSPORT_PARAMS = frozenset(_PREFERENCE)
+# Longest CNAME chain followed; resolvers usually give up near here too.
+_MAX_CNAMES = 8
+# Cap for any TTL: a record that claims to live for years is re-checked daily.
+_MAX_TTL = 86400.0
+
+_T = TypeVar("_T")
+_Answers = tuple[list[dns.RRHeader], list[dns.RRHeader], list[dns.RRHeader]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Pointer:
+    """The part of a NAPTR record RFC 3263 §4.1 uses."""
+
+    order: int
+    preference: int
+    flags: str
+    service: str
+    replacement: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Service:
+    """An SRV record (RFC 2782)."""
+
+    priority: int
+    weight: int
+    port: int
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A cached answer: the records (possibly none) and when they go stale."""
+
+    records: tuple[Any, ...]
+    expires_at: float
+
+
+@dataclass(slots=True)
+class _Trace:
+    """What one resolve() call saw, so that it logs once at the end."""
+
+    queried: bool = False
+    failures: list[str] = field(default_factory=list)
+
+
+class SIPResolver:
+    """Turn a SIP or SIPS URI into the destinations to try, in order (RFC 3263 §4).
+
+    :param resolver: any twisted.names resolver; :func:`make_resolver` builds one.
+    :param clock: the clock the cache reads TTLs against.
+    :param transports: the transports we can send over (``udp``, ``tcp``, ``tls``).
+    :param max_cache: how many DNS answers the cache holds.
+    :param rng: the random source for SRV weights (RFC 2782); seed it in tests.
+    :param timeout: seconds per try of each DNS query.
+    :param failure_ttl: how long a failed lookup is remembered (RFC 2308 §7).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        resolver: IResolver,
+        clock: IReactorTime,
+        *,
+        transports: Collection[str] = ("udp", "tcp"),
+        max_cache: int = 10000,
+        rng: Random | None = None,
+        timeout: Sequence[int] = DNS_TIMEOUT,
+        failure_ttl: float = 30.0,
+    ) -> None:
+        self._resolver = resolver
+        self._clock = clock
+        wanted = {t.lower() for t in transports}
+        self._transports = tuple(t for t in _PREFERENCE if t in wanted)
+        self._max_cache = max_cache
+        self._rng = rng if rng is not None else Random()
+        self._timeout = tuple(timeout)
+        self._failure_ttl = failure_ttl
+        self._cache: OrderedDict[tuple[str, int], _Entry] = OrderedDict()
+
+    async def resolve(self, uri: SipURI) -> list[Peer]:
+        """The destinations to try for ``uri``, best first; empty if there are none.
+
+        Never raises: DNS failures give an empty list (or fewer destinations) and
+        one log event.
+        """
+        trace = _Trace()
+        try:
+            peers = await self._resolve(uri, trace)
+        except Exception:
+            self.log.failure("resolving {uri} failed", uri=str(uri))
+            return []
+        if trace.failures:
+            self.log.warn(
+                "DNS lookups for {uri} failed: {failures}",
+                uri=str(uri),
+                failures="; ".join(trace.failures),
+            )
+        elif not peers and trace.queried:
+            self.log.info("no SIP server found in DNS for {uri}", uri=str(uri))
+        return peers
+
+    def _allowed(self, secure: bool) -> tuple[str, ...]:
+        # RFC 3261 §26.2.2: a SIPS URI is only ever reached over TLS, never less.
+        if secure:
+            return tuple(t for t in self._transports if t == "tls")
+        return self._transports
+
+    async def _resolve(self, uri: SipURI, trace: _Trace) -> list[Peer]:
+        secure = uri.scheme.lower() == "sips"
+        allowed = self._allowed(secure)
+        # RFC 3261 §19.1.1: "The maddr parameter indicates the server address to
+        # be contacted for this user, overriding any address derived from the
+        # host field."
+        target = (uri.param("maddr") or uri.host).strip("[]")
+        explicit = uri.transport
+        if explicit is not None:
+            if explicit not in _TRANSPORT_PARAMS:
+                return []
+            # RFC 3261 §26.2.2: transport=tcp on a SIPS URI means TLS over TCP.
+            if secure and explicit == "tcp":
+                explicit = "tls"
+            if explicit not in allowed:
+                return []
+        # RFC 3263 §4.1: with no transport parameter, UDP for SIP, TLS for SIPS.
+        default = explicit or ("tls" if secure else "udp")
+        if _ip_literal(target):
+            if default not in allowed:
+                return []
+            port = uri.port or DEFAULT_PORTS[default]
+            return [Peer(default, target, port)]
+        if uri.port is not None:
+            # RFC 3263 §4.2: with an explicit port, A or AAAA records only.
+            if default not in allowed:
+                return []
+            return await self._address_peers(target, default, uri.port, trace)
+        if explicit is not None:
+            # RFC 3263 §4.2: SRV for that transport only, then A/AAAA.
+            services = await self._query(
+                _SRV_PREFIXES[explicit] + target, dns.SRV, trace
+            )
+            if services:
+                return await self._service_peers(explicit, services, trace)
+            return await self._address_peers(
+                target, explicit, DEFAULT_PORTS[explicit], trace
+            )
+        pointers = await self._query(target, dns.NAPTR, trace)
+        if pointers:
+            return await self._naptr_peers(pointers, allowed, trace)
+        # RFC 3263 §4.1: "If no NAPTR records are found, the client constructs SRV
+        # queries for those transport protocols it supports".
+        found = await _gather(
+            [self._query(_SRV_PREFIXES[t] + target, dns.SRV, trace) for t in allowed]
+        )
+        if any(found):
+            lists = await _gather(
+                [
+                    self._service_peers(t, services, trace)
+                    for t, services in zip(allowed, found, strict=True)
+                ]
+            )
+            return _unique(peer for peers in lists for peer in peers)
+        # RFC 3263 §4.2: "If no SRV records were found, the client performs an A or
+        # AAAA record lookup of the domain name", at the transport's default port.
+        if default not in allowed:
+            return []
+        return await self._address_peers(target, default, DEFAULT_PORTS[default], trace)
+
+    async def _naptr_peers(
+        self, pointers: tuple[Any, ...], allowed: tuple[str, ...], trace: _Trace
+    ) -> list[Peer]:
+        """Follow the NAPTR records we can use to SRV, then addresses (§4.1)."""
+        # RFC 3263 §4.1: a SIPS URI discards services other than SIPS (allowed is
+        # then TLS only); we discard transports we cannot send over, and only the
+        # "S" flag (an SRV replacement) is defined for SIP.
+        usable = [
+            p
+            for p in pointers
+            if p.flags == "s" and _NAPTR_SERVICES.get(p.service) in allowed
+        ]
+        # The domain listed its services and we can use none of them: we do not
+        # guess others (the SRV fallback is for domains without NAPTR records).
+        if not usable:
+            return []
+        # RFC 3403 §4.1: "once a match is found the client MUST NOT consider
+        # records with a different Order"; preference only ranks within it.
+        first = min(p.order for p in usable)
+        chosen = sorted((p for p in usable if p.order == first), key=_preference)
+        found = await _gather(
+            [self._query(p.replacement, dns.SRV, trace) for p in chosen]
+        )
+        lists = await _gather(
+            [
+                self._service_peers(_NAPTR_SERVICES[p.service], services, trace)
+                for p, services in zip(chosen, found, strict=True)
+            ]
+        )
+        return _unique(peer for peers in lists for peer in peers)
+
+    async def _service_peers(
+        self, transport: str, services: tuple[Any, ...], trace: _Trace
+    ) -> list[Peer]:
+        """The addresses of the SRV targets, in RFC 2782 order."""
+        # RFC 2782: a target of "." means "decidedly not available at this domain".
+        ordered = [s for s in _order_services(services, self._rng) if s.target]
+        lists = await _gather(
+            [self._address_peers(s.target, transport, s.port, trace) for s in ordered]
+        )
+        return _unique(peer for peers in lists for peer in peers)
+
+    async def _address_peers(
+        self, name: str, transport: str, port: int, trace: _Trace
+    ) -> list[Peer]:
+        """One destination per A then AAAA record of ``name``."""
+        if _ip_literal(name):  # an SRV target should not be one, but some are
+            return [Peer(transport, name, port)]
+        found = await _gather(
+            [self._query(name, dns.A, trace), self._query(name, dns.AAAA, trace)]
+        )
+        return [
+            Peer(transport, address, port) for records in found for address in records
+        ]
+
+    async def _query(self, name: str, kind: int, trace: _Trace) -> tuple[Any, ...]:
+        """The records of type ``kind`` at ``name``, from the cache or from DNS."""
+        key = (name.lower().rstrip("."), kind)
+        entry = self._cache.get(key)
+        if entry is not None:
+            if self._clock.seconds() < entry.expires_at:
+                self._cache.move_to_end(key)
+                return entry.records
+            del self._cache[key]
+        trace.queried = True
+        records, ttl = await self._fetch(name, kind, trace)
+        if ttl > 0:
+            expires_at = self._clock.seconds() + min(ttl, _MAX_TTL)
+            self._cache[key] = _Entry(records, expires_at)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self._max_cache:
+                self._cache.popitem(last=False)
+        return records
+
+    async def _fetch(
+        self, name: str, kind: int, trace: _Trace
+    ) -> tuple[tuple[Any, ...], float]:
+        """Ask DNS; return the records (CNAMEs followed) and how long to keep them."""
+        query_name = name
+        ttl = _MAX_TTL
+        for _ in range(_MAX_CNAMES):
+            try:
+                answers, authority, _additional = cast(
+                    _Answers,
+                    await self._resolver.query(
+                        dns.Query(query_name, kind, dns.IN), self._timeout
+                    ),
+                )
+            except error.DNSNameError as failure:
+                # NXDOMAIN is an answer, not a failure: cache it, do not log it.
+                message = failure.args[0] if failure.args else None
+                return (), min(ttl, _negative_ttl(getattr(message, "authority", [])))
+            except Exception as failure:
+                label = dns.QUERY_TYPES.get(kind, str(kind))
+                trace.failures.append(f"{label} {name}: {_describe(failure)}")
+                return (), self._failure_ttl
+            names, chain_ttl, last = _cname_chain(query_name, answers)
+            ttl = min(ttl, chain_ttl)
+            found = [
+                rr
+                for rr in answers
+                if rr.type == kind and _text(rr.name.name).lower() in names
+            ]
+            if found:
+                ttl = min([ttl, *(float(rr.ttl) for rr in found)])
+                return tuple(_convert(rr.payload) for rr in found), ttl
+            if last == query_name.lower().rstrip("."):
+                return (), min(ttl, _negative_ttl(authority))
+            # The server gave the alias but not its records: ask for the target.
+            query_name = last
+        trace.failures.append(f"{name}: CNAME chain longer than {_MAX_CNAMES}")
+        return (), self._failure_ttl
+
+
+def _cname_chain(name: str, answers: list[dns.RRHeader]) -> tuple[set[str], float, str]:
+    """The names ``name`` aliases to within ``answers``, their least TTL, the last."""
+    last = name.lower().rstrip(".")
+    names = {last}
+    ttl = _MAX_TTL
+    aliases: dict[str, tuple[float, str]] = {}
+    for rr in answers:
+        if rr.type == dns.CNAME and isinstance(rr.payload, dns.Record_CNAME):
+            target = _text(rr.payload.name.name).lower()
+            aliases[_text(rr.name.name).lower()] = (float(rr.ttl), target)
+    while last in aliases and len(names) <= _MAX_CNAMES:
+        alias_ttl, last = aliases[last]
+        ttl = min(ttl, alias_ttl)
+        if last in names:
+            break
+        names.add(last)
+    return names, ttl, last
+
+
+def _negative_ttl(authority: Sequence[dns.RRHeader]) -> float:
+    """How long a "no such record" answer may be cached (RFC 2308 §5).
+
+    The least of the SOA record's TTL and its MINIMUM field; without an SOA the
+    answer "SHOULD NOT be cached" (RFC 2308 §5), so zero.
+    """
+    for rr in authority:
+        if rr.type == dns.SOA and isinstance(rr.payload, dns.Record_SOA):
+            return float(min(rr.ttl, rr.payload.minimum))
+    return 0.0
+
+
+def _convert(payload: Any) -> Any:
+    """A twisted.names record as the small value the resolver works with."""
+    if isinstance(payload, dns.Record_A):
+        return payload.dottedQuad()
+    if isinstance(payload, dns.Record_AAAA):
+        return str(ipaddress.IPv6Address(payload.address))
+    if isinstance(payload, dns.Record_SRV):
+        return _Service(
+            payload.priority,
+            payload.weight,
+            payload.port,
+            _text(payload.target.name).rstrip("."),
+        )
+    if isinstance(payload, dns.Record_NAPTR):
+        return _Pointer(
+            payload.order,
+            payload.preference,
+            _text(payload.flags.string).lower(),
+            _text(payload.service.string).lower(),
+            _text(payload.replacement.name),
+        )
+    return payload
+
+
+def _order_services(services: tuple[Any, ...], rng: Random) -> list[_Service]:
+    """SRV records in the order to try them (RFC 2782, "Usage rules").
+
+    Lowest priority first; within a priority, repeatedly pick one at random with
+    probability proportional to its weight, zero-weight records placed first so
+    that they are chosen only rarely.
+    """
+    records = [s for s in services if isinstance(s, _Service)]
+    ordered: list[_Service] = []
+    for priority in sorted({s.priority for s in records}):
+        group = sorted((s for s in records if s.priority == priority), key=_weighted)
+        while group:
+            pick = rng.randint(0, sum(s.weight for s in group))
+            index = 0
+            running = group[0].weight
+            while running < pick:
+                index += 1
+                running += group[index].weight
+            ordered.append(group.pop(index))
+    return ordered
+
+
+def _weighted(service: _Service) -> bool:
+    return service.weight != 0
+
+
+def _preference(pointer: _Pointer) -> int:
+    return pointer.preference
+
+
+def _ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _unique(peers: Iterable[Peer]) -> list[Peer]:
+    """``peers`` without repeats, first occurrence kept."""
+    return list(dict.fromkeys(peers))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else value
+
+
+def _describe(failure: Exception) -> str:
+    if isinstance(failure, error.DNSServerError):
+        return "server failure (SERVFAIL)"
+    if isinstance(failure, error.DNSQueryRefusedError):
+        return "refused"
+    if isinstance(failure, error.DNSQueryTimeoutError | TimeoutError):
+        return "timed out"
+    return f"{type(failure).__name__}: {failure}"
+
+
+async def _gather(coroutines: list[Coroutine[Any, Any, _T]]) -> list[_T]:
+    """Run the coroutines concurrently; their results in the same order."""
+    return await gatherResults([Deferred.fromCoroutine(c) for c in coroutines])
+
+
+def make_resolver(
+    servers: Sequence[tuple[str, int]],
+    clock: IReactorTime,
+    reactor: Any,
+    *,
+    transports: Collection[str] = ("udp", "tcp"),
+    resolv_conf: str = "/etc/resolv.conf",
+    hosts_file: str | None = "/etc/hosts",
+    rng: Random | None = None,
+) -> SIPResolver:
+    """A :class:`SIPResolver` over DNS, as ``Config.dns`` asks.
+
+    ``servers`` are the only DNS servers asked; with none, those in
+    ``resolv_conf`` (re-read when it changes, as twisted.names does). The hosts
+    file is consulted first for addresses. Twisted's own cache is left out (it
+    runs on the reactor's time and has no bound); :class:`SIPResolver` caches.
+
+    :param clock: the clock of the answer cache.
+    :param reactor: provides IReactorUDP, IReactorTCP and IReactorTime for the
+        queries themselves; nothing is sent until the first lookup.
+    """
+    if servers:
+        dns_client = client.Resolver(
+            servers=list(servers), timeout=DNS_TIMEOUT, reactor=reactor
+        )
+    else:
+        dns_client = client.Resolver(
+            resolv=resolv_conf, timeout=DNS_TIMEOUT, reactor=reactor
+        )
+    chain: list[IResolver] = [dns_client]
+    if hosts_file is not None:
+        chain.insert(0, hosts.Resolver(hosts_file.encode()))
+    return SIPResolver(
+        resolve.ResolverChain(chain),
+        clock,
+        transports=transports,
+        rng=rng,
+        timeout=DNS_TIMEOUT,
+    )
