@@ -10,6 +10,7 @@ reliably. A connection silent for ``idle_timeout`` seconds is closed.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -40,6 +41,8 @@ class SIPStreamProtocol(Protocol):
         self.connection_id = f"{factory.transport_name}-{next(_ids)}"
         self.peer = Peer(factory.transport_name, "", 0)
         self._local = Peer(factory.transport_name, "", 0)
+        #: called once connected; outbound connections flush their queue here
+        self.on_connected: Callable[[], None] | None = None
 
     @property
     def local(self) -> Peer:
@@ -55,6 +58,8 @@ class SIPStreamProtocol(Protocol):
         self._idle = self._factory.clock.callLater(
             self._factory.idle_timeout, self._timed_out
         )
+        if self.on_connected is not None:
+            self.on_connected()
 
     @override
     def dataReceived(self, data: bytes) -> None:
