@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from random import Random
 from typing import Any, TypeVar, cast
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, TimeoutError, gatherResults
 from twisted.internet.interfaces import IReactorTime, IResolver
 from twisted.logger import Logger
 from twisted.names import client, dns, error, hosts, resolve
@@ -117,7 +117,7 @@ class SIPResolver:
         transports: Collection[str] = ("udp", "tcp"),
         max_cache: int = 10000,
         rng: Random | None = None,
-        timeout: Sequence[int] = DNS_TIMEOUT,
+        timeout: Sequence[float] = DNS_TIMEOUT,
         failure_ttl: float = 30.0,
     ) -> None:
         self._resolver = resolver
@@ -126,7 +126,8 @@ class SIPResolver:
         self._transports = tuple(t for t in _PREFERENCE if t in wanted)
         self._max_cache = max_cache
         self._rng = rng if rng is not None else Random()
-        self._timeout = tuple(timeout)
+        # IResolver declares whole seconds, but twisted.names takes any number.
+        self._timeout = cast(tuple[int, ...], tuple(timeout))
         self._failure_ttl = failure_ttl
         self._cache: OrderedDict[tuple[str, int], _Entry] = OrderedDict()
 
@@ -161,6 +162,8 @@ class SIPResolver:
     async def _resolve(self, uri: SipURI, trace: _Trace) -> list[Peer]:
         secure = uri.scheme.lower() == "sips"
         allowed = self._allowed(secure)
+        if not allowed:
+            return []
         # RFC 3261 §19.1.1: "The maddr parameter indicates the server address to
         # be contacted for this user, overriding any address derived from the
         # host field."
@@ -439,7 +442,7 @@ def _describe(failure: Exception) -> str:
         return "server failure (SERVFAIL)"
     if isinstance(failure, error.DNSQueryRefusedError):
         return "refused"
-    if isinstance(failure, error.DNSQueryTimeoutError | TimeoutError):
+    if isinstance(failure, TimeoutError):  # twisted's, which DNS timeouts raise
         return "timed out"
     return f"{type(failure).__name__}: {failure}"
 
