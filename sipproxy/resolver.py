@@ -177,17 +177,14 @@ class SIPResolver:
                 explicit = "tls"
             if explicit not in allowed:
                 return []
-        # RFC 3263 §4.1: with no transport parameter, UDP for SIP, TLS for SIPS.
-        default = explicit or ("tls" if secure else "udp")
+        # RFC 3263 §4.1: with no transport parameter, UDP for SIP, TLS for SIPS;
+        # a proxy without UDP uses the first transport it has (any will do, §18.1).
+        default = explicit or ("udp" if "udp" in allowed else allowed[0])
         if _ip_literal(target):
-            if default not in allowed:
-                return []
             port = uri.port or DEFAULT_PORTS[default]
             return [Peer(default, target, port)]
         if uri.port is not None:
             # RFC 3263 §4.2: with an explicit port, A or AAAA records only.
-            if default not in allowed:
-                return []
             return await self._address_peers(target, default, uri.port, trace)
         if explicit is not None:
             # RFC 3263 §4.2: SRV for that transport only, then A/AAAA.
@@ -217,8 +214,6 @@ class SIPResolver:
             return _unique(peer for peers in lists for peer in peers)
         # RFC 3263 §4.2: "If no SRV records were found, the client performs an A or
         # AAAA record lookup of the domain name", at the transport's default port.
-        if default not in allowed:
-            return []
         return await self._address_peers(target, default, DEFAULT_PORTS[default], trace)
 
     async def _naptr_peers(

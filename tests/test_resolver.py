@@ -575,3 +575,13 @@ def test_make_resolver_reads_resolv_conf_without_querying(tmp_path: Path) -> Non
     memory.pump([1.0] * 5)  # past every retry: the lookups time out
     assert d.called
     assert d.result == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_udp_the_default_is_tcp(dns_server: DNSServer) -> None:
+    """A proxy that cannot send UDP sends where UDP would go over TCP instead."""
+    s = harness(dns_server, transports=("tcp",))
+    assert await s.resolve("sip:192.0.2.1") == [Peer("tcp", "192.0.2.1", 5060)]
+    assert await s.resolve("sip:srv.example.test") == [Peer("tcp", "192.0.2.21", 5062)]
+    srv_names = [n for n, t in dns_server.queries if t == dns.SRV]
+    assert srv_names == ["_sip._tcp.srv.example.test"]
