@@ -1,0 +1,89 @@
+"""Transaction states and the timer bookkeeping every transaction shares.
+
+A transaction arms named timers (``"A"``, ``"B"``, ...) on an injected
+:class:`IReactorTime`; entering :attr:`State.TERMINATED` cancels whatever is still
+armed and tells the owner (the layer) once, so that it can drop the transaction
+from its tables. A timer of zero seconds (D, I, J, K over a reliable transport)
+fires at once, without a round trip through the clock (RFC 3261 §17.1.1.2: "zero
+seconds for reliable transports").
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from sipproxy.transaction.timers import Timers
+
+__all__ = ["State", "TransactionMachine"]
+
+
+class State(enum.Enum):
+    """The states of figures 5-8 of RFC 3261 and RFC 6026 (``ACCEPTED``)."""
+
+    TRYING = "Trying"
+    CALLING = "Calling"
+    PROCEEDING = "Proceeding"
+    COMPLETED = "Completed"
+    CONFIRMED = "Confirmed"
+    ACCEPTED = "Accepted"
+    TERMINATED = "Terminated"
+
+
+class TransactionMachine:
+    """State, named timers and the termination notice shared by all transactions."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        state: State,
+        clock: IReactorTime,
+        timers: Timers,
+        reliable: bool,
+        on_terminated: Callable[[Any], None] | None,
+    ) -> None:
+        self.state = state
+        self.reliable = reliable
+        self._clock = clock
+        self._timers = timers.over(reliable=reliable)
+        self._on_terminated = on_terminated
+        self._armed: dict[str, IDelayedCall] = {}
+
+    @property
+    def terminated(self) -> bool:
+        """Whether the transaction reached :attr:`State.TERMINATED`."""
+        return self.state is State.TERMINATED
+
+    def _arm(self, name: str, delay: float, fire: Callable[[], None]) -> None:
+        """Start (or restart) timer ``name``; zero fires it now."""
+        self._disarm(name)
+        if delay <= 0:
+            fire()
+            return
+
+        def expired() -> None:
+            del self._armed[name]
+            fire()
+
+        self._armed[name] = self._clock.callLater(delay, expired)
+
+    def _disarm(self, *names: str) -> None:
+        for name in names:
+            call = self._armed.pop(name, None)
+            if call is not None and call.active():
+                call.cancel()
+
+    def _terminate(self) -> None:
+        """Enter Terminated: cancel every timer, then tell the owner once."""
+        if self.state is State.TERMINATED:
+            return
+        self.state = State.TERMINATED
+        self._disarm(*list(self._armed))
+        if self._on_terminated is not None:
+            self._on_terminated(self)
