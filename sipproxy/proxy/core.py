@@ -1,21 +1,36 @@
-"""The server core: every message the transports parse comes here.
+"""The server core: a stateful proxy and registrar on top of the transaction layer.
 
-Theory of operation (for now, before the transaction layer): a request is
-validated (RFC 3261 §16.3), its top Via stamped with ``received``/``rport``
-(§18.2.1, RFC 3581), and then either answered here (OPTIONS to the server itself,
-§11) or refused with the status that says why. Responses that match no
-transaction of ours are dropped (§16.7, a proxy with no client transaction has
-nothing to forward them to). Every refusal goes through :meth:`Proxy._respond`,
-the one place that turns a decision into a response, and is logged in one line.
+Theory of operation. The transaction layer hands every new request to
+:meth:`Proxy.request_received` with its server transaction (retransmissions never
+get here). The core validates it (RFC 3261 §16.3), preprocesses its Route set
+(§16.4) and then either answers it itself — REGISTER for our domains goes to the
+registrar, OPTIONS to the server itself gets 200, CANCEL is matched to its INVITE
+(§16.10) — or determines targets (§16.5) and forwards (§16.6), one client
+transaction per branch, collected in a :class:`ResponseContext`. Responses come
+back through :meth:`Proxy.response_received` and are forwarded upstream or kept as
+the best final answer (§16.7). ACKs to 2xx and responses that match no
+transaction are forwarded statelessly (§16.11). A request that cannot be parsed
+well enough for a transaction is answered statelessly by :meth:`message_invalid`.
+
+Every refusal is a :class:`RejectedError` turned into a response in one place, and
+every final decision is one log line.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Sequence
+import ipaddress
+import itertools
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from sipproxy.location import Binding, Flow, LocationService
 from sipproxy.proxy.checks import (
     RejectedError,
     check_max_forwards,
@@ -24,23 +39,106 @@ from sipproxy.proxy.checks import (
     check_uri_scheme,
     is_local_uri,
 )
+from sipproxy.proxy.flows import decode_flow, encode_flow
+from sipproxy.proxy.routing import (
+    is_loop,
+    loop_key,
+    make_branch,
+    next_hop,
+    prepare_forward,
+    preprocess_routes,
+)
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.headers import Headers
 from sipproxy.sip.message import Request, Response, response_from_headers
-from sipproxy.sip.parser import validate_request, validate_response
+from sipproxy.sip.uri import NameAddress, SipURI
+from sipproxy.sip.via import Via
+from sipproxy.transaction.layer import (
+    ClientTransaction,
+    ServerTransaction,
+    TransactionLayer,
+)
 from sipproxy.transport.peer import (
     Channel,
     Peer,
     response_destination,
     stamp_received,
 )
+from sipproxy.transport.sender import Transports
 
-#: Methods this server handles today; OPTIONS answers list them (RFC 3261 §11.2).
-ALLOW = ("OPTIONS",)
+#: Methods this server handles; OPTIONS answers list them (RFC 3261 §11.2).
+ALLOW = (
+    "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE",
+    "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE",
+)  # fmt: skip
 #: Option tags we support (RFC 3261 §19.2); Require/Proxy-Require beyond them -> 420.
-SUPPORTED: tuple[str, ...] = ()
+SUPPORTED = ("path", "outbound")
 #: Bodies we understand as a UAS (OPTIONS answers, §11.2).
 ACCEPT = "application/sdp"
+#: Methods that may create a dialog: we Record-Route them (§16.6 step 4).
+DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
+#: §16.6 step 11: "Timer C MUST be set [...] greater than 3 minutes".
+TIMER_C = 181.0
+#: Branch outcomes after which the next target is worth trying (§16.7 step 6 spirit:
+#: the phone could not be reached at all, not "it said no").
+_TRY_NEXT = frozenset({408, 430, 480, 503})
+
+if TYPE_CHECKING:
+    from sipproxy.registrar import Registrar
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    """What the core needs to know about this server."""
+
+    domains: frozenset[str]
+    local_hosts: frozenset[str]
+    local_ports: frozenset[int]
+    #: "sequential": newest binding first, next on failure; "parallel": all at once
+    forking: str = "sequential"
+    timer_c: float = TIMER_C
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where one copy of a request goes: the copy, the next hop, and how."""
+
+    request: Request
+    peer: Peer
+    connection_id: str | None = None
+    #: reached through a flow (a registration's or a Route token's): in-dialog
+    #: requests must come back the same way, so our Record-Route names it
+    pinned: bool = False
+
+
+@dataclass
+class _Branch:
+    """One forwarded copy of a request (§16.6) and what came back on it."""
+
+    request: Request
+    peer: Peer
+    connection_id: str | None
+    transaction: ClientTransaction | None = None
+    final: Response | None = None
+    provisional: bool = False
+    cancel_pending: bool = False
+    timer_c: IDelayedCall | None = None
+
+
+@dataclass
+class ResponseContext:
+    """Everything one proxied request waits for (RFC 3261 §16.7)."""
+
+    server: ServerTransaction
+    request: Request
+    key: str
+    inbound: Peer
+    inbound_connection: str | None = None
+    pending: list[_Target] = field(default_factory=list)
+    branches: list[_Branch] = field(default_factory=list)
+    best: Response | None = None
+    answered: bool = False
+    cancelled: bool = False
 
 
 class Proxy:
@@ -50,30 +148,80 @@ class Proxy:
 
     def __init__(
         self,
+        settings: ProxySettings,
         *,
-        local_hosts: Collection[str],
-        local_ports: Collection[int],
-        secret: bytes,
+        clock: IReactorTime,
+        transports: Transports,
+        location: LocationService,
+        registrar: Registrar | None = None,
+        resolve: Callable[[SipURI], Awaitable[list[Peer]]] | None = None,
+        known_user: Callable[[str], bool] | None = None,
+        secret: bytes | None = None,
     ) -> None:
-        """Take what identifies this server; no I/O happens here.
+        """Take collaborators; nothing happens until messages arrive.
 
-        :param local_hosts: lowercased names and addresses that mean "us".
-        :param local_ports: ports we listen on.
-        :param secret: per-start random bytes that make our To tags unguessable.
+        :param resolve: RFC 3263 lookup for targets outside our domains.
+        :param known_user: whether an AOR is a user of ours (no binding: 480 for
+            a user, 404 for anyone else); None when there is no user list.
+        :param secret: keys To tags and flow tokens; random per start if None.
         """
-        self._hosts = frozenset(h.lower().strip("[]") for h in local_hosts)
-        self._ports = frozenset(local_ports)
-        self._secret = secret
+        self.settings = settings
+        self._clock = clock
+        self._transports = transports
+        self._location = location
+        self._registrar = registrar
+        self._resolve = resolve
+        self._secret = secret if secret is not None else os.urandom(32)
+        self._counter = itertools.count(1)
+        self._known_user = known_user
+        self._contexts: dict[int, ResponseContext] = {}
+        self._branches: dict[int, tuple[ResponseContext, _Branch]] = {}
+        self.layer = TransactionLayer(self, clock)
 
-    def message_received(self, message: object, peer: Peer, channel: Channel) -> None:
-        """A parsed message arrived from ``peer``."""
-        if isinstance(message, Response):
-            self._response_received(message, peer)
-        elif isinstance(message, Request):
-            self._request_received(message, peer, channel)
+    # -- what the transaction layer calls -------------------------------------
+
+    def request_received(
+        self,
+        request: Request,
+        transaction: ServerTransaction | None,
+        peer: Peer,
+        channel: Channel,
+    ) -> None:
+        """A new request (never a retransmission) from ``peer``."""
+        if transaction is None:
+            self._forward_ack(request)
+            return
+        Deferred.fromCoroutine(
+            self._handle(request, transaction, peer, channel)
+        ).addErrback(self._internal_error, transaction, request)
+
+    def response_received(
+        self,
+        response: Response,
+        transaction: ClientTransaction | None,
+        peer: Peer,
+        channel: Channel,
+    ) -> None:
+        """A response to one of our branches, or a stray one (§16.7, §16.11)."""
+        if transaction is None:
+            self._forward_stray_response(response)
+            return
+        found = self._branch_of(transaction)
+        if found is None:
+            return
+        context, branch = found
+        self._branch_response(context, branch, response)
+
+    def transaction_timed_out(self, transaction: ClientTransaction) -> None:
+        """Timer B or F: "treated as if it had received a 408" (§16.7 step 2)."""
+        found = self._branch_of(transaction)
+        if found is None:
+            return
+        context, branch = found
+        self._branch_response(context, branch, _synthesized(branch.request, 408))
 
     def message_invalid(self, error: Exception, peer: Peer, channel: Channel) -> None:
-        """Bytes that are no acceptable message: answer if we can, else drop.
+        """Bytes that are no acceptable request: answer if we can, else drop.
 
         "If a request fails [the syntax check] the element MUST behave as a UAS
         and respond with an error code" (RFC 3261 §16.3 step 1); a response is
@@ -83,111 +231,521 @@ class Proxy:
             raise error
         self._refuse_malformed(error, peer, channel, _cseq_method(error.headers))
 
+    # -- requests --------------------------------------------------------------
+
+    async def _handle(
+        self,
+        request: Request,
+        transaction: ServerTransaction,
+        peer: Peer,
+        channel: Channel,
+    ) -> None:
+        try:
+            await self._route(request, transaction, peer, channel)
+        except RejectedError as rejection:
+            self._answer(
+                transaction,
+                request,
+                rejection.status,
+                rejection.reason,
+                rejection.extra,
+                why="refused",
+            )
+
+    async def _route(
+        self,
+        request: Request,
+        transaction: ServerTransaction,
+        peer: Peer,
+        channel: Channel,
+    ) -> None:
+        check_uri_scheme(request)
+        key = loop_key(request)
+        inbound_flow = self._flow_from_routes(request)
+        request = preprocess_routes(request, self._is_ours)
+        uri = request.request_uri
+        has_route = "route" in request.headers
+        to_us = not has_route and is_local_uri(
+            uri, self.settings.local_hosts, self.settings.local_ports
+        )
+        ours_domain = (
+            isinstance(uri, SipURI)
+            and not has_route
+            and uri.host.lower().strip("[]") in self.settings.domains
+        )
+        answering_here = (request.method == "OPTIONS" and to_us) or (
+            request.method == "REGISTER" and ours_domain
+        )
+        check_max_forwards(request, answering_here=answering_here)
+        if is_loop(request, key, self._is_our_via):
+            raise RejectedError(482)
+        check_proxy_require(request, SUPPORTED)
+        if request.method == "OPTIONS" and to_us:
+            check_require(request, SUPPORTED)
+            self._answer(
+                transaction,
+                request,
+                200,
+                None,
+                (
+                    ("Allow", ", ".join(ALLOW)),
+                    ("Accept", ACCEPT),
+                    ("Supported", ", ".join(SUPPORTED)),
+                ),
+            )
+            return
+        if request.method == "REGISTER":
+            await self._register(request, transaction, peer, channel, ours_domain)
+            return
+        if request.method == "CANCEL":
+            self._cancel(request, transaction)
+            return
+        if request.method == "INVITE":
+            # §16.2: "the proxy MUST [...] generate a 100 (Trying) response".
+            transaction.respond(request.response(100))
+        targets = await self._targets(request, inbound_flow, has_route, ours_domain)
+        self._start(transaction, request, key, targets, peer, channel)
+
+    async def _register(
+        self,
+        request: Request,
+        transaction: ServerTransaction,
+        peer: Peer,
+        channel: Channel,
+        ours_domain: bool,
+    ) -> None:
+        if self._registrar is None or not ours_domain:
+            # Not a relay for other registrars: only our own domains register here.
+            raise RejectedError(403, "Not Our Domain")
+        flow = Flow(
+            transport=peer.transport,
+            local_host=channel.local.host,
+            local_port=channel.local.port,
+            remote_host=peer.host,
+            remote_port=peer.port,
+            connection_id=getattr(channel, "connection_id", None),
+        )
+        answer = await self._registrar.register(
+            request, flow, now=self._clock.seconds()
+        )
+        self._answer(
+            transaction,
+            request,
+            answer.status,
+            answer.reason,
+            answer.headers,
+            why=None if answer.status == 200 else "registrar",
+        )
+
+    def _cancel(self, cancel: Request, transaction: ServerTransaction) -> None:
+        """CANCEL (RFC 3261 §16.10): 200 at once, then cancel every pending branch."""
+        invite = self.layer.matching_invite(cancel)
+        context = self._contexts.get(id(invite)) if invite is not None else None
+        if context is None:
+            raise RejectedError(481)
+        self._answer(transaction, cancel, 200, None, ())
+        context.cancelled = True
+        context.pending.clear()
+        for branch in context.branches:
+            self._cancel_branch(branch)
+        if not context.branches and not context.answered:
+            self._final(context, _synthesized(context.request, 487))
+
+    async def _targets(
+        self,
+        request: Request,
+        flow: tuple[Peer, str | None] | None,
+        has_route: bool,
+        ours_domain: bool,
+    ) -> list[_Target]:
+        """The target set (RFC 3261 §16.5) as copies to send, in order of trial."""
+        if has_route or not ours_domain or flow is not None:
+            return await self._targets_by_uri(request, flow)
+        uri = request.request_uri
+        assert isinstance(uri, SipURI)
+        if uri.user is None:
+            raise RejectedError(404)
+        bindings = await self._location.bindings(uri.aor(), now=self._clock.seconds())
+        if not bindings:
+            known = self._known_user is not None and self._known_user(uri.aor())
+            raise RejectedError(480 if known else 404)
+        targets: list[_Target] = []
+        for binding in bindings:
+            targets.extend(await self._targets_for_binding(request, binding))
+        if not targets:
+            raise RejectedError(480)
+        return targets
+
+    async def _targets_for_binding(
+        self, request: Request, binding: Binding
+    ) -> list[_Target]:
+        copy = replace(request, uri=binding.contact)
+        if binding.path:
+            # RFC 3327 §5.3: the Path is the route to the phone; we follow it.
+            return await self._targets_by_uri(_with_routes(copy, binding.path), None)
+        flow = binding.flow
+        peer = Peer(flow.transport, flow.remote_host, flow.remote_port)
+        if not self._transports.supports(peer.transport):
+            return []
+        return [_Target(copy, peer, flow.connection_id, pinned=True)]
+
+    async def _targets_by_uri(
+        self, request: Request, flow: tuple[Peer, str | None] | None
+    ) -> list[_Target]:
+        """Forward along the Route set or to the Request-URI (§16.5, §16.6)."""
+        copy, hop = next_hop(request)
+        if flow is not None:
+            peer, connection_id = flow
+            return [_Target(copy, peer, connection_id, pinned=True)]
+        if not isinstance(hop, SipURI):
+            raise RejectedError(416)
+        peers = await self._lookup(hop)
+        if not peers:
+            in_domain = hop.host.lower() in self.settings.domains
+            raise RejectedError(404 if in_domain else 503)
+        return [_Target(copy, peer, None) for peer in peers]
+
+    async def _lookup(self, uri: SipURI) -> list[Peer]:
+        peer = _peer_of(uri)
+        if _is_ip(peer.host):
+            return [peer] if self._transports.supports(peer.transport) else []
+        if self._resolve is None:
+            return []
+        found = await self._resolve(uri)
+        return [p for p in found if self._transports.supports(p.transport)]
+
+    def _outgoing(self, context: ResponseContext, target: _Target) -> Request:
+        """§16.6 steps 3-8 for one target whose next hop is known."""
+        request = target.request
+        record_route: list[str] = []
+        if request.method in DIALOG_CREATING and request.to_addr.tag is None:
+            callee = target.connection_id if target.pinned else None
+            record_route = [
+                self._rr_uri(target.peer, callee, pinned=target.pinned),
+                self._rr_uri(context.inbound, context.inbound_connection, pinned=True),
+            ]
+        advertised = self._transports.advertised(
+            target.peer.transport, target.peer.host
+        )
+        host, port = _host_port(advertised)
+        branch = make_branch(context.key, f"{next(self._counter):x}")
+        transport = target.peer.transport.upper()
+        via = Via.parse(f"SIP/2.0/{transport} {host}:{port};branch={branch};rport")
+        return prepare_forward(
+            request, request_uri=None, via=via, record_route=record_route
+        )
+
+    def _rr_uri(self, peer: Peer, connection_id: str | None, *, pinned: bool) -> str:
+        """One of our Record-Route entries, facing ``peer`` (see proxy/flows.py).
+
+        The topmost entry faces the callee, the second the caller; both name this
+        proxy, so §16.4 removes both from later requests. A pinned side (a phone
+        reached through its registered flow, or the caller's own flow) carries a
+        signed token of that flow in the user part.
+        """
+        advertised = self._transports.advertised(peer.transport, peer.host)
+        host, port = _host_port(advertised)
+        user = f"{encode_flow(peer, connection_id, self._secret)}@" if pinned else ""
+        param = "" if peer.transport == "udp" else f";transport={peer.transport}"
+        return f"<sip:{user}{host}:{port}{param};lr>"
+
+    # -- branches and responses -------------------------------------------------
+
+    def _start(
+        self,
+        transaction: ServerTransaction,
+        request: Request,
+        key: str,
+        targets: list[_Target],
+        peer: Peer,
+        channel: Channel,
+    ) -> None:
+        context = ResponseContext(
+            transaction,
+            request,
+            key,
+            inbound=_via_peer(request.top_via, peer),
+            inbound_connection=getattr(channel, "connection_id", None),
+        )
+        self._contexts[id(transaction)] = context
+        if self.settings.forking == "parallel":
+            for target in targets:
+                self._send_branch(context, target)
+        else:
+            context.pending = targets[1:]
+            self._send_branch(context, targets[0])
+
+    def _send_branch(self, context: ResponseContext, target: _Target) -> None:
+        request = self._outgoing(context, target)
+        peer, connection_id = target.peer, target.connection_id
+        branch = _Branch(request, peer, connection_id)
+        context.branches.append(branch)
+
+        def failed(why: str) -> None:
+            self.log.info(
+                "cannot reach {host}:{port}: {why}",
+                host=peer.host,
+                port=peer.port,
+                why=why,
+            )
+            self._clock.callLater(
+                0, self._branch_response, context, branch, _synthesized(request, 503)
+            )
+
+        def send(data: bytes) -> None:
+            self._transports.send(
+                data, peer, connection_id=connection_id, on_error=failed
+            )
+
+        branch.transaction = self.layer.send_request(
+            request, send, reliable=peer.reliable
+        )
+        self._branches[id(branch.transaction)] = (context, branch)
+        if request.method == "INVITE":
+            branch.timer_c = self._clock.callLater(
+                self.settings.timer_c, self._timer_c, context, branch
+            )
+
+    def _timer_c(self, context: ResponseContext, branch: _Branch) -> None:
+        """§16.8: Timer C fired: CANCEL a ringing branch, else treat it as 408."""
+        branch.timer_c = None
+        if branch.final is not None:
+            return
+        if branch.provisional:
+            self._cancel_branch(branch)
+        else:
+            self._branch_response(context, branch, _synthesized(branch.request, 408))
+
+    def _cancel_branch(self, branch: _Branch) -> None:
+        """§9.1/§16.10: CANCEL a branch that has no final answer yet.
+
+        "a CANCEL request SHOULD NOT be sent to cancel a request until a
+        provisional response is received"; until then it is remembered.
+        """
+        if branch.final is not None or branch.request.method != "INVITE":
+            return
+        if not branch.provisional:
+            branch.cancel_pending = True
+            return
+        branch.cancel_pending = False
+        cancel = _cancel_for(branch.request)
+        peer, connection_id = branch.peer, branch.connection_id
+
+        def send(data: bytes) -> None:
+            self._transports.send(data, peer, connection_id=connection_id)
+
+        self.layer.send_request(cancel, send, reliable=peer.reliable)
+
+    def _branch_of(
+        self, transaction: ClientTransaction
+    ) -> tuple[ResponseContext, _Branch] | None:
+        return self._branches.get(id(transaction))
+
+    def _branch_response(
+        self, context: ResponseContext, branch: _Branch, response: Response
+    ) -> None:
+        """RFC 3261 §16.7 for one response on one branch."""
+        invite = context.request.method == "INVITE"
+        if branch.final is not None:
+            if invite and 200 <= response.status < 300:
+                # Retransmitted 2xx after the client transaction accepted (RFC 6026).
+                self._forward_up(context, response)
+            return
+        if response.status < 200:
+            if response.status == 100:
+                return
+            branch.provisional = True
+            if branch.timer_c is not None and branch.timer_c.active():
+                branch.timer_c.reset(self.settings.timer_c)
+            if branch.cancel_pending:
+                self._cancel_branch(branch)
+            if not context.answered:
+                self._forward_up(context, response)
+            return
+        branch.final = response
+        if branch.timer_c is not None and branch.timer_c.active():
+            branch.timer_c.cancel()
+        branch.timer_c = None
+        if 200 <= response.status < 300:
+            # §16.7 step 5: every 2xx to an INVITE goes up, even after another.
+            if invite and context.answered:
+                self._forward_up(context, response)
+            self._final(context, response)
+            context.pending.clear()
+            for other in context.branches:
+                self._cancel_branch(other)
+            return
+        if response.status >= 600:
+            context.pending.clear()
+            for other in context.branches:
+                self._cancel_branch(other)
+        if context.best is None or _better(response, context.best):
+            context.best = response
+        if response.status in _TRY_NEXT and context.pending and not context.cancelled:
+            self._send_branch(context, context.pending.pop(0))
+            return
+        if all(b.final is not None for b in context.branches) and not context.pending:
+            self._final(context, context.best)
+
+    def _final(self, context: ResponseContext, response: Response) -> None:
+        if context.answered:
+            return
+        if response.status == 503:
+            # §16.7 step 6: "the proxy SHOULD generate a 500 [...] instead" of
+            # passing on a 503, which would make upstream give up on us.
+            response = _synthesized(context.request, 500)
+        context.answered = True
+        self._forward_up(context, response)
+        self._log_final(context.request, response.status)
+        # Late 2xx retransmissions still need the context (RFC 6026 Timer M).
+        self._clock.callLater(40.0, self._forget, context)
+
+    def _forget(self, context: ResponseContext) -> None:
+        self._contexts.pop(id(context.server), None)
+        for branch in context.branches:
+            if branch.timer_c is not None and branch.timer_c.active():
+                branch.timer_c.cancel()
+            self._branches.pop(id(branch.transaction), None)
+
+    def _forward_up(self, context: ResponseContext, response: Response) -> None:
+        """Send a response upstream on the server transaction, our Via removed."""
+        if response.headers.get_all("via") and self._is_our_via(response.top_via):
+            _, headers = response.headers.pop_first_value("via")
+            response = replace(response, headers=headers)
+        if "via" not in response.headers:
+            return
+        context.server.respond(response)
+
+    def _forward_stray_response(self, response: Response) -> None:
+        """§16.11 / RFC 6026: a 2xx with no client transaction goes up statelessly."""
+        try:
+            top = response.top_via
+        except ParseError:
+            return
+        if not self._is_our_via(top) or not 200 <= response.status < 300:
+            return
+        _, headers = response.headers.pop_first_value("via")
+        if "via" not in headers:
+            return
+        response = replace(response, headers=headers)
+        via = response.top_via
+        source = Peer(via.transport.lower(), (via.received or via.host).strip("[]"), 0)
+        self._transports.send(response.to_bytes(), response_destination(via, source))
+
+    def _forward_ack(self, request: Request) -> None:
+        """An ACK for a 2xx follows the Route set statelessly (§16.11, §17.2.3)."""
+        Deferred.fromCoroutine(self._forward_ack_async(request)).addErrback(
+            lambda failure: self.log.failure("ACK forwarding failed", failure)
+        )
+
+    async def _forward_ack_async(self, request: Request) -> None:
+        key = loop_key(request)
+        flow = self._flow_from_routes(request)
+        request = preprocess_routes(request, self._is_ours)
+        if request.max_forwards == 0:
+            return
+        uri = request.request_uri
+        has_route = "route" in request.headers
+        ours_domain = (
+            isinstance(uri, SipURI)
+            and not has_route
+            and uri.host.lower() in self.settings.domains
+        )
+        try:
+            targets = await self._targets(request, flow, has_route, ours_domain)
+        except RejectedError:
+            return
+        target = targets[0]
+        advertised = self._transports.advertised(
+            target.peer.transport, target.peer.host
+        )
+        host, port = _host_port(advertised)
+        branch = make_branch(key, f"{next(self._counter):x}")
+        via = Via.parse(
+            f"SIP/2.0/{target.peer.transport.upper()} {host}:{port};branch={branch}"
+        )
+        copy = prepare_forward(target.request, request_uri=None, via=via)
+        self._transports.send(
+            copy.to_bytes(), target.peer, connection_id=target.connection_id
+        )
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _flow_from_routes(self, request: Request) -> tuple[Peer, str | None] | None:
+        """The flow named by the last of our own leading Route entries (flows.py)."""
+        found = None
+        for value in request.headers.get_all("route"):
+            try:
+                uri = NameAddress.parse(value).uri
+            except ParseError:
+                break
+            if not (isinstance(uri, SipURI) and self._is_ours(uri)):
+                break
+            if uri.user:
+                found = decode_flow(uri.user, self._secret)
+        return found
+
+    def _is_ours(self, uri: SipURI) -> bool:
+        host = uri.host.lower().strip("[]")
+        if host not in self.settings.local_hosts:
+            return False
+        return uri.port is None or uri.port in self.settings.local_ports
+
+    def _is_our_via(self, via: Via) -> bool:
+        host = via.host.lower().strip("[]")
+        return host in self.settings.local_hosts and (
+            via.port is None or via.port in self.settings.local_ports
+        )
+
+    def _answer(
+        self,
+        transaction: ServerTransaction,
+        request: Request,
+        status: int,
+        reason: str | None,
+        extra: Sequence[tuple[str, str]],
+        why: str | None = None,
+    ) -> None:
+        """Respond on the server transaction; the one path for our own answers."""
+        response = request.response(
+            status,
+            reason,
+            to_tag=self._to_tag(request.headers) if status > 100 else None,
+            headers=tuple(extra),
+        )
+        transaction.respond(response)
+        if status >= 200:
+            self._log_final(request, status, why)
+
+    def _log_final(self, request: Request, status: int, why: str | None = None) -> None:
+        self.log.info(
+            "{method} {call_id} {uri} -> {status}{why}",
+            method=request.method,
+            call_id=request.headers.get("call-id"),
+            uri=request.uri,
+            status=status,
+            why=f" ({why})" if why else "",
+        )
+
+    def _internal_error(
+        self, failure: Any, transaction: ServerTransaction, request: Request
+    ) -> None:
+        self.log.failure("internal error on {method}", failure, method=request.method)
+        self._answer(transaction, request, 500, None, (("Retry-After", "5"),))
+
     def _refuse_malformed(
         self, error: ParseError, peer: Peer, channel: Channel, method: str | None
     ) -> None:
         headers = error.headers
         if headers is None or method == "ACK":
-            self.log.info(
-                "dropped malformed message from {host}:{port} over {transport}: "
-                "{reason}",
-                host=peer.host,
-                port=peer.port,
-                transport=peer.transport,
-                reason=error.reason,
-            )
+            self._log_dropped(peer, error.reason)
             return
-        self._respond(
-            headers, error.status, None, error.extra, peer, channel, error.reason
-        )
-
-    def _response_received(self, response: Response, peer: Peer) -> None:
-        try:
-            validate_response(response)
-        except ParseError as error:
-            self.log.info(
-                "dropped malformed response from {host}:{port}: {reason}",
-                host=peer.host,
-                port=peer.port,
-                reason=error.reason,
-            )
-            return
-        self.log.debug(
-            "dropped stray {status} response from {host}:{port}",
-            status=response.status,
-            host=peer.host,
-            port=peer.port,
-        )
-
-    def _request_received(self, request: Request, peer: Peer, channel: Channel) -> None:
-        try:
-            validate_request(request)
-        except ParseError as error:
-            self._refuse_malformed(error, peer, channel, request.method)
-            return
-        if request.method == "ACK":
-            # An ACK matching no transaction of ours is for a response we sent
-            # statelessly (§17.2.1 absorbs it); it is never answered.
-            return
-        try:
-            extra = self._answer_here(request)
-        except RejectedError as rejection:
-            self._respond(
-                request.headers,
-                rejection.status,
-                rejection.reason,
-                rejection.extra,
-                peer,
-                channel,
-                f"{request.method} refused",
-            )
-            return
-        self._respond(request.headers, 200, None, extra, peer, channel, None)
-
-    def _answer_here(self, request: Request) -> tuple[tuple[str, str], ...]:
-        """Apply RFC 3261 §16.3; the extra header fields of a 200 we answer with.
-
-        :raises RejectedError: with the status to refuse the request with.
-        """
-        check_uri_scheme(request)
-        to_us = is_local_uri(request.request_uri, self._hosts, self._ports)
-        answering_here = to_us and request.method == "OPTIONS"
-        check_max_forwards(request, answering_here=answering_here)
-        check_proxy_require(request, SUPPORTED)
-        if answering_here:
-            check_require(request, SUPPORTED)
-            return (
-                ("Allow", ", ".join(ALLOW)),
-                ("Accept", ACCEPT),
-                ("Supported", ", ".join(SUPPORTED)),
-            )
-        if request.method == "CANCEL":
-            # §16.10 / §9.2: a CANCEL matching no transaction of ours.
-            raise RejectedError(481)
-        raise RejectedError(501)
-
-    def _respond(
-        self,
-        headers: Headers,
-        status: int,
-        reason: str | None,
-        extra: Sequence[tuple[str, str]],
-        peer: Peer,
-        channel: Channel,
-        why: str | None,
-    ) -> None:
-        """Answer statelessly (RFC 3261 §8.2.6, §18.2.2); the one response path.
-
-        A request whose Via or identifying fields are too broken to address a
-        response the RFC way still gets its 400 when it has a Via at all: back on
-        its connection, or over UDP to the address and port it came from.
-        """
-        to_tag = self._to_tag(headers) if status > 100 else None
+        to_tag = self._to_tag(headers) if error.status > 100 else None
         try:
             try:
                 stamped = stamp_received(headers, peer)
                 response = response_from_headers(
-                    stamped, status, reason, to_tag=to_tag, extra=tuple(extra)
+                    stamped, error.status, None, to_tag=to_tag, extra=error.extra
                 )
                 destination = (
                     peer
@@ -195,31 +753,34 @@ class Proxy:
                     else response_destination(response.top_via, peer)
                 )
             except ParseError:
+                # RFC 4475 badinv01/insuf: Via or identifying fields are unusable,
+                # but the source is known; answer there, never where it points.
                 response = response_from_headers(
-                    headers, status, reason, to_tag=to_tag, extra=tuple(extra),
+                    headers, error.status, None, to_tag=to_tag, extra=error.extra,
                     strict=False,
                 )  # fmt: skip
                 destination = peer
-        except ParseError as error:
-            self.log.info(
-                "dropped malformed message from {host}:{port} over {transport}: "
-                "{reason}",
-                host=peer.host,
-                port=peer.port,
-                transport=peer.transport,
-                reason=error.reason,
-            )
+        except ParseError as unanswerable:
+            self._log_dropped(peer, unanswerable.reason)
             return
-        if why is not None:
-            self.log.info(
-                "answered {status} to {host}:{port} over {transport}: {why}",
-                status=status,
-                host=peer.host,
-                port=peer.port,
-                transport=peer.transport,
-                why=why,
-            )
+        self.log.info(
+            "answered {status} to {host}:{port} over {transport}: {why}",
+            status=error.status,
+            host=peer.host,
+            port=peer.port,
+            transport=peer.transport,
+            why=error.reason,
+        )
         channel.send(response.to_bytes(), destination)
+
+    def _log_dropped(self, peer: Peer, reason: str) -> None:
+        self.log.info(
+            "dropped malformed message from {host}:{port} over {transport}: {reason}",
+            host=peer.host,
+            port=peer.port,
+            transport=peer.transport,
+            reason=reason,
+        )
 
     def _to_tag(self, headers: Headers) -> str:
         """A To tag that is the same for every retransmission of one request.
@@ -236,9 +797,87 @@ class Proxy:
             )
         )
         digest = hashlib.blake2b(
-            key.encode("utf-8", "surrogateescape"), key=self._secret, digest_size=6
+            key.encode("utf-8", "surrogateescape"), key=self._secret[:32], digest_size=6
         )
         return digest.hexdigest()
+
+
+def _better(candidate: Response, best: Response) -> bool:
+    """§16.7 step 6: a 6xx wins; otherwise the lowest response class."""
+
+    def rank(status: int) -> int:
+        return 0 if status >= 600 else status // 100
+
+    return rank(candidate.status) < rank(best.status)
+
+
+def _synthesized(request: Request, status: int) -> Response:
+    """A response we make up for a branch (408 timeout, 503 unreachable, 487)."""
+    return request.response(status)
+
+
+def _with_routes(request: Request, routes: Sequence[str]) -> Request:
+    headers = request.headers
+    for value in reversed(routes):
+        headers = headers.prepend("Route", value)
+    return replace(request, headers=headers)
+
+
+def _via_peer(via: Via, peer: Peer) -> Peer:
+    """Where the sender of a request listens: its flow, by its stamped Via."""
+    if peer.reliable:
+        return peer
+    return response_destination(via, peer)
+
+
+def _host_port(advertised: Peer | None) -> tuple[str, int]:
+    if advertised is None:
+        return "127.0.0.1", 5060
+    host = f"[{advertised.host}]" if ":" in advertised.host else advertised.host
+    return host, advertised.port
+
+
+def _cancel_for(invite: Request) -> Request:
+    """The CANCEL of a forwarded INVITE (RFC 3261 §9.1).
+
+    "The Request-URI, Call-ID, To, the numeric part of CSeq, and From header
+    fields in the CANCEL request MUST be identical to those in the request being
+    cancelled, including tags. A CANCEL constructed by a client MUST have only a
+    single Via header field value matching the top Via value in the request being
+    cancelled." Route header fields are copied too.
+    """
+    headers = invite.headers
+    via = headers.get_all("via")[0]
+    fields: list[tuple[str, str]] = [("Via", via)]
+    for route in headers.get_all("route"):
+        fields.append(("Route", route))
+    fields += [
+        ("Max-Forwards", "70"),
+        ("From", headers.get("from") or ""),
+        ("To", headers.get("to") or ""),
+        ("Call-ID", headers.get("call-id") or ""),
+        ("CSeq", f"{invite.cseq.number} CANCEL"),
+        ("Content-Length", "0"),
+    ]
+    return Request("CANCEL", invite.uri, Headers.of(*fields))
+
+
+def _peer_of(uri: SipURI) -> Peer:
+    """RFC 3261 §19.1.2 defaults for an IP-addressed URI."""
+    transport = (
+        uri.transport or ("tls" if uri.scheme.lower() == "sips" else "udp")
+    ).lower()
+    host = (uri.param("maddr") or uri.host).strip("[]")
+    default = 5061 if transport == "tls" else 5060
+    return Peer(transport, host, uri.port or default)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _cseq_method(headers: Headers | None) -> str | None:
@@ -247,3 +886,6 @@ def _cseq_method(headers: Headers | None) -> str | None:
         return None
     parts = value.split()
     return parts[1] if len(parts) == 2 else None
+
+
+__all__ = ["ALLOW", "SUPPORTED", "Proxy", "ProxySettings", "ResponseContext"]

@@ -1,187 +1,272 @@
-"""What the core answers, decided without sockets (RFC 3261 §8.2, §11, §16.3)."""
+"""The proxy core end to end on fakes (RFC 3261 §16), time driven by the test."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from sipproxy.proxy.core import Proxy
-from sipproxy.sip.errors import ParseError
-from sipproxy.sip.message import Response
-from sipproxy.sip.parser import parse_message
-from sipproxy.testing import RecordingChannel
-from sipproxy.transport.peer import Peer
-
-PEER = Peer("udp", "127.0.0.1", 40000)
-TCP_PEER = Peer("tcp", "127.0.0.1", 40001)
+from sipproxy.sip.message import Request, Response
+from tests.proxy.harness import ALICE, BOB, BOB2, PROXY, Harness, answer, invite
 
 
-def make_proxy() -> Proxy:
-    return Proxy(
-        local_hosts={"example.test", "127.0.0.1"}, local_ports={5060}, secret=b"k" * 16
-    )
+def only(messages: list[Request | Response]) -> Request | Response:
+    assert len(messages) == 1, messages
+    return messages[0]
 
 
-def request(
-    method: str = "OPTIONS",
-    uri: str = "sip:example.test",
-    *,
-    extra: str = "",
-    max_forwards: str = "70",
-    cseq_method: str | None = None,
-    via: str = "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK77;rport",
+def statuses(messages: list[Request | Response]) -> list[int]:
+    return [m.status for m in messages if isinstance(m, Response)]
+
+
+def forwarded_invite(h: Harness, to: tuple[str, int] = BOB) -> Request:
+    message = only(h.sent_to(to))
+    assert isinstance(message, Request)
+    return message
+
+
+def options(
+    uri: str = "sip:example.test", *, max_forwards: int = 70, extra: str = ""
 ) -> bytes:
     return (
-        f"{method} {uri} SIP/2.0\r\n"
-        f"Via: {via}\r\n"
+        f"OPTIONS {uri} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {ALICE[0]}:{ALICE[1]};branch=z9hG4bKo1;rport\r\n"
         f"Max-Forwards: {max_forwards}\r\n"
-        "From: <sip:a@example.test>;tag=1\r\n"
+        "From: <sip:alice@example.test>;tag=a1\r\n"
         f"To: <{uri}>\r\n"
-        "Call-ID: c1\r\n"
-        f"CSeq: 5 {cseq_method or method}\r\n"
+        "Call-ID: opt-1\r\n"
+        "CSeq: 1 OPTIONS\r\n"
         f"{extra}"
         "Content-Length: 0\r\n\r\n"
     ).encode()
 
 
-def answer(data: bytes, peer: Peer = PEER) -> tuple[Response | None, Peer | None]:
-    proxy, channel = make_proxy(), RecordingChannel()
-    try:
-        message = parse_message(data)
-    except ParseError as error:
-        proxy.message_invalid(error, peer, channel)
-    else:
-        proxy.message_received(message, peer, channel)
-    if not channel.sent:
-        return None, None
-    assert len(channel.sent) == 1
-    raw, destination = channel.sent[0]
-    response = parse_message(raw)
-    assert isinstance(response, Response)
-    return response, destination
-
-
 def test_options_to_the_server_is_answered_200() -> None:
-    response, destination = answer(request())
-    assert response is not None
+    h = Harness()
+    h.receive(options(), ALICE)
+    response = only(h.sent_to(ALICE))
+    assert isinstance(response, Response)
     assert response.status == 200
-    assert "OPTIONS" in (response.headers.get("allow") or "")
-    assert response.headers.get("accept") == "application/sdp"
-    assert "supported" in response.headers
-    # §8.2.6.2: Call-ID, CSeq, From copied; To gets a tag.
-    assert response.headers.get("call-id") == "c1"
-    assert response.cseq.number == 5
+    assert "INVITE" in (response.headers.get("allow") or "")
+    assert response.headers.get_all("supported") == ["path", "outbound"]
     assert response.to_addr.tag
-    assert destination == Peer("udp", "127.0.0.1", 40000)  # rport: back to the source
 
 
-def test_options_to_a_user_is_not_answered_as_ours() -> None:
-    response, _ = answer(request(uri="sip:alice@example.test"))
-    assert response is not None
-    assert response.status == 501
+def test_proxy_require_unknown_gets_420() -> None:
+    h = Harness()
+    h.receive(options(extra="Proxy-Require: foo\r\n"), ALICE)
+    response = only(h.sent_to(ALICE))
+    assert isinstance(response, Response)
+    assert response.status == 420
+    assert response.headers.get("unsupported") == "foo"
 
 
-def test_options_with_max_forwards_zero_to_us_is_answered() -> None:
-    """§16.3 step 3 exception: the element may answer an OPTIONS itself."""
-    response, _ = answer(request(max_forwards="0"))
-    assert response is not None and response.status == 200
+def test_invite_to_unknown_user_gets_100_then_404() -> None:
+    h = Harness()
+    h.receive(invite("nobody"), ALICE)
+    assert statuses(h.sent_to(ALICE)) == [100, 404]
 
 
-def test_max_forwards_zero_elsewhere_gets_483() -> None:
-    response, _ = answer(request(uri="sip:bob@elsewhere.test", max_forwards="0"))
-    assert response is not None and response.status == 483
+def test_max_forwards_zero_gets_483() -> None:
+    h = Harness()
+    h.register("bob", BOB)
+    h.receive(invite(max_forwards=0), ALICE)
+    assert statuses(h.sent_to(ALICE)) == [483]
 
 
-def test_unknown_scheme_gets_416() -> None:
-    response, _ = answer(request(uri="nobodyKnowsThisScheme:totallyopaquecontent"))
-    assert response is not None and response.status == 416
+def test_invite_reaches_the_registered_flow_not_the_private_contact() -> None:
+    """§16.5/§16.6 + RFC 5626: the request goes to the address the REGISTER came from."""
+    h = Harness()
+    h.register("bob", BOB)
+    h.receive(invite(), ALICE)
+    out = h.sent()
+    assert [(statuses([m]), addr) for m, addr in out if isinstance(m, Response)] == [
+        ([100], ALICE)
+    ]
+    forwarded = forwarded_invite_from(out)
+    assert forwarded.uri == "sip:bob@10.0.0.62:5060"  # the binding's contact
+    assert forwarded.max_forwards == 69
+    top = forwarded.top_via
+    assert (top.host, top.port) == PROXY
+    assert (top.branch or "").startswith("z9hG4bK")
+    assert len(forwarded.vias) == 2
+    rr = forwarded.headers.get_all("record-route")
+    assert len(rr) == 2
+    assert all("127.0.0.1:5060" in value and ";lr" in value for value in rr)
+    assert forwarded.body == b"v=0\n"
 
 
-def test_proxy_require_unknown_gets_420_with_unsupported() -> None:
-    response, _ = answer(request(extra="Proxy-Require: foo, bar\r\n"))
-    assert response is not None and response.status == 420
-    assert response.headers.get_all("unsupported") == ["foo", "bar"]
+def forwarded_invite_from(
+    out: list[tuple[Request | Response, tuple[str, int]]],
+) -> Request:
+    found = [m for m, addr in out if addr == BOB and isinstance(m, Request)]
+    assert len(found) == 1
+    return found[0]
 
 
-def test_require_unknown_on_options_to_us_gets_420() -> None:
-    response, _ = answer(request(extra="Require: 100rel\r\n"))
-    assert response is not None and response.status == 420
-    assert response.headers.get("unsupported") == "100rel"
-
-
-def test_cancel_without_transaction_gets_481() -> None:
-    response, _ = answer(request("CANCEL", "sip:alice@example.test"))
-    assert response is not None and response.status == 481
-
-
-@pytest.mark.parametrize("method", ["INVITE", "REGISTER", "SUBSCRIBE", "FOO"])
-def test_requests_not_handled_yet_get_501(method: str) -> None:
-    response, _ = answer(request(method, "sip:alice@example.test"))
-    assert response is not None and response.status == 501
-
-
-def test_ack_is_never_answered() -> None:
-    assert answer(request("ACK", "sip:alice@example.test")) == (None, None)
-
-
-def test_malformed_ack_is_never_answered() -> None:
-    data = request("ACK", "sip:alice@example.test", cseq_method="INVITE")
-    assert answer(data) == (None, None)
-
-
-def test_missing_call_id_still_gets_400_sent_to_the_source() -> None:
-    """RFC 4475 §3.3.1 (insuf): missing required fields -> 400, not a crash."""
-    data = request(via="SIP/2.0/UDP 10.9.9.9:5070;branch=z9hG4bK77").replace(
-        b"Call-ID: c1\r\n", b""
+@pytest.fixture
+def ringing() -> tuple[Harness, Request]:
+    """Alice's INVITE forwarded to Bob, Bob ringing, Alice got the 180."""
+    h = Harness()
+    h.register("bob", BOB)
+    h.receive(invite(), ALICE)
+    out = h.sent()
+    to_bob = forwarded_invite_from(out)
+    h.receive(answer(to_bob, 180), BOB)
+    ring = only(h.sent_to(ALICE))
+    assert isinstance(ring, Response)
+    assert ring.status == 180
+    assert len(ring.vias) == 1  # our Via removed (§16.7 step 3)
+    assert ring.headers.get_all("via")[0].startswith(
+        f"SIP/2.0/UDP {ALICE[0]}:{ALICE[1]}"
     )
-    response, destination = answer(data)
-    assert response is not None and response.status == 400
-    assert "call-id" not in response.headers
-    assert destination == PEER
+    return h, to_bob
 
 
-def test_broken_via_still_gets_400_sent_to_the_source() -> None:
-    """RFC 4475 §3.1.2.1 (badinv01): the Via is unusable, the source is not."""
-    response, destination = answer(request(via="192.0.2.15;;,;,,"))
-    assert response is not None and response.status == 400
-    assert destination == PEER
+def test_answer_ack_and_bye_follow_the_record_route(
+    ringing: tuple[Harness, Request],
+) -> None:
+    h, to_bob = ringing
+    ok = answer(to_bob, 200, contact="<sip:bob@10.0.0.62:5060>")
+    h.receive(ok, BOB)
+    up = only(h.sent_to(ALICE))
+    assert isinstance(up, Response)
+    assert up.status == 200
+    route_set = up.headers.get_all("record-route")
+    assert len(route_set) == 2
+    # Alice's ACK: new branch, Route = the Record-Route reversed (§12.1.2).
+    ack = (
+        "ACK sip:bob@10.0.0.62:5060 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {ALICE[0]}:{ALICE[1]};branch=z9hG4bKack1;rport\r\n"
+        "Max-Forwards: 70\r\n"
+        f"Route: {route_set[1]}, {route_set[0]}\r\n"
+        'From: "Alice" <sip:alice@example.test>;tag=a1\r\n'
+        "To: <sip:bob@example.test>;tag=b1\r\n"
+        "Call-ID: call-1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    h.receive(ack, ALICE)
+    to_bob_ack = only(h.sent_to(BOB))
+    assert isinstance(to_bob_ack, Request)
+    assert to_bob_ack.method == "ACK"
+    assert "route" not in to_bob_ack.headers  # both our entries consumed
+    # Bob hangs up: his route set is the Record-Route in order.
+    bye = (
+        "BYE sip:alice@192.0.2.10:5070 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 10.0.0.62:5060;branch=z9hG4bKbye1;rport\r\n"
+        "Max-Forwards: 70\r\n"
+        f"Route: {route_set[0]}, {route_set[1]}\r\n"
+        "From: <sip:bob@example.test>;tag=b1\r\n"
+        'To: "Alice" <sip:alice@example.test>;tag=a1\r\n'
+        "Call-ID: call-1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    h.receive(bye, BOB)
+    to_alice = only(h.sent_to(ALICE))
+    assert isinstance(to_alice, Request)
+    assert to_alice.method == "BYE"
+    h.receive(answer(to_alice, 200, to_tag="a1"), ALICE)
+    bye_ok = only(h.sent_to(BOB))
+    assert isinstance(bye_ok, Response)
+    assert bye_ok.status == 200
+    # Every transaction and context is gone once the timers have run.
+    h.clock.advance(64)
+    h.clock.advance(64)
+    assert h.proxy.layer.counts() == dict.fromkeys(h.proxy.layer.counts(), 0)
 
 
-def test_no_via_at_all_is_dropped() -> None:
-    data = request().replace(
-        b"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK77;rport\r\n", b""
+def test_cancel_before_answer_gives_487(ringing: tuple[Harness, Request]) -> None:
+    """§16.10: CANCEL answered 200 at once, branch cancelled, caller gets 487."""
+    h, to_bob = ringing
+    cancel = (
+        "CANCEL sip:bob@example.test SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {ALICE[0]}:{ALICE[1]};branch=z9hG4bKalice1;rport\r\n"
+        "Max-Forwards: 70\r\n"
+        'From: "Alice" <sip:alice@example.test>;tag=a1\r\n'
+        "To: <sip:bob@example.test>\r\n"
+        "Call-ID: call-1\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    h.receive(cancel, ALICE)
+    assert statuses(h.sent_to(ALICE)) == [200]
+    to_bob_cancel = only(h.sent_to(BOB))
+    assert isinstance(to_bob_cancel, Request)
+    assert to_bob_cancel.method == "CANCEL"
+    assert to_bob_cancel.top_via.branch == to_bob.top_via.branch
+    h.receive(answer(to_bob_cancel, 200), BOB)
+    h.receive(answer(to_bob, 487), BOB)
+    assert statuses(h.sent_to(ALICE)) == [487]
+    acks = [m for m in h.sent_to(BOB) if isinstance(m, Request) and m.method == "ACK"]
+    assert len(acks) == 1  # the client transaction acknowledges the 487 (§17.1.1.3)
+
+
+def test_cancel_matching_nothing_gets_481() -> None:
+    h = Harness()
+    h.receive(
+        invite()
+        .replace(b"INVITE sip:", b"CANCEL sip:", 1)
+        .replace(b"1 INVITE", b"1 CANCEL"),
+        ALICE,
     )
-    assert answer(data) == (None, None)
+    assert 481 in statuses(h.sent_to(ALICE))
 
 
-def test_malformed_request_gets_400_addressed_by_via() -> None:
-    data = request(via="SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK77").replace(
-        b"Max-Forwards: 70", b"Max-Forwards: many"
+def test_unreachable_newest_binding_falls_back_to_the_next() -> None:
+    """Sequential: a 408 (Timer B) on the newest binding tries the older one."""
+    h = Harness()
+    h.register("bob", BOB2, at=0)
+    h.clock.advance(1)
+    h.register("bob", BOB, at=1)
+    h.receive(invite(), ALICE)
+    h.sent()
+    h.clock.advance(33)  # Timer B = 64*T1 = 32 s: BOB never answered
+    assert any(
+        isinstance(m, Request) and m.method == "INVITE" for m in h.sent_to(BOB2) or []
     )
-    response, destination = answer(data)
-    assert response is not None and response.status == 400
-    assert destination == Peer("udp", "127.0.0.1", 5070)  # no rport: the sent-by port
 
 
-def test_responses_are_dropped() -> None:
-    data = (
-        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK1\r\n"
-        b"From: <sip:a@example.test>;tag=1\r\nTo: <sip:b@example.test>;tag=2\r\n"
-        b"Call-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
-    )
-    assert answer(data) == (None, None)
+def test_no_answer_at_all_gives_408() -> None:
+    h = Harness()
+    h.register("bob", BOB)
+    h.receive(invite(), ALICE)
+    h.sent()
+    for _ in range(40):
+        h.clock.advance(1)
+    assert 408 in statuses(h.sent_to(ALICE))
 
 
-def test_over_tcp_the_answer_goes_back_on_the_connection() -> None:
-    data = request(via="SIP/2.0/TCP 10.1.1.1:5999;branch=z9hG4bK77")
-    response, destination = answer(data, TCP_PEER)
-    assert response is not None and response.status == 200
-    assert destination == TCP_PEER
+def test_parallel_forking_cancels_the_other_branch_on_200() -> None:
+    h = Harness(forking="parallel")
+    h.register("bob", BOB2, at=0)
+    h.register("bob", BOB, at=1)
+    h.receive(invite(), ALICE)
+    out = h.sent()
+    first = [m for m, a in out if a == BOB and isinstance(m, Request)][0]
+    second = [m for m, a in out if a == BOB2 and isinstance(m, Request)][0]
+    h.receive(answer(first, 180), BOB)
+    h.receive(answer(second, 180, to_tag="b2"), BOB2)
+    h.sent()
+    h.receive(answer(first, 200), BOB)
+    cancels = [
+        m for m in h.sent_to(BOB2) if isinstance(m, Request) and m.method == "CANCEL"
+    ]
+    assert len(cancels) == 1
 
 
-def test_to_tag_is_stable_across_retransmissions_and_differs_per_request() -> None:
-    first, _ = answer(request())
-    again, _ = answer(request())
-    other, _ = answer(request().replace(b"Call-ID: c1", b"Call-ID: c2"))
-    assert first is not None and again is not None and other is not None
-    assert first.to_addr.tag == again.to_addr.tag
-    assert first.to_addr.tag != other.to_addr.tag
+def test_timer_c_cancels_a_branch_ringing_too_long(
+    ringing: tuple[Harness, Request],
+) -> None:
+    """§16.8: Timer C (> 3 min) fires: the ringing branch is CANCELled."""
+    h, _ = ringing
+    h.clock.advance(182)
+    sent = h.sent_to(BOB)
+    assert any(isinstance(m, Request) and m.method == "CANCEL" for m in sent)
+
+
+def test_loop_gets_482() -> None:
+    h = Harness()
+    h.register("bob", BOB)
+    h.receive(invite(), ALICE)
+    fwd = forwarded_invite_from(h.sent())
+    # The same request comes back to us unchanged (e.g. a misconfigured hop).
+    looped = replace(fwd, uri="sip:bob@example.test")
+    raw = looped.to_bytes()
+    h.receive(raw, BOB)
+    assert 482 in statuses(h.sent_to(BOB))

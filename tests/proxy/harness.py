@@ -1,0 +1,126 @@
+"""A whole proxy on fakes: MemoryReactorClock time, fake UDP sockets, memory store."""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred
+
+from sipproxy.location import Binding, Flow
+from sipproxy.location.memory import MemoryLocationService
+from sipproxy.proxy.core import Proxy, ProxySettings
+from sipproxy.sip.message import Request, Response
+from sipproxy.sip.parser import parse_message
+from sipproxy.testing import FakeDatagramTransport, UDPMemoryReactor
+from sipproxy.transport.sender import Transports
+from sipproxy.transport.udp import SIPDatagramProtocol
+
+T = TypeVar("T")
+PROXY = ("127.0.0.1", 5060)
+ALICE = ("192.0.2.10", 5070)
+BOB = ("192.0.2.20", 5062)
+BOB2 = ("192.0.2.21", 5064)
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never waits on real I/O (the memory store) to its end."""
+    results: list[T] = []
+    Deferred.fromCoroutine(coroutine).addCallback(results.append)
+    assert results, "the coroutine waited on something"
+    return results[0]
+
+
+class Harness:
+    """The proxy wired as tap.py wires it, with every edge replaced by a fake."""
+
+    def __init__(self, *, forking: str = "sequential") -> None:
+        self.clock = UDPMemoryReactor()
+        self.transports = Transports(self.clock)
+        self.location = MemoryLocationService()
+        run(self.location.open())
+        self.proxy = Proxy(
+            ProxySettings(
+                domains=frozenset({"example.test"}),
+                local_hosts=frozenset({"example.test", "127.0.0.1"}),
+                local_ports=frozenset({5060}),
+                forking=forking,
+            ),
+            clock=self.clock,
+            transports=self.transports,
+            location=self.location,
+            secret=b"s" * 32,
+        )
+        self.udp = SIPDatagramProtocol(self.proxy.layer)
+        self.socket: FakeDatagramTransport = self.clock.listenUDP(
+            5060, self.udp, interface="127.0.0.1"
+        )
+        self.transports.add_udp(self.udp)
+
+    def register(self, user: str, where: tuple[str, int], *, at: float = 0.0) -> None:
+        """A binding as the registrar would store it, reached through its flow."""
+        binding = Binding(
+            aor=f"sip:{user}@example.test",
+            contact=f"sip:{user}@10.0.0.{where[1] % 200}:5060",  # private: behind NAT
+            expires_at=at + 3600,
+            registered_at=at,
+            call_id=f"reg-{user}-{where[1]}",
+            cseq=1,
+            flow=Flow("udp", *PROXY, *where),
+        )
+        run(self.location.update(binding.aor, save=[binding], now=self.clock.seconds()))
+
+    def receive(
+        self, data: bytes | Request | Response, source: tuple[str, int]
+    ) -> None:
+        """A datagram from ``source`` arrives at the proxy's socket."""
+        raw = data if isinstance(data, bytes) else data.to_bytes()
+        self.udp.datagramReceived(raw, source)
+
+    def sent(self) -> list[tuple[Request | Response, tuple[str, int]]]:
+        """Everything the proxy sent and no test has taken yet, parsed."""
+        out = [(parse_message(data), addr) for data, addr in self.socket.written]
+        self.socket.written.clear()
+        return out
+
+    def sent_to(self, where: tuple[str, int]) -> list[Request | Response]:
+        """Take what was sent to ``where``; what went elsewhere stays to be taken."""
+        taken, kept = [], []
+        for data, addr in self.socket.written:
+            (taken if addr == where else kept).append((data, addr))
+        self.socket.written[:] = kept
+        return [parse_message(data) for data, _ in taken]
+
+
+def invite(
+    to_user: str = "bob",
+    *,
+    call_id: str = "call-1",
+    branch: str = "z9hG4bKalice1",
+    max_forwards: int = 70,
+    extra: str = "",
+) -> bytes:
+    return (
+        f"INVITE sip:{to_user}@example.test SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {ALICE[0]}:{ALICE[1]};branch={branch};rport\r\n"
+        f"Max-Forwards: {max_forwards}\r\n"
+        'From: "Alice" <sip:alice@example.test>;tag=a1\r\n'
+        f"To: <sip:{to_user}@example.test>\r\n"
+        f"Call-ID: {call_id}\r\n"
+        "CSeq: 1 INVITE\r\n"
+        f"Contact: <sip:alice@{ALICE[0]}:{ALICE[1]}>\r\n"
+        f"{extra}"
+        "Content-Type: application/sdp\r\n"
+        "Content-Length: 4\r\n\r\nv=0\n"
+    ).encode()
+
+
+def answer(
+    request: Request, status: int, *, to_tag: str = "b1", contact: str = ""
+) -> Response:
+    """The response a phone would send to ``request`` (it copies the Vias)."""
+    extra = [("Contact", contact)] if contact else []
+    if 100 < status < 300:
+        # RFC 3261 §12.1.1: the UAS copies Record-Route into dialog responses.
+        extra += [("Record-Route", v) for v in request.headers.get_all("record-route")]
+    return request.response(status, to_tag=to_tag, headers=extra)
