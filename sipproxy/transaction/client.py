@@ -1,4 +1,4 @@
-"""Client transactions (RFC 3261 §17.1, figures 5 and 6; RFC 6026 §7.2).
+"""Client transactions (RFC 3261 §17.1, figures 5 and 6, as RFC 6026 amends them).
 
 Theory of operation. The TU (through the layer) creates a client transaction with
 the request and a ``send`` callable for its next hop, then :meth:`start` sends it.
@@ -188,8 +188,8 @@ class ClientInviteTransaction(_ClientTransaction):
                 self.state = State.PROCEEDING
                 self._deliver(response, peer, channel)
             elif status < 300:
-                # RFC 6026 §8.4: "the client transaction MUST transition to the
-                # "Accepted" state, and Timer M MUST be started"
+                # §17.1.1.2 as RFC 6026 amends it: "the client transaction MUST
+                # transition to the "Accepted" state, and Timer M MUST be started"
                 self.state = State.ACCEPTED
                 try:
                     self._deliver(response, peer, channel)
@@ -211,9 +211,9 @@ class ClientInviteTransaction(_ClientTransaction):
             assert self._ack is not None
             self._send(self._ack)
         elif state is State.ACCEPTED and 200 <= status < 300:
-            # RFC 6026 §8.4: "Any 2xx responses that match this client transaction
-            # and that are received while in the "Accepted" state MUST be passed up
-            # to the TU."
+            # §17.1.1.2 as RFC 6026 amends it: "Any 2xx responses that match this
+            # client transaction and that are received while in the "Accepted"
+            # state MUST be passed up to the TU."
             self._deliver(response, peer, channel)
 
     def _timer_a(self) -> None:

@@ -1,4 +1,4 @@
-"""Server transactions (RFC 3261 §17.2, figures 7 and 8; RFC 6026 §8).
+"""Server transactions (RFC 3261 §17.2, figures 7 and 8, as RFC 6026 amends them).
 
 Theory of operation. The layer creates a server transaction for each new request
 and hands both to the TU; retransmissions of the request are matched to it and
@@ -98,7 +98,7 @@ class _ServerTransaction(TransactionMachine):
 
 
 class ServerInviteTransaction(_ServerTransaction):
-    """Answer one INVITE (RFC 3261 §17.2.1, figure 7; RFC 6026 §7.1, figure 7).
+    """Answer one INVITE (RFC 3261 §17.2.1 and figure 7, as RFC 6026 amends them).
 
     Starts in PROCEEDING; a 100 (Trying) goes out after :data:`TRYING_DELAY`
     unless the TU has responded by then.
@@ -135,8 +135,8 @@ class ServerInviteTransaction(_ServerTransaction):
         these [provisional responses] MUST be passed to the transport layer for
         transmission." In ACCEPTED, "any retransmission of the 2xx response passed
         from the TU to the transaction while in the "Accepted" state MUST be passed
-        to the transport layer for transmission" (RFC 6026 §8.5). Anything else is
-        not sent and is logged.
+        to the transport layer for transmission" (§17.2.1 as RFC 6026 amends it).
+        Anything else is not sent and is logged.
         """
         status = response.status
         if self.state is State.PROCEEDING:
@@ -144,8 +144,9 @@ class ServerInviteTransaction(_ServerTransaction):
             if status < 200:
                 self._send(response)
             elif status < 300:
-                # RFC 6026 §8.5: "the server transaction MUST transition to the
-                # "Accepted" state" and start Timer L; 2xx retransmission is the TU's.
+                # §17.2.1 as RFC 6026 amends it: "the server transaction MUST
+                # transition to the "Accepted" state" and start Timer L; 2xx
+                # retransmissions are the TU's business, not the transaction's.
                 self.state = State.ACCEPTED
                 self._send(response)
                 self._arm("L", self._timers.timer_l, self._terminate)
@@ -165,7 +166,7 @@ class ServerInviteTransaction(_ServerTransaction):
 
         In PROCEEDING "the most recent provisional response that was received from
         the TU MUST be passed to the transport layer for retransmission"; in
-        COMPLETED the final response is; in CONFIRMED and ACCEPTED (RFC 6026 §8.5)
+        COMPLETED the final response is; in CONFIRMED and ACCEPTED (RFC 6026)
         it is absorbed.
         """
         if self.state in (State.PROCEEDING, State.COMPLETED):

@@ -1,4 +1,4 @@
-"""Timer values of the transaction layer (RFC 3261 §17, Table 4; RFC 6026 §8.11).
+"""Timer values of the transaction layer (RFC 3261 Table 4; L and M from RFC 6026).
 
 Every timer is a multiple of T1, T2 or T4, so a deployment tunes three numbers and
 the rest follows. The values that only absorb retransmissions (D, I, J, K) are zero
@@ -102,10 +102,10 @@ class Timers:
 
     @property
     def timer_l(self) -> float:
-        """Wait time for accepted INVITE request retransmits, 64*T1 (RFC 6026 §8.7)."""
+        """Wait time for accepted INVITE request retransmits, 64*T1 (RFC 6026)."""
         return 64 * self.t1
 
     @property
     def timer_m(self) -> float:
-        """Wait time for retransmission of 2xx to INVITE, 64*T1 (RFC 6026 §8.4)."""
+        """Wait time for retransmission of 2xx to INVITE, 64*T1 (RFC 6026)."""
         return 64 * self.t1

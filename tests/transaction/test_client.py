@@ -1,4 +1,4 @@
-"""Client transactions (RFC 3261 §17.1, figures 5 and 6; RFC 6026 §7.2)."""
+"""Client transactions (RFC 3261 §17.1, figures 5 and 6, as RFC 6026 amends them)."""
 
 from __future__ import annotations
 
@@ -198,7 +198,7 @@ def test_timer_d_is_zero_over_reliable() -> None:
 
 @pytest.mark.parametrize("first", [None, 183])
 def test_2xx_goes_to_tu_and_accepts(first: int | None) -> None:
-    """RFC 6026 §8.4: a 2xx goes to the TU and the transaction is Accepted."""
+    """RFC 6026 (§17.1.1.2): a 2xx goes to the TU and the transaction is Accepted."""
     txn, user, wire, _ = invite_transaction()
     if first is not None:
         reply(txn, first)
@@ -209,7 +209,7 @@ def test_2xx_goes_to_tu_and_accepts(first: int | None) -> None:
 
 
 def test_2xx_retransmissions_go_to_tu_in_accepted() -> None:
-    """In Accepted every 2xx goes to the TU; others are dropped (RFC 6026 §8.4)."""
+    """In Accepted every 2xx goes to the TU; others are dropped (RFC 6026)."""
     txn, user, _, _ = invite_transaction()
     reply(txn, 200)
     reply(txn, 200)

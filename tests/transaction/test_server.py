@@ -1,4 +1,4 @@
-"""Server transactions (RFC 3261 §17.2, figures 7 and 8; RFC 6026 §7.1)."""
+"""Server transactions (RFC 3261 §17.2, figures 7 and 8, as RFC 6026 amends them)."""
 
 from __future__ import annotations
 
@@ -194,7 +194,7 @@ def test_responding_after_the_final_is_a_no_op() -> None:
 
 
 def test_2xx_accepts_and_timer_l_terminates() -> None:
-    """RFC 6026 §8.5: 2xx -> Accepted; Timer L (64*T1) -> Terminated; no resends."""
+    """RFC 6026: 2xx -> Accepted; Timer L (64*T1) -> Terminated; no resends."""
     txn, channel, clock, ended = invite_server()
     respond(txn, 200)
     assert state_of(txn) is State.ACCEPTED

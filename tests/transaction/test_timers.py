@@ -1,4 +1,4 @@
-"""Timer values (RFC 3261 §17, Table 4; RFC 6026 §8.11)."""
+"""Timer values (RFC 3261 §17, Table 4, with RFC 6026's L and M)."""
 
 from __future__ import annotations
 
