@@ -75,7 +75,7 @@ def test_max_forwards_zero_gets_483() -> None:
 
 
 def test_invite_reaches_the_registered_flow_not_the_private_contact() -> None:
-    """§16.5/§16.6 + RFC 5626: the request goes to the address the REGISTER came from."""
+    """§16.5, RFC 5626: the request goes where the REGISTER came from."""
     h = Harness()
     h.register("bob", BOB)
     h.receive(invite(), ALICE)
@@ -238,8 +238,8 @@ def test_parallel_forking_cancels_the_other_branch_on_200() -> None:
     h.register("bob", BOB, at=1)
     h.receive(invite(), ALICE)
     out = h.sent()
-    first = [m for m, a in out if a == BOB and isinstance(m, Request)][0]
-    second = [m for m, a in out if a == BOB2 and isinstance(m, Request)][0]
+    first = next(m for m, a in out if a == BOB and isinstance(m, Request))
+    second = next(m for m, a in out if a == BOB2 and isinstance(m, Request))
     h.receive(answer(first, 180), BOB)
     h.receive(answer(second, 180, to_tag="b2"), BOB2)
     h.sent()
