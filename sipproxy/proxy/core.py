@@ -384,6 +384,9 @@ class Proxy:
             # RFC 3327 §5.3: the Path is the route to the phone; we follow it.
             return await self._targets_by_uri(_with_routes(copy, binding.path), None)
         flow = binding.flow
+        direct = _direct_contact(binding)
+        if direct is not None and self._transports.supports(direct.transport):
+            return [_Target(copy, direct)]
         peer = Peer(flow.transport, flow.remote_host, flow.remote_port)
         if not self._transports.supports(peer.transport):
             return []
@@ -814,6 +817,39 @@ def _better(candidate: Response, best: Response) -> bool:
 def _synthesized(request: Request, status: int) -> Response:
     """A response we make up for a branch (408 timeout, 503 unreachable, 487)."""
     return request.response(status)
+
+
+def _direct_contact(binding: Binding) -> Peer | None:
+    """The Contact's own address, when it can be trusted over the flow.
+
+    RFC 3261 routes to the registered Contact; a phone behind NAT writes an
+    address nobody can reach there, so the flow the REGISTER came on is used
+    instead (RFC 3581, RFC 5626). The Contact is trusted only when nothing says
+    NAT: the REGISTER came over UDP without RFC 5626 outbound, and the Contact
+    names, as an IP literal, the very address the REGISTER came from (a phone
+    or a SIPp instance registering on behalf of another port of its own host).
+    """
+    flow = binding.flow
+    if flow.transport != "udp" or binding.reg_id is not None:
+        return None
+    try:
+        uri = SipURI.parse(binding.contact)
+    except ParseError:
+        return None
+    host = uri.host.strip("[]")
+    if not _is_ip(host) or not _same_ip(host, flow.remote_host):
+        return None
+    transport = (uri.transport or "udp").lower()
+    if transport != "udp":
+        return None
+    return Peer("udp", flow.remote_host, uri.port or 5060)
+
+
+def _same_ip(a: str, b: str) -> bool:
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return False
 
 
 def _with_routes(request: Request, routes: Sequence[str]) -> Request:

@@ -57,11 +57,21 @@ class Harness:
         )
         self.transports.add_udp(self.udp)
 
-    def register(self, user: str, where: tuple[str, int], *, at: float = 0.0) -> None:
-        """A binding as the registrar would store it, reached through its flow."""
+    def register(
+        self,
+        user: str,
+        where: tuple[str, int],
+        *,
+        at: float = 0.0,
+        contact: str | None = None,
+    ) -> None:
+        """A binding as the registrar would store it, reached through its flow.
+
+        By default the Contact is a private address: the phone is behind NAT.
+        """
         binding = Binding(
             aor=f"sip:{user}@example.test",
-            contact=f"sip:{user}@10.0.0.{where[1] % 200}:5060",  # private: behind NAT
+            contact=contact or f"sip:{user}@10.0.0.{where[1] % 200}:5060",
             expires_at=at + 3600,
             registered_at=at,
             call_id=f"reg-{user}-{where[1]}",

@@ -96,6 +96,16 @@ def test_invite_reaches_the_registered_flow_not_the_private_contact() -> None:
     assert forwarded.body == b"v=0\n"
 
 
+def test_contact_on_the_flows_own_address_is_trusted() -> None:
+    """No sign of NAT (same IP as the REGISTER's source): the Contact's port wins."""
+    h = Harness()
+    h.register("bob", BOB, contact=f"sip:bob@{BOB[0]}:5099")
+    h.receive(invite(), ALICE)
+    h.sent_to(ALICE)
+    assert len(h.sent_to((BOB[0], 5099))) == 1
+    assert h.sent_to(BOB) == []
+
+
 def forwarded_invite_from(
     out: list[tuple[Request | Response, tuple[str, int]]],
 ) -> Request:
