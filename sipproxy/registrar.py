@@ -177,7 +177,7 @@ def decide_registration(request: Request, settings: RegistrarSettings) -> Regist
     unknown = [
         tag
         for tag in request.headers.get_all("require")
-        if tag.lower() not in SUPPORTED
+        if tag and tag.lower() not in SUPPORTED
     ]
     if unknown:
         raise RegisterRefusedError(420, None, (("Unsupported", ", ".join(unknown)),))

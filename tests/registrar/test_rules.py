@@ -11,7 +11,12 @@ from twisted.logger import Logger, LogLevel
 
 from sipproxy.location import Binding, LocationUnavailableError
 from sipproxy.location.memory import MemoryLocationService
-from sipproxy.registrar import Registrar, RegistrarSettings
+from sipproxy.registrar import (
+    Registrar,
+    RegistrarSettings,
+    decide_changes,
+    decide_registration,
+)
 from sipproxy.sip.message import Request
 from tests.registrar.helpers import (
     ALICE,
@@ -664,3 +669,34 @@ def test_concurrent_registers_of_one_aor_are_serialised() -> None:
     assert [a.status for a in answers] == [200, 200]
     stored = run(MemoryLocationService.bindings(store, ALICE, now=1001.0))
     assert contacts(stored) == [LAPTOP]
+
+
+# -- the decisions alone --------------------------------------------------------------
+
+
+def test_decisions_are_values_in_values_out() -> None:
+    """decide_registration and decide_changes need no store: keys out, bindings out.
+
+    A re-registration of a known contact from a new Call-ID removes the old key
+    and saves a binding on the new flow.
+    """
+    request = register_request(f"Contact: <{PHONE}>;expires=600", call_id="new")
+    registration = decide_registration(request, SETTINGS)
+    assert (registration.aor, registration.call_id, registration.cseq) == (
+        ALICE,
+        "new",
+        1,
+    )
+    old = Binding(ALICE, PHONE, 5000.0, 900.0, "old", 7, NAT_FLOW)
+    save, remove = decide_changes(
+        registration, [old], TCP_FLOW, now=1000.0, max_bindings=10
+    )
+    assert remove == [PHONE]
+    assert [(b.contact, b.expires_at, b.flow) for b in save] == [
+        (PHONE, 1600.0, TCP_FLOW)
+    ]
+
+
+def test_empty_require_value_is_not_an_extension() -> None:
+    """An empty Require value names no extension, so it is no reason for a 420."""
+    assert Phone().register(f"Contact: <{PHONE}>", "Require: ").status == 200
