@@ -193,6 +193,8 @@ class Config:
     max_expires: int = 7200
     #: bindings one AOR may have; beyond it the oldest is evicted
     max_bindings: int = 10
+    #: several bindings: "sequential" (newest first) or "parallel" (all at once)
+    forking: str = "sequential"
 
 
 # key -> (kind, accepted as list); kinds validated in _coerce.
@@ -208,6 +210,7 @@ _KEYS: dict[str, str] = {
     "min-expires": "count",
     "max-expires": "count",
     "max-bindings": "count",
+    "forking": "forking",
 }
 
 
@@ -277,6 +280,10 @@ def _coerce(key: str, value: Any) -> Any:
         return tuple(
             _host_port(text, 53, f"dns {text!r}") for text in _as_list(key, value)
         )
+    if kind == "forking":
+        if value not in ("sequential", "parallel"):
+            raise ConfigError(f"forking = {value!r}: use sequential or parallel")
+        return value
     if kind == "location":
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key} = {value!r}: expected a non-empty string")

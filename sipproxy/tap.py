@@ -8,15 +8,22 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 from typing_extensions import override
 
 from sipproxy import __version__
 from sipproxy.config import Config, ConfigError, ListenSpec, build_config, read_toml
-from sipproxy.proxy.core import Proxy
+from sipproxy.location import location_from_spec
+from sipproxy.proxy.core import Proxy, ProxySettings
+from sipproxy.registrar import Registrar, RegistrarSettings
+from sipproxy.resolver import make_resolver
+from sipproxy.transport.sender import Transports
 from sipproxy.transport.stream import SIPStreamFactory
 from sipproxy.transport.udp import SIPDatagramProtocol
 
@@ -45,6 +52,24 @@ class Options(usage.Options):
             None,
             None,
             "Seconds after which a silent TCP connection is closed (default 600).",
+        ],
+        [
+            "location",
+            None,
+            None,
+            "Where registrations live: memory: (default), sqlite:PATH or "
+            "redis://HOST:PORT/DB.",
+        ],
+        ["default-expires", None, None, "Registration lifetime if none asked (3600)."],
+        ["min-expires", None, None, "Shortest registration accepted, else 423 (60)."],
+        ["max-expires", None, None, "Longest registration granted (7200)."],
+        ["max-bindings", None, None, "Contacts per address-of-record (10)."],
+        [
+            "forking",
+            None,
+            None,
+            "Several registered phones: sequential (newest first, default) or "
+            "parallel (all ring).",
         ],
     ]
 
@@ -98,12 +123,20 @@ class Options(usage.Options):
                 "dns",
                 "max-message-size",
                 "tcp-idle-timeout",
+                "location",
+                "default-expires",
+                "min-expires",
+                "max-expires",
+                "max-bindings",
+                "forking",
             )
         }
         try:
             file_values = read_toml(self["config"]) if self["config"] else {}
             self.config = build_config(file_values, cli)
-        except ConfigError as error:
+            # Constructing a store does no I/O; it checks the spec's form.
+            location_from_spec(self.config.location, reactor=None)
+        except (ConfigError, ValueError) as error:
             raise usage.UsageError(str(error)) from None
 
 
@@ -121,12 +154,40 @@ class SIPServerService(MultiService):
         hosts.update(spec.interface for spec in config.listen if spec.interface)
         if any(not spec.interface for spec in config.listen):
             hosts.update(_LOOPBACK)
+        self.transports = Transports(reactor)
+        self.location = location_from_spec(config.location, reactor)
+        # An IPv6 literal domain appears in URIs with brackets; both forms match.
+        domains = frozenset(
+            form
+            for domain in config.domains
+            for form in (domain, f"[{domain}]" if ":" in domain else domain)
+        )
+        self.registrar = Registrar(
+            self.location,
+            RegistrarSettings(
+                domains=domains,
+                default_expires=config.default_expires,
+                min_expires=config.min_expires,
+                max_expires=config.max_expires,
+                max_bindings=config.max_bindings,
+            ),
+        )
+        resolver = make_resolver(config.dns, reactor, reactor)
         self.proxy = Proxy(
-            local_hosts=hosts,
-            local_ports={spec.port for spec in config.listen},
-            secret=os.urandom(16),
+            ProxySettings(
+                domains=domains,
+                local_hosts=frozenset(h.lower().strip("[]") for h in hosts),
+                local_ports=frozenset(spec.port for spec in config.listen),
+                forking=config.forking,
+            ),
+            clock=reactor,
+            transports=self.transports,
+            location=self.location,
+            registrar=self.registrar,
+            resolve=resolver.resolve,
         )
         self.stream_factories: dict[str, SIPStreamFactory] = {}
+        self._purge: LoopingCall | None = None
 
     @override
     def privilegedStartService(self) -> None:
@@ -144,18 +205,20 @@ class SIPServerService(MultiService):
         super().privilegedStartService()  # type: ignore[no-untyped-call]
 
     def _listen(self, spec: ListenSpec) -> IListeningPort:
+        receiver = self.proxy.layer
         if spec.transport == "udp":
-            protocol = SIPDatagramProtocol(self.proxy, self.config.max_message_size)
+            protocol = SIPDatagramProtocol(receiver, self.config.max_message_size)
             port: IListeningPort = self._reactor.listenUDP(
                 spec.port, protocol, interface=spec.interface, maxPacketSize=65535
             )
+            self.transports.add_udp(protocol)
             return port
         if spec.transport == "tls":
             raise ConfigError(f"listen {spec}: TLS is not available yet")
         factory = self.stream_factories.setdefault(
             spec.transport,
             SIPStreamFactory(
-                self.proxy,
+                receiver,
                 self._reactor,
                 transport_name=spec.transport,
                 idle_timeout=self.config.tcp_idle_timeout,
@@ -163,30 +226,70 @@ class SIPServerService(MultiService):
             ),
         )
         port = self._reactor.listenTCP(spec.port, factory, interface=spec.interface)
+        address = port.getHost()
+        self.transports.add_stream(
+            spec.transport,
+            factory,
+            getattr(address, "host", ""),
+            getattr(address, "port", 0),
+        )
         return port
 
     @override
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
+        Deferred.fromCoroutine(self.location.open()).addCallbacks(
+            self._serving, self._cannot_open
+        )
+
+    def _serving(self, _: object) -> None:
         where = ", ".join(
             f"{spec.transport} {_hostport(port)}" for spec, port in self.ports
         )
+        self._purge = LoopingCall(self._purge_expired)
+        self._purge.clock = self._reactor
+        self._purge.start(10.0, now=False)
         self.log.info(
-            "sipproxy {version} serving {domains} on {where}",
+            "sipproxy {version} serving {domains} on {where}; location {location}",
             version=__version__,
             domains=", ".join(self.config.domains),
             where=where,
+            location=self.config.location,
         )
+
+    def _cannot_open(self, failure: Failure) -> None:
+        self.log.critical(
+            "sipproxy: error: cannot open location {location}: {why}",
+            location=self.config.location,
+            why=failure.getErrorMessage(),
+        )
+        # Serving without a place to keep registrations would answer 500 to
+        # every phone; stop, and exit non-zero so systemd or the operator sees it.
+        self._reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        self._reactor.stop()
+
+    def _purge_expired(self) -> Deferred[object]:
+        def failed(failure: Failure) -> None:
+            self.log.warn(
+                "purging expired bindings failed: {why}", why=failure.getErrorMessage()
+            )
+
+        return Deferred.fromCoroutine(
+            self.location.purge(now=self._reactor.seconds())
+        ).addErrback(failed)
 
     @override
     def stopService(self) -> Any:
+        if self._purge is not None and self._purge.running:
+            self._purge.stop()
         for _, port in self.ports:
             port.stopListening()
         for factory in self.stream_factories.values():
             for connection in list(factory.connections.values()):
                 connection.transport.loseConnection()  # type: ignore[union-attr]
         self.ports.clear()
-        return super().stopService()  # type: ignore[no-untyped-call]
+        super().stopService()  # type: ignore[no-untyped-call]
+        return Deferred.fromCoroutine(self.location.close())
 
 
 def _hostport(port: IListeningPort) -> str:

@@ -122,6 +122,7 @@ class _Branch:
     final: Response | None = None
     provisional: bool = False
     cancel_pending: bool = False
+    unreachable: bool = False
     timer_c: IDelayedCall | None = None
 
 
@@ -385,10 +386,20 @@ class Proxy:
             return await self._targets_by_uri(_with_routes(copy, binding.path), None)
         flow = binding.flow
         direct = _direct_contact(binding)
-        if direct is not None and self._transports.supports(direct.transport):
+        if direct is not None and self._transports.can_reach(direct):
             return [_Target(copy, direct)]
         peer = Peer(flow.transport, flow.remote_host, flow.remote_port)
-        if not self._transports.supports(peer.transport):
+        if (
+            flow.transport != "udp"
+            and self._transports.connection(flow.connection_id) is None
+        ):
+            # The phone's connection is gone; its source port was ephemeral, so
+            # the only address left to try is the one its Contact names.
+            try:
+                return await self._targets_by_uri(copy, None)
+            except RejectedError:
+                return []
+        if not self._transports.can_reach(peer):
             return []
         return [_Target(copy, peer, flow.connection_id, pinned=True)]
 
@@ -404,18 +415,20 @@ class Proxy:
             raise RejectedError(416)
         peers = await self._lookup(hop)
         if not peers:
-            in_domain = hop.host.lower() in self.settings.domains
-            raise RejectedError(404 if in_domain else 503)
+            # An IP we have no socket for: nobody reachable (480). A name that
+            # resolves to no SIP server: no such destination (404), not a 503,
+            # which would tell the previous hop that we are the ones failing.
+            raise RejectedError(480 if _is_ip(hop.host.strip("[]")) else 404)
         return [_Target(copy, peer, None) for peer in peers]
 
     async def _lookup(self, uri: SipURI) -> list[Peer]:
         peer = _peer_of(uri)
         if _is_ip(peer.host):
-            return [peer] if self._transports.supports(peer.transport) else []
+            return [peer] if self._transports.can_reach(peer) else []
         if self._resolve is None:
             return []
         found = await self._resolve(uri)
-        return [p for p in found if self._transports.supports(p.transport)]
+        return [p for p in found if self._transports.can_reach(p)]
 
     def _outgoing(self, context: ResponseContext, target: _Target) -> Request:
         """§16.6 steps 3-8 for one target whose next hop is known."""
@@ -485,14 +498,20 @@ class Proxy:
         context.branches.append(branch)
 
         def failed(why: str) -> None:
+            # Once per branch, though each retransmission may fail again.
+            if branch.final is not None or branch.unreachable:
+                return
+            branch.unreachable = True
             self.log.info(
                 "cannot reach {host}:{port}: {why}",
                 host=peer.host,
                 port=peer.port,
                 why=why,
             )
+            # A transport error counts as 503 for the branch (§8.1.3.1), but
+            # what the caller hears is 480: the phone is unreachable right now.
             self._clock.callLater(
-                0, self._branch_response, context, branch, _synthesized(request, 503)
+                0, self._branch_response, context, branch, _synthesized(request, 480)
             )
 
         def send(data: bytes) -> None:
@@ -675,7 +694,11 @@ class Proxy:
     # -- helpers ---------------------------------------------------------------
 
     def _flow_from_routes(self, request: Request) -> tuple[Peer, str | None] | None:
-        """The flow named by the last of our own leading Route entries (flows.py)."""
+        """The flow named by the last of our own leading Route entries (flows.py).
+
+        Only the last one counts: it faces the next hop. An entry without a token
+        means "route by the Request-URI", never the other side's flow.
+        """
         found = None
         for value in request.headers.get_all("route"):
             try:
@@ -684,8 +707,7 @@ class Proxy:
                 break
             if not (isinstance(uri, SipURI) and self._is_ours(uri)):
                 break
-            if uri.user:
-                found = decode_flow(uri.user, self._secret)
+            found = decode_flow(uri.user, self._secret) if uri.user else None
         return found
 
     def _is_ours(self, uri: SipURI) -> bool:

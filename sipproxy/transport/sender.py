@@ -103,6 +103,10 @@ class Transports:
             return bool(self._udp)
         return transport in self._stream
 
+    def can_reach(self, peer: Peer) -> bool:
+        """Whether we have a socket of the peer's transport and address family."""
+        return (peer.transport, _family(peer.host)) in self._listening
+
     def advertised(self, transport: str, peer_host: str) -> Peer | None:
         """Our address for Via sent-by and Record-Route toward ``peer_host``."""
         family = _family(peer_host)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -46,17 +47,25 @@ def free_port() -> int:
     raise RuntimeError("no free port on 127.0.0.1")
 
 
+_branches = itertools.count(1)
+
+
 def options_request(
     target: str,
     *,
     transport: str = "UDP",
     sent_by: str = "127.0.0.1:9",
     call_id: str = "probe",
+    branch: str | None = None,
 ) -> bytes:
-    """An OPTIONS request to ``target`` (e.g. ``sip:example.test``)."""
+    """An OPTIONS request to ``target`` (e.g. ``sip:example.test``).
+
+    Each gets a new branch (a new transaction) unless ``branch`` is given.
+    """
+    branch = branch or f"z9hG4bK{call_id}-{next(_branches)}"
     return (
         f"OPTIONS {target} SIP/2.0\r\n"
-        f"Via: SIP/2.0/{transport} {sent_by};branch=z9hG4bK{call_id};rport\r\n"
+        f"Via: SIP/2.0/{transport} {sent_by};branch={branch};rport\r\n"
         "Max-Forwards: 70\r\n"
         "From: <sip:probe@example.test>;tag=probe\r\n"
         f"To: <{target}>\r\n"
@@ -143,11 +152,46 @@ def wait_for_options(port: int, deadline: float = 20.0) -> None:
     raise TimeoutError(f"server on port {port} did not answer OPTIONS in {deadline}s")
 
 
+_dns_port: int | None = None
+_dns_processes: list[subprocess.Popen[bytes]] = []
+
+
+def dns_server_port() -> int:
+    """A twisted.names server on 127.0.0.1 (started once): every lookup goes there.
+
+    The torture messages name foreign domains; a server under test must never
+    send anything, DNS queries included, to another address.
+    """
+    global _dns_port
+    if _dns_port is None:
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.dns_server", str(port)],
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != b"ready":
+            raise RuntimeError("the test DNS server did not start")
+        _dns_processes.append(process)
+        _dns_port = port
+    return _dns_port
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_dns_server() -> Iterator[None]:
+    yield
+    for process in _dns_processes:
+        process.kill()
+        process.wait(10)
+
+
 def start_twistd(args: list[str], port: int, log: Path) -> RunningServer:
     """Start ``twistd -n sipproxy ARGS`` and wait until it answers on ``port``."""
+    dns = ["--dns", f"127.0.0.1:{dns_server_port()}"]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "sipproxy", *args],
+            [TWISTD, "-n", "--pidfile=", "sipproxy", *dns, *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=ROOT,

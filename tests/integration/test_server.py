@@ -58,10 +58,10 @@ def test_options_to_the_server_gets_200_over_tcp(server: RunningServer) -> None:
     assert "OPTIONS" in (header(response, "Allow") or "")
 
 
-def test_requests_not_handled_yet_get_501(server: RunningServer) -> None:
-    """Nothing is silently ignored: an INVITE gets a final answer."""
-    request = options_request("sip:alice@example.test").replace(b"OPTIONS", b"INVITE")
-    assert status_of(udp_exchange(request, server.port)) == 501
+def test_request_for_an_unregistered_user_gets_404(server: RunningServer) -> None:
+    """Nothing is silently ignored: a MESSAGE for a user nobody registered -> 404."""
+    request = options_request("sip:alice@example.test").replace(b"OPTIONS", b"MESSAGE")
+    assert status_of(udp_exchange(request, server.port)) == 404
 
 
 def test_max_forwards_zero_to_another_domain_gets_483(server: RunningServer) -> None:
@@ -71,12 +71,17 @@ def test_max_forwards_zero_to_another_domain_gets_483(server: RunningServer) -> 
     assert status_of(udp_exchange(request, server.port)) == 483
 
 
-def test_retransmission_gets_the_same_answer(server: RunningServer) -> None:
-    """A stateless answer is repeatable: same To tag for a retransmitted request."""
-    first = udp_exchange(options_request("sip:example.test"), server.port)
-    second = udp_exchange(options_request("sip:example.test"), server.port)
-    assert first is not None and second is not None
-    assert header(first, "To") == header(second, "To")
+def test_retransmission_is_absorbed_and_answered_again(server: RunningServer) -> None:
+    """RFC 3261 §17.2.2: a retransmitted request gets the same response again."""
+    request = options_request("sip:example.test", branch="z9hG4bKretrans")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2)
+        sock.sendto(request, ("127.0.0.1", server.port))
+        first = sock.recv(65536)
+        sock.sendto(request, ("127.0.0.1", server.port))
+        second = sock.recv(65536)
+    assert first == second
+    assert status_of(first) == 200
 
 
 def test_unaddressable_garbage_is_dropped_and_server_keeps_serving(

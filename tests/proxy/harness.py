@@ -95,7 +95,8 @@ class Harness:
 
     def sent_to(self, where: tuple[str, int]) -> list[Request | Response]:
         """Take what was sent to ``where``; what went elsewhere stays to be taken."""
-        taken, kept = [], []
+        taken: list[tuple[bytes, tuple[str, int]]] = []
+        kept: list[tuple[bytes, tuple[str, int]]] = []
         for data, addr in self.socket.written:
             (taken if addr == where else kept).append((data, addr))
         self.socket.written[:] = kept
