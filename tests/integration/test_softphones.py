@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import RunningServer, require_tool
-from tests.integration.softphone import Baresip, SoftphoneError
+from tests.integration.softphone import Baresip
 
 pytestmark = pytest.mark.integration
 
@@ -57,13 +57,6 @@ def test_baresip_direct_call(softphone: Softphones) -> None:
     assert closed["id"] == incoming["id"]
 
 
-@pytest.mark.xfail(
-    reason="routing in progress: the proxy sends the caller's in-dialog ACK and BYE"
-    " back to the caller (Route: its own flow-token Record-Route, RFC 5626 §5.3),"
-    " so the callee never sees CALL_ESTABLISHED",
-    raises=SoftphoneError,
-    strict=False,
-)
 def test_two_softphones_call_through_the_proxy(
     server: RunningServer, softphone: Softphones
 ) -> None:
