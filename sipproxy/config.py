@@ -45,6 +45,19 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class DialRule:
+    r"""One dial-plan rule: a Request-URI that matches goes to ``to``.
+
+    ``pattern`` is matched against the Request-URI's user part, or against the
+    whole URI when ``whole_uri``; ``to`` may use its groups (``\1``, ``\g<name>``).
+    """
+
+    pattern: re.Pattern[str]
+    to: str
+    whole_uri: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ListenSpec:
     r"""One listening address, from a Twisted-style endpoint string.
 
@@ -195,6 +208,10 @@ class Config:
     max_bindings: int = 10
     #: several bindings: "sequential" (newest first) or "parallel" (all at once)
     forking: str = "sequential"
+    #: routing rules for numbers and other domains, tried in order
+    dialplan: tuple[DialRule, ...] = ()
+    #: every request routed by a dial-plan rule goes through this proxy first
+    outbound_proxy: str | None = None
 
 
 # key -> (kind, accepted as list); kinds validated in _coerce.
@@ -211,6 +228,8 @@ _KEYS: dict[str, str] = {
     "max-expires": "count",
     "max-bindings": "count",
     "forking": "forking",
+    "dialplan": "dialplan",
+    "outbound-proxy": "sip-uri",
 }
 
 
@@ -280,6 +299,12 @@ def _coerce(key: str, value: Any) -> Any:
         return tuple(
             _host_port(text, 53, f"dns {text!r}") for text in _as_list(key, value)
         )
+    if kind == "dialplan":
+        return _dialplan(value)
+    if kind == "sip-uri":
+        if not isinstance(value, str) or not value.startswith(("sip:", "sips:")):
+            raise ConfigError(f"{key} = {value!r}: expected a sip: or sips: URI")
+        return value
     if kind == "forking":
         if value not in ("sequential", "parallel"):
             raise ConfigError(f"forking = {value!r}: use sequential or parallel")
@@ -311,6 +336,32 @@ def _coerce(key: str, value: Any) -> Any:
             )
         return int(number)
     return float(number)
+
+
+def _dialplan(value: Any) -> tuple[DialRule, ...]:
+    """``[[dialplan]]`` tables: ``match`` (user part) or ``match-uri``, and ``to``."""
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError("dialplan: expected [[dialplan]] tables with match and to")
+    rules = []
+    for number, table in enumerate(value, 1):
+        where = f"dialplan rule {number}"
+        unknown = set(table) - {"match", "match-uri", "to"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        if ("match" in table) == ("match-uri" in table):
+            raise ConfigError(f"{where}: give exactly one of match or match-uri")
+        text = table.get("match", table.get("match-uri"))
+        to = table.get("to")
+        if not isinstance(text, str) or not isinstance(to, str):
+            raise ConfigError(f"{where}: match and to must be strings")
+        try:
+            pattern = re.compile(text)
+        except re.error as error:
+            raise ConfigError(f"{where}: match {text!r} is no regex: {error}") from None
+        if not to.startswith(("sip:", "sips:", "tel:")):
+            raise ConfigError(f"{where}: to {to!r} must be a sip:, sips: or tel: URI")
+        rules.append(DialRule(pattern, to, whole_uri="match-uri" in table))
+    return tuple(rules)
 
 
 def _is_host(text: str) -> bool:

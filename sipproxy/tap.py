@@ -179,6 +179,8 @@ class SIPServerService(MultiService):
                 local_hosts=frozenset(h.lower().strip("[]") for h in hosts),
                 local_ports=frozenset(spec.port for spec in config.listen),
                 forking=config.forking,
+                dialplan=config.dialplan,
+                outbound_proxy=config.outbound_proxy,
             ),
             clock=reactor,
             transports=self.transports,

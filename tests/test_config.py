@@ -130,3 +130,36 @@ def test_shipped_example_configuration_is_valid() -> None:
         ("udp", "127.0.0.1", 5060),
         ("tcp", "127.0.0.1", 5060),
     }
+
+
+def test_dialplan_rules_parse_in_order() -> None:
+    config = build_config(
+        {
+            "dialplan": [
+                {"match": r"^9(\d+)$", "to": r"sip:\1@trunk.example.net"},
+                {"match-uri": r"@partner\.example$", "to": "sip:gw.partner.example"},
+            ],
+            "outbound-proxy": "sip:edge.example.net",
+        },
+        {},
+    )
+    first, second = config.dialplan
+    assert first.pattern.pattern == r"^9(\d+)$"
+    assert not first.whole_uri
+    assert second.whole_uri
+    assert config.outbound_proxy == "sip:edge.example.net"
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        ([{"match": "(", "to": "sip:x"}], "no regex"),
+        ([{"match": "1", "to": "http://x"}], "sip:, sips: or tel:"),
+        ([{"to": "sip:x"}], "exactly one of match"),
+        ([{"match": "1", "to": "sip:x", "via": "y"}], "unknown key 'via'"),
+        ("nope", "expected"),
+    ],
+)
+def test_bad_dialplan_rules_are_named(rules: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config({"dialplan": rules}, {})

@@ -30,6 +30,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from sipproxy.config import DialRule
 from sipproxy.location import Binding, Flow, LocationService
 from sipproxy.proxy.checks import (
     RejectedError,
@@ -39,6 +40,7 @@ from sipproxy.proxy.checks import (
     check_uri_scheme,
     is_local_uri,
 )
+from sipproxy.proxy.dialplan import loose_route, route_by_dialplan
 from sipproxy.proxy.flows import decode_flow, encode_flow
 from sipproxy.proxy.routing import (
     is_loop,
@@ -97,6 +99,8 @@ class ProxySettings:
     #: "sequential": newest binding first, next on failure; "parallel": all at once
     forking: str = "sequential"
     timer_c: float = TIMER_C
+    dialplan: tuple[DialRule, ...] = ()
+    outbound_proxy: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +308,19 @@ class Proxy:
         if request.method == "INVITE":
             # §16.2: "the proxy MUST [...] generate a 100 (Trying) response".
             transaction.respond(request.response(100))
-        targets = await self._targets(request, inbound_flow, has_route, ours_domain)
+        routed = None
+        if not has_route and inbound_flow is None and request.to_addr.tag is None:
+            routed = route_by_dialplan(uri, request.uri, self.settings.dialplan)
+        if routed is not None:
+            # An operator's rule (a number to a trunk, a domain to a gateway).
+            request = replace(request, uri=routed)
+            if self.settings.outbound_proxy:
+                request = _with_routes(
+                    request, [loose_route(self.settings.outbound_proxy)]
+                )
+            targets = await self._targets_by_uri(request, None)
+        else:
+            targets = await self._targets(request, inbound_flow, has_route, ours_domain)
         self._start(transaction, request, key, targets, peer, channel)
 
     async def _register(

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 
+from sipproxy.config import DialRule
 from sipproxy.location import Binding, Flow
 from sipproxy.location.memory import MemoryLocationService
 from sipproxy.proxy.core import Proxy, ProxySettings
@@ -34,7 +35,13 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
 class Harness:
     """The proxy wired as tap.py wires it, with every edge replaced by a fake."""
 
-    def __init__(self, *, forking: str = "sequential") -> None:
+    def __init__(
+        self,
+        *,
+        forking: str = "sequential",
+        dialplan: tuple[DialRule, ...] = (),
+        outbound_proxy: str | None = None,
+    ) -> None:
         self.clock = UDPMemoryReactor()
         self.transports = Transports(self.clock)
         self.location = MemoryLocationService()
@@ -45,6 +52,8 @@ class Harness:
                 local_hosts=frozenset({"example.test", "127.0.0.1"}),
                 local_ports=frozenset({5060}),
                 forking=forking,
+                dialplan=dialplan,
+                outbound_proxy=outbound_proxy,
             ),
             clock=self.clock,
             transports=self.transports,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
 
+from sipproxy.config import DialRule
 from sipproxy.sip.message import Request, Response
 from tests.proxy.harness import ALICE, BOB, BOB2, PROXY, Harness, answer, invite
 
@@ -280,3 +282,33 @@ def test_loop_gets_482() -> None:
     raw = looped.to_bytes()
     h.receive(raw, BOB)
     assert 482 in statuses(h.sent_to(BOB))
+
+
+DIAL_OUT = (DialRule(re.compile(r"^9(\d+)$"), r"sip:\1@192.0.2.50:5070"),)
+TRUNK = ("192.0.2.50", 5070)
+
+
+def test_dialplan_rule_sends_a_number_to_the_trunk() -> None:
+    r"""A user part matching ^9(\d+)$ goes to sip:\1@trunk (the dial plan)."""
+    h = Harness(dialplan=DIAL_OUT)
+    h.receive(invite("9555123"), ALICE)
+    out = only(h.sent_to(TRUNK))
+    assert isinstance(out, Request)
+    assert out.uri == "sip:555123@192.0.2.50:5070"
+    assert statuses(h.sent_to(ALICE)) == [100]
+
+
+def test_dialplan_through_an_outbound_proxy() -> None:
+    h = Harness(dialplan=DIAL_OUT, outbound_proxy="sip:192.0.2.60:5080")
+    h.receive(invite("9555123"), ALICE)
+    out = only(h.sent_to(("192.0.2.60", 5080)))
+    assert isinstance(out, Request)
+    assert out.uri == "sip:555123@192.0.2.50:5070"
+    assert out.headers.get_all("route") == ["<sip:192.0.2.60:5080;lr>"]
+
+
+def test_users_not_matching_the_dialplan_use_the_location_service() -> None:
+    h = Harness(dialplan=DIAL_OUT)
+    h.register("bob", BOB)
+    h.receive(invite(), ALICE)
+    assert len(h.sent_to(BOB)) == 1
