@@ -1,0 +1,51 @@
+"""Imports point inward (STYLE.md): the wire format and the core stay free of I/O."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "sipproxy"
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def modules(folder: str) -> list[Path]:
+    return sorted((PACKAGE / folder).glob("*.py"))
+
+
+@pytest.mark.parametrize("path", modules("sip"), ids=lambda p: p.name)
+def test_wire_format_imports_nothing_but_itself(path: Path) -> None:
+    """sipproxy/sip/ is sans-IO: no Twisted, no other sipproxy layer."""
+    for name in imports_of(path):
+        assert not name.startswith("twisted"), name
+        if name.startswith("sipproxy"):
+            assert name.startswith("sipproxy.sip"), name
+
+
+@pytest.mark.parametrize(
+    "path", modules("transaction") + modules("proxy") + [PACKAGE / "registrar.py"],
+    ids=lambda p: p.name,
+)  # fmt: skip
+def test_core_never_touches_the_reactor_or_the_wall_clock(path: Path) -> None:
+    """Time and I/O are injected: no global reactor, no time.time() (STYLE.md)."""
+    source = path.read_text()
+    assert "twisted.internet import reactor" not in source
+    assert "time.time(" not in source
+
+
+def test_nothing_imports_tap() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        if path.name != "tap.py":
+            assert "sipproxy.tap" not in imports_of(path), path
