@@ -381,3 +381,34 @@ def test_cancel_before_answer_gets_487(server: RunningServer, sipp: SippRunner) 
     assert callee.received("ACK ")
     [final] = caller.received("SIP/2.0 487")
     assert header_values(final, "CSeq") == ["1 INVITE"]
+
+
+@pytest.mark.parametrize(
+    "caller_transport", ["u1", "t1"], ids=["udp-caller", "tcp-caller"]
+)
+def test_call_to_a_tcp_phone(
+    server: RunningServer, sipp: SippRunner, caller_transport: str
+) -> None:
+    """Alice's phone takes calls over TCP; the caller comes over UDP or TCP.
+
+    Her REGISTER's connection is closed, so the proxy opens a connection to the
+    address her Contact names. Calls are record-routed twice, one entry facing
+    each side (the callee's with ``transport=tcp``), and the ACK and BYE cross
+    the proxy over those transports.
+    """
+    uas_port = free_port()
+    contact = f"<sip:alice@127.0.0.1:{uas_port};transport=tcp>"
+    assert register(server, "alice", contact, transport="tcp") == 200
+    callee = sipp.uas("callee", uas_port, transport="t1")
+    caller = sipp.uac("caller", server, "alice", transport=caller_transport)
+    assert_ok(caller, callee)
+
+    [invite] = callee.received("INVITE ")
+    routes = header_values(invite, "Record-Route")
+    assert len(routes) == 2, routes
+    assert all(f"127.0.0.1:{server.port}" in r and ";lr" in r for r in routes)
+    assert ";transport=tcp" in routes[0], routes
+    caller_side = ";transport=tcp" in routes[1]
+    assert caller_side == (caller_transport == "t1"), routes
+    assert callee.received("ACK ")
+    assert callee.received("BYE ")
