@@ -63,6 +63,11 @@ class SIPStreamProtocol(Protocol):
 
     @override
     def dataReceived(self, data: bytes) -> None:
+        admit = self._factory.admit
+        if admit is not None and not admit(self.peer.host):
+            # A banned or flooding source: its connection goes, unanswered.
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
         if self._idle is not None and self._idle.active():
             self._idle.reset(self._factory.idle_timeout)
         for item in self._framer.feed(data):
@@ -146,6 +151,8 @@ class SIPStreamFactory(Factory):
         self.max_message_size = max_message_size
         #: live connections by id: a flow names one of these (RFC 5626)
         self.connections: dict[str, SIPStreamProtocol] = {}
+        #: asked with the source IP per read before parsing (bans, rate limits)
+        self.admit: Callable[[str], bool] | None = None
 
     @override
     def buildProtocol(self, addr: IAddress | None) -> SIPStreamProtocol:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from typing_extensions import override
@@ -18,10 +20,20 @@ class SIPDatagramProtocol(DatagramProtocol):
     noisy = False  # the service logs one line listing every listener
 
     def __init__(
-        self, receiver: MessageReceiver, max_message_size: int = 65536
+        self,
+        receiver: MessageReceiver,
+        max_message_size: int = 65536,
+        *,
+        admit: Callable[[str], bool] | None = None,
     ) -> None:
+        """Read datagrams for ``receiver``.
+
+        :param admit: asked per datagram with the source IP before any parsing;
+            False drops it silently (a banned or flooding source).
+        """
         self._receiver = receiver
         self._max_size = max_message_size
+        self._admit = admit
         self._local = Peer("udp", "", 0)
 
     @property
@@ -36,6 +48,8 @@ class SIPDatagramProtocol(DatagramProtocol):
 
     @override
     def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        if self._admit is not None and not self._admit(addr[0]):
+            return
         peer = Peer("udp", addr[0], addr[1])
         if len(datagram) <= 4 and not datagram.strip(b"\r\n"):
             # RFC 5626 §3.5.1 keepalives over UDP are STUN; a bare CRLF is what
