@@ -360,16 +360,27 @@ def test_unknown_user_gets_100_then_404(server: RunningServer) -> None:
             sock.recv(65536)
 
 
-def test_cancel_before_answer_gets_487(server: RunningServer, sipp: SippRunner) -> None:
+@pytest.mark.parametrize("transport", ["u1", "t1"], ids=["udp", "tcp"])
+def test_cancel_before_answer_gets_487(
+    server: RunningServer, sipp: SippRunner, transport: str
+) -> None:
     """The caller gives up while the callee rings: its CANCEL gets 200 (§16.10).
 
     The callee gets a CANCEL of the proxy's own and answers 487, which reaches
     the caller.
     """
     uas_port = free_port()
-    assert register(server, "alice", f"<sip:alice@127.0.0.1:{uas_port}>") == 200
-    callee = sipp.uas("callee", uas_port, scenario="cancel-uas.xml")
-    caller = sipp.uac("caller", server, "alice", scenario="cancel-uac.xml")
+    if transport == "u1":
+        assert register(server, "alice", f"<sip:alice@127.0.0.1:{uas_port}>") == 200
+    else:
+        contact = f"<sip:alice@127.0.0.1:{uas_port};transport=tcp>"
+        assert register(server, "alice", contact, transport="tcp") == 200
+    callee = sipp.uas(
+        "callee", uas_port, scenario="cancel-uas.xml", transport=transport
+    )
+    caller = sipp.uac(
+        "caller", server, "alice", scenario="cancel-uac.xml", transport=transport
+    )
     assert_ok(caller, callee)
     [cancel] = callee.received("CANCEL ")
     [invite] = callee.received("INVITE ")
@@ -412,3 +423,39 @@ def test_call_to_a_tcp_phone(
     assert caller_side == (caller_transport == "t1"), routes
     assert callee.received("ACK ")
     assert callee.received("BYE ")
+
+
+@pytest.mark.parametrize(
+    ("caller_transport", "callee_transport"),
+    [("u1", "u1"), ("t1", "u1"), ("u1", "t1"), ("t1", "t1")],
+    ids=["udp-udp", "tcp-udp", "udp-tcp", "tcp-tcp"],
+)
+def test_callee_hangs_up(
+    server: RunningServer,
+    sipp: SippRunner,
+    caller_transport: str,
+    callee_transport: str,
+) -> None:
+    """The callee's BYE follows its route set back through the proxy.
+
+    Its last Route entry is the one facing the caller, carrying the caller's
+    flow: over TCP that is the caller's own connection (RFC 5626 §5.3), since
+    a phone's TCP source port takes no requests.
+    """
+    uas_port = free_port()
+    if callee_transport == "u1":
+        assert register(server, "alice", f"<sip:alice@127.0.0.1:{uas_port}>") == 200
+    else:
+        contact = f"<sip:alice@127.0.0.1:{uas_port};transport=tcp>"
+        assert register(server, "alice", contact, transport="tcp") == 200
+    callee = sipp.uas(
+        "callee", uas_port, scenario="hangup-uas.xml", transport=callee_transport
+    )
+    caller = sipp.uac(
+        "caller", server, "alice", scenario="hangup-uac.xml", transport=caller_transport
+    )
+    assert_ok(caller, callee)
+    [bye] = caller.received("BYE ")
+    assert header_values(bye, "Route") == []  # §16.4/§16.12: both ours, removed
+    [ok] = callee.received("SIP/2.0 200")[-1:]
+    assert header_values(ok, "CSeq") == ["1 BYE"]
