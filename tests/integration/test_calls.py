@@ -129,9 +129,8 @@ class Sipp:
 
     def report(self) -> str:
         """What to show when it failed: its output, errors and messages."""
-        out = b""
-        if self.process.stdout is not None and self.process.poll() is not None:
-            out = self.process.stdout.read()
+        output = self.directory / f"{self.name}-output.log"
+        out = output.read_bytes() if output.exists() else b""
         errors = self.directory / f"{self.name}-errors.log"
         error_text = errors.read_text(errors="replace") if errors.exists() else ""
         return (
@@ -178,12 +177,12 @@ class SippRunner:
             "-error_file",
             str(self.directory / f"{name}-errors.log"),
         ]
-        process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            cwd=self.directory,
-        )
+        # A file, not a pipe: SIPp redraws its screen while it runs, and a full
+        # pipe nobody reads would stop it.
+        with (self.directory / f"{name}-output.log").open("wb") as output:
+            process = subprocess.Popen(
+                command, stdout=output, stderr=subprocess.STDOUT, cwd=self.directory
+            )
         sipp = Sipp(name, process, self.directory)
         self.started.append(sipp)
         return sipp
@@ -247,8 +246,6 @@ class SippRunner:
             if sipp.process.poll() is None:
                 sipp.process.kill()
                 sipp.process.wait(10)
-            if sipp.process.stdout is not None:
-                sipp.process.stdout.close()
 
 
 @pytest.fixture
