@@ -81,6 +81,8 @@ ACCEPT = "application/sdp"
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 #: §16.6 step 11: "Timer C MUST be set [...] greater than 3 minutes".
 TIMER_C = 181.0
+#: Methods whose successful answers are not logged one by one.
+_QUIET_WHEN_OK = frozenset({"REGISTER", "OPTIONS", "SUBSCRIBE", "NOTIFY", "PUBLISH"})
 #: Branch outcomes after which the next target is worth trying (§16.7 step 6 spirit:
 #: the phone could not be reached at all, not "it said no").
 _TRY_NEXT = frozenset({408, 430, 480, 503})
@@ -759,6 +761,11 @@ class Proxy:
             self._log_final(request, status, why)
 
     def _log_final(self, request: Request, status: int, why: str | None = None) -> None:
+        if status < 300 and request.method in _QUIET_WHEN_OK:
+            # Successful refreshes and keepalives are most of the traffic, and a
+            # Twisted log event costs as much as handling the request: they stay
+            # out of the log (bench: 33% of CPU at 1000 REGISTER/s went here).
+            return
         self.log.info(
             "{method} {call_id} {uri} -> {status}{why}",
             method=request.method,
