@@ -22,6 +22,7 @@ from typing_extensions import override
 
 from sipproxy import __version__
 from sipproxy.config import Config, ConfigError, ListenSpec, build_config, read_toml
+from sipproxy.guard import BanList, RateLimiter
 from sipproxy.location import location_from_spec
 from sipproxy.proxy.core import Proxy, ProxySettings
 from sipproxy.registrar import Registrar, RegistrarSettings
@@ -193,6 +194,10 @@ class SIPServerService(MultiService):
         )
         self.stream_factories: dict[str, SIPStreamFactory] = {}
         self._purge: LoopingCall | None = None
+        # Abuse defences (issue 5): a token bucket per source address and bans
+        # after failed authentications, both checked before any parsing.
+        self.rate_limiter = RateLimiter()
+        self.bans = BanList()
 
     @override
     def privilegedStartService(self) -> None:
@@ -212,7 +217,9 @@ class SIPServerService(MultiService):
     def _listen(self, spec: ListenSpec) -> IListeningPort:
         receiver = self.proxy.layer
         if spec.transport == "udp":
-            protocol = SIPDatagramProtocol(receiver, self.config.max_message_size)
+            protocol = SIPDatagramProtocol(
+                receiver, self.config.max_message_size, admit=self._admit
+            )
             port: IListeningPort = self._reactor.listenUDP(
                 spec.port, protocol, interface=spec.interface, maxPacketSize=65535
             )
@@ -231,6 +238,7 @@ class SIPServerService(MultiService):
                 max_message_size=self.config.max_message_size,
             ),
         )
+        factory.admit = self._admit
         port = self._reactor.listenTCP(spec.port, factory, interface=spec.interface)
         address = port.getHost()
         self.transports.add_stream(
@@ -240,6 +248,13 @@ class SIPServerService(MultiService):
             getattr(address, "port", 0),
         )
         return port
+
+    def _admit(self, source_ip: str) -> bool:
+        """Banned sources are ignored; one flooding source loses only its excess."""
+        now = self._reactor.seconds()
+        return not self.bans.is_banned(source_ip, now) and self.rate_limiter.allow(
+            source_ip, now
+        )
 
     @override
     def startService(self) -> None:
