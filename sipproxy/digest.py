@@ -1,0 +1,470 @@
+"""Digest authentication: challenges, nonces and verification (issue 5).
+
+RFC 3261 §22 takes HTTP Digest (RFC 2617, now RFC 7616) for SIP; RFC 8760 adds
+SHA-256 to it. A server answers a request without good credentials with a
+challenge (401 + WWW-Authenticate from a registrar or UAS, 407 +
+Proxy-Authenticate from a proxy, RFC 3261 §22.1, §22.3); the UA resends it with
+Authorization or Proxy-Authorization, which :meth:`Authenticator.verify` checks.
+
+Theory of operation:
+
+- **Nonces are stateless** (RFC 7616 §3.3 leaves their form to the server):
+  ``base64url(issued_at ‖ salt ‖ HMAC-SHA-256(secret, issued_at ‖ salt))``.
+  Only the holder of ``secret`` can make one, so a nonce that checks out was
+  issued by us, at ``issued_at``; it is fresh for ``nonce_lifetime`` seconds. The
+  random salt makes every challenge's nonce unique, so phones behind one NAT
+  challenged in the same instant never share a nonce (and its nonce count).
+- **Stale** (RFC 7616 §3.3 ``stale``): a correct response with an expired nonce
+  is :attr:`Outcome.STALE`, and the caller challenges again with
+  ``stale=true`` so the UA retries without asking its user for a password.
+- **Replay**: qop="auth" with nc and cnonce is required (RFC 2069 responses
+  without qop are refused: without a nonce count a captured Authorization could
+  be replayed for the whole nonce lifetime; every SIP phone in use sends qop).
+  For each nonce the highest nc that verified is remembered, in an LRU map of at
+  most ``max_nonces`` entries; an nc not above it is :attr:`Outcome.FAILED`
+  (RFC 7616 §3.4: the server detects replays by the nc it has seen). When a live
+  nonce is pushed out of the map, every nonce issued up to then that the map no
+  longer knows is treated as stale, so forgetting never opens a replay window.
+- **No user oracle**: an unknown user's response is computed and compared
+  against a fixed dummy HA1 exactly as a known user's, then refused, so a
+  scanner sees the same outcome and the same work (issue 5). Comparisons use
+  :func:`hmac.compare_digest`.
+- **URI**: the digest ``uri`` must be the Request-URI, compared as strings.
+  RFC 3261 §22.4 lets a server accept a ``uri`` that is only equivalent, or even
+  different after forwarding by a proxy; our users talk to us directly and copy
+  the Request-URI verbatim, and a strict match keeps credentials bound to the
+  request they were made for.
+- **Time** is the caller's ``now`` (float seconds); nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+import struct
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from sipproxy.sip.errors import ParseError
+
+if TYPE_CHECKING:
+    from sipproxy.htdigest import UserDB
+    from sipproxy.sip.message import Request
+
+__all__ = [
+    "ALGORITHMS",
+    "AuthResult",
+    "Authenticator",
+    "Outcome",
+    "compute_ha1",
+    "compute_response",
+    "parse_credentials",
+]
+
+#: Hash functions by the algorithm names of RFC 7616 §3.3 / RFC 8760 §2.1.
+ALGORITHMS: Mapping[str, str] = {"MD5": "md5", "SHA-256": "sha256"}
+
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization"})
+_NONCE = re.compile(r"[A-Za-z0-9_-]{43}")
+_NC = re.compile(r"[0-9a-fA-F]{8}")
+_TIMESTAMP = struct.Struct(">d")
+_SALT_SIZE = 8
+_MAC_SIZE = 16
+# token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
+_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_SPACE = " \t\r\n"
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _hash(algorithm: str, text: str) -> str:
+    try:
+        name = ALGORITHMS[algorithm.upper()]
+    except KeyError:
+        raise ValueError(f"unsupported digest algorithm {algorithm!r}") from None
+    return hashlib.new(name, _utf8(text)).hexdigest()
+
+
+def compute_ha1(user: str, realm: str, password: str, algorithm: str) -> str:
+    """HA1 = H(username ":" realm ":" passwd), hex (RFC 7616 §3.4.2).
+
+    :raises ValueError: for an algorithm not in :data:`ALGORITHMS`.
+    """
+    return _hash(algorithm, f"{user}:{realm}:{password}")
+
+
+def compute_response(
+    ha1: str,
+    *,
+    algorithm: str,
+    method: str,
+    uri: str,
+    nonce: str,
+    qop: str | None = None,
+    nc: str | None = None,
+    cnonce: str | None = None,
+) -> str:
+    """The request-digest for ``ha1`` (RFC 7616 §3.4.1, RFC 2617 §3.2.2.1).
+
+    With ``qop="auth"``: ``H(HA1:nonce:nc:cnonce:qop:H(method:uri))``; without
+    qop, as RFC 2069: ``H(HA1:nonce:H(method:uri))``. ``auth-int`` is not
+    supported (RFC 3261 §22.4 leaves it optional and phones do not use it).
+
+    :raises ValueError: for another qop, or qop without nc and cnonce.
+    """
+    ha2 = _hash(algorithm, f"{method}:{uri}")
+    if qop is None:
+        return _hash(algorithm, f"{ha1}:{nonce}:{ha2}")
+    if qop != "auth" or nc is None or cnonce is None:
+        raise ValueError("only qop=auth, with nc and cnonce, is supported")
+    return _hash(algorithm, f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
+
+
+def parse_credentials(value: str) -> tuple[str, dict[str, str]]:
+    """Split a credentials value into its scheme and auth-params (RFC 3261 §25.1).
+
+    ``credentials = ("Digest" LWS digest-response) / other-response``, where the
+    response is comma-separated ``name = ( token / quoted-string )``. Parameter
+    names are lowercased (they are case-insensitive, RFC 3261 §7.3.1); quoted
+    values are unquoted and their quoted-pairs unescaped; unquoted values run to
+    the next comma or space. Spaces around ``=`` and commas, and empty list
+    elements, are tolerated.
+
+    :raises ParseError: on a missing scheme, a parameter without ``=``, an
+        unterminated quoted string, or a parameter given twice.
+    """
+    text = value.strip(_SPACE)
+    scheme_match = _TOKEN.match(text)
+    if scheme_match is None:
+        raise ParseError("credentials without an auth scheme")
+    scheme = scheme_match.group()
+    i, n = scheme_match.end(), len(text)
+    params: dict[str, str] = {}
+    if i < n and text[i] not in _SPACE:
+        raise ParseError("no space after the auth scheme")
+    while True:
+        while i < n and (text[i] in _SPACE or text[i] == ","):
+            i += 1
+        if i >= n:
+            return scheme, params
+        name_match = _TOKEN.match(text, i)
+        if name_match is None:
+            raise ParseError(f"bad auth-param name at {text[i : i + 20]!r}")
+        name = name_match.group().lower()
+        i = name_match.end()
+        while i < n and text[i] in _SPACE:
+            i += 1
+        if i >= n or text[i] != "=":
+            raise ParseError(f"auth-param {name!r} without '='")
+        i += 1
+        while i < n and text[i] in _SPACE:
+            i += 1
+        if i < n and text[i] == '"':
+            chars: list[str] = []
+            i += 1
+            while True:
+                if i >= n:
+                    raise ParseError(f"unterminated quoted string in {name!r}")
+                ch = text[i]
+                if ch == "\\" and i + 1 < n:
+                    chars.append(text[i + 1])
+                    i += 2
+                elif ch == '"':
+                    i += 1
+                    break
+                else:
+                    chars.append(ch)
+                    i += 1
+            param = "".join(chars)
+        else:
+            start = i
+            while i < n and text[i] not in _SPACE and text[i] not in ',"':
+                i += 1
+            param = text[start:i]
+        if name in params:
+            raise ParseError(f"auth-param {name!r} given twice")
+        params[name] = param
+        while i < n and text[i] in _SPACE:
+            i += 1
+        if i < n and text[i] != ",":
+            raise ParseError(f"expected ',' after auth-param {name!r}")
+
+
+def _quote(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+class Outcome(Enum):
+    """What :meth:`Authenticator.verify` concluded about a request."""
+
+    #: The credentials are good: ``AuthResult.user`` is who sent the request.
+    OK = "ok"
+    #: No credentials for our realm: challenge.
+    MISSING = "missing"
+    #: Good credentials on an expired nonce: challenge again with ``stale=true``.
+    STALE = "stale"
+    #: Wrong, forged, replayed or unreadable credentials: count it, challenge.
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    """The outcome of a verification, the user when it is OK, and why.
+
+    ``reason`` is for the log; it never holds a password or hash, but it may name
+    the user the request claimed, so it must not go into a response.
+    """
+
+    outcome: Outcome
+    user: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Credentials:
+    username: str
+    nonce: str
+    uri: str
+    response: str
+    algorithm: str
+    nc: str
+    cnonce: str
+
+
+class _FailedError(Exception):
+    """Internal: the credentials cannot be right, with the reason."""
+
+
+def _credentials(params: Mapping[str, str], algorithms: Sequence[str]) -> _Credentials:
+    for required in ("username", "nonce", "uri", "response"):
+        if not params.get(required):
+            raise _FailedError(f"no {required}")
+    algorithm = params.get("algorithm", "MD5").upper()  # RFC 7616 §3.3: MD5 default
+    if algorithm not in algorithms:
+        raise _FailedError(f"algorithm {algorithm[:20]!r} not offered")
+    if params.get("userhash", "false").lower() != "false":
+        raise _FailedError("userhash not offered")
+    qop = params.get("qop")
+    if qop is None:
+        raise _FailedError("no qop (RFC 2069 responses are refused)")
+    if qop.lower() != "auth":
+        raise _FailedError(f"qop {qop[:20]!r} not offered")
+    nc, cnonce = params.get("nc"), params.get("cnonce")
+    if nc is None or not _NC.fullmatch(nc):
+        raise _FailedError("nc is not 8 hex digits")
+    if not cnonce:
+        raise _FailedError("no cnonce")
+    return _Credentials(
+        params["username"],
+        params["nonce"],
+        params["uri"],
+        params["response"],
+        algorithm,
+        nc,
+        cnonce,
+    )
+
+
+class Authenticator:
+    """Challenge and verify Digest credentials for one realm (RFC 3261 §22).
+
+    State: the highest nonce count seen per nonce (bounded, see the module
+    docstring). ``users`` may be replaced at any time (a reloaded users file);
+    that state survives the change.
+
+    :param realm: the realm of challenges and of the credentials we accept.
+    :param users: the users of ``realm`` and their HA1 values.
+    :param secret: the key of the nonce HMAC; a new random one per start makes
+        every nonce of the previous run invalid.
+    :param nonce_lifetime: seconds a nonce stays fresh.
+    :param algorithms: what challenges offer, in order of preference.
+    :param max_nonces: how many nonces' counts are remembered.
+    """
+
+    def __init__(
+        self,
+        realm: str,
+        users: UserDB,
+        secret: bytes,
+        *,
+        nonce_lifetime: float = 300.0,
+        algorithms: Sequence[str] = ("SHA-256", "MD5"),
+        max_nonces: int = 10_000,
+    ) -> None:
+        algorithms = tuple(a.upper() for a in algorithms)
+        if not algorithms or any(a not in ALGORITHMS for a in algorithms):
+            raise ValueError(f"algorithms must be some of {sorted(ALGORITHMS)}")
+        if not secret:
+            raise ValueError("the nonce secret must not be empty")
+        if nonce_lifetime <= 0 or max_nonces < 1:
+            raise ValueError("nonce_lifetime and max_nonces must be positive")
+        self.realm = realm
+        self.users = users
+        self.nonce_lifetime = nonce_lifetime
+        self.algorithms = algorithms
+        self._secret = secret
+        self._max_nonces = max_nonces
+        opaque = hmac.new(secret, b"sipproxy opaque", hashlib.sha256).digest()[:12]
+        self.opaque = base64.urlsafe_b64encode(opaque).decode("ascii")
+        self._dummy_ha1 = {
+            a: _hash(a, f"sipproxy dummy user:{realm}:") for a in ALGORITHMS
+        }
+        # nonce -> (issued_at, highest nc verified), least recently used first
+        self._counts: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        # nonces issued at or before this moment and not in _counts are stale
+        self._forgotten_until = float("-inf")
+
+    # -- challenges -----------------------------------------------------------
+
+    def offered_algorithms(self) -> tuple[str, ...]:
+        """The configured algorithms every user has an HA1 for, in order.
+
+        A users file written by plain ``htdigest`` has no SHA-256 HA1, so then
+        only MD5 is offered (a UA picks the first algorithm it knows, RFC 8760
+        §2.4, and would fail). If none is left, the configured list is offered.
+        """
+        have = self.users.algorithms
+        return tuple(a for a in self.algorithms if a in have) or self.algorithms
+
+    def make_nonce(self, now: float) -> str:
+        """A fresh nonce stamped ``now``: timestamp, random salt and their HMAC."""
+        body = _TIMESTAMP.pack(now) + os.urandom(_SALT_SIZE)
+        mac = hmac.new(self._secret, body, hashlib.sha256).digest()[:_MAC_SIZE]
+        return base64.urlsafe_b64encode(body + mac).decode("ascii").rstrip("=")
+
+    def challenge(self, now: float, *, stale: bool = False) -> list[str]:
+        """WWW-Authenticate / Proxy-Authenticate values, one per algorithm.
+
+        RFC 8760 §2.4: a server offering several algorithms sends one challenge
+        each, most preferred first; all share one nonce and opaque (as in the
+        RFC 7616 §3.9.1 example). Each is ``Digest realm, nonce, opaque,
+        algorithm, qop="auth"`` and, after :attr:`Outcome.STALE`, ``stale=true``.
+        """
+        nonce = self.make_nonce(now)
+        tail = ", stale=true" if stale else ""
+        return [
+            f"Digest realm={_quote(self.realm)}, nonce={_quote(nonce)}, "
+            f'opaque={_quote(self.opaque)}, algorithm={algorithm}, qop="auth"{tail}'
+            for algorithm in self.offered_algorithms()
+        ]
+
+    def nonce_issued_at(self, nonce: str) -> float | None:
+        """When we issued ``nonce``, or None if it is not one of ours (or altered)."""
+        if not _NONCE.fullmatch(nonce):
+            return None
+        raw = base64.urlsafe_b64decode(nonce + "=")
+        body, mac = raw[:-_MAC_SIZE], raw[-_MAC_SIZE:]
+        expected = hmac.new(self._secret, body, hashlib.sha256).digest()[:_MAC_SIZE]
+        if not hmac.compare_digest(mac, expected):
+            return None
+        (issued_at,) = _TIMESTAMP.unpack(body[: _TIMESTAMP.size])
+        return float(issued_at)
+
+    # -- verification ---------------------------------------------------------
+
+    def verify(
+        self, request: Request, now: float, *, header: str = "Authorization"
+    ) -> AuthResult:
+        """Check the credentials for our realm in ``header`` of ``request``.
+
+        ``header`` is "Authorization" (after a 401) or "Proxy-Authorization"
+        (after a 407, RFC 3261 §22.3). Credentials for other realms, meant for
+        other servers, are ignored (§22.3); if several are for our realm the
+        first one counts. The steps, in an order that tells nothing about
+        which users exist: parse; check the nonce is ours, the uri, the realm's
+        parameters; compute the response (a dummy HA1 for an unknown user) and
+        compare in constant time; then freshness (STALE) and the nonce count.
+
+        :raises ValueError: for a ``header`` that does not carry credentials.
+        """
+        if header.lower() not in _CREDENTIAL_HEADERS:
+            raise ValueError(f"{header!r} does not carry credentials")
+        params: dict[str, str] | None = None
+        malformed = False
+        for value in request.headers.get_all(header):
+            try:
+                scheme, candidate = parse_credentials(value)
+            except ParseError:
+                malformed = True
+                continue
+            if scheme.lower() == "digest" and candidate.get("realm") == self.realm:
+                params = candidate
+                break
+        if params is None:
+            if malformed:
+                return AuthResult(Outcome.FAILED, reason=f"malformed {header}")
+            return AuthResult(Outcome.MISSING, reason=f"no {header} for our realm")
+        try:
+            return self._verify(request, now, params)
+        except _FailedError as error:
+            return AuthResult(Outcome.FAILED, reason=str(error))
+
+    def _verify(
+        self, request: Request, now: float, params: Mapping[str, str]
+    ) -> AuthResult:
+        creds = _credentials(params, self.algorithms)
+        issued_at = self.nonce_issued_at(creds.nonce)
+        if issued_at is None:
+            raise _FailedError("nonce not ours or altered")
+        opaque = params.get("opaque")
+        if opaque is not None and not hmac.compare_digest(
+            _utf8(opaque), _utf8(self.opaque)
+        ):
+            raise _FailedError("opaque not ours")
+        if creds.uri != request.uri:
+            raise _FailedError("digest uri is not the Request-URI")
+        known = self.users.ha1(creds.username, creds.algorithm)
+        ha1 = known if known is not None else self._dummy_ha1[creds.algorithm]
+        expected = compute_response(
+            ha1,
+            algorithm=creds.algorithm,
+            method=request.method,
+            uri=creds.uri,
+            nonce=creds.nonce,
+            qop="auth",
+            nc=creds.nc,
+            cnonce=creds.cnonce,
+        )
+        matches = hmac.compare_digest(_utf8(expected), _utf8(creds.response.lower()))
+        if known is None or not matches:
+            # One reason for both, so that not even the log separates them.
+            raise _FailedError(f"wrong password or unknown user {creds.username!r}")
+        return self._check_count(creds, issued_at, now)
+
+    def _check_count(
+        self, creds: _Credentials, issued_at: float, now: float
+    ) -> AuthResult:
+        age = now - issued_at
+        seen = self._counts.get(creds.nonce)
+        if not 0 <= age <= self.nonce_lifetime or (
+            seen is None and issued_at <= self._forgotten_until
+        ):
+            # The password was right, but the user is not authenticated yet.
+            return AuthResult(Outcome.STALE, reason=f"stale nonce, {creds.username!r}")
+        nc = int(creds.nc, 16)
+        if nc <= (seen[1] if seen is not None else 0):
+            raise _FailedError(f"replayed nc {creds.nc} for user {creds.username!r}")
+        self._counts[creds.nonce] = (issued_at, nc)
+        self._counts.move_to_end(creds.nonce)
+        self._forget(now)
+        return AuthResult(Outcome.OK, creds.username)
+
+    def _forget(self, now: float) -> None:
+        """Drop expired nonces from the old end, then any over ``max_nonces``."""
+        horizon = now - self.nonce_lifetime
+        while self._counts:
+            nonce, (issued_at, _) = next(iter(self._counts.items()))
+            if issued_at >= horizon and len(self._counts) <= self._max_nonces:
+                break
+            del self._counts[nonce]
+            if issued_at >= horizon:
+                self._forgotten_until = max(self._forgotten_until, issued_at)
