@@ -212,6 +212,14 @@ class Config:
     dialplan: tuple[DialRule, ...] = ()
     #: every request routed by a dial-plan rule goes through this proxy first
     outbound_proxy: str | None = None
+    #: Apache htdigest file of users (realm: the first domain); None: no auth
+    users: str | None = None
+    #: requests per second per source address (token bucket); 0 turns it off
+    rate_limit: float = 100.0
+    #: requests a source may send at once before the rate applies
+    rate_burst: float = 600.0
+    #: addresses never rate limited or banned (an SBC, a monitoring host)
+    trusted: tuple[str, ...] = ()
 
 
 # key -> (kind, accepted as list); kinds validated in _coerce.
@@ -230,6 +238,10 @@ _KEYS: dict[str, str] = {
     "forking": "forking",
     "dialplan": "dialplan",
     "outbound-proxy": "sip-uri",
+    "users": "path",
+    "rate-limit": "rate",
+    "rate-burst": "seconds",
+    "trusted": "addresses",
 }
 
 
@@ -299,6 +311,26 @@ def _coerce(key: str, value: Any) -> Any:
         return tuple(
             _host_port(text, 53, f"dns {text!r}") for text in _as_list(key, value)
         )
+    if kind == "path":
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key} = {value!r}: expected a file name")
+        return value
+    if kind == "addresses":
+        addresses = _as_list(key, value)
+        for address in addresses:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ConfigError(f"{key} = {address!r}: not an IP address") from None
+        return tuple(addresses)
+    if kind == "rate":
+        try:
+            rate = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} = {value!r}: not a number") from None
+        if rate < 0 or isinstance(value, bool):
+            raise ConfigError(f"{key} = {value!r}: expected 0 (off) or more")
+        return rate
     if kind == "dialplan":
         return _dialplan(value)
     if kind == "sip-uri":

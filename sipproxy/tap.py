@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -22,7 +23,9 @@ from typing_extensions import override
 
 from sipproxy import __version__
 from sipproxy.config import Config, ConfigError, ListenSpec, build_config, read_toml
+from sipproxy.digest import Authenticator
 from sipproxy.guard import BanList, RateLimiter
+from sipproxy.htdigest import load_users
 from sipproxy.location import location_from_spec
 from sipproxy.proxy.core import Proxy, ProxySettings
 from sipproxy.registrar import Registrar, RegistrarSettings
@@ -69,6 +72,15 @@ class Options(usage.Options):
         ["max-expires", None, None, "Longest registration granted (7200)."],
         ["max-bindings", None, None, "Contacts per address-of-record (10)."],
         [
+            "users",
+            None,
+            None,
+            "Apache htdigest file (realm: the first --domain): REGISTER and calls "
+            "from our domains then need a password. Re-read on SIGHUP.",
+        ],
+        ["rate-limit", None, None, "Requests/s per source address; 0: off (100)."],
+        ["rate-burst", None, None, "Requests a source may send at once (600)."],
+        [
             "forking",
             None,
             None,
@@ -79,7 +91,7 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        for key in ("domain", "listen", "alias", "dns"):
+        for key in ("domain", "listen", "alias", "dns", "trusted"):
             self[key] = []
         self.config: Config | None = None
 
@@ -94,6 +106,10 @@ class Options(usage.Options):
     def opt_alias(self, value: str) -> None:
         """Another host name or address that means this server (repeatable)."""
         self["alias"].append(value)
+
+    def opt_trusted(self, value: str) -> None:
+        """Address never rate limited or banned, e.g. an SBC (repeatable)."""
+        self["trusted"].append(value)
 
     def opt_dns(self, value: str) -> None:
         """DNS server for every lookup, IP[:PORT] (repeatable; default resolv.conf)."""
@@ -133,6 +149,10 @@ class Options(usage.Options):
                 "max-expires",
                 "max-bindings",
                 "forking",
+                "users",
+                "rate-limit",
+                "rate-burst",
+                "trusted",
             )
         }
         try:
@@ -140,7 +160,9 @@ class Options(usage.Options):
             self.config = build_config(file_values, cli)
             # Constructing a store does no I/O; it checks the spec's form.
             location_from_spec(self.config.location, reactor=None)
-        except (ConfigError, ValueError) as error:
+            if self.config.users is not None:
+                load_users(self.config.users, self.config.domains[0])
+        except (ConfigError, ValueError, OSError) as error:
             raise usage.UsageError(str(error)) from None
 
 
@@ -177,6 +199,21 @@ class SIPServerService(MultiService):
             ),
         )
         resolver = make_resolver(config.dns, reactor, reactor)
+        # Abuse defences (issue 5): a token bucket per source address and bans
+        # after failed authentications, both checked before any parsing.
+        self.rate_limiter = (
+            RateLimiter(config.rate_limit, config.rate_burst)
+            if config.rate_limit
+            else None
+        )
+        self.bans = BanList(exempt=config.trusted)
+        self.authenticator: Authenticator | None = None
+        if config.users is not None:
+            self.authenticator = Authenticator(
+                config.domains[0],
+                load_users(config.users, config.domains[0]),
+                os.urandom(32),
+            )
         self.proxy = Proxy(
             ProxySettings(
                 domains=domains,
@@ -191,13 +228,12 @@ class SIPServerService(MultiService):
             location=self.location,
             registrar=self.registrar,
             resolve=resolver.resolve,
+            known_user=self._known_user,
+            auth=self.authenticator,
+            bans=self.bans,
         )
         self.stream_factories: dict[str, SIPStreamFactory] = {}
         self._purge: LoopingCall | None = None
-        # Abuse defences (issue 5): a token bucket per source address and bans
-        # after failed authentications, both checked before any parsing.
-        self.rate_limiter = RateLimiter()
-        self.bans = BanList()
 
     @override
     def privilegedStartService(self) -> None:
@@ -251,10 +287,33 @@ class SIPServerService(MultiService):
 
     def _admit(self, source_ip: str) -> bool:
         """Banned sources are ignored; one flooding source loses only its excess."""
+        if source_ip in self.config.trusted:
+            return True
         now = self._reactor.seconds()
-        return not self.bans.is_banned(source_ip, now) and self.rate_limiter.allow(
-            source_ip, now
-        )
+        if self.bans.is_banned(source_ip, now):
+            return False
+        return self.rate_limiter is None or self.rate_limiter.allow(source_ip, now)
+
+    def _known_user(self, aor: str) -> bool:
+        """Whether an AOR is a user of ours (no binding then means 480, not 404)."""
+        if self.authenticator is None:
+            return False
+        user = aor.partition(":")[2].rpartition("@")[0]
+        return user in self.authenticator.users
+
+    def reload_users(self) -> None:
+        """SIGHUP: re-read the users file; a broken one keeps the old users."""
+        if self.authenticator is None or self.config.users is None:
+            return
+        try:
+            users = load_users(self.config.users, self.config.domains[0])
+        except (ValueError, OSError) as error:
+            self.log.error(
+                "users file not reloaded, keeping the old users: {e}", e=error
+            )
+            return
+        self.authenticator.users = users
+        self.log.info("users file reloaded: {n} users", n=len(users.entries))
 
     @override
     def startService(self) -> None:
@@ -264,6 +323,11 @@ class SIPServerService(MultiService):
         )
 
     def _serving(self, _: object) -> None:
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(
+                signal.SIGHUP,
+                lambda *_: self._reactor.callFromThread(self.reload_users),
+            )
         # Everything built at start-up lives as long as the process: keep the
         # collector from walking it again on every full collection.
         gc.freeze()

@@ -31,7 +31,10 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from sipproxy.config import DialRule
+from sipproxy.digest import Authenticator, Outcome
+from sipproxy.guard import BanList, ban_line
 from sipproxy.location import Binding, Flow, LocationService
+from sipproxy.proxy.auth import NEVER_CHALLENGED, credentials_header, may_act
 from sipproxy.proxy.checks import (
     RejectedError,
     check_max_forwards,
@@ -163,6 +166,8 @@ class Proxy:
         registrar: Registrar | None = None,
         resolve: Callable[[SipURI], Awaitable[list[Peer]]] | None = None,
         known_user: Callable[[str], bool] | None = None,
+        auth: Authenticator | None = None,
+        bans: BanList | None = None,
         secret: bytes | None = None,
     ) -> None:
         """Take collaborators; nothing happens until messages arrive.
@@ -181,6 +186,8 @@ class Proxy:
         self._secret = secret if secret is not None else os.urandom(32)
         self._counter = itertools.count(1)
         self._known_user = known_user
+        self._auth = auth
+        self._bans = bans
         self._contexts: dict[int, ResponseContext] = {}
         self._branches: dict[int, tuple[ResponseContext, _Branch]] = {}
         self.layer = TransactionLayer(self, clock)
@@ -269,6 +276,7 @@ class Proxy:
         check_uri_scheme(request)
         key = loop_key(request)
         inbound_flow = self._flow_from_routes(request)
+        followed_our_route = self._first_route_is_ours(request)
         request = preprocess_routes(request, self._is_ours)
         uri = request.request_uri
         has_route = "route" in request.headers
@@ -287,6 +295,23 @@ class Proxy:
         if is_loop(request, key, self._is_our_via):
             raise RejectedError(482)
         check_proxy_require(request, SUPPORTED)
+        user = None
+        in_our_dialog = followed_our_route and request.to_addr.tag is not None
+        if self._auth is not None:
+            header = credentials_header(
+                request,
+                domains=self.settings.domains,
+                registering_here=request.method == "REGISTER" and ours_domain,
+                options_to_us=request.method == "OPTIONS" and to_us,
+                in_our_dialog=in_our_dialog,
+            )
+            if header is not None:
+                user = self._authenticate(request, header, peer)
+            elif request.method not in NEVER_CHALLENGED and not (
+                ours_domain or to_us or in_our_dialog or inbound_flow
+            ):
+                # Not a relay: only our own authenticated users go elsewhere.
+                raise RejectedError(403, "Not A Relay")
         if request.method == "OPTIONS" and to_us:
             check_require(request, SUPPORTED)
             self._answer(
@@ -314,6 +339,9 @@ class Proxy:
         if not has_route and inbound_flow is None and request.to_addr.tag is None:
             routed = route_by_dialplan(uri, request.uri, self.settings.dialplan)
         if routed is not None:
+            if self._auth is not None and user is None:
+                # A trunk costs money: only our authenticated users dial out.
+                raise RejectedError(403, "Not A Relay")
             # An operator's rule (a number to a trunk, a domain to a gateway).
             request = replace(request, uri=routed)
             if self.settings.outbound_proxy:
@@ -709,7 +737,57 @@ class Proxy:
             copy.to_bytes(), target.peer, connection_id=target.connection_id
         )
 
+    # -- authentication (issue 5) ------------------------------------------------
+
+    def _authenticate(self, request: Request, header: str, peer: Peer) -> str:
+        """The authenticated user, or a RejectedError with a challenge or 403.
+
+        A missing, wrong, unknown-user or stale credential all get the same
+        challenge (only the nonce differs), so nobody learns which users exist;
+        only wrong ones count towards a ban of the source address.
+        """
+        assert self._auth is not None
+        now = self._clock.seconds()
+        result = self._auth.verify(request, now, header=header)
+        if result.outcome is Outcome.OK and result.user is not None:
+            if self._bans is not None:
+                self._bans.succeeded(peer.host, now, user=result.user)
+            if not may_act(request, result.user):
+                raise RejectedError(403, "Not Your Address")
+            return result.user
+        if result.outcome is Outcome.FAILED:
+            self.log.info(
+                "authentication failed from {host}: {reason}",
+                host=peer.host,
+                reason=result.reason,
+            )
+            if self._bans is not None and self._bans.failed(peer.host, now):
+                self.log.warn(
+                    "{line}",
+                    line=ban_line(
+                        peer.host, self._bans.max_failures, self._bans.ban_time
+                    ),
+                )
+        status = 401 if header == "Authorization" else 407
+        name = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
+        stale = result.outcome is Outcome.STALE
+        raise RejectedError(
+            status,
+            None,
+            tuple((name, v) for v in self._auth.challenge(now, stale=stale)),
+        )
+
     # -- helpers ---------------------------------------------------------------
+
+    def _first_route_is_ours(self, request: Request) -> bool:
+        routes = request.headers.get_all("route")
+        if not routes:
+            return False
+        try:
+            uri = NameAddress.parse(routes[0]).uri
+        except ParseError:
+            return False
+        return isinstance(uri, SipURI) and self._is_ours(uri)
 
     def _flow_from_routes(self, request: Request) -> tuple[Peer, str | None] | None:
         """The flow named by the last of our own leading Route entries (flows.py).

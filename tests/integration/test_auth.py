@@ -1,0 +1,213 @@
+"""Digest authentication and its defences, from outside (RFC 3261 §22, issue 5)."""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sipproxy.digest import compute_ha1, compute_response
+from sipproxy.htdigest import write_user
+from tests.integration.conftest import (
+    RunningServer,
+    free_port,
+    start_twistd,
+    status_of,
+    stop,
+)
+
+pytestmark = pytest.mark.integration
+REALM = "example.test"
+_numbers = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def auth_server(tmp_path: Path) -> Iterator[RunningServer]:
+    users = tmp_path / "users.htdigest"
+    write_user(users, "alice", REALM, "wonderland")
+    write_user(users, "bob", REALM, "builder")
+    port = free_port()
+    server = start_twistd(
+        [
+            "--domain", REALM, "--users", str(users),
+            "--listen", f"udp:{port}:interface=127.0.0.1",
+        ],
+        port,
+        tmp_path / "twistd.log",
+    )  # fmt: skip
+    yield server
+    stop(server.process)
+    assert "Traceback" not in server.log_text(), server.log_text()
+
+
+def request(
+    method: str,
+    uri: str,
+    *,
+    user: str,
+    local: int,
+    call_id: str,
+    cseq: int,
+    extra: str = "",
+) -> bytes:
+    number = next(_numbers)
+    contact = (
+        f"Contact: <sip:{user}@127.0.0.1:{local}>\r\n" if method != "OPTIONS" else ""
+    )
+    return (
+        f"{method} {uri} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch=z9hG4bKauth{number};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <sip:{user}@{REALM}>;tag=f{number}\r\n"
+        f"To: <sip:{'bob' if method == 'INVITE' else user}@{REALM}>\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n{contact}{extra}"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def final(sock: socket.socket) -> bytes:
+    while True:
+        data = sock.recv(65536)
+        if status_of(data) != 100:
+            return data
+
+
+def challenge_params(response: bytes, name: str) -> list[dict[str, str]]:
+    found = []
+    for line in response.decode().split("\r\n"):
+        key, _, value = line.partition(":")
+        if key.strip().lower() == name.lower():
+            found.append(dict(re.findall(r'(\w+)="?([^",]*)"?', value)))
+    return found
+
+
+def answer(
+    challenge: dict[str, str], *, user: str, password: str, method: str, uri: str
+) -> str:
+    algorithm = challenge["algorithm"]
+    ha1 = compute_ha1(user, REALM, password, algorithm)
+    nc, cnonce = "00000001", "abcdef"
+    digest = compute_response(
+        ha1, algorithm=algorithm, method=method, uri=uri, nonce=challenge["nonce"],
+        qop="auth", nc=nc, cnonce=cnonce,
+    )  # fmt: skip
+    return (
+        f'Digest username="{user}", realm="{REALM}", nonce="{challenge["nonce"]}", '
+        f'uri="{uri}", response="{digest}", algorithm={algorithm}, qop=auth, '
+        f'nc={nc}, cnonce="{cnonce}", opaque="{challenge["opaque"]}"'
+    )
+
+
+def register(
+    port: int, user: str, password: str | None, *, source: str = "127.0.0.1"
+) -> tuple[bytes, bytes | None]:
+    """REGISTER, then answer the 401 with ``password``; both final answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((source, 0))
+        sock.settimeout(2)
+        local = sock.getsockname()[1]
+        call_id = f"reg-{user}-{local}"
+        uri = f"sip:{REALM}"
+        first_register = request(
+            "REGISTER", uri, user=user, local=local, call_id=call_id, cseq=1
+        )
+        sock.sendto(first_register, ("127.0.0.1", port))
+        first = final(sock)
+        if password is None or status_of(first) != 401:
+            return first, None
+        sha = challenge_params(first, "WWW-Authenticate")[0]
+        credentials = answer(
+            sha, user=user, password=password, method="REGISTER", uri=uri
+        )
+        sock.sendto(
+            request("REGISTER", uri, user=user, local=local, call_id=call_id, cseq=2,
+                    extra=f"Authorization: {credentials}\r\n"),
+            ("127.0.0.1", port),
+        )  # fmt: skip
+        return first, final(sock)
+
+
+def test_register_is_challenged_then_accepted(auth_server: RunningServer) -> None:
+    """401 offers SHA-256 first and MD5, qop=auth; the right password gets 200."""
+    first, second = register(auth_server.port, "alice", "wonderland")
+    assert status_of(first) == 401
+    challenges = challenge_params(first, "WWW-Authenticate")
+    assert [c["algorithm"] for c in challenges] == ["SHA-256", "MD5"]
+    assert all(c["qop"] == "auth" and c["realm"] == REALM for c in challenges)
+    assert status_of(second) == 200
+
+
+def test_wrong_password_and_unknown_user_look_the_same(
+    auth_server: RunningServer,
+) -> None:
+    """No user oracle: same status and headers (but the nonce) for both."""
+    _, wrong = register(auth_server.port, "alice", "guess")
+    _, unknown = register(auth_server.port, "mallory", "guess")
+    assert wrong is not None and unknown is not None
+    assert status_of(wrong) == status_of(unknown) == 401
+
+    def shape(response: bytes) -> list[str]:
+        names = []
+        for line in response.decode().split("\r\n")[1:]:
+            name = line.partition(":")[0]
+            names.append(name)
+        return names
+
+    assert shape(wrong) == shape(unknown)
+
+    def without_nonce(response: bytes) -> list[dict[str, str]]:
+        challenges = challenge_params(response, "WWW-Authenticate")
+        return [{k: v for k, v in c.items() if k != "nonce"} for c in challenges]
+
+    assert without_nonce(wrong) == without_nonce(unknown)
+
+
+def test_invite_from_our_domain_needs_proxy_authorization(
+    auth_server: RunningServer,
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(2)
+        local = sock.getsockname()[1]
+        sock.sendto(
+            request("INVITE", f"sip:bob@{REALM}", user="alice", local=local,
+                    call_id="inv-1", cseq=1),
+            ("127.0.0.1", auth_server.port),
+        )  # fmt: skip
+        response = final(sock)
+    assert status_of(response) == 407
+    assert challenge_params(response, "Proxy-Authenticate")
+
+
+def test_not_an_open_relay(auth_server: RunningServer) -> None:
+    """A stranger's request for another domain gets 403."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(2)
+        local = sock.getsockname()[1]
+        data = request(
+            "MESSAGE", "sip:someone@elsewhere.example",
+            user="x", local=local, call_id="relay-1", cseq=1,
+        )  # fmt: skip
+        sock.sendto(data.replace(b"@example.test>;tag", b"@stranger.example>;tag"),
+                    ("127.0.0.1", auth_server.port))  # fmt: skip
+        assert status_of(final(sock)) == 403
+
+
+def test_brute_force_source_is_banned_others_are_not(
+    auth_server: RunningServer,
+) -> None:
+    """10 wrong passwords from 127.0.0.3: then silence; 127.0.0.1 still registers."""
+    for _ in range(10):
+        register(auth_server.port, "bob", "wrong", source="127.0.0.3")
+    with pytest.raises(TimeoutError):
+        register(auth_server.port, "bob", "builder", source="127.0.0.3")
+    _, ok = register(auth_server.port, "bob", "builder")
+    assert status_of(ok) == 200
+    stop(auth_server.process)
+    assert "sipproxy: banned 127.0.0.3 for 600 s after 10 failed authentications" in (
+        auth_server.log_text()
+    )
