@@ -24,7 +24,7 @@ from typing_extensions import override
 from sipproxy import __version__
 from sipproxy.config import Config, ConfigError, ListenSpec, build_config, read_toml
 from sipproxy.digest import Authenticator
-from sipproxy.guard import BanList, RateLimiter
+from sipproxy.guard import BanList, ConnectionLimiter, RateLimiter
 from sipproxy.htdigest import load_users
 from sipproxy.location import location_from_spec
 from sipproxy.proxy.core import Proxy, ProxySettings
@@ -207,6 +207,7 @@ class SIPServerService(MultiService):
             else None
         )
         self.bans = BanList(exempt=config.trusted)
+        self.connection_limit = ConnectionLimiter()
         self.authenticator: Authenticator | None = None
         if config.users is not None:
             self.authenticator = Authenticator(
@@ -275,6 +276,7 @@ class SIPServerService(MultiService):
             ),
         )
         factory.admit = self._admit
+        factory.limit = self.connection_limit
         port = self._reactor.listenTCP(spec.port, factory, interface=spec.interface)
         address = port.getHost()
         self.transports.add_stream(

@@ -57,7 +57,7 @@ class _OutboundFactory(ClientFactory):
 
     @override
     def buildProtocol(self, addr: IAddress | None) -> SIPStreamProtocol:
-        protocol = self._stream.buildProtocol(addr)
+        protocol = self._stream.build_outbound()
         protocol.on_connected = lambda: self._owner._connected(self._key, protocol)
         return protocol
 

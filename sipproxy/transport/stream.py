@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
+from sipproxy.guard import ConnectionLimiter
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.parser import Keepalive, StreamFramer, parse_message
 from sipproxy.transport.peer import MessageReceiver, Peer
@@ -43,6 +44,8 @@ class SIPStreamProtocol(Protocol):
         self._local = Peer(factory.transport_name, "", 0)
         #: called once connected; outbound connections flush their queue here
         self.on_connected: Callable[[], None] | None = None
+        #: counted against the per-source connection limit (inbound only)
+        self.counted = False
 
     @property
     def local(self) -> Peer:
@@ -128,12 +131,16 @@ class SIPStreamProtocol(Protocol):
             self._idle.cancel()
         self._idle = None
         self._factory.connections.pop(self.connection_id, None)
+        if self.counted and self._factory.limit is not None:
+            self._factory.limit.closed(self.peer.host)
+            self.counted = False
 
 
 class SIPStreamFactory(Factory):
     """Builds a SIPStreamProtocol per connection and knows which are alive."""
 
     noisy = False  # the service logs one line listing every listener
+    log = Logger()
 
     def __init__(
         self,
@@ -153,7 +160,20 @@ class SIPStreamFactory(Factory):
         self.connections: dict[str, SIPStreamProtocol] = {}
         #: asked with the source IP per read before parsing (bans, rate limits)
         self.admit: Callable[[str], bool] | None = None
+        #: caps inbound connections per source address (None: no cap)
+        self.limit: ConnectionLimiter | None = None
 
     @override
-    def buildProtocol(self, addr: IAddress | None) -> SIPStreamProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> SIPStreamProtocol | None:
+        """An inbound connection; None (Twisted closes it) beyond the source's cap."""
+        host = getattr(addr, "host", "")
+        if self.limit is not None and not self.limit.opened(host):
+            self.log.info("refused a connection from {host}: too many", host=host)
+            return None
+        protocol = SIPStreamProtocol(self)
+        protocol.counted = self.limit is not None
+        return protocol
+
+    def build_outbound(self) -> SIPStreamProtocol:
+        """A connection we open ourselves: never counted against a source's cap."""
         return SIPStreamProtocol(self)

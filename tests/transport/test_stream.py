@@ -38,6 +38,7 @@ def connect(
     clock, recorder = Clock(), Recorder()
     factory = SIPStreamFactory(recorder, clock, idle_timeout=idle)
     protocol = factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 40000))
+    assert protocol is not None
     transport = StringTransport(
         hostAddress=IPv4Address("TCP", "127.0.0.1", 5060),
         peerAddress=IPv4Address("TCP", "192.0.2.1", 40000),
@@ -88,3 +89,22 @@ def test_datagram_garbage_is_reported_not_raised() -> None:
     protocol.datagramReceived(b"\r\n", ("192.0.2.1", 5060))  # a keepalive: silence
     assert recorder.messages == []
     assert len(recorder.invalid) == 1
+
+
+def test_connections_beyond_the_per_source_cap_are_refused() -> None:
+    """Limits on what an attacker controls: TCP connections per source (issue 5)."""
+    from sipproxy.guard import ConnectionLimiter
+
+    _, _, _, _, factory = connect()
+    factory.limit = ConnectionLimiter(max_per_source=2)
+    address = IPv4Address("TCP", "192.0.2.9", 1)
+    first = factory.buildProtocol(address)
+    second = factory.buildProtocol(address)
+    assert first is not None
+    assert second is not None
+    assert factory.buildProtocol(address) is None
+    assert factory.buildProtocol(IPv4Address("TCP", "192.0.2.10", 1)) is not None
+    first.makeConnection(StringTransport(peerAddress=address))
+    first.connectionLost()
+    assert factory.buildProtocol(address) is not None
+    assert factory.build_outbound() is not None  # ours are never refused
