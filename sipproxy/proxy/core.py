@@ -106,6 +106,8 @@ class ProxySettings:
     timer_c: float = TIMER_C
     dialplan: tuple[DialRule, ...] = ()
     outbound_proxy: str | None = None
+    #: live server transactions beyond which new requests get 503
+    max_pending: int = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +206,13 @@ class Proxy:
         """A new request (never a retransmission) from ``peer``."""
         if transaction is None:
             self._forward_ack(request)
+            return
+        if self.layer.pending() > self.settings.max_pending:
+            # Bounded work under attack or overload: refuse new requests with a
+            # hint to come back, rather than queue without end (issue 5).
+            self._answer(
+                transaction, request, 503, None, (("Retry-After", "5"),), "overload"
+            )
             return
         Deferred.fromCoroutine(
             self._handle(request, transaction, peer, channel)

@@ -197,6 +197,10 @@ class TransactionLayer:
         transaction.start()
         return transaction
 
+    def pending(self) -> int:
+        """Live server transactions, in O(1): what an overload guard compares."""
+        return len(self._servers)
+
     def counts(self) -> dict[str, int]:
         """Live transactions by kind, for tests and metrics."""
         counts = {

@@ -312,3 +312,14 @@ def test_users_not_matching_the_dialplan_use_the_location_service() -> None:
     h.register("bob", BOB)
     h.receive(invite(), ALICE)
     assert len(h.sent_to(BOB)) == 1
+
+
+def test_overload_refuses_new_requests_with_503() -> None:
+    """Pending transactions are bounded: beyond the cap, 503 with Retry-After."""
+    h = Harness()
+    h.proxy.settings = replace(h.proxy.settings, max_pending=0)
+    h.receive(invite("nobody"), ALICE)
+    response = only(h.sent_to(ALICE))
+    assert isinstance(response, Response)
+    assert response.status == 503
+    assert response.headers.get("retry-after") == "5"
