@@ -134,6 +134,8 @@ class _Branch:
     provisional: bool = False
     cancel_pending: bool = False
     unreachable: bool = False
+    #: Timer C fired: the branch's 487 is reported upstream as 408 (§16.8)
+    timed_out: bool = False
     timer_c: IDelayedCall | None = None
 
 
@@ -589,6 +591,7 @@ class Proxy:
         if branch.final is not None:
             return
         if branch.provisional:
+            branch.timed_out = True
             self._cancel_branch(branch)
         else:
             self._branch_response(context, branch, _synthesized(branch.request, 408))
@@ -639,6 +642,10 @@ class Proxy:
             if not context.answered:
                 self._forward_up(context, response)
             return
+        if branch.timed_out and response.status == 487:
+            # "the proxy [...] MAY [...] return 408 (Request Timeout)" (§16.8):
+            # the caller learns nobody answered, not that it cancelled.
+            response = _synthesized(context.request, 408)
         branch.final = response
         if branch.timer_c is not None and branch.timer_c.active():
             branch.timer_c.cancel()

@@ -266,10 +266,13 @@ def test_timer_c_cancels_a_branch_ringing_too_long(
     ringing: tuple[Harness, Request],
 ) -> None:
     """§16.8: Timer C (> 3 min) fires: the ringing branch is CANCELled."""
-    h, _ = ringing
+    h, to_bob = ringing
     h.clock.advance(182)
     sent = h.sent_to(BOB)
-    assert any(isinstance(m, Request) and m.method == "CANCEL" for m in sent)
+    cancel = next(m for m in sent if isinstance(m, Request) and m.method == "CANCEL")
+    h.receive(answer(cancel, 200), BOB)
+    h.receive(answer(to_bob, 487), BOB)
+    assert statuses(h.sent_to(ALICE)) == [408]  # nobody answered: 408, not 487
 
 
 def test_loop_gets_482() -> None:
