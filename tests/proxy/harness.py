@@ -41,6 +41,7 @@ class Harness:
         forking: str = "sequential",
         dialplan: tuple[DialRule, ...] = (),
         outbound_proxy: str | None = None,
+        known_users: frozenset[str] = frozenset(),
     ) -> None:
         self.clock = UDPMemoryReactor()
         self.transports = Transports(self.clock)
@@ -58,6 +59,7 @@ class Harness:
             clock=self.clock,
             transports=self.transports,
             location=self.location,
+            known_user=lambda aor: aor in known_users,
             secret=b"s" * 32,
         )
         self.udp = SIPDatagramProtocol(self.proxy.layer)

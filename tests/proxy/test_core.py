@@ -326,3 +326,12 @@ def test_overload_refuses_new_requests_with_503() -> None:
     assert isinstance(response, Response)
     assert response.status == 503
     assert response.headers.get("retry-after") == "5"
+
+
+def test_known_user_without_binding_gets_480_stranger_404() -> None:
+    """Issue 4: unknown user -> 404; a user of ours with no phone registered -> 480."""
+    h = Harness(known_users=frozenset({"sip:carol@example.test"}))
+    h.receive(invite("carol", call_id="c-carol", branch="z9hG4bKc1"), ALICE)
+    assert statuses(h.sent_to(ALICE)) == [100, 480]
+    h.receive(invite("nobody", call_id="c-nobody", branch="z9hG4bKn1"), ALICE)
+    assert statuses(h.sent_to(ALICE)) == [100, 404]
