@@ -22,7 +22,7 @@ Theory of operation:
   be replayed for the whole nonce lifetime; every SIP phone in use sends qop).
   For each nonce the highest nc that verified is remembered, in an LRU map of at
   most ``max_nonces`` entries; an nc not above it is :attr:`Outcome.FAILED`
-  (RFC 7616 §3.4: the server detects replays by the nc it has seen). When a live
+  (the nc of RFC 7616 §3.4 exists so that a server can detect replays). When a live
   nonce is pushed out of the map, every nonce issued up to then that the map no
   longer knows is treated as stale, so forgetting never opens a replay window.
 - **No user oracle**: an unknown user's response is computed and compared
@@ -67,7 +67,7 @@ __all__ = [
     "parse_credentials",
 ]
 
-#: Hash functions by the algorithm names of RFC 7616 §3.3 / RFC 8760 §2.1.
+#: Hash functions by the algorithm names of RFC 7616 §3.3 and RFC 8760.
 ALGORITHMS: Mapping[str, str] = {"MD5": "md5", "SHA-256": "sha256"}
 
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization"})
@@ -329,8 +329,9 @@ class Authenticator:
         """The configured algorithms every user has an HA1 for, in order.
 
         A users file written by plain ``htdigest`` has no SHA-256 HA1, so then
-        only MD5 is offered (a UA picks the first algorithm it knows, RFC 8760
-        §2.4, and would fail). If none is left, the configured list is offered.
+        only MD5 is offered (a UA answers the first challenge whose algorithm it
+        knows, RFC 8760, and would fail). If none is left, the configured list
+        is offered.
         """
         have = self.users.algorithms
         return tuple(a for a in self.algorithms if a in have) or self.algorithms
@@ -344,10 +345,11 @@ class Authenticator:
     def challenge(self, now: float, *, stale: bool = False) -> list[str]:
         """WWW-Authenticate / Proxy-Authenticate values, one per algorithm.
 
-        RFC 8760 §2.4: a server offering several algorithms sends one challenge
-        each, most preferred first; all share one nonce and opaque (as in the
-        RFC 7616 §3.9.1 example). Each is ``Digest realm, nonce, opaque,
-        algorithm, qop="auth"`` and, after :attr:`Outcome.STALE`, ``stale=true``.
+        A server offering several algorithms sends one challenge each, most
+        preferred first (RFC 8760, RFC 7616 §3.7); all share one nonce and
+        opaque (as in the RFC 7616 §3.9.1 example). Each is ``Digest realm,
+        nonce, opaque, algorithm, qop="auth"`` and, after
+        :attr:`Outcome.STALE`, ``stale=true``.
         """
         nonce = self.make_nonce(now)
         tail = ", stale=true" if stale else ""
