@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import signal
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -211,3 +213,38 @@ def test_brute_force_source_is_banned_others_are_not(
     assert "sipproxy: banned 127.0.0.3 for 600 s after 10 failed authentications" in (
         auth_server.log_text()
     )
+
+
+def test_sighup_reloads_users_and_a_broken_file_keeps_the_old(tmp_path: Path) -> None:
+    """Users are re-read on SIGHUP without a restart; a broken file changes nothing."""
+    users = tmp_path / "users.htdigest"
+    write_user(users, "alice", REALM, "wonderland")
+    port = free_port()
+    server = start_twistd(
+        [
+            "--domain", REALM, "--users", str(users),
+            "--listen", f"udp:{port}:interface=127.0.0.1",
+        ],
+        port,
+        tmp_path / "twistd.log",
+    )  # fmt: skip
+    try:
+        assert status_of(register(port, "carol", "c4rol")[1]) == 401
+        write_user(users, "carol", REALM, "c4rol")
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "users file reloaded" not in server.log_text():
+            assert time.monotonic() < deadline, server.log_text()
+            time.sleep(0.05)
+        assert status_of(register(port, "carol", "c4rol")[1]) == 200
+        # A broken file: the old users stay, and the log says why.
+        users.write_text(users.read_text() + "this line is broken\n")
+        server.process.send_signal(signal.SIGHUP)
+        while "users file not reloaded" not in server.log_text():
+            assert time.monotonic() < deadline + 10, server.log_text()
+            time.sleep(0.05)
+        assert status_of(register(port, "alice", "wonderland")[1]) == 200
+        # No password ever reaches the log.
+        assert b"c4rol" not in server.log_text().encode()
+    finally:
+        stop(server.process)

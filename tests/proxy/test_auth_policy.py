@@ -1,0 +1,86 @@
+"""Who must authenticate and who may act (issue 5; RFC 3261 §22)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sipproxy.digest import compute_ha1
+from sipproxy.htdigest import load_users
+from sipproxy.proxy.auth import credentials_header, may_act
+from sipproxy.sip.message import Request
+from sipproxy.sip.parser import parse_message
+
+DOMAINS = frozenset({"example.test"})
+
+
+def make(method: str, *, from_user: str = "alice", from_host: str = "example.test",
+         to_user: str = "alice", to_tag: str = "") -> Request:  # fmt: skip
+    data = (
+        f"{method} sip:{to_user}@example.test SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKp1\r\n"
+        f"From: <sip:{from_user}@{from_host}>;tag=f\r\n"
+        f"To: <sip:{to_user}@example.test>{to_tag}\r\n"
+        f"Call-ID: c\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    request = parse_message(data)
+    assert isinstance(request, Request)
+    return request
+
+
+def header(request: Request, **flags: bool) -> str | None:
+    options = {
+        "registering_here": False,
+        "options_to_us": False,
+        "in_our_dialog": False,
+    }
+    options.update(flags)
+    return credentials_header(request, domains=DOMAINS, **options)
+
+
+def test_register_here_needs_authorization() -> None:
+    assert header(make("REGISTER"), registering_here=True) == "Authorization"
+    assert header(make("REGISTER"), registering_here=False) is None
+
+
+@pytest.mark.parametrize(
+    "method", ["INVITE", "MESSAGE", "SUBSCRIBE", "REFER", "OPTIONS"]
+)
+def test_requests_from_our_domain_need_proxy_authorization(method: str) -> None:
+    assert header(make(method, to_user="bob")) == "Proxy-Authorization"
+
+
+@pytest.mark.parametrize("method", ["ACK", "CANCEL"])
+def test_ack_and_cancel_are_never_challenged(method: str) -> None:
+    """§22.1: ACK and CANCEL cannot be resubmitted with credentials."""
+    assert header(make(method, to_user="bob")) is None
+
+
+def test_in_dialog_requests_on_our_route_are_not_challenged() -> None:
+    bye = make("BYE", to_user="bob", to_tag=";tag=t")
+    assert header(bye, in_our_dialog=True) is None
+    assert header(bye, in_our_dialog=False) == "Proxy-Authorization"
+
+
+def test_options_to_the_server_and_foreign_callers_are_not_challenged() -> None:
+    assert header(make("OPTIONS"), options_to_us=True) is None
+    assert header(make("INVITE", from_host="carrier.example", to_user="bob")) is None
+
+
+def test_the_authenticated_user_must_own_from_and_registered_to() -> None:
+    assert may_act(make("REGISTER"), "alice")
+    assert not may_act(make("REGISTER", to_user="bob"), "alice")  # third party
+    assert not may_act(make("REGISTER", from_user="bob"), "alice")
+    assert may_act(make("INVITE", to_user="bob"), "alice")
+    assert not may_act(make("INVITE", from_user="bob", to_user="carol"), "alice")
+
+
+def test_shipped_example_users_file_loads_and_matches_the_readme() -> None:
+    """README: etc/users.htdigest.example has alice/alice-secret and bob/bob-secret."""
+    path = Path(__file__).resolve().parents[2] / "etc" / "users.htdigest.example"
+    users = load_users(path, "example.test")
+    for user in ("alice", "bob"):
+        for algorithm in ("MD5", "SHA-256"):
+            expected = compute_ha1(user, "example.test", f"{user}-secret", algorithm)
+            assert users.ha1(user, algorithm) == expected
