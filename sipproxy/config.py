@@ -214,6 +214,8 @@ class Config:
     outbound_proxy: str | None = None
     #: Apache htdigest file of users (realm: the first domain); None: no auth
     users: str | None = None
+    #: seconds a Digest nonce stays fresh; after it, a correct answer gets stale=true
+    nonce_lifetime: float = 300.0
     #: requests per second per source address (token bucket); 0 turns it off
     rate_limit: float = 100.0
     #: requests a source may send at once before the rate applies
@@ -239,6 +241,7 @@ _KEYS: dict[str, str] = {
     "dialplan": "dialplan",
     "outbound-proxy": "sip-uri",
     "users": "path",
+    "nonce-lifetime": "seconds",
     "rate-limit": "rate",
     "rate-burst": "seconds",
     "trusted": "addresses",

@@ -78,6 +78,7 @@ class Options(usage.Options):
             "Apache htdigest file (realm: the first --domain): REGISTER and calls "
             "from our domains then need a password. Re-read on SIGHUP.",
         ],
+        ["nonce-lifetime", None, None, "Seconds a Digest nonce stays fresh (300)."],
         ["rate-limit", None, None, "Requests/s per source address; 0: off (100)."],
         ["rate-burst", None, None, "Requests a source may send at once (600)."],
         [
@@ -150,6 +151,7 @@ class Options(usage.Options):
                 "max-bindings",
                 "forking",
                 "users",
+                "nonce-lifetime",
                 "rate-limit",
                 "rate-burst",
                 "trusted",
@@ -214,6 +216,7 @@ class SIPServerService(MultiService):
                 config.domains[0],
                 load_users(config.users, config.domains[0]),
                 os.urandom(32),
+                nonce_lifetime=config.nonce_lifetime,
             )
         self.proxy = Proxy(
             ProxySettings(

@@ -83,6 +83,7 @@ def test_command_line_wins_over_file() -> None:
     assert config.listen == (ListenSpec("udp", 5070),)
     assert config.tcp_idle_timeout == 30.0
     assert config.dns == (("127.0.0.1", 5353),)
+    assert build_config({"nonce-lifetime": 60}, {}).nonce_lifetime == 60.0
 
 
 @pytest.mark.parametrize(
