@@ -20,7 +20,7 @@ through :meth:`receive_response`; the ones the TU must see go to
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -87,23 +87,29 @@ def _first(headers: Headers, key: str) -> list[Header]:
 
 
 class _ClientTransaction(TransactionMachine):
-    """What both client transactions share: the request, its wire form, the TU."""
+    """What both client transactions share: the request, its wire form, the TU.
+
+    Each kind names its first state and the timer of its first retransmission
+    interval; the constructor is the same for both.
+    """
+
+    _initial_state: ClassVar[State]
+    _first_interval: ClassVar[str]
 
     def __init__(
         self,
         request: Request,
         user: ClientTransactionUser,
         *,
-        state: State,
         send: Callable[[bytes], None],
         clock: IReactorTime,
         reliable: bool,
-        timers: Timers,
-        timeout: float | None,
-        on_terminated: Callable[[Any], None] | None,
+        timers: Timers = Timers(),  # noqa: B008 - a frozen value
+        timeout: float | None = None,
+        on_terminated: Callable[[Any], None] | None = None,
     ) -> None:
         super().__init__(
-            state=state,
+            state=self._initial_state,
             clock=clock,
             timers=timers,
             reliable=reliable,
@@ -115,6 +121,7 @@ class _ClientTransaction(TransactionMachine):
         self._send = send
         self._wire = request.to_bytes()
         self._timeout = timeout
+        self._interval: float = getattr(self._timers, self._first_interval)
 
     @property
     def branch(self) -> str:
@@ -137,31 +144,10 @@ class ClientInviteTransaction(_ClientTransaction):
     ``timeout`` replaces Timer B (64*T1) when given.
     """
 
-    def __init__(
-        self,
-        request: Request,
-        user: ClientTransactionUser,
-        *,
-        send: Callable[[bytes], None],
-        clock: IReactorTime,
-        reliable: bool,
-        timers: Timers = Timers(),  # noqa: B008 - a frozen value
-        timeout: float | None = None,
-        on_terminated: Callable[[Any], None] | None = None,
-    ) -> None:
-        super().__init__(
-            request,
-            user,
-            state=State.CALLING,
-            send=send,
-            clock=clock,
-            reliable=reliable,
-            timers=timers,
-            timeout=timeout,
-            on_terminated=on_terminated,
-        )
-        self._interval = self._timers.timer_a
-        self._ack: bytes | None = None
+    _initial_state = State.CALLING
+    _first_interval = "timer_a"
+    #: the ACK of a non-2xx final response, resent for its retransmissions
+    _ack: bytes | None = None
 
     def start(self) -> None:
         """Send the INVITE; arm Timer A (UDP only) and Timer B (§17.1.1.2).
@@ -237,30 +223,8 @@ class ClientNonInviteTransaction(_ClientTransaction):
     ``timeout`` replaces Timer F (64*T1) when given.
     """
 
-    def __init__(
-        self,
-        request: Request,
-        user: ClientTransactionUser,
-        *,
-        send: Callable[[bytes], None],
-        clock: IReactorTime,
-        reliable: bool,
-        timers: Timers = Timers(),  # noqa: B008 - a frozen value
-        timeout: float | None = None,
-        on_terminated: Callable[[Any], None] | None = None,
-    ) -> None:
-        super().__init__(
-            request,
-            user,
-            state=State.TRYING,
-            send=send,
-            clock=clock,
-            reliable=reliable,
-            timers=timers,
-            timeout=timeout,
-            on_terminated=on_terminated,
-        )
-        self._interval = self._timers.timer_e
+    _initial_state = State.TRYING
+    _first_interval = "timer_e"
 
     def start(self) -> None:
         """Send the request and arm Timers E (UDP only) and F (§17.1.2.2)."""

@@ -21,7 +21,7 @@ transaction never calls the TU: the layer decides what reaches it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -43,20 +43,22 @@ TRYING_DELAY = 0.2
 class _ServerTransaction(TransactionMachine):
     """What both server transactions share: the request, where answers go."""
 
+    #: the state a new transaction of this kind starts in (figures 7 and 8)
+    _initial_state: ClassVar[State]
+
     def __init__(
         self,
         request: Request,
         peer: Peer,
         channel: Channel,
         *,
-        state: State,
         clock: IReactorTime,
-        timers: Timers,
-        key: ServerKey | None,
-        on_terminated: Callable[[Any], None] | None,
+        timers: Timers = Timers(),  # noqa: B008 - a frozen value
+        key: ServerKey | None = None,
+        on_terminated: Callable[[Any], None] | None = None,
     ) -> None:
         super().__init__(
-            state=state,
+            state=self._initial_state,
             clock=clock,
             timers=timers,
             reliable=peer.reliable,
@@ -73,6 +75,10 @@ class _ServerTransaction(TransactionMachine):
         )
         self._last: Response | None = None
         self._last_wire = b""
+        self._started()
+
+    def _started(self) -> None:
+        """What a kind of transaction arms as it starts; nothing by default."""
 
     @property
     def last_response(self) -> Response | None:
@@ -104,27 +110,9 @@ class ServerInviteTransaction(_ServerTransaction):
     unless the TU has responded by then.
     """
 
-    def __init__(
-        self,
-        request: Request,
-        peer: Peer,
-        channel: Channel,
-        *,
-        clock: IReactorTime,
-        timers: Timers = Timers(),  # noqa: B008 - a frozen value
-        key: ServerKey | None = None,
-        on_terminated: Callable[[Any], None] | None = None,
-    ) -> None:
-        super().__init__(
-            request,
-            peer,
-            channel,
-            state=State.PROCEEDING,
-            clock=clock,
-            timers=timers,
-            key=key,
-            on_terminated=on_terminated,
-        )
+    _initial_state = State.PROCEEDING
+
+    def _started(self) -> None:
         self._interval = self._timers.timer_g
         self._arm("100", TRYING_DELAY, self._send_trying)
 
@@ -235,27 +223,7 @@ class ServerInviteTransaction(_ServerTransaction):
 class ServerNonInviteTransaction(_ServerTransaction):
     """Answer one non-INVITE request, CANCEL included (§17.2.2, figure 8)."""
 
-    def __init__(
-        self,
-        request: Request,
-        peer: Peer,
-        channel: Channel,
-        *,
-        clock: IReactorTime,
-        timers: Timers = Timers(),  # noqa: B008 - a frozen value
-        key: ServerKey | None = None,
-        on_terminated: Callable[[Any], None] | None = None,
-    ) -> None:
-        super().__init__(
-            request,
-            peer,
-            channel,
-            state=State.TRYING,
-            clock=clock,
-            timers=timers,
-            key=key,
-            on_terminated=on_terminated,
-        )
+    _initial_state = State.TRYING
 
     def respond(self, response: Response) -> None:
         """Send ``response`` from the TU and run the state machine (§17.2.2).
