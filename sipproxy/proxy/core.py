@@ -497,15 +497,19 @@ class Proxy:
                 self._rr_uri(target.peer, callee, pinned=target.pinned),
                 self._rr_uri(context.inbound, context.inbound_connection, pinned=True),
             ]
-        advertised = self._transports.advertised(
-            target.peer.transport, target.peer.host
-        )
-        host, port = _host_port(advertised)
-        branch = make_branch(context.key, f"{next(self._counter):x}")
-        transport = target.peer.transport.upper()
-        via = Via.parse(f"SIP/2.0/{transport} {host}:{port};branch={branch};rport")
+        via = self._our_via(context.key, target.peer, rport=True)
         return prepare_forward(
             request, request_uri=None, via=via, record_route=record_route
+        )
+
+    def _our_via(self, key: str, peer: Peer, *, rport: bool) -> Via:
+        """Our Via toward ``peer``: the address it can answer to, a loop-key branch."""
+        advertised = self._transports.advertised(peer.transport, peer.host)
+        host, port = _host_port(advertised)
+        branch = make_branch(key, f"{next(self._counter):x}")
+        flag = ";rport" if rport else ""
+        return Via.parse(
+            f"SIP/2.0/{peer.transport.upper()} {host}:{port};branch={branch}{flag}"
         )
 
     def _rr_uri(self, peer: Peer, connection_id: str | None, *, pinned: bool) -> str:
@@ -740,14 +744,7 @@ class Proxy:
         except RejectedError:
             return
         target = targets[0]
-        advertised = self._transports.advertised(
-            target.peer.transport, target.peer.host
-        )
-        host, port = _host_port(advertised)
-        branch = make_branch(key, f"{next(self._counter):x}")
-        via = Via.parse(
-            f"SIP/2.0/{target.peer.transport.upper()} {host}:{port};branch={branch}"
-        )
+        via = self._our_via(key, target.peer, rport=False)
         copy = prepare_forward(target.request, request_uri=None, via=via)
         self._transports.send(
             copy.to_bytes(), target.peer, connection_id=target.connection_id

@@ -26,13 +26,10 @@ REALM = "example.test"
 _numbers = iter(range(1, 1_000_000))
 
 
-@pytest.fixture
-def auth_server(tmp_path: Path) -> Iterator[RunningServer]:
-    users = tmp_path / "users.htdigest"
-    write_user(users, "alice", REALM, "wonderland")
-    write_user(users, "bob", REALM, "builder")
+def serve(tmp_path: Path, users: Path) -> RunningServer:
+    """Sipproxy for example.test with ``users`` and default limits, UDP only."""
     port = free_port()
-    server = start_twistd(
+    return start_twistd(
         [
             "--domain", REALM, "--users", str(users),
             "--listen", f"udp:{port}:interface=127.0.0.1",
@@ -40,6 +37,14 @@ def auth_server(tmp_path: Path) -> Iterator[RunningServer]:
         port,
         tmp_path / "twistd.log",
     )  # fmt: skip
+
+
+@pytest.fixture
+def auth_server(tmp_path: Path) -> Iterator[RunningServer]:
+    users = tmp_path / "users.htdigest"
+    write_user(users, "alice", REALM, "wonderland")
+    write_user(users, "bob", REALM, "builder")
+    server = serve(tmp_path, users)
     yield server
     stop(server.process)
     assert "Traceback" not in server.log_text(), server.log_text()
@@ -219,15 +224,8 @@ def test_sighup_reloads_users_and_a_broken_file_keeps_the_old(tmp_path: Path) ->
     """Users are re-read on SIGHUP without a restart; a broken file changes nothing."""
     users = tmp_path / "users.htdigest"
     write_user(users, "alice", REALM, "wonderland")
-    port = free_port()
-    server = start_twistd(
-        [
-            "--domain", REALM, "--users", str(users),
-            "--listen", f"udp:{port}:interface=127.0.0.1",
-        ],
-        port,
-        tmp_path / "twistd.log",
-    )  # fmt: skip
+    server = serve(tmp_path, users)
+    port = server.port
     try:
         assert status_of(register(port, "carol", "c4rol")[1]) == 401
         write_user(users, "carol", REALM, "c4rol")

@@ -52,12 +52,17 @@ from tests.integration.conftest import (
     RunningServer,
     free_port,
     options_request,
-    start_twistd,
     status_of,
     stop,
     udp_exchange,
 )
-from tests.integration.test_auth import REALM, answer, challenge_params, register
+from tests.integration.test_auth import (
+    REALM,
+    answer,
+    challenge_params,
+    register,
+    serve,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -98,19 +103,6 @@ def run_tool(args: list[str], cwd: Path) -> tuple[int, str]:
     )
     print("$", " ".join(args), f"-> exit {done.returncode}\n{done.stdout}")
     return done.returncode, done.stdout
-
-
-def serve(tmp_path: Path, users: Path) -> RunningServer:
-    """Sipproxy for example.test with ``users`` and default limits, UDP only."""
-    port = free_port()
-    return start_twistd(
-        [
-            "--domain", REALM, "--users", str(users),
-            "--listen", f"udp:{port}:interface=127.0.0.1",
-        ],
-        port,
-        tmp_path / "twistd.log",
-    )  # fmt: skip
 
 
 def finish(server: RunningServer) -> None:
