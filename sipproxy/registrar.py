@@ -70,7 +70,7 @@ _QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
 _RETRY_AFTER = "5"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
 class RegistrarSettings:
     """Policy of one registrar.
 
@@ -85,7 +85,7 @@ class RegistrarSettings:
     max_bindings: int = 10
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
 class RegistrarAnswer:
     """What to answer a REGISTER with.
 
@@ -116,7 +116,7 @@ class RegisterRefusedError(Exception):
         self.answer = RegistrarAnswer(status, reason, tuple(headers))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
 class ContactRequest:
     """One Contact value of a REGISTER, with its lifetime decided."""
 
@@ -136,7 +136,7 @@ class ContactRequest:
         return str(self.uri)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
 class Registration:
     """What one REGISTER asks for, decided from the request alone."""
 
@@ -210,8 +210,13 @@ def decide_registration(request: Request, settings: RegistrarSettings) -> Regist
         # RFC 5626 §6: reg-id counts only when the phone signals outbound support.
         required = {t.lower() for t in request.headers.get_all("require")}
         outbound = "outbound" in supported | required
+        try:
+            addresses = request.contacts
+        except ParseError:
+            raise RegisterRefusedError(400, "Bad Contact") from None
         contacts = tuple(
-            _contact(value, header_expires, outbound, settings) for value in values
+            _contact(address, header_expires, outbound, settings)
+            for address in addresses
         )
     return Registration(
         aor=aor,
@@ -253,13 +258,12 @@ def _header_expires(request: Request) -> int | None:
 
 
 def _contact(
-    value: str, header_expires: int | None, outbound: bool, settings: RegistrarSettings
+    address: NameAddress,
+    header_expires: int | None,
+    outbound: bool,
+    settings: RegistrarSettings,
 ) -> ContactRequest:
     """One Contact value to a :class:`ContactRequest` (RFC 3261 §10.3 step 7)."""
-    try:
-        address = NameAddress.parse(value)
-    except ParseError:
-        raise RegisterRefusedError(400, "Bad Contact") from None
     # Step 7: "the expiration interval is taken from the 'expires' parameter of
     # the Contact, else the Expires header field, else a locally-configured
     # default"; "The registrar MAY choose an expiration less than the requested".

@@ -40,7 +40,7 @@ class LocationUnavailableError(Exception):
     """The store cannot be opened or reached (a Redis server down, a bad file)."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True, unsafe_hash=True)  # immutable (sip/headers.py)
 class Flow:
     """How a REGISTER reached us, so requests reach the phone back the same way.
 
@@ -64,7 +64,7 @@ class Flow:
     e.g. ``"sip:127.0.0.1:5062;transport=tcp"``; other processes route through it."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True, unsafe_hash=True)  # immutable (sip/headers.py)
 class Binding:
     """One contact address bound to an address-of-record until ``expires_at``.
 

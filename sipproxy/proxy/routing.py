@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from sipproxy.sip.headers import Headers
 from sipproxy.sip.message import Request
-from sipproxy.sip.uri import AbsoluteURI, NameAddress, SipURI, parse_uri
+from sipproxy.sip.uri import AbsoluteURI, NameAddress, SipURI
 from sipproxy.sip.via import Via
 
 BRANCH_COOKIE = "z9hG4bK"
@@ -40,7 +40,7 @@ def preprocess_routes(request: Request, is_ours: IsOurs) -> Request:
     """
     headers = request.headers
     uri_text = request.uri
-    target = parse_uri(uri_text)
+    target = request.request_uri
     if isinstance(target, SipURI) and is_ours(target) and target.has_param("lr"):
         routes = headers.get_all("route")
         if routes:

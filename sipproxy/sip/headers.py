@@ -5,6 +5,13 @@ keeps its exact bytes in ``raw`` and :meth:`Headers.to_bytes` writes them back a
 arrived. Only fields built or edited in code are serialised from ``name`` and
 ``value``. Values are ``str`` decoded from UTF-8 with ``surrogateescape``, so any
 byte, valid UTF-8 or not, survives the round trip.
+
+The values of the wire format (these classes, URIs, Via, messages, peers and
+transaction keys) are immutable by convention: edits return copies, and nothing
+assigns to a field after construction. They are not ``frozen`` dataclasses because
+a frozen dataclass sets each field through ``object.__setattr__``, about 1 µs per
+object, and a REGISTER makes some sixty of them (bench/hotpath.py, issue 8).
+``unsafe_hash`` keeps them hashable by value, as frozen ones were.
 """
 
 from __future__ import annotations
@@ -137,7 +144,7 @@ def split_values(value: str) -> list[str]:
     return values
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
 class Header:
     """One header field (RFC 3261 §7.3).
 
@@ -153,9 +160,17 @@ class Header:
     raw: bytes | None = field(default=None, compare=False, repr=False)
     #: ``canonical_name(name)``, computed once because every lookup needs it
     key: str = field(init=False, compare=False, repr=False)
+    #: the parsed first value (a Via, a NameAddress, a CSeq), kept by the typed
+    #: views of a message: the field is immutable and is read many times on the
+    #: way through the server (bench/hotpath.py), so it is parsed once
+    view: object = field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", canonical_name(self.name))
+
+    def remember(self, view: object) -> None:
+        """Keep ``view`` as this field's parsed first value."""
+        object.__setattr__(self, "view", view)
 
     def to_bytes(self) -> bytes:
         """The field as it goes on the wire, without the final CRLF."""
@@ -164,7 +179,7 @@ class Header:
         return f"{self.name}: {self.value}".encode("utf-8", "surrogateescape")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
 class Headers:
     """The header fields of a message, in order; edits return a new ``Headers``.
 

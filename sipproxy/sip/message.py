@@ -8,8 +8,9 @@ raise :class:`ParseError`, so a proxy pays only for the headers it looks at.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.headers import Header, Headers, split_values
@@ -33,6 +34,7 @@ MAX_CSEQ = 2**32 - 1
 _CSEQ = re.compile(r"([0-9]+)[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)")
 _DIGITS = re.compile(r"[0-9]+")
 _TAG = re.compile(r";[ \t]*tag[ \t]*=", re.IGNORECASE)
+_V = TypeVar("_V")
 
 
 def parse_digits(text: str, what: str, limit: int) -> int:
@@ -52,7 +54,7 @@ def parse_digits(text: str, what: str, limit: int) -> int:
     return int(text)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
 class CSeq:
     """The CSeq header value: a sequence number and a method (RFC 3261 §20.16)."""
 
@@ -86,6 +88,17 @@ class _Message:
             raise ParseError(f"missing {name}")
         return value
 
+    def _view(self, key: str, parse: Callable[[str], _V]) -> _V:
+        """The first field ``key`` (a canonical name), parsed once and kept."""
+        for h in self.headers.fields:
+            if h.key == key:
+                view = h.view
+                if view is None:
+                    view = parse(h.value)
+                    h.remember(view)
+                return view  # type: ignore[return-value]
+        raise ParseError(f"missing {key}")
+
     @property
     def vias(self) -> list[Via]:
         """Every Via value, topmost first (RFC 3261 §20.42)."""
@@ -97,13 +110,12 @@ class _Message:
 
         :raises ParseError: when there is none or it does not parse.
         """
-        value = self._required("via")
-        return Via.parse(_first_value(value))
+        return self._view("via", _parse_top_via)
 
     @property
     def cseq(self) -> CSeq:
         """The CSeq (RFC 3261 §20.16)."""
-        return CSeq.parse(self._required("cseq"))
+        return self._view("cseq", CSeq.parse)
 
     @property
     def call_id(self) -> str:
@@ -113,12 +125,12 @@ class _Message:
     @property
     def from_addr(self) -> NameAddress:
         """The From value (RFC 3261 §20.20)."""
-        return NameAddress.parse(self._required("from"))
+        return self._view("from", NameAddress.parse)
 
     @property
     def to_addr(self) -> NameAddress:
         """The To value (RFC 3261 §20.39)."""
-        return NameAddress.parse(self._required("to"))
+        return self._view("to", NameAddress.parse)
 
     @property
     def max_forwards(self) -> int | None:
@@ -129,7 +141,17 @@ class _Message:
     @property
     def contacts(self) -> list[NameAddress]:
         """Every Contact value; callers check ``get_all("contact") == ["*"]`` first."""
-        return [NameAddress.parse(v) for v in self.headers.get_all("contact")]
+        # Validation and the registrar both read them: each field's values are
+        # parsed once and kept on the field (its view is all of its values).
+        found: list[NameAddress] = []
+        for h in self.headers.fields:
+            if h.key == "contact":
+                view = h.view
+                if view is None:
+                    view = tuple(NameAddress.parse(v) for v in split_values(h.value))
+                    h.remember(view)
+                found.extend(view)  # type: ignore[arg-type]
+        return found
 
     @property
     def routes(self) -> list[NameAddress]:
@@ -140,6 +162,10 @@ class _Message:
     def record_routes(self) -> list[NameAddress]:
         """Every Record-Route value, in order (RFC 3261 §20.30)."""
         return [NameAddress.parse(v) for v in self.headers.get_all("record-route")]
+
+
+def _parse_top_via(value: str) -> Via:
+    return Via.parse(_first_value(value))
 
 
 def _first_value(value: str) -> str:
@@ -164,7 +190,7 @@ def _body_headers(headers: Headers, body: bytes, content_type: str | None) -> He
     return headers
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
 class Request(_Message):
     """A SIP request (RFC 3261 §7.1); ``uri`` is the Request-URI text as received."""
 
@@ -173,11 +199,19 @@ class Request(_Message):
     headers: Headers
     body: bytes = b""
     version: str = "SIP/2.0"
+    #: ``request_uri`` once parsed; a copy made with another ``uri`` starts empty
+    _uri_view: SipURI | AbsoluteURI | None = field(
+        default=None, init=False, compare=False, repr=False
+    )
 
     @property
     def request_uri(self) -> SipURI | AbsoluteURI:
         """The Request-URI, parsed (RFC 3261 §7.1, §19)."""
-        return parse_uri(self.uri)
+        view = self._uri_view
+        if view is None:
+            view = parse_uri(self.uri)
+            object.__setattr__(self, "_uri_view", view)
+        return view
 
     def to_bytes(self) -> bytes:
         """The message as it goes on the wire; Content-Length is not invented."""
@@ -213,7 +247,7 @@ class Request(_Message):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
 class Response(_Message):
     """A SIP response (RFC 3261 §7.2)."""
 
@@ -235,12 +269,15 @@ class Response(_Message):
         )
 
 
-def _has_tag(to: str) -> bool:
+def _has_tag(to: Header) -> bool:
+    view = to.view
+    if isinstance(view, NameAddress):
+        return view.tag is not None
     try:
-        return NameAddress.parse(to).tag is not None
+        return NameAddress.parse(to.value).tag is not None
     except ParseError:
         # A To that does not parse (RFC 4475 quotbal) still gets its 400; guess.
-        return _TAG.search(to) is not None
+        return _TAG.search(to.value) is not None
 
 
 def response_from_headers(
@@ -281,9 +318,10 @@ def response_from_headers(
     if strict:
         if missing:
             raise ParseError(f"cannot answer: no {', '.join(missing)}")
-        Via.parse(_first_value(vias[0].value))
+        if vias[0].view is None:
+            vias[0].remember(_parse_top_via(vias[0].value))
     to = first.get("to")
-    if to is not None and to_tag is not None and not _has_tag(to.value):
+    if to is not None and to_tag is not None and not _has_tag(to):
         first["to"] = Header(to.name, f"{to.value};tag={to_tag}")
     fields = [*vias]
     fields += (first[k] for k in ("from", "to", "call-id", "cseq") if k in first)

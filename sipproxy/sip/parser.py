@@ -22,7 +22,7 @@ from sipproxy.sip.errors import ParseError
 from sipproxy.sip.headers import Header, Headers
 from sipproxy.sip.message import CSeq, Request, Response, parse_digits
 from sipproxy.sip.status import METHODS
-from sipproxy.sip.uri import STAR, NameAddress, SipURI, parse_uri
+from sipproxy.sip.uri import STAR, SipURI
 from sipproxy.sip.via import BRANCH_COOKIE, Via
 
 __all__ = [
@@ -274,21 +274,22 @@ def validate_request(request: Request) -> None:
         if headers.count(name) > 1:
             raise fail(f"{name} must appear at most once")
     try:
-        for value in vias:
-            if Via.parse(value).branch == BRANCH_COOKIE:
+        # The top Via, CSeq, From, To, Contact and Request-URI are kept parsed
+        # on the message for the layers above, which read them again.
+        parsed_vias = [request.top_via] + [Via.parse(v) for v in vias[1:]]
+        for via in parsed_vias:
+            if via.branch == BRANCH_COOKIE:
                 # RFC 4475 §3.2.1: the cookie alone identifies no transaction.
                 raise ParseError("Via branch is only the magic cookie")
-        cseq = CSeq.parse(request.headers.get("cseq") or "")
+        cseq = request.cseq
         request.max_forwards  # noqa: B018 - parsed for its check
         request.from_addr  # noqa: B018
         request.to_addr  # noqa: B018
-        contacts = headers.get_all("contact")
-        if contacts != [STAR]:
-            for value in contacts:
-                NameAddress.parse(value)
+        if headers.get_all("contact") != [STAR]:
+            request.contacts  # noqa: B018
         request.routes  # noqa: B018
         request.record_routes  # noqa: B018
-        uri = parse_uri(request.uri)
+        uri = request.request_uri
     except ParseError as e:
         raise fail(e.reason) from None
     if cseq.method != request.method:

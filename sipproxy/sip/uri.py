@@ -101,7 +101,7 @@ def _format_params(params: tuple[tuple[str, str | None], ...]) -> str:
     return "".join(f";{n}" if v is None else f";{n}={v}" for n, v in params)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
 class SipURI:
     """A ``sip:`` or ``sips:`` URI (RFC 3261 §19.1.1), every part as written.
 
@@ -289,7 +289,7 @@ def _header_set(headers: tuple[tuple[str, str], ...]) -> frozenset[tuple[str, st
     return frozenset((_unescape(n).lower(), _unescape(v)) for n, v in headers)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
 class AbsoluteURI:
     """A URI of any scheme other than sip and sips (``tel:``, ``http:``, ...).
 
@@ -421,7 +421,7 @@ def parse_params(text: str, i: int = 0) -> tuple[tuple[str, str | None], ...]:
     return tuple(params)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
 class NameAddress:
     """A name-addr or addr-spec with its header parameters (RFC 3261 §20.10, §25).
 

@@ -23,7 +23,7 @@ _HOST = re.compile(r"\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]|[A-Za-z0-9\-._]+")
 _PORT = re.compile(r"[ \t]*:[ \t]*([0-9]{1,5})")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
 class Via:
     """A via-parm: who sent the request and how to get the response back.
 

@@ -35,7 +35,7 @@ __all__ = [
 _STAMPED = frozenset({"received", "rport"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
 class BranchKey:
     """An RFC 3261 server transaction: branch, sent-by and method (§17.2.3)."""
 
@@ -45,7 +45,7 @@ class BranchKey:
     method: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
 class LegacyKey:
     """An RFC 2543 server transaction, matched field by field (§17.2.3).
 
@@ -67,7 +67,7 @@ class LegacyKey:
 ServerKey = BranchKey | LegacyKey
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
 class ClientKey:
     """A client transaction: the branch we generated and the method (§17.1.3)."""
 

@@ -17,7 +17,7 @@ from sipproxy.sip.via import Via
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
 class Peer:
     """The far end of a message as the socket saw it."""
 
@@ -57,6 +57,8 @@ class MessageReceiver(Protocol):
 
 
 def _same_address(a: str, b: str) -> bool:
+    if a == b:
+        return True
     try:
         return ipaddress.ip_address(a.strip("[]")) == ipaddress.ip_address(
             b.strip("[]")
@@ -90,8 +92,17 @@ def stamp_received(headers: Headers, peer: Peer) -> Headers:
     if rport == "" or stale or not _same_address(via.host, peer.host):
         changed = changed.with_param("received", peer.host)
     if changed is via:
+        for h in headers.fields:
+            if h.key == "via":
+                h.remember(via)
+                break
         return headers
-    return rest.prepend("Via", str(changed))
+    stamped = rest.prepend("Via", str(changed))
+    for h in stamped.fields:
+        if h.key == "via":
+            h.remember(changed)  # everyone downstream reads this Via: parse it once
+            break
+    return stamped
 
 
 def response_destination(via: Via, peer: Peer) -> Peer:
