@@ -285,7 +285,7 @@ class Proxy:
         channel: Channel,
     ) -> None:
         check_uri_scheme(request)
-        key = loop_key(request)
+        received = request
         inbound_flow = self._flow_from_routes(request)
         followed_our_route = self._first_route_is_ours(request)
         request = preprocess_routes(request, self._is_ours)
@@ -303,7 +303,10 @@ class Proxy:
             request.method == "REGISTER" and ours_domain
         )
         check_max_forwards(request, answering_here=answering_here)
-        if is_loop(request, key, self._is_our_via):
+        # Loops concern requests we forward (§16.3 step 4); what we answer here
+        # skips the hash, which is most of the traffic (REGISTER, OPTIONS pings).
+        key = "" if answering_here else loop_key(received)
+        if not answering_here and is_loop(received, key, self._is_our_via):
             raise RejectedError(482)
         check_proxy_require(request, SUPPORTED)
         user = None

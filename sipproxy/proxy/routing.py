@@ -104,7 +104,12 @@ def is_loop(request: Request, key: str, is_our_via: Callable[[Via], bool]) -> bo
     A Via of ours with a different key is a spiral (the request came back with a
     changed Request-URI, e.g. after a forwarding rule), which is legal.
     """
-    for via in request.vias:
+    values = request.headers.get_all("via")
+    if len(values) < 2:
+        # Only the sender's own Via: the request has not passed through us.
+        return False
+    for value in values:
+        via = Via.parse(value)
         if not is_our_via(via):
             continue
         branch = via.branch or ""
