@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 
-from twisted.internet.defer import DeferredLock
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from sipproxy.location import Binding, Flow, LocationService
@@ -484,7 +484,8 @@ class Registrar:
     def __init__(self, location: LocationService, settings: RegistrarSettings) -> None:
         self._location = location
         self._settings = settings
-        self._locks: dict[str, DeferredLock] = {}
+        #: AORs being changed -> the REGISTERs waiting for them, in order
+        self._busy: dict[str, list[Deferred[None]]] = {}
 
     async def register(
         self, request: Request, flow: Flow, *, now: float
@@ -515,16 +516,25 @@ class Registrar:
             registration = decide_registration(request, self._settings)
         except RegisterRefusedError as refused:
             return refused.answer
-        lock = self._locks.setdefault(registration.aor, DeferredLock())
-        await lock.acquire()
+        # One change per AOR at a time: a store may suspend between reading the
+        # bindings and writing them. Uncontended (nearly always), this costs no
+        # Deferred; a waiter gets the AOR handed over still marked busy.
+        aor = registration.aor
+        waiters = self._busy.get(aor)
+        if waiters is None:
+            self._busy[aor] = []
+        else:
+            turn: Deferred[None] = Deferred()
+            waiters.append(turn)
+            await turn
         try:
             return await self._commit(registration, flow, now)
         finally:
-            # Releasing may run the next waiter to completion right here, and it
-            # may have dropped the lock already or a newer one taken its place.
-            lock.release()
-            if not lock.locked and self._locks.get(registration.aor) is lock:
-                del self._locks[registration.aor]
+            waiters = self._busy[aor]
+            if waiters:
+                waiters.pop(0).callback(None)
+            else:
+                del self._busy[aor]
 
     async def _commit(
         self, registration: Registration, flow: Flow, now: float

@@ -383,6 +383,9 @@ def _quote(text: str) -> str:
     return "".join(out)
 
 
+_LWS_OR_QUOTE = re.compile(r'[ \t\r\n"]')
+
+
 def parse_params(text: str, i: int = 0) -> tuple[tuple[str, str | None], ...]:
     """Parse ``*( SEMI generic-param )`` from ``text[i:]`` to its end.
 
@@ -392,6 +395,17 @@ def parse_params(text: str, i: int = 0) -> tuple[tuple[str, str | None], ...]:
     :raises ParseError: on an empty parameter, a bad name or value, or trailing text.
     """
     params: list[tuple[str, str | None]] = []
+    if text.startswith(";", i) and not _LWS_OR_QUOTE.search(text, i):
+        # The usual case, ";branch=z9hG4bK..;rport": no LWS and no quoted value,
+        # so splitting on ";" is exact; anything odd takes the full walk below.
+        for part in text[i + 1 :].split(";"):
+            name, eq, written = part.partition("=")
+            if not _TOKEN.fullmatch(name) or (eq and not _GEN_VALUE.fullmatch(written)):
+                break
+            params.append((name, written if eq else None))
+        else:
+            return tuple(params)
+        params.clear()
     n = len(text)
     i = _skip_ws(text, i)
     while i < n:
