@@ -9,7 +9,10 @@ is what bounds the SIPp ramps on one core (docs/performance.md)::
     python -m bench.hotpath --profile              # cProfile, top functions
     valgrind --tool=callgrind python -m bench.hotpath --messages 5000
 
-Every message is a new AOR, as in the SIPp ``register`` scenario.
+Every REGISTER is a new AOR, as in the SIPp ``register`` scenario. ``--kind call``
+plays whole calls (INVITE, 180, 200, ACK, BYE, 200) to a registered callee whose
+answers are built from what the proxy forwards; it reports per call, and the
+callee's side (parsing what it is sent, building its answers) is counted too.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from sipproxy.config import build_config
+from sipproxy.sip.message import Request
+from sipproxy.sip.parser import parse_message
 from sipproxy.tap import SIPServerService
 from sipproxy.testing import FakeDatagramTransport
 from sipproxy.transport.udp import SIPDatagramProtocol
@@ -55,6 +60,84 @@ _OPTIONS = (
 )
 
 
+_INVITE = (
+    "INVITE sip:bob@example.test SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-{n}-inv;rport\r\n"
+    "Max-Forwards: 70\r\n"
+    "From: <sip:alice@example.test>;tag=a{n}\r\n"
+    "To: <sip:bob@example.test>\r\n"
+    "Call-ID: {n}-call@127.0.0.1\r\n"
+    "CSeq: 1 INVITE\r\n"
+    "Contact: <sip:alice@127.0.0.1:5061>\r\n"
+    "Content-Type: application/sdp\r\n"
+    "Content-Length: {length}\r\n"
+    "\r\n"
+    "{sdp}"
+)
+_SDP = (
+    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
+    "t=0 0\r\nm=audio 6000 RTP/AVP 0\r\n"
+)
+_IN_DIALOG = (
+    "{method} sip:alice@127.0.0.1:5061 SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-{n}-{method};rport\r\n"
+    "Max-Forwards: 70\r\n"
+    "{routes}"
+    "From: <sip:alice@example.test>;tag=a{n}\r\n"
+    "To: <sip:bob@example.test>;tag=b{n}\r\n"
+    "Call-ID: {n}-call@127.0.0.1\r\n"
+    "CSeq: {cseq} {method}\r\n"
+    "Content-Length: 0\r\n"
+    "\r\n"
+)
+_CALLER = ("127.0.0.1", 5061)
+_CALLEE = ("127.0.0.1", 5070)
+
+
+def call(
+    protocol: SIPDatagramProtocol, transport: FakeDatagramTransport, n: int
+) -> bool:
+    """One whole call through the proxy: INVITE, 180, 200, ACK, BYE, 200.
+
+    The callee's side is played from what the proxy sends it. True if the
+    caller got its 200 for the BYE.
+    """
+    sdp = _SDP
+    invite = _INVITE.format(n=n, length=len(sdp), sdp=sdp).encode()
+    transport.written.clear()
+    protocol.datagramReceived(invite, _CALLER)
+    forwarded = [d for d, to in transport.written if to == _CALLEE]
+    if not forwarded:
+        return False
+    request = parse_message(forwarded[0])
+    assert isinstance(request, Request)
+    rr = request.headers.get_all("record-route")
+    for status in (180, 200):
+        response = request.response(
+            status,
+            to_tag=f"b{n}",
+            headers=[("Record-Route", v) for v in rr]
+            + [("Contact", "<sip:bob@127.0.0.1:5070>")],
+        )
+        protocol.datagramReceived(response.to_bytes(), _CALLEE)
+    # The caller's route set is the Record-Route of the 200, reversed (§12.1.2).
+    routes = "".join(f"Route: {v}\r\n" for v in reversed(rr))
+    for method, cseq in (("ACK", 1), ("BYE", 2)):
+        text = _IN_DIALOG.format(method=method, n=n, routes=routes, cseq=cseq)
+        text = text.replace(
+            "sip:alice@127.0.0.1:5061 SIP", "sip:bob@127.0.0.1:5070 SIP"
+        )
+        transport.written.clear()
+        protocol.datagramReceived(text.encode(), _CALLER)
+    forwarded = [d for d, to in transport.written if to == _CALLEE]
+    if not forwarded:
+        return False
+    bye = parse_message(forwarded[0])
+    assert isinstance(bye, Request)
+    protocol.datagramReceived(bye.response(200).to_bytes(), _CALLEE)
+    return any(b" 200 " in d[:16] for d, to in transport.written if to == _CALLER)
+
+
 def build() -> tuple[SIPDatagramProtocol, FakeDatagramTransport]:
     """A server wired as twistd wires it, with a fake socket."""
     config = build_config(
@@ -76,19 +159,26 @@ def run(kind: str, count: int, profile: bool) -> None:
     template = _REGISTER if kind == "register" else _OPTIONS
     datagrams = [template.format(n=n).encode() for n in range(count)]
     source = ("127.0.0.1", 5061)
+    if kind == "call":
+        bob = _REGISTER.format(n=0).replace("u0@", "bob@").replace("5061", "5070")
+        protocol.datagramReceived(bob.encode(), _CALLEE)
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     profiler = cProfile.Profile() if profile else None
     if profiler:
         profiler.enable()
     start = time.process_time()
-    for datagram in datagrams:
-        protocol.datagramReceived(datagram, source)
+    if kind == "call":
+        answered = sum(call(protocol, transport, n) for n in range(count))
+    else:
+        for datagram in datagrams:
+            protocol.datagramReceived(datagram, source)
     spent = time.process_time() - start
     if profiler:
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
-    answered = sum(1 for data, _ in transport.written if b" 200 " in data[:16])
+    if kind != "call":
+        answered = sum(1 for data, _ in transport.written if b" 200 " in data[:16])
     print(
         f"{kind}: {count} messages, {answered} answered 200, "
         f"{spent / count * 1e6:.1f} us CPU each, {count / spent:.0f}/s on one core"
@@ -97,7 +187,9 @@ def run(kind: str, count: int, profile: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kind", choices=("register", "options"), default="register")
+    parser.add_argument(
+        "--kind", choices=("register", "options", "call"), default="register"
+    )
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
