@@ -430,6 +430,13 @@ class Proxy:
             raise RejectedError(404)
         bindings = await self._location.bindings(uri.aor(), now=self._clock.seconds())
         if not bindings:
+            # RFC 5630: sip: and sips: forms of an AOR name the same user; a
+            # phone registers one of them, callers may use either (a SIPS call
+            # then reaches only its TLS bindings: _tls_only).
+            scheme, _, rest = uri.aor().partition(":")
+            other = f"{'sip' if scheme == 'sips' else 'sips'}:{rest}"
+            bindings = await self._location.bindings(other, now=self._clock.seconds())
+        if not bindings:
             known = self._known_user is not None and self._known_user(uri.aor())
             raise RejectedError(480 if known else 404)
         targets: list[_Target] = []
