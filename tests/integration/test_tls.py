@@ -60,7 +60,7 @@ def start(tmp_path: Path, ca: TestCA) -> Iterator[Callable[..., TLSServer]]:
     started: list[RunningServer] = []
     proxy = ca.issue("proxy", dns=("example.test",), ips=("127.0.0.1",))
 
-    def run(*extra: str, config: str | None = None) -> TLSServer:
+    def run(*extra: str, config: str | None = None, tls_options: str = "") -> TLSServer:
         port, tls_port = free_port(), free_port()
         args = [
             "--domain",
@@ -71,7 +71,7 @@ def start(tmp_path: Path, ca: TestCA) -> Iterator[Callable[..., TLSServer]]:
             f"tcp:{port}:interface=127.0.0.1",
             "--listen",
             f"tls:{tls_port}:interface=127.0.0.1:privateKey={proxy.key}"
-            f":certKey={proxy.cert}",
+            f":certKey={proxy.cert}{tls_options}",
             "--tls-ca",
             str(ca.cert_path),
             *extra,
@@ -100,8 +100,12 @@ def sipp(tmp_path: Path) -> Iterator[SippRunner]:
 class TLSPhone:
     """A phone on one TLS connection to the proxy, speaking SIP by hand."""
 
-    def __init__(self, server: TLSServer, user: str) -> None:
+    def __init__(
+        self, server: TLSServer, user: str, certificate: Issued | None = None
+    ) -> None:
         context = ssl.create_default_context(cafile=str(server.ca.cert_path))
+        if certificate is not None:
+            context.load_cert_chain(str(certificate.cert), str(certificate.key))
         raw = socket.create_connection(("127.0.0.1", server.tls_port), timeout=10)
         self.sock = context.wrap_socket(raw, server_hostname="example.test")
         self.sock.settimeout(15)
@@ -404,6 +408,40 @@ def test_trunk_with_a_certificate_for_another_name_is_refused(
     assert "certificate is for wrong.example.test, not trunk.example.test" in (
         server.log_text()
     )
+
+
+def test_verification_off_is_explicit_and_warned(
+    start: Callable[..., TLSServer], ca: TestCA
+) -> None:
+    """--tls-verify no: a wrong-name trunk gets the call, and the log says so."""
+    trunk = TLSTrunk(ca.issue("wrong2", dns=("wrong.example.test",)))
+    try:
+        server = start("--tls-verify", "no", config=_trunk_config(trunk.port))
+        statuses, _ = _call_out(server)
+    finally:
+        trunk.close()
+    assert statuses[-1] == 486, server.log_text()
+    assert "tls-verify is off" in server.log_text()
+
+
+def test_mutual_tls_listener_requires_a_client_certificate(
+    start: Callable[..., TLSServer], ca: TestCA
+) -> None:
+    """caCerts= on the listener: no certificate, no SIP; one from the CA: served."""
+    server = start(tls_options=f":caCerts={ca.cert_path}")
+    anonymous = TLSPhone(server, "alice")
+    try:
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            anonymous.register(f"<sip:alice@127.0.0.1:{free_port()};transport=tls>")
+    finally:
+        anonymous.close()
+    client = ca.issue("sbc", dns=("sbc.example.test",))
+    trusted = TLSPhone(server, "alice", certificate=client)
+    try:
+        contact = f"<sip:alice@127.0.0.1:{free_port()};transport=tls>"
+        assert trusted.register(contact).status == 200
+    finally:
+        trusted.close()
 
 
 def test_trunk_with_an_expired_certificate_is_refused(
