@@ -38,6 +38,8 @@ from sipproxy.transport.tls import ClientConnector, TLSClient, is_ip
 from sipproxy.transport.udp import SIPDatagramProtocol
 
 ErrorCallback = Callable[[str], None]
+#: seconds a TLS handshake may take before the connection counts as failed
+HANDSHAKE_TIMEOUT = 10.0
 #: a connection being opened: to whom, and (TLS) for which verified name
 _Key = tuple[Peer, str | None]
 
@@ -89,8 +91,16 @@ class _OutboundFactory(ClientFactory):
             why = connector.failure or f"TLS handshake failed: {_tls_error(reason)}"
             self._owner._failed(self._key, why)
 
+        def too_slow() -> None:
+            # A server that accepts TCP but never finishes TLS would otherwise
+            # hold every queued request until the idle timeout.
+            if not protocol.secure and protocol.transport is not None:
+                connector.failure = "TLS handshake timed out"
+                protocol.transport.abortConnection()  # type: ignore[attr-defined]
+
         protocol.on_handshake = secured
         protocol.on_lost = lost
+        self._owner._reactor.callLater(HANDSHAKE_TIMEOUT, too_slow)
         return protocol
 
     @override

@@ -14,7 +14,7 @@ from sipproxy.config import build_config
 from sipproxy.tap import tls_client
 from sipproxy.testing import UDPMemoryReactor
 from sipproxy.transport.peer import Channel, Peer
-from sipproxy.transport.sender import Transports
+from sipproxy.transport.sender import HANDSHAKE_TIMEOUT, Transports
 from sipproxy.transport.stream import SIPStreamFactory, SIPStreamProtocol
 from sipproxy.transport.tls import ClientConnector, TLSClient
 from tests.tlsutil import TestCA
@@ -88,6 +88,21 @@ def test_a_refused_certificate_fails_every_waiting_message_with_the_reason(
     assert transport.value() == b""
     sender.send(b"again", TRUNK, server_name="trunk.example.test")
     assert len(reactor.sslClients) == 2, "a later request tries afresh"
+
+
+def test_a_handshake_that_never_ends_fails_the_waiting_messages(
+    ca: TestCA,
+) -> None:
+    sender, reactor = transports(ca)
+    errors: list[str] = []
+    sender.send(b"one", TRUNK, server_name="trunk.example.test", on_error=errors.append)
+    protocol, transport, _ = connection(reactor)
+    reactor.advance(HANDSHAKE_TIMEOUT - 1)
+    assert errors == []
+    reactor.advance(1)
+    assert transport.disconnecting
+    protocol.connectionLost(Failure(ConnectionLost()))
+    assert errors == ["TLS handshake timed out"]
 
 
 def test_a_connection_verified_for_one_name_is_not_used_for_another(
