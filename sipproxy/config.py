@@ -222,6 +222,10 @@ class Config:
     rate_burst: float = 600.0
     #: addresses never rate limited or banned (an SBC, a monitoring host)
     trusted: tuple[str, ...] = ()
+    #: TLS we open: check the server's certificate chain and name (RFC 5922)
+    tls_verify: bool = True
+    #: PEM file of CAs trusted for servers we connect to; None: the system's
+    tls_ca: str | None = None
 
 
 # key -> (kind, accepted as list); kinds validated in _coerce.
@@ -245,6 +249,8 @@ _KEYS: dict[str, str] = {
     "rate-limit": "rate",
     "rate-burst": "seconds",
     "trusted": "addresses",
+    "tls-verify": "yesno",
+    "tls-ca": "path",
 }
 
 
@@ -334,6 +340,12 @@ def _coerce(key: str, value: Any) -> Any:
         if rate < 0 or isinstance(value, bool):
             raise ConfigError(f"{key} = {value!r}: expected 0 (off) or more")
         return rate
+    if kind == "yesno":
+        if isinstance(value, bool):
+            return value
+        if value in ("yes", "no"):
+            return value == "yes"
+        raise ConfigError(f"{key} = {value!r}: use yes or no")
     if kind == "dialplan":
         return _dialplan(value)
     if kind == "sip-uri":

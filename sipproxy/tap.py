@@ -32,6 +32,7 @@ from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.resolver import make_resolver
 from sipproxy.transport.sender import Transports
 from sipproxy.transport.stream import SIPStreamFactory
+from sipproxy.transport.tls import TLSClient, credentials_of, server_options
 from sipproxy.transport.udp import SIPDatagramProtocol
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -87,6 +88,19 @@ class Options(usage.Options):
             None,
             "Several registered phones: sequential (newest first, default) or "
             "parallel (all ring).",
+        ],
+        [
+            "tls-verify",
+            None,
+            None,
+            "Check the certificate of TLS servers we connect to: yes (default) or "
+            "no (insecure; logs a warning).",
+        ],
+        [
+            "tls-ca",
+            None,
+            None,
+            "PEM file of CAs trusted for TLS servers (default: the system's).",
         ],
     ]
 
@@ -155,6 +169,8 @@ class Options(usage.Options):
                 "rate-limit",
                 "rate-burst",
                 "trusted",
+                "tls-verify",
+                "tls-ca",
             )
         }
         try:
@@ -164,6 +180,7 @@ class Options(usage.Options):
             location_from_spec(self.config.location, reactor=None)
             if self.config.users is not None:
                 load_users(self.config.users, self.config.domains[0])
+            tls_client(self.config)  # unreadable key, certificate or CA: say so now
         except (ConfigError, ValueError, OSError) as error:
             raise usage.UsageError(str(error)) from None
 
@@ -200,7 +217,15 @@ class SIPServerService(MultiService):
                 max_bindings=config.max_bindings,
             ),
         )
-        resolver = make_resolver(config.dns, reactor, reactor)
+        self.transports.tls = tls_client(config)
+        # With a tls: listener, DNS may pick TLS too (NAPTR/SRV "_sips._tcp").
+        uses_tls = self.transports.tls is not None
+        resolver = make_resolver(
+            config.dns,
+            reactor,
+            reactor,
+            transports=("udp", "tcp", "tls") if uses_tls else ("udp", "tcp"),
+        )
         # Abuse defences (issue 5): a token bucket per source address and bans
         # after failed authentications, both checked before any parsing.
         self.rate_limiter = (
@@ -266,8 +291,6 @@ class SIPServerService(MultiService):
             _enlarge_receive_buffer(port)
             self.transports.add_udp(protocol)
             return port
-        if spec.transport == "tls":
-            raise ConfigError(f"listen {spec}: TLS is not available yet")
         factory = self.stream_factories.setdefault(
             spec.transport,
             SIPStreamFactory(
@@ -280,7 +303,16 @@ class SIPServerService(MultiService):
         )
         factory.admit = self._admit
         factory.limit = self.connection_limit
-        port = self._reactor.listenTCP(spec.port, factory, interface=spec.interface)
+        if spec.transport == "tls":
+            # Checked by postOptions already; read again, as files may change.
+            options = server_options(
+                credentials_of(spec.options), spec.option("caCerts")
+            )
+            port = self._reactor.listenSSL(
+                spec.port, factory, options, interface=spec.interface
+            )
+        else:
+            port = self._reactor.listenTCP(spec.port, factory, interface=spec.interface)
         address = port.getHost()
         self.transports.add_stream(
             spec.transport,
@@ -345,6 +377,11 @@ class SIPServerService(MultiService):
         self._purge = LoopingCall(self._purge_expired)
         self._purge.clock = self._reactor
         self._purge.start(10.0, now=False)
+        if self.transports.tls is not None and not self.transports.tls.verify:
+            self.log.warn(
+                "tls-verify is off: servers we connect to over TLS are not "
+                "authenticated, so anyone on the path can read and change calls"
+            )
         self.log.info(
             "sipproxy {version} serving {domains} on {where}; location {location}",
             version=__version__,
@@ -386,6 +423,25 @@ class SIPServerService(MultiService):
         self.ports.clear()
         super().stopService()  # type: ignore[no-untyped-call]
         return Deferred.fromCoroutine(self.location.close())
+
+
+def tls_client(config: Config) -> TLSClient | None:
+    """How we open TLS connections, if any ``tls:`` listener is configured.
+
+    Each listener's key and certificate are read (and checked) here; the first
+    one's is also our client certificate, for servers that ask for one (mutual
+    TLS trunks). Without a TLS listener we neither accept nor open TLS: our Via
+    and Record-Route could name no TLS address.
+    """
+    tls = [spec for spec in config.listen if spec.transport == "tls"]
+    if not tls:
+        return None
+    credentials = [credentials_of(spec.options) for spec in tls]
+    for spec in tls:
+        server_options(credentials_of(spec.options), spec.option("caCerts"))
+    return TLSClient(
+        verify=config.tls_verify, ca_file=config.tls_ca, credentials=credentials[0]
+    )
 
 
 def _enlarge_receive_buffer(port: IListeningPort) -> None:

@@ -164,3 +164,25 @@ def test_dialplan_rules_parse_in_order() -> None:
 def test_bad_dialplan_rules_are_named(rules: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_config({"dialplan": rules}, {})
+
+
+def test_tls_options_default_to_verifying_with_the_system_store() -> None:
+    config = build_config({}, {})
+    assert config.tls_verify is True
+    assert config.tls_ca is None
+
+
+@pytest.mark.parametrize(("value", "expected"), [("no", False), ("yes", True)])
+def test_tls_verify_takes_yes_or_no(value: str, expected: bool) -> None:
+    assert build_config({"tls-verify": value}, {}).tls_verify is expected
+    assert build_config({}, {"tls-verify": value}).tls_verify is expected
+    assert build_config({"tls-verify": expected}, {}).tls_verify is expected
+
+
+def test_tls_verify_refuses_anything_else() -> None:
+    with pytest.raises(ConfigError, match="tls-verify = 'off': use yes or no"):
+        build_config({"tls-verify": "off"}, {})
+
+
+def test_tls_ca_is_a_file_name() -> None:
+    assert build_config({"tls-ca": "/etc/ca.pem"}, {}).tls_ca == "/etc/ca.pem"

@@ -120,6 +120,8 @@ class _Target:
     #: reached through a flow (a registration's or a Route token's): in-dialog
     #: requests must come back the same way, so our Record-Route names it
     pinned: bool = False
+    #: TLS: the host its certificate must name (RFC 5922 §4)
+    server_name: str | None = None
 
 
 @dataclass
@@ -137,6 +139,7 @@ class _Branch:
     #: Timer C fired: the branch's 487 is reported upstream as 408 (§16.8)
     timed_out: bool = False
     timer_c: IDelayedCall | None = None
+    server_name: str | None = None
 
 
 @dataclass
@@ -365,6 +368,8 @@ class Proxy:
             targets = await self._targets_by_uri(request, None)
         else:
             targets = await self._targets(request, inbound_flow, has_route, ours_domain)
+        if _is_sips(request.uri):
+            targets = self._tls_only(targets)
         self._start(transaction, request, key, targets, peer, channel)
 
     async def _register(
@@ -428,6 +433,13 @@ class Proxy:
             raise RejectedError(404)
         bindings = await self._location.bindings(uri.aor(), now=self._clock.seconds())
         if not bindings:
+            # RFC 5630: sip: and sips: forms of an AOR name the same user; a
+            # phone registers one of them, callers may use either (a SIPS call
+            # then reaches only its TLS bindings: _tls_only).
+            scheme, _, rest = uri.aor().partition(":")
+            other = f"{'sip' if scheme == 'sips' else 'sips'}:{rest}"
+            bindings = await self._location.bindings(other, now=self._clock.seconds())
+        if not bindings:
             known = self._known_user is not None and self._known_user(uri.aor())
             raise RejectedError(480 if known else 404)
         targets: list[_Target] = []
@@ -479,7 +491,24 @@ class Proxy:
             # resolves to no SIP server: no such destination (404), not a 503,
             # which would tell the previous hop that we are the ones failing.
             raise RejectedError(480 if _is_ip(hop.host.strip("[]")) else 404)
-        return [_Target(copy, peer, None) for peer in peers]
+        # RFC 5922 §4: a TLS server proves the host of the URI, not its address.
+        name = hop.host.strip("[]")
+        return [_Target(copy, peer, None, server_name=name) for peer in peers]
+
+    def _tls_only(self, targets: list[_Target]) -> list[_Target]:
+        """RFC 3261 §26.2.2: a SIPS Request-URI goes over TLS hops only.
+
+        "the request MUST be sent [...] over TLS": a target reachable only over
+        UDP or TCP is dropped rather than downgraded. None left: 416 if this
+        server has no TLS at all (it cannot handle SIPS), else 480 (the callee
+        has no secure way to be reached now).
+        """
+        secure = [t for t in targets if t.peer.transport == "tls"]
+        if not secure:
+            if not self._transports.supports("tls"):
+                raise RejectedError(416)
+            raise RejectedError(480, "No TLS Path To Target")
+        return secure
 
     async def _lookup(self, uri: SipURI) -> list[Peer]:
         peer = _peer_of(uri)
@@ -496,9 +525,15 @@ class Proxy:
         record_route: list[str] = []
         if request.method in DIALOG_CREATING and request.to_addr.tag is None:
             callee = target.connection_id if target.pinned else None
+            secure = _is_sips(context.request.uri)
             record_route = [
-                self._rr_uri(target.peer, callee, pinned=target.pinned),
-                self._rr_uri(context.inbound, context.inbound_connection, pinned=True),
+                self._rr_uri(target.peer, callee, pinned=target.pinned, secure=secure),
+                self._rr_uri(
+                    context.inbound,
+                    context.inbound_connection,
+                    pinned=True,
+                    secure=secure,
+                ),
             ]
         via = self._our_via(context.key, target.peer, rport=True)
         return prepare_forward(
@@ -515,7 +550,14 @@ class Proxy:
             f"SIP/2.0/{peer.transport.upper()} {host}:{port};branch={branch}{flag}"
         )
 
-    def _rr_uri(self, peer: Peer, connection_id: str | None, *, pinned: bool) -> str:
+    def _rr_uri(
+        self,
+        peer: Peer,
+        connection_id: str | None,
+        *,
+        pinned: bool,
+        secure: bool = False,
+    ) -> str:
         """One of our Record-Route entries, facing ``peer`` (see proxy/flows.py).
 
         The topmost entry faces the callee, the second the caller; both name this
@@ -527,6 +569,10 @@ class Proxy:
         host, port = _host_port(advertised)
         user = f"{encode_flow(peer, connection_id, self._secret)}@" if pinned else ""
         param = "" if peer.transport == "udp" else f";transport={peer.transport}"
+        if secure and peer.transport == "tls":
+            # §16.6 step 4: for a SIPS Request-URI "the URI placed into the
+            # Record-Route header field MUST be a SIPS URI".
+            return f"<sips:{user}{host}:{port};lr>"
         return f"<sip:{user}{host}:{port}{param};lr>"
 
     # -- branches and responses -------------------------------------------------
@@ -558,7 +604,7 @@ class Proxy:
     def _send_branch(self, context: ResponseContext, target: _Target) -> None:
         request = self._outgoing(context, target)
         peer, connection_id = target.peer, target.connection_id
-        branch = _Branch(request, peer, connection_id)
+        branch = _Branch(request, peer, connection_id, server_name=target.server_name)
         context.branches.append(branch)
 
         def failed(why: str) -> None:
@@ -580,7 +626,11 @@ class Proxy:
 
         def send(data: bytes) -> None:
             self._transports.send(
-                data, peer, connection_id=connection_id, on_error=failed
+                data,
+                peer,
+                connection_id=connection_id,
+                on_error=failed,
+                server_name=target.server_name,
             )
 
         branch.transaction = self.layer.send_request(
@@ -619,7 +669,12 @@ class Proxy:
         peer, connection_id = branch.peer, branch.connection_id
 
         def send(data: bytes) -> None:
-            self._transports.send(data, peer, connection_id=connection_id)
+            self._transports.send(
+                data,
+                peer,
+                connection_id=connection_id,
+                server_name=branch.server_name,
+            )
 
         self.layer.send_request(cancel, send, reliable=peer.reliable)
 
@@ -750,7 +805,10 @@ class Proxy:
         via = self._our_via(key, target.peer, rport=False)
         copy = prepare_forward(target.request, request_uri=None, via=via)
         self._transports.send(
-            copy.to_bytes(), target.peer, connection_id=target.connection_id
+            copy.to_bytes(),
+            target.peer,
+            connection_id=target.connection_id,
+            server_name=target.server_name,
         )
 
     # -- authentication (issue 5) ------------------------------------------------
@@ -1045,6 +1103,10 @@ def _peer_of(uri: SipURI) -> Peer:
     host = (uri.param("maddr") or uri.host).strip("[]")
     default = 5061 if transport == "tls" else 5060
     return Peer(transport, host, uri.port or default)
+
+
+def _is_sips(uri: str) -> bool:
+    return uri[:5].lower() == "sips:"
 
 
 def _is_ip(host: str) -> bool:

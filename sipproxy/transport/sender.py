@@ -8,6 +8,12 @@ the phone is reachable only through the connection it opened); otherwise a new o
 is opened and the message waits in a short queue until it connects. A failure to
 connect is reported to ``on_error`` so the proxy can try the next target.
 
+TLS works like TCP, with the host name we meant to reach (``server_name``) as
+part of the key: a connection we opened is reused only for the name its
+certificate was verified for (or for an IP literal target, for any name), and
+queued messages wait for the handshake, so a refused certificate fails the
+branch at once, with the reason, rather than after a timeout.
+
 ``advertised(transport, peer)`` gives the address that goes into our Via and
 Record-Route: the listening interface, or for a wildcard listener the local
 address the kernel would use to reach the peer (found with an unsent UDP connect).
@@ -28,9 +34,14 @@ from typing_extensions import override
 
 from sipproxy.transport.peer import Peer
 from sipproxy.transport.stream import SIPStreamFactory, SIPStreamProtocol
+from sipproxy.transport.tls import ClientConnector, TLSClient, is_ip
 from sipproxy.transport.udp import SIPDatagramProtocol
 
 ErrorCallback = Callable[[str], None]
+#: seconds a TLS handshake may take before the connection counts as failed
+HANDSHAKE_TIMEOUT = 10.0
+#: a connection being opened: to whom, and (TLS) for which verified name
+_Key = tuple[Peer, str | None]
 
 
 def _family(host: str) -> int:
@@ -50,15 +61,46 @@ class _OutboundFactory(ClientFactory):
 
     noisy = False
 
-    def __init__(self, owner: Transports, stream: SIPStreamFactory, key: Peer) -> None:
+    def __init__(
+        self,
+        owner: Transports,
+        stream: SIPStreamFactory,
+        key: _Key,
+        connector: ClientConnector | None = None,
+    ) -> None:
         self._owner = owner
         self._stream = stream
         self._key = key
+        self._connector = connector
 
     @override
     def buildProtocol(self, addr: IAddress | None) -> SIPStreamProtocol:
         protocol = self._stream.build_outbound()
-        protocol.on_connected = lambda: self._owner._connected(self._key, protocol)
+        connector = self._connector
+        if connector is None:
+            protocol.on_connected = lambda: self._owner._connected(self._key, protocol)
+            return protocol
+        protocol.server_name = connector.server_name
+
+        def secured() -> None:
+            protocol.on_lost = None
+            self._owner._connected(self._key, protocol)
+
+        def lost(reason: Failure) -> None:
+            # Lost before the handshake finished: refused, or it refused us.
+            why = connector.failure or f"TLS handshake failed: {_tls_error(reason)}"
+            self._owner._failed(self._key, why)
+
+        def too_slow() -> None:
+            # A server that accepts TCP but never finishes TLS would otherwise
+            # hold every queued request until the idle timeout.
+            if not protocol.secure and protocol.transport is not None:
+                connector.failure = "TLS handshake timed out"
+                protocol.transport.abortConnection()  # type: ignore[attr-defined]
+
+        protocol.on_handshake = secured
+        protocol.on_lost = lost
+        self._owner._reactor.callLater(HANDSHAKE_TIMEOUT, too_slow)
         return protocol
 
     @override
@@ -77,8 +119,10 @@ class Transports:
         self._stream: dict[str, SIPStreamFactory] = {}
         #: listening (transport, family) -> (interface, port)
         self._listening: dict[tuple[str, int], tuple[str, int]] = {}
-        self._pending: dict[Peer, _Pending] = {}
+        self._pending: dict[_Key, _Pending] = {}
         self._route_cache: dict[str, str] = {}
+        #: how TLS connections are opened; None: no outbound TLS
+        self.tls: TLSClient | None = None
 
     def add_udp(self, protocol: SIPDatagramProtocol) -> None:
         """Register a bound UDP socket."""
@@ -152,10 +196,13 @@ class Transports:
         *,
         connection_id: str | None = None,
         on_error: ErrorCallback | None = None,
+        server_name: str | None = None,
     ) -> bool:
         """Send one message to ``peer``; False (and ``on_error``) if it cannot go.
 
         :param connection_id: the flow's connection to use first (RFC 5626 §5.3).
+        :param server_name: TLS: the host the certificate must name (RFC 5922
+            §4: the host of the URI we resolved); default: the peer's address.
         """
         if peer.transport == "udp":
             return self._send_udp(data, peer, on_error)
@@ -166,11 +213,20 @@ class Transports:
         factory = self._stream.get(peer.transport)
         if factory is None:
             return self._fail(on_error, f"no {peer.transport} transport configured")
+        name = server_name if peer.transport == "tls" else None
+        if name is not None and is_ip(name):
+            name = None
+        key = (peer, name)
+        pending = self._pending.get(key)
+        if pending is not None:
+            # Still connecting (or in the TLS handshake): wait with the others.
+            self._queue(pending, data, on_error)
+            return True
         for connection in factory.connections.values():
-            if connection.peer == peer:
+            if connection.peer == peer and _serves(connection, name):
                 connection.send(data, peer)
                 return True
-        self._connect(factory, data, peer, on_error)
+        self._connect(factory, data, key, on_error)
         return True
 
     def _send_udp(
@@ -187,37 +243,55 @@ class Transports:
         self,
         factory: SIPStreamFactory,
         data: bytes,
-        peer: Peer,
+        key: _Key,
         on_error: ErrorCallback | None,
     ) -> None:
-        pending = self._pending.get(peer)
-        if pending is None:
-            pending = self._pending[peer] = _Pending()
-            if peer.transport != "tcp":
-                del self._pending[peer]
-                self._fail(on_error, f"cannot open {peer.transport} connections yet")
+        peer, name = key
+        if peer.transport == "tls":
+            if self.tls is None:
+                self._fail(on_error, "no TLS client configured")
                 return
-            self._reactor.connectTCP(
-                peer.host, peer.port, _OutboundFactory(self, factory, peer), timeout=10
+            connector = self.tls.connector(name or peer.host)
+            pending = self._pending[key] = _Pending()
+            self._reactor.connectSSL(
+                peer.host,
+                peer.port,
+                _OutboundFactory(self, factory, key, connector),
+                connector,
+                timeout=10,
             )
+        elif peer.transport == "tcp":
+            pending = self._pending[key] = _Pending()
+            self._reactor.connectTCP(
+                peer.host, peer.port, _OutboundFactory(self, factory, key), timeout=10
+            )
+        else:
+            self._fail(on_error, f"cannot open {peer.transport} connections")
+            return
+        self._queue(pending, data, on_error)
+
+    @staticmethod
+    def _queue(pending: _Pending, data: bytes, on_error: ErrorCallback | None) -> None:
         pending.queue.append(data)
         if on_error is not None:
             pending.errors.append(on_error)
 
-    def _connected(self, key: Peer, protocol: SIPStreamProtocol) -> None:
+    def _connected(self, key: _Key, protocol: SIPStreamProtocol) -> None:
         pending = self._pending.pop(key, None)
         if pending is None:
             return
         for data in pending.queue:
-            protocol.send(data, key)
+            protocol.send(data, key[0])
 
-    def _failed(self, key: Peer, why: str) -> None:
+    def _failed(self, key: _Key, why: str) -> None:
         pending = self._pending.pop(key, None)
+        peer, name = key
         self.log.info(
-            "cannot connect to {transport} {host}:{port}: {why}",
-            transport=key.transport,
-            host=key.host,
-            port=key.port,
+            "cannot connect to {transport} {host}:{port}{name}: {why}",
+            transport=peer.transport,
+            host=peer.host,
+            port=peer.port,
+            name=f" ({name})" if name else "",
             why=why,
         )
         if pending is not None:
@@ -228,3 +302,23 @@ class Transports:
         if on_error is not None:
             on_error(why)
         return False
+
+
+def _serves(connection: SIPStreamProtocol, name: str | None) -> bool:
+    """Whether a connection may carry a request meant for ``name`` (TLS).
+
+    A connection we opened was verified for one name only (RFC 5922 §4); one a
+    phone opened, or a request for an address rather than a name, any will do.
+    """
+    return name is None or connection.server_name in (None, name)
+
+
+def _tls_error(reason: Failure) -> str:
+    """An OpenSSL failure in a few words rather than its nested tuple."""
+    value = reason.value
+    errors = getattr(value, "args", ())
+    if errors and isinstance(errors[0], list) and errors[0]:
+        last = errors[0][-1]
+        if isinstance(last, tuple) and len(last) == 3:
+            return str(last[2])
+    return reason.getErrorMessage()

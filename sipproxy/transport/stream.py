@@ -1,10 +1,12 @@
-"""SIP over TCP (and later TLS): framing by Content-Length (RFC 3261 §18.3).
+"""SIP over TCP and TLS: framing by Content-Length (RFC 3261 §18.3).
 
 Theory of operation: each connection owns a StreamFramer. Whole messages go to the
 receiver; a CRLFCRLF keepalive is answered with CRLF (RFC 5626 §4.4.1); input that
 cannot be framed (no or bad Content-Length, oversized) gets a 400 when it can be
 addressed and then the connection is closed, since nothing after it can be framed
-reliably. A connection silent for ``idle_timeout`` seconds is closed.
+reliably. A connection silent for ``idle_timeout`` seconds is closed. Over TLS
+the same protocol runs inside Twisted's TLS wrapper, which tells it when the
+handshake is done (IHandshakeListener): a connection we open is used only then.
 """
 
 from __future__ import annotations
@@ -12,11 +14,17 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHandshakeListener,
+    IReactorTime,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
+from zope.interface import implementer
 
 from sipproxy.guard import ConnectionLimiter
 from sipproxy.sip.errors import ParseError
@@ -30,6 +38,7 @@ def _peer(transport: str, address: IAddress) -> Peer:
     return Peer(transport, getattr(address, "host", ""), getattr(address, "port", 0))
 
 
+@implementer(IHandshakeListener)
 class SIPStreamProtocol(Protocol):
     """One TCP or TLS connection carrying SIP messages both ways."""
 
@@ -46,6 +55,14 @@ class SIPStreamProtocol(Protocol):
         self.on_connected: Callable[[], None] | None = None
         #: counted against the per-source connection limit (inbound only)
         self.counted = False
+        #: TLS: called once the handshake succeeded (outbound connections wait)
+        self.on_handshake: Callable[[], None] | None = None
+        #: called with the reason when the connection goes (outbound TLS)
+        self.on_lost: Callable[[Failure], None] | None = None
+        #: TLS we opened: the host name its certificate was verified for
+        self.server_name: str | None = None
+        #: TLS: the handshake completed
+        self.secure = False
 
     @property
     def local(self) -> Peer:
@@ -63,6 +80,12 @@ class SIPStreamProtocol(Protocol):
         )
         if self.on_connected is not None:
             self.on_connected()
+
+    def handshakeCompleted(self) -> None:  # noqa: N802 - Twisted's name
+        """TLS is up (called by Twisted's TLS wrapper only)."""
+        self.secure = True
+        if self.on_handshake is not None:
+            self.on_handshake()
 
     @override
     def dataReceived(self, data: bytes) -> None:
@@ -134,6 +157,8 @@ class SIPStreamProtocol(Protocol):
         if self.counted and self._factory.limit is not None:
             self._factory.limit.closed(self.peer.host)
             self.counted = False
+        if self.on_lost is not None:
+            self.on_lost(reason)
 
 
 class SIPStreamFactory(Factory):
