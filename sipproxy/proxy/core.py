@@ -55,8 +55,8 @@ from sipproxy.proxy.routing import (
 )
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.headers import Headers
-from sipproxy.sip.message import Request, Response, response_from_headers
-from sipproxy.sip.uri import NameAddress, SipURI
+from sipproxy.sip.message import Request, Response, first_address, response_from_headers
+from sipproxy.sip.uri import SipURI
 from sipproxy.sip.via import Via
 from sipproxy.transaction.layer import (
     ClientTransaction,
@@ -854,14 +854,15 @@ class Proxy:
     # -- helpers ---------------------------------------------------------------
 
     def _first_route_is_ours(self, request: Request) -> bool:
-        routes = request.headers.get_all("route")
-        if not routes:
-            return False
         try:
-            uri = NameAddress.parse(routes[0]).uri
+            first = first_address(request.headers, "route")
         except ParseError:
             return False
-        return isinstance(uri, SipURI) and self._is_ours(uri)
+        return (
+            first is not None
+            and isinstance(first.uri, SipURI)
+            and self._is_ours(first.uri)
+        )
 
     def _flow_from_routes(self, request: Request) -> tuple[Peer, str | None] | None:
         """The flow named by the last of our own leading Route entries (flows.py).
@@ -870,11 +871,12 @@ class Proxy:
         means "route by the Request-URI", never the other side's flow.
         """
         found = None
-        for value in request.headers.get_all("route"):
-            try:
-                uri = NameAddress.parse(value).uri
-            except ParseError:
-                break
+        try:
+            routes = request.routes
+        except ParseError:
+            return None
+        for route in routes:
+            uri = route.uri
             if not (isinstance(uri, SipURI) and self._is_ours(uri)):
                 break
             found = decode_flow(uri.user, self._secret) if uri.user else None

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from sipproxy.sip.headers import Headers
-from sipproxy.sip.message import Request
+from sipproxy.sip.message import Request, first_address
 from sipproxy.sip.uri import AbsoluteURI, NameAddress, SipURI
 from sipproxy.sip.via import Via
 
@@ -47,9 +47,8 @@ def preprocess_routes(request: Request, is_ours: IsOurs) -> Request:
             last = routes[-1]
             uri_text = str(_route_uri(last))
             headers = _remove_last_value(headers, "route")
-    while "route" in headers:
-        first = headers.get_all("route")[0]
-        uri = _route_uri(first)
+    while (first := first_address(headers, "route")) is not None:
+        uri = first.uri
         if not (isinstance(uri, SipURI) and is_ours(uri)):
             break
         _, headers = headers.pop_first_value("route")

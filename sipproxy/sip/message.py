@@ -23,6 +23,8 @@ __all__ = [
     "CSeq",
     "Request",
     "Response",
+    "first_address",
+    "parse_addresses",
     "parse_digits",
     "response_from_headers",
 ]
@@ -138,30 +140,50 @@ class _Message:
         value = self.headers.get("max-forwards")
         return None if value is None else parse_digits(value, "Max-Forwards", 255)
 
-    @property
-    def contacts(self) -> list[NameAddress]:
-        """Every Contact value; callers check ``get_all("contact") == ["*"]`` first."""
-        # Validation and the registrar both read them: each field's values are
-        # parsed once and kept on the field (its view is all of its values).
+    def _addresses(self, key: str) -> list[NameAddress]:
+        # Validation, the registrar and routing all read these: each field's
+        # values are parsed once and kept on the field (its view is all of them).
         found: list[NameAddress] = []
         for h in self.headers.fields:
-            if h.key == "contact":
+            if h.key == key:
                 view = h.view
                 if view is None:
-                    view = tuple(NameAddress.parse(v) for v in split_values(h.value))
+                    view = parse_addresses(h.value)
                     h.remember(view)
                 found.extend(view)  # type: ignore[arg-type]
         return found
 
     @property
+    def contacts(self) -> list[NameAddress]:
+        """Every Contact value; callers check ``get_all("contact") == ["*"]`` first."""
+        return self._addresses("contact")
+
+    @property
     def routes(self) -> list[NameAddress]:
         """Every Route value, in order (RFC 3261 §20.34)."""
-        return [NameAddress.parse(v) for v in self.headers.get_all("route")]
+        return self._addresses("route")
 
     @property
     def record_routes(self) -> list[NameAddress]:
         """Every Record-Route value, in order (RFC 3261 §20.30)."""
-        return [NameAddress.parse(v) for v in self.headers.get_all("record-route")]
+        return self._addresses("record-route")
+
+
+def parse_addresses(value: str) -> tuple[NameAddress, ...]:
+    """Every name-addr of one list-valued field (Contact, Route, Record-Route)."""
+    return tuple(NameAddress.parse(v) for v in split_values(value))
+
+
+def first_address(headers: Headers, key: str) -> NameAddress | None:
+    """The first value of the first field ``key``, parsed once and kept on it."""
+    for h in headers.fields:
+        if h.key == key:
+            view = h.view
+            if view is None:
+                view = parse_addresses(h.value)
+                h.remember(view)
+            return view[0]  # type: ignore[index, no-any-return]
+    return None
 
 
 def _parse_top_via(value: str) -> Via:
