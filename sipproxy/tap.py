@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from twisted.application.service import IService, MultiService
@@ -28,6 +29,7 @@ from sipproxy.guard import BanList, ConnectionLimiter, RateLimiter
 from sipproxy.htdigest import load_users
 from sipproxy.location import location_from_spec
 from sipproxy.proxy.core import Proxy, ProxySettings
+from sipproxy.proxy.pbx import OfficePreferences
 from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.resolver import make_resolver
 from sipproxy.transport.sender import Transports
@@ -163,7 +165,13 @@ class Options(usage.Options):
             # Constructing a store does no I/O; it checks the spec's form.
             location_from_spec(self.config.location, reactor=None)
             if self.config.users is not None:
-                load_users(self.config.users, self.config.domains[0])
+                users = load_users(self.config.users, self.config.domains[0])
+                if self.config.office is not None:
+                    # Issue 9: members, extensions and forwarding must name users.
+                    self.config = replace(
+                        self.config,
+                        office=self.config.office.with_users(frozenset(users)),
+                    )
         except (ConfigError, ValueError, OSError) as error:
             raise usage.UsageError(str(error)) from None
 
@@ -218,6 +226,12 @@ class SIPServerService(MultiService):
                 os.urandom(32),
                 nonce_lifetime=config.nonce_lifetime,
             )
+        # Office PBX (issue 9): TOML defaults, run-time settings in the store.
+        self.office = (
+            OfficePreferences(config.office, self.location)
+            if config.office is not None
+            else None
+        )
         self.proxy = Proxy(
             ProxySettings(
                 domains=domains,
@@ -235,6 +249,7 @@ class SIPServerService(MultiService):
             known_user=self._known_user,
             auth=self.authenticator,
             bans=self.bans,
+            office=self.office,
         )
         self.stream_factories: dict[str, SIPStreamFactory] = {}
         self._purge: LoopingCall | None = None

@@ -44,6 +44,7 @@ __all__ = [
     "Outcome",
     "Refuse",
     "Ring",
+    "Target",
     "UriTarget",
     "UserTarget",
     "diversion_headers",
