@@ -556,8 +556,7 @@ class CallPlan:
         if text:
             return self._forward(text, outcome)
         if outcome is Outcome.NO_ANSWER:
-            return Refuse(480, "Temporarily Unavailable")
-        if outcome is Outcome.UNAVAILABLE:
+            # Our own CANCEL made the 487s; the caller hears nobody answered.
             return Refuse(480, "Temporarily Unavailable")
         return None
 
