@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import pytest
 from twisted.internet.defer import Deferred
 
-from sipproxy.config import ConfigError, build_config
+from sipproxy.config import ConfigError, build_config, read_toml
 from sipproxy.location.memory import MemoryLocationService
 from sipproxy.proxy.pbx import (
     CallPlan,
@@ -435,3 +436,15 @@ def test_bad_settings_are_refused(call: Any, message: str) -> None:
     assert len(failures) == 1
     assert message in str(failures[0].value)
     assert wait(store.preferences("bob")) == {}
+
+
+def test_shipped_office_example_is_valid() -> None:
+    """etc/sipproxy-office.toml, as the README walks through it."""
+    example = Path(__file__).parents[2] / "etc" / "sipproxy-office.toml"
+    config = build_config(read_toml(str(example)), {})
+    assert config.office is not None
+    checked = config.office.with_users(frozenset({"alice", "bob", "carol"}))
+    assert checked.destination("103") == UserTarget("carol")
+    assert checked.groups["200"].members == ("alice", "bob")
+    assert checked.defaults("bob").busy == "103"
+    assert checked.defaults("sales").no_answer == "sip:vm-sales@127.0.0.1:5070"
