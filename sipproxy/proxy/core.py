@@ -715,6 +715,10 @@ class Proxy:
         if response.status in _TRY_NEXT and context.pending and not context.cancelled:
             self._send_branch(context, context.pending.pop(0))
             return
+        if response.status not in _TRY_NEXT:
+            # The phone said no (486, 603...): the next ones are not tried, and
+            # the answer must not wait for branches that will never be sent.
+            context.pending.clear()
         if all(b.final is not None for b in context.branches) and not context.pending:
             self._final(context, context.best)
 
@@ -894,7 +898,8 @@ class Proxy:
             for binding in bindings[:1] if ring.newest_only else bindings:
                 targets.extend(await self._targets_for_binding(call.request, binding))
         if not targets:
-            raise RejectedError(480 if known or len(ring.users) > 1 else 404)
+            # A group's members are users: nobody reachable is 480, never 404.
+            raise RejectedError(480 if known or ring.newest_only else 404)
         return targets
 
     def _office_forwarded(self, call: _OfficeCall, step: Forward) -> Request:

@@ -105,8 +105,7 @@ def outcome_of(status: int, *, rang_out: bool) -> Outcome | None:
         return Outcome.NO_ANSWER
     if status in (486, 600):
         return Outcome.BUSY
-    if status in (404, 408, 480, 503, 500):
-        # 404/500 here come from us: no binding, nobody reachable.
+    if status in (408, 480, 503):
         return Outcome.UNAVAILABLE
     return None
 

@@ -307,3 +307,45 @@ def test_caller_cancel_while_forwarding_gets_487() -> None:
     h.clock.advance(5)
     assert requests(h, VM, "INVITE") == []
     assert statuses(h)[-1] == 487
+
+
+def test_busy_on_the_newest_of_two_phones_goes_to_voicemail() -> None:
+    """Sequential forking: a 486 from the newest phone is busy for the user."""
+    h = harness(forward={"bob": {"busy": VM_URI}})
+    h.register("bob", CAROL, at=0)
+    h.register("bob", BOB, at=1)
+    h.receive(invite("bob"), ALICE)
+    h.receive(answer(one_invite(h, BOB), 486), BOB)
+    assert requests(h, CAROL, "INVITE") == []
+    assert len(requests(h, VM, "INVITE")) == 1
+
+
+def test_sequential_group_with_nobody_registered_is_480() -> None:
+    """No member has a phone: the group call ends with 480, not 404."""
+    h = harness()
+    h.receive(invite("300"), ALICE)
+    assert statuses(h) == [100, 480]
+
+
+def test_unavailable_on_503_from_the_phone_and_408_timeout() -> None:
+    """503 from the phone, or no answer at all (Timer B), is unavailable."""
+    h = harness(forward={"bob": {"unavailable": VM_URI}})
+    h.register("bob", BOB)
+    h.receive(invite("bob"), ALICE)
+    h.receive(answer(one_invite(h, BOB), 503), BOB)
+    assert [r.call_id for r in requests(h, VM, "INVITE")] == ["call-1"]
+    h.receive(invite("bob", call_id="call-2", branch="z9hG4bKalice2"), ALICE)
+    assert len(requests(h, BOB, "INVITE")) == 1
+    for _ in range(40):  # Timer B: 64 * T1 = 32 s of retransmissions, no answer
+        h.clock.advance(1)
+    assert "call-2" in {r.call_id for r in requests(h, VM, "INVITE")}
+
+
+def test_declined_call_is_passed_up_not_forwarded() -> None:
+    """603 Decline is the callee's answer: no forwarding (RFC 5806 reasons only)."""
+    h = harness(forward={"bob": {"busy": VM_URI, "unavailable": VM_URI}})
+    h.register("bob", BOB)
+    h.receive(invite("bob"), ALICE)
+    h.receive(answer(one_invite(h, BOB), 603), BOB)
+    assert requests(h, VM, "INVITE") == []
+    assert statuses(h)[-1] == 603
