@@ -9,9 +9,13 @@ rings several phones; a forwarded call rings again). Timers are 2 s.
 
 from __future__ import annotations
 
+import json
 import re
+import signal
 import socket
+import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote
@@ -259,6 +263,107 @@ def test_do_not_disturb_without_busy_target_is_486(
         )
         sock.sendto(invite.encode(), ("127.0.0.1", server.port))
         assert [status_of(sock.recv(65536)) for _ in range(2)] == [100, 486]
+
+
+def invite_status(server: RunningServer, user: str, call_id: str) -> list[int | None]:
+    """A raw INVITE for ``user``@example.test: the statuses of the first two answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        invite = (
+            f"INVITE sip:{user}@example.test SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{call_id};rport\r\n"
+            "Max-Forwards: 70\r\n"
+            "From: <sip:caller@example.test>;tag=c1\r\n"
+            f"To: <sip:{user}@example.test>\r\n"
+            f"Call-ID: {call_id}\r\n"
+            "CSeq: 1 INVITE\r\n"
+            f"Contact: <sip:caller@127.0.0.1:{port}>\r\n"
+            "Content-Length: 0\r\n\r\n"
+        )
+        sock.sendto(invite.encode(), ("127.0.0.1", server.port))
+        return [status_of(sock.recv(65536)) for _ in range(2)]
+
+
+def wait_for_log(server: RunningServer, text: str) -> None:
+    deadline = time.monotonic() + 10
+    while text not in server.log_text():
+        assert time.monotonic() < deadline, server.log_text()
+        time.sleep(0.05)
+
+
+def test_sighup_reloads_the_office_sections_and_keeps_them_on_errors(
+    tmp_path: Path,
+) -> None:
+    """SIGHUP re-reads [forward.*] and friends; a file with a loop changes nothing."""
+    config = tmp_path / "office.toml"
+    config.write_text('domain = ["example.test"]\n[forward.erin]\ndnd = true\n')
+    port = free_port()
+    server = start_twistd(
+        ["--config", str(config), "--listen", f"udp:{port}:interface=127.0.0.1"],
+        port,
+        tmp_path / "twistd.log",
+    )
+    try:
+        assert invite_status(server, "erin", "reload-1") == [100, 486]
+        config.write_text(
+            'domain = ["example.test"]\n[forward.erin]\ndnd = false\n'
+            '[extensions]\n"105" = "erin"\n'
+        )
+        server.process.send_signal(signal.SIGHUP)
+        wait_for_log(server, "office configuration reloaded: 1 extensions")
+        # Erin is no longer on DND; she has no phone registered.
+        assert invite_status(server, "105", "reload-2") == [100, 404]
+        config.write_text(
+            'domain = ["example.test"]\n[forward.erin]\ndnd = true\n'
+            'unconditional = "105"\n[extensions]\n"105" = "erin"\n'
+        )
+        server.process.send_signal(signal.SIGHUP)
+        wait_for_log(server, "office configuration not reloaded, keeping the old")
+        assert "forwarding loop erin -> erin" in server.log_text()
+        assert invite_status(server, "erin", "reload-3") == [100, 404]
+    finally:
+        stop(server.process)
+    assert "Traceback" not in server.log_text(), server.log_text()
+
+
+def test_dnd_stored_in_sqlite_wins_over_the_toml_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """A setting in the store (as the admin API writes it) outlives a restart.
+
+    The TOML says erin has no DND; the stored value says she has: after a
+    restart on the same SQLite file, calls to her get 486.
+    """
+    config = tmp_path / "office.toml"
+    database = tmp_path / "office.sqlite"
+    config.write_text(
+        'domain = ["example.test"]\n'
+        f'location = "sqlite:{database}"\n'
+        "[forward.erin]\ndnd = false\n"
+    )
+    args = ["--config", str(config)]
+    port = free_port()
+    server = start_twistd(
+        [*args, "--listen", f"udp:{port}:interface=127.0.0.1"], port, tmp_path / "1.log"
+    )
+    try:
+        assert invite_status(server, "erin", "store-1") == [100, 404]
+    finally:
+        stop(server.process)
+    with sqlite3.connect(database) as db:
+        db.execute(
+            "INSERT INTO preference (user, prefs) VALUES (?, ?)",
+            ("erin", json.dumps({"dnd": True})),
+        )
+    server = start_twistd(
+        [*args, "--listen", f"udp:{port}:interface=127.0.0.1"], port, tmp_path / "2.log"
+    )
+    try:
+        assert invite_status(server, "erin", "store-2") == [100, 486]
+    finally:
+        stop(server.process)
 
 
 @pytest.mark.parametrize(
