@@ -416,9 +416,10 @@ def _check_loops(office: Office) -> None:
             if name is None:
                 break
             if name in chain:
-                loop = " -> ".join([*chain[chain.index(name) :], name])
+                first = chain.index(name)
+                loop = " -> ".join([*chain[first:], name])
                 raise ConfigError(
-                    f"forward.{start}.unconditional: forwarding loop {loop}"
+                    f"forward.{chain[first]}.unconditional: forwarding loop {loop}"
                 )
             chain.append(name)
 
@@ -637,11 +638,7 @@ class OfficePreferences:
     async def effective(self, name: str) -> Forwarding:
         """The forwarding that applies to a user or group now."""
         stored = await self.store.preferences(name)
-        return (
-            self.office.defaults(name).merged(stored)
-            if stored
-            else (self.office.defaults(name))
-        )
+        return self.office.defaults(name).merged(stored)
 
     async def set_forward(self, user: str, kind: str, target: str) -> Forwarding:
         """Set one forwarding of ``user``; return the effective forwarding.

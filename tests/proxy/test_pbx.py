@@ -448,3 +448,22 @@ def test_shipped_office_example_is_valid() -> None:
     assert checked.groups["200"].members == ("alice", "bob")
     assert checked.defaults("bob").busy == "103"
     assert checked.defaults("sales").no_answer == "sip:vm-sales@127.0.0.1:5070"
+
+
+def test_a_loop_entered_from_outside_names_its_own_first_entry() -> None:
+    """Chain carol -> alice -> bob -> alice: the message names the loop only."""
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "forward.alice.unconditional: forwarding loop alice -> bob -> alice"
+        ),
+    ):
+        parse_office(
+            {
+                "forward": {
+                    "carol": {"unconditional": "alice"},
+                    "alice": {"unconditional": "bob"},
+                    "bob": {"unconditional": "alice"},
+                }
+            }
+        )
