@@ -892,6 +892,13 @@ class Proxy:
         targets: list[_Target] = []
         known = False
         for user in ring.users:
+            # A group member on do-not-disturb is skipped, not rung.
+            if (
+                ring.newest_only
+                and self._office is not None
+                and (await self._office.effective(user)).dnd
+            ):
+                continue
             aor = SipURI.parse(f"sip:{user}@{call.plan.domain}").aor()
             known = known or (self._known_user is not None and self._known_user(aor))
             bindings = await self._location.bindings(aor, now=self._clock.seconds())

@@ -349,3 +349,35 @@ def test_declined_call_is_passed_up_not_forwarded() -> None:
     h.receive(answer(one_invite(h, BOB), 603), BOB)
     assert requests(h, VM, "INVITE") == []
     assert statuses(h)[-1] == 603
+
+
+def test_group_member_on_dnd_is_skipped() -> None:
+    """Carol set do-not-disturb: group 200 rings only Bob."""
+    h = harness()
+    h.register("bob", BOB)
+    h.register("carol", CAROL)
+    prefs = h.proxy._office
+    assert prefs is not None
+    run(prefs.set_dnd("carol", True))
+    h.receive(invite("200"), ALICE)
+    assert len(requests(h, BOB, "INVITE")) == 1
+    assert requests(h, CAROL, "INVITE") == []
+
+
+def test_received_diversion_and_history_info_are_kept() -> None:
+    """Our Diversion goes above a received one (RFC 5806 §4).
+
+    A received History-Info is left as it is: its indices are the sender's.
+    """
+    h = harness(forward={"bob": {"unconditional": VM_URI}})
+    extra = (
+        "Diversion: <sip:x@elsewhere.test>;reason=unconditional;counter=1\r\n"
+        "History-Info: <sip:x@elsewhere.test>;index=1\r\n"
+    )
+    h.receive(invite("bob", extra=extra), ALICE)
+    to_vm = one_invite(h, VM)
+    assert to_vm.headers.get_all("diversion") == [
+        "<sip:bob@example.test>;reason=unconditional;counter=1",
+        "<sip:x@elsewhere.test>;reason=unconditional;counter=1",
+    ]
+    assert to_vm.headers.get_all("history-info") == ["<sip:x@elsewhere.test>;index=1"]
