@@ -399,6 +399,8 @@ class Proxy:
             await self._office_begin(call, transaction, request, key, peer, channel)
             return
         else:
+            if ours_domain and not has_route and inbound_flow is None:
+                request = self._office_extension(request)
             targets = await self._targets(request, inbound_flow, has_route, ours_domain)
         self._start(transaction, request, key, targets, peer, channel)
 
@@ -833,6 +835,16 @@ class Proxy:
         call = _OfficeCall(plan, request, request)
         call.plan.current = destination
         return call
+
+    def _office_extension(self, request: Request) -> Request:
+        """Other requests to an extension (MESSAGE, SUBSCRIBE) go to its user."""
+        uri = request.request_uri
+        if self._office is None or not isinstance(uri, SipURI) or uri.user is None:
+            return request
+        user = self._office.office.extensions.get(uri.user)
+        if user is None:
+            return request
+        return replace(request, uri=str(replace(uri, user=user)))
 
     async def _office_begin(
         self,

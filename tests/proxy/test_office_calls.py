@@ -381,3 +381,17 @@ def test_received_diversion_and_history_info_are_kept() -> None:
         "<sip:x@elsewhere.test>;reason=unconditional;counter=1",
     ]
     assert to_vm.headers.get_all("history-info") == ["<sip:x@elsewhere.test>;index=1"]
+
+
+def test_other_requests_to_an_extension_reach_the_user() -> None:
+    """A MESSAGE to 102 is delivered to Bob's phone like one to bob."""
+    h = harness()
+    h.register("bob", BOB)
+    message = (
+        invite("102")
+        .replace(b"INVITE sip", b"MESSAGE sip")
+        .replace(b"1 INVITE", b"1 MESSAGE")
+    )
+    h.receive(message, ALICE)
+    [to_bob] = requests(h, BOB, "MESSAGE")
+    assert to_bob.uri == "sip:bob@10.0.0.62:5060"
