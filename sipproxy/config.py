@@ -15,7 +15,10 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sipproxy.proxy.pbx import Office
 
 #: What ``--listen`` defaults to when neither the file nor the command line names one.
 DEFAULT_LISTEN = ("udp:5060", "tcp:5060")
@@ -226,6 +229,8 @@ class Config:
     tls_verify: bool = True
     #: PEM file of CAs trusted for servers we connect to; None: the system's
     tls_ca: str | None = None
+    #: office PBX: extensions, ring groups, forwarding (issue 9); None: none
+    office: Office | None = None
 
 
 # key -> (kind, accepted as list); kinds validated in _coerce.
@@ -251,6 +256,11 @@ _KEYS: dict[str, str] = {
     "trusted": "addresses",
     "tls-verify": "yesno",
     "tls-ca": "path",
+    # Office PBX sections (issue 9), validated together by pbx.parse_office.
+    "extensions": "office",
+    "groups": "office",
+    "forward": "office",
+    "max-forward-depth": "office",
 }
 
 
@@ -278,8 +288,14 @@ def build_config(
             raise ConfigError(f"config: unknown key {key!r} (known keys: {known})")
     merged = {**file_values, **{k: v for k, v in cli_values.items() if v}}
     settings: dict[str, Any] = {}
+    office = {k: v for k, v in merged.items() if _KEYS[k] == "office"}
     for key, value in merged.items():
-        settings[key.replace("-", "_")] = _coerce(key, value)
+        if key not in office:
+            settings[key.replace("-", "_")] = _coerce(key, value)
+    if office:
+        from sipproxy.proxy.pbx import parse_office
+
+        settings["office"] = parse_office(office)
     if "domain" in settings:
         settings["domains"] = settings.pop("domain")
     if "alias" in settings:

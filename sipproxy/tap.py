@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from twisted.application.service import IService, MultiService
@@ -28,6 +29,7 @@ from sipproxy.guard import BanList, ConnectionLimiter, RateLimiter
 from sipproxy.htdigest import load_users
 from sipproxy.location import location_from_spec
 from sipproxy.proxy.core import Proxy, ProxySettings
+from sipproxy.proxy.pbx import Office, OfficePreferences
 from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.resolver import make_resolver
 from sipproxy.transport.sender import Transports
@@ -179,7 +181,13 @@ class Options(usage.Options):
             # Constructing a store does no I/O; it checks the spec's form.
             location_from_spec(self.config.location, reactor=None)
             if self.config.users is not None:
-                load_users(self.config.users, self.config.domains[0])
+                users = load_users(self.config.users, self.config.domains[0])
+                if self.config.office is not None:
+                    # Issue 9: members, extensions and forwarding must name users.
+                    self.config = replace(
+                        self.config,
+                        office=self.config.office.with_users(frozenset(users)),
+                    )
             tls_client(self.config)  # unreadable key, certificate or CA: say so now
         except (ConfigError, ValueError, OSError) as error:
             raise usage.UsageError(str(error)) from None
@@ -190,9 +198,13 @@ class SIPServerService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(
+        self, config: Config, reactor: Any, *, config_path: str | None = None
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.config = config
+        #: the --config file, re-read for the office sections on SIGHUP
+        self.config_path = config_path
         self._reactor = reactor
         self.ports: list[tuple[ListenSpec, IListeningPort]] = []
         hosts = {*config.domains, *config.aliases}
@@ -243,6 +255,12 @@ class SIPServerService(MultiService):
                 os.urandom(32),
                 nonce_lifetime=config.nonce_lifetime,
             )
+        # Office PBX (issue 9): TOML defaults, run-time settings in the store.
+        self.office = (
+            OfficePreferences(config.office, self.location)
+            if config.office is not None
+            else None
+        )
         self.proxy = Proxy(
             ProxySettings(
                 domains=domains,
@@ -260,6 +278,7 @@ class SIPServerService(MultiService):
             known_user=self._known_user,
             auth=self.authenticator,
             bans=self.bans,
+            office=self.office,
         )
         self.stream_factories: dict[str, SIPStreamFactory] = {}
         self._purge: LoopingCall | None = None
@@ -352,6 +371,35 @@ class SIPServerService(MultiService):
         self.authenticator.users = users
         self.log.info("users file reloaded: {n} users", n=len(users.entries))
 
+    def _reload(self) -> None:
+        self.reload_users()
+        self.reload_office()
+
+    def reload_office(self) -> None:
+        """SIGHUP: re-read the office PBX sections; a broken file keeps the old.
+
+        Only a server started with office sections reloads them (issue 9);
+        forwarding and DND set at run time stay in the store and keep winning.
+        """
+        if self.office is None or self.config_path is None:
+            return
+        try:
+            config = build_config(read_toml(self.config_path), {})
+            office = config.office or Office()
+            if self.authenticator is not None:
+                office = office.with_users(frozenset(self.authenticator.users))
+        except (ConfigError, ValueError) as error:
+            self.log.error(
+                "office configuration not reloaded, keeping the old: {e}", e=error
+            )
+            return
+        self.office.office = office
+        self.log.info(
+            "office configuration reloaded: {n} extensions, {g} groups",
+            n=len(office.extensions),
+            g=len(office.groups),
+        )
+
     @override
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
@@ -363,7 +411,7 @@ class SIPServerService(MultiService):
         if hasattr(signal, "SIGHUP"):
             signal.signal(
                 signal.SIGHUP,
-                lambda *_: self._reactor.callFromThread(self.reload_users),
+                lambda *_: self._reactor.callFromThread(self._reload),
             )
         # Everything built at start-up lives as long as the process: keep the
         # collector from walking it again on every full collection.
@@ -469,4 +517,4 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     assert options.config is not None  # set by postOptions
-    return SIPServerService(options.config, reactor)
+    return SIPServerService(options.config, reactor, config_path=options["config"])

@@ -22,7 +22,7 @@ the service wiring awaits :meth:`LocationService.open` at start, which raises
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
@@ -180,6 +180,16 @@ class LocationService(Protocol):
         Cheap enough to call from a timer every few seconds: no store scans
         every binding to find the expired ones.
         """
+
+    async def preferences(self, user: str) -> dict[str, Any]:
+        """The per-user settings stored for ``user`` (forwarding, DND); {} if none.
+
+        Values are JSON types. Office PBX settings set at run time live here, in
+        the same database as the bindings, so a restart keeps them (issue 9).
+        """
+
+    async def set_preferences(self, user: str, prefs: Mapping[str, Any]) -> None:
+        """Replace everything stored for ``user`` with ``prefs``; {} deletes it."""
 
     async def close(self) -> None:
         """Release connections and threads; the store is unusable afterwards."""

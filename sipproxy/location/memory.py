@@ -13,7 +13,8 @@ is housekeeping, never correctness.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from sipproxy.location import Binding, sort_bindings
 
@@ -33,6 +34,7 @@ class MemoryLocationService:
         self._table: dict[str, dict[str, Binding]] = {}
         self._expiry: list[tuple[float, str, str]] = []
         self._compact_at = _MIN_COMPACT
+        self._preferences: dict[str, dict[str, Any]] = {}
 
     async def open(self) -> None:
         """Nothing to connect to."""
@@ -97,9 +99,21 @@ class MemoryLocationService:
                 del self._table[aor]
         return removed
 
+    async def preferences(self, user: str) -> dict[str, Any]:
+        """A copy of what is stored for ``user``."""
+        return dict(self._preferences.get(user, {}))
+
+    async def set_preferences(self, user: str, prefs: Mapping[str, Any]) -> None:
+        """Replace (or with {}, delete) what is stored for ``user``."""
+        if prefs:
+            self._preferences[user] = dict(prefs)
+        else:
+            self._preferences.pop(user, None)
+
     async def close(self) -> None:
         """Forget everything."""
         self._table.clear()
+        self._preferences.clear()
         self._expiry.clear()
 
     def _compact(self) -> None:

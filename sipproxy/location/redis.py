@@ -9,6 +9,8 @@ Theory of operation. Keys, under a configurable prefix ``P`` (``sipproxy:``):
   if nobody ever purges.
 - ``P aors``, a sorted set: member = aor, score = its latest ``expires_at``;
   :meth:`RedisLocationService.aors` reads the members scored after ``now``.
+- ``P prefs:<user>``, a string: the user's preferences as JSON (issue 9: call
+  forwarding and do-not-disturb), with no TTL.
 - ``P due``, a sorted set: member = aor, score = its earliest ``expires_at``;
   :meth:`RedisLocationService.purge` visits only the members scored up to ``now``.
 
@@ -39,7 +41,8 @@ instead of a registration that never completes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import txredisapi
@@ -226,6 +229,23 @@ class RedisLocationService:
             dropped, *_ = await self._script(_UPDATE, _text(aor), args)
             removed += int(dropped)
         return removed
+
+    async def preferences(self, user: str) -> dict[str, Any]:
+        """What is stored for ``user`` (key ``P prefs:<user>``, JSON), or {}."""
+        value = await self._call(self._client().get(self._prefs_key(user)))
+        found: dict[str, Any] = json.loads(_text(value)) if value else {}
+        return found
+
+    async def set_preferences(self, user: str, prefs: Mapping[str, Any]) -> None:
+        """Replace (or with {}, delete) what is stored for ``user``; no TTL."""
+        key = self._prefs_key(user)
+        if prefs:
+            await self._call(self._client().set(key, json.dumps(dict(prefs))))
+        else:
+            await self._call(self._client().delete(key))
+
+    def _prefs_key(self, user: str) -> str:
+        return f"{self.prefix}prefs:{user}"
 
     async def close(self) -> None:
         """Close the connection and stop reconnecting."""

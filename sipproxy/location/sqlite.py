@@ -20,8 +20,9 @@ opened.
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -42,14 +43,20 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteLocationService"]
 
 _T = TypeVar("_T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The schema this code reads and writes."""
 
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+
+def _add_preferences(db: sqlite3.Connection) -> None:
+    """Version 2: per-user preferences (forwarding, DND; issue 9), JSON per user."""
+    db.execute("CREATE TABLE preference (user TEXT PRIMARY KEY, prefs TEXT NOT NULL)")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _add_preferences}
 """``MIGRATIONS[n]`` upgrades a version ``n - 1`` file to version ``n``.
 
 Each runs inside the opening transaction, so a failed migration leaves the file
-as it was. None yet: version 1 is the first.
+as it was. A new file is created at version 1 and migrated like an old one.
 """
 
 _SCHEMA_V1 = """
@@ -146,6 +153,14 @@ class SQLiteLocationService:
         """Delete up to ``limit`` expired rows, found through the expiry index."""
         return await self._run(self._purge, now, limit)
 
+    async def preferences(self, user: str) -> dict[str, Any]:
+        """What is stored for ``user``, or {}."""
+        return await self._run(self._preferences, user)
+
+    async def set_preferences(self, user: str, prefs: Mapping[str, Any]) -> None:
+        """Replace (or with {}, delete) what is stored for ``user``, committed."""
+        await self._run(self._set_preferences, user, json.dumps(dict(prefs)))
+
     async def close(self) -> None:
         """Close the connection and stop the worker thread."""
         if self._shutdown_trigger is not None:
@@ -234,6 +249,26 @@ class SQLiteLocationService:
             "SELECT DISTINCT aor FROM binding WHERE expires_at > ?", (now,)
         )
         return sorted(aor for (aor,) in rows)
+
+    def _preferences(self, user: str) -> dict[str, Any]:
+        row = (
+            self._db()
+            .execute("SELECT prefs FROM preference WHERE user = ?", (user,))
+            .fetchone()
+        )
+        found: dict[str, Any] = json.loads(row[0]) if row else {}
+        return found
+
+    def _set_preferences(self, user: str, prefs: str) -> None:
+        db = self._db()
+        with _transaction(db):
+            if prefs == "{}":
+                db.execute("DELETE FROM preference WHERE user = ?", (user,))
+            else:
+                db.execute(
+                    "INSERT OR REPLACE INTO preference (user, prefs) VALUES (?, ?)",
+                    (user, prefs),
+                )
 
     def _purge(self, now: float, limit: int) -> int:
         db = self._db()

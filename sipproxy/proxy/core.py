@@ -34,6 +34,7 @@ from sipproxy.config import DialRule
 from sipproxy.digest import Authenticator, Outcome
 from sipproxy.guard import BanList, ban_line
 from sipproxy.location import Binding, Flow, LocationService
+from sipproxy.proxy import pbx
 from sipproxy.proxy.auth import NEVER_CHALLENGED, credentials_header, may_act
 from sipproxy.proxy.checks import (
     RejectedError,
@@ -45,6 +46,19 @@ from sipproxy.proxy.checks import (
 )
 from sipproxy.proxy.dialplan import loose_route, route_by_dialplan
 from sipproxy.proxy.flows import decode_flow, encode_flow
+from sipproxy.proxy.pbx import (
+    CallPlan,
+    Forward,
+    Forwarding,
+    OfficePreferences,
+    Refuse,
+    Ring,
+    Step,
+    Target,
+    diversion_headers,
+    history_info_headers,
+    outcome_of,
+)
 from sipproxy.proxy.routing import (
     is_loop,
     loop_key,
@@ -156,6 +170,22 @@ class ResponseContext:
     best: Response | None = None
     answered: bool = False
     cancelled: bool = False
+    #: an office PBX call (issue 9): extension, group or forwarding
+    office: _OfficeCall | None = None
+
+
+@dataclass
+class _OfficeCall:
+    """A call the office PBX plan steers (issue 9): what it rings, where it goes."""
+
+    plan: CallPlan
+    #: the request as it arrived; forwarded copies are made from it
+    original: Request
+    #: the request as sent to the current destination (its URI and headers)
+    request: Request
+    #: the no-answer timer of the current attempt
+    timer: IDelayedCall | None = None
+    rang_out: bool = False
 
 
 class Proxy:
@@ -176,6 +206,7 @@ class Proxy:
         auth: Authenticator | None = None,
         bans: BanList | None = None,
         secret: bytes | None = None,
+        office: OfficePreferences | None = None,
     ) -> None:
         """Take collaborators; nothing happens until messages arrive.
 
@@ -183,6 +214,7 @@ class Proxy:
         :param known_user: whether an AOR is a user of ours (no binding: 480 for
             a user, 404 for anyone else); None when there is no user list.
         :param secret: keys To tags and flow tokens; random per start if None.
+        :param office: extensions, ring groups, forwarding (issue 9); None: none.
         """
         self.settings = settings
         self._clock = clock
@@ -195,6 +227,7 @@ class Proxy:
         self._known_user = known_user
         self._auth = auth
         self._bans = bans
+        self._office = office
         self._contexts: dict[int, ResponseContext] = {}
         self._branches: dict[int, tuple[ResponseContext, _Branch]] = {}
         self.layer = TransactionLayer(self, clock)
@@ -366,7 +399,14 @@ class Proxy:
                     request, [loose_route(self.settings.outbound_proxy)]
                 )
             targets = await self._targets_by_uri(request, None)
+        elif (
+            call := self._office_call(request, has_route, inbound_flow, ours_domain)
+        ) is not None:
+            await self._office_begin(call, transaction, request, key, peer, channel)
+            return
         else:
+            if ours_domain and not has_route and inbound_flow is None:
+                request = self._office_extension(request)
             targets = await self._targets(request, inbound_flow, has_route, ours_domain)
         if _is_sips(request.uri):
             targets = self._tls_only(targets)
@@ -585,7 +625,9 @@ class Proxy:
         targets: list[_Target],
         peer: Peer,
         channel: Channel,
-    ) -> None:
+        *,
+        parallel: bool | None = None,
+    ) -> ResponseContext:
         context = ResponseContext(
             transaction,
             request,
@@ -594,12 +636,15 @@ class Proxy:
             inbound_connection=getattr(channel, "connection_id", None),
         )
         self._contexts[id(transaction)] = context
-        if self.settings.forking == "parallel":
+        if parallel is None:
+            parallel = self.settings.forking == "parallel"
+        if parallel:
             for target in targets:
                 self._send_branch(context, target)
         else:
             context.pending = targets[1:]
             self._send_branch(context, targets[0])
+        return context
 
     def _send_branch(self, context: ResponseContext, target: _Target) -> None:
         request = self._outgoing(context, target)
@@ -730,12 +775,22 @@ class Proxy:
         if response.status in _TRY_NEXT and context.pending and not context.cancelled:
             self._send_branch(context, context.pending.pop(0))
             return
+        if response.status not in _TRY_NEXT:
+            # The phone said no (486, 603...): the next ones are not tried, and
+            # the answer must not wait for branches that will never be sent.
+            context.pending.clear()
         if all(b.final is not None for b in context.branches) and not context.pending:
             self._final(context, context.best)
 
     def _final(self, context: ResponseContext, response: Response) -> None:
         if context.answered:
             return
+        if context.office is not None:
+            # The office plan may forward instead (busy, no answer, unavailable).
+            after = self._office_after(context, response)
+            if after is None:
+                return
+            response = after
         if response.status == 503:
             # §16.7 step 6: "the proxy SHOULD generate a 500 [...] instead" of
             # passing on a 503, which would make upstream give up on us.
@@ -810,6 +865,229 @@ class Proxy:
             connection_id=target.connection_id,
             server_name=target.server_name,
         )
+
+    # -- office PBX (issue 9): the plan in pbx.py, executed here ---------------------
+
+    def _office_call(
+        self,
+        request: Request,
+        has_route: bool,
+        flow: tuple[Peer, str | None] | None,
+        ours_domain: bool,
+    ) -> _OfficeCall | None:
+        """An office call for a new INVITE to a user, extension or group of ours."""
+        if (
+            self._office is None
+            or request.method != "INVITE"
+            or not ours_domain
+            or has_route
+            or flow is not None
+            or request.to_addr.tag is not None
+        ):
+            return None
+        uri = request.request_uri
+        assert isinstance(uri, SipURI)
+        if uri.user is None:
+            return None
+        destination = self._office.office.destination(uri.user)
+        if destination is None:
+            return None
+        plan = CallPlan(self._office.office, uri.host.lower())
+        call = _OfficeCall(plan, request, request)
+        call.plan.current = destination
+        return call
+
+    def _office_extension(self, request: Request) -> Request:
+        """Other requests to an extension (MESSAGE, SUBSCRIBE) go to its user."""
+        uri = request.request_uri
+        if self._office is None or not isinstance(uri, SipURI) or uri.user is None:
+            return request
+        user = self._office.office.extensions.get(uri.user)
+        if user is None:
+            return request
+        return replace(request, uri=str(replace(uri, user=user)))
+
+    async def _office_begin(
+        self,
+        call: _OfficeCall,
+        transaction: ServerTransaction,
+        request: Request,
+        key: str,
+        peer: Peer,
+        channel: Channel,
+    ) -> None:
+        destination = call.plan.current
+        assert destination is not None
+        forwarding = await self._office_forwarding(call, destination)
+        first = call.plan.enter(destination, forwarding)
+        targets, ring = await self._office_resolve(call, first)
+        context = self._start(
+            transaction, request, key, targets, peer, channel, parallel=ring.parallel
+        )
+        context.office = call
+        self._office_arm(context, ring)
+
+    async def _office_forwarding(self, call: _OfficeCall, target: Target) -> Forwarding:
+        """The TOML forwarding of a user or group, with stored values winning."""
+        assert self._office is not None
+        name = call.plan.name_of(target)
+        return await self._office.effective(name) if name else Forwarding()
+
+    async def _office_resolve(
+        self, call: _OfficeCall, step: Step | None
+    ) -> tuple[list[_Target], Ring]:
+        """Follow the plan until something rings; RejectedError if nothing can."""
+        status = 480
+        while True:
+            if step is None:
+                raise RejectedError(status)
+            if isinstance(step, Refuse):
+                raise RejectedError(step.status, step.reason)
+            if isinstance(step, Forward):
+                refused = call.plan.retarget(step)
+                if refused is not None:
+                    raise RejectedError(refused.status, refused.reason)
+                call.request = self._office_forwarded(call, step)
+                forwarding = await self._office_forwarding(call, step.target)
+                step = call.plan.enter(step.target, forwarding)
+                continue
+            try:
+                targets = await self._office_targets(call, step)
+            except RejectedError as rejection:
+                targets, status = [], rejection.status
+            if targets:
+                return targets, step
+            step = call.plan.ended(pbx.Outcome.UNAVAILABLE)
+
+    async def _office_targets(self, call: _OfficeCall, ring: Ring) -> list[_Target]:
+        if ring.uri is not None:
+            return await self._targets_by_uri(replace(call.request, uri=ring.uri), None)
+        targets: list[_Target] = []
+        known = False
+        for user in ring.users:
+            # A group member on do-not-disturb is skipped, not rung.
+            if (
+                ring.newest_only
+                and self._office is not None
+                and (await self._office.effective(user)).dnd
+            ):
+                continue
+            aor = SipURI.parse(f"sip:{user}@{call.plan.domain}").aor()
+            known = known or (self._known_user is not None and self._known_user(aor))
+            bindings = await self._location.bindings(aor, now=self._clock.seconds())
+            for binding in bindings[:1] if ring.newest_only else bindings:
+                targets.extend(await self._targets_for_binding(call.request, binding))
+        if not targets:
+            # A group's members are users: nobody reachable is 480, never 404.
+            raise RejectedError(480 if known or ring.newest_only else 404)
+        return targets
+
+    def _office_forwarded(self, call: _OfficeCall, step: Forward) -> Request:
+        """The INVITE retargeted to ``step.target``, with Diversion and History-Info.
+
+        RFC 5806 §4: the newest Diversion comes first, above any received ones;
+        RFC 7044: History-Info is added only when the caller sent none, so
+        the indices stay ours.
+        """
+        original = call.original
+        uri = call.plan.uri_of(step.target)
+        headers = original.headers
+        hops = call.plan.hops
+        diversions = diversion_headers(hops)
+        if "diversion" in headers:
+            for value in reversed(diversions):
+                headers = headers.prepend("Diversion", value)
+        else:
+            headers = headers.extend(("Diversion", v) for v in diversions)
+        if "history-info" not in headers:
+            headers = headers.extend(
+                ("History-Info", v) for v in history_info_headers(hops, uri)
+            )
+        return replace(original, uri=uri, headers=headers)
+
+    def _office_arm(self, context: ResponseContext, ring: Ring) -> None:
+        call = context.office
+        assert call is not None
+        call.rang_out = False
+        if ring.seconds is not None:
+            call.timer = self._clock.callLater(
+                ring.seconds, self._office_rang_out, context
+            )
+
+    def _office_rang_out(self, context: ResponseContext) -> None:
+        """Nobody answered in time: end the attempt as Timer C would (§16.8)."""
+        call = context.office
+        if call is None or context.answered or context.cancelled:
+            return
+        call.timer = None
+        call.rang_out = True
+        context.pending.clear()
+        for branch in list(context.branches):
+            if branch.final is not None:
+                continue
+            if branch.provisional:
+                self._cancel_branch(branch)
+            else:
+                self._branch_response(
+                    context, branch, _synthesized(branch.request, 408)
+                )
+
+    def _office_after(
+        self, context: ResponseContext, response: Response
+    ) -> Response | None:
+        """The attempt ended with ``response``: the answer to send, or None.
+
+        None: the plan goes on (the next member of a group, a forwarding target).
+        """
+        call = context.office
+        assert call is not None
+        if call.timer is not None and call.timer.active():
+            call.timer.cancel()
+        call.timer = None
+        if response.status < 300 or context.cancelled:
+            return response
+        outcome = outcome_of(response.status, rang_out=call.rang_out)
+        step = call.plan.ended(outcome)
+        if step is None:
+            return _synthesized(context.request, 480) if call.rang_out else response
+        if isinstance(step, Refuse):
+            return context.request.response(step.status, step.reason)
+        context.best = None
+        Deferred.fromCoroutine(self._office_next(context, step)).addErrback(
+            self._office_failed, context
+        )
+        return None
+
+    async def _office_next(self, context: ResponseContext, step: Step) -> None:
+        call = context.office
+        assert call is not None
+        try:
+            targets, ring = await self._office_resolve(call, step)
+        except RejectedError as rejection:
+            context.office = None
+            self._final(
+                context, context.request.response(rejection.status, rejection.reason)
+            )
+            return
+        if context.cancelled:
+            context.office = None
+            self._final(context, _synthesized(context.request, 487))
+            return
+        parallel = ring.parallel
+        if parallel is None:
+            parallel = self.settings.forking == "parallel"
+        if parallel:
+            for target in targets:
+                self._send_branch(context, target)
+        else:
+            context.pending = targets[1:]
+            self._send_branch(context, targets[0])
+        self._office_arm(context, ring)
+
+    def _office_failed(self, failure: Any, context: ResponseContext) -> None:
+        self.log.failure("office call failed", failure)
+        context.office = None
+        self._final(context, _synthesized(context.request, 500))
 
     # -- authentication (issue 5) ------------------------------------------------
 

@@ -335,3 +335,19 @@ def test_known_user_without_binding_gets_480_stranger_404() -> None:
     assert statuses(h.sent_to(ALICE)) == [100, 480]
     h.receive(invite("nobody", call_id="c-nobody", branch="z9hG4bKn1"), ALICE)
     assert statuses(h.sent_to(ALICE)) == [100, 404]
+
+
+def test_sequential_forking_stops_at_a_busy_phone() -> None:
+    """The newest phone answers 486: the caller gets it, the older one is not tried.
+
+    Before, the untried binding stayed pending and the caller never got a final
+    answer.
+    """
+    h = Harness()
+    h.register("bob", BOB2, at=0)
+    h.register("bob", BOB, at=1)
+    h.receive(invite(), ALICE)
+    to_bob = forwarded_invite(h)
+    h.receive(answer(to_bob, 486), BOB)
+    assert statuses(h.sent_to(ALICE)) == [100, 486]
+    assert h.sent_to(BOB2) == []
