@@ -19,7 +19,6 @@ every final decision is one log line.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import itertools
 import os
 from collections.abc import Awaitable, Callable, Sequence
@@ -80,6 +79,7 @@ from sipproxy.transaction.layer import (
 from sipproxy.transport.peer import (
     Channel,
     Peer,
+    ip_of,
     response_destination,
     stamp_received,
 )
@@ -1323,10 +1323,8 @@ def _direct_contact(binding: Binding) -> Peer | None:
 
 
 def _same_ip(a: str, b: str) -> bool:
-    try:
-        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
-    except ValueError:
-        return False
+    left = ip_of(a)
+    return left is not None and left == ip_of(b)
 
 
 def _with_routes(request: Request, routes: Sequence[str]) -> Request:
@@ -1390,11 +1388,7 @@ def _is_sips(uri: str) -> bool:
 
 
 def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+    return ip_of(host) is not None
 
 
 def _cseq_method(headers: Headers | None) -> str | None:

@@ -5,6 +5,7 @@ Pure functions over values: the Twisted protocols in this package call them.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import Protocol
@@ -56,15 +57,24 @@ class MessageReceiver(Protocol):
         """Bytes from ``peer`` did not parse (``error`` is a ParseError)."""
 
 
+@functools.lru_cache(maxsize=4096)
+def ip_of(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``text`` as an IP address (brackets allowed), or None if it is none.
+
+    Cached: the same few thousand peer addresses are compared on every message,
+    and ipaddress parses in Python (bench/hotpath.py).
+    """
+    try:
+        return ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
+
+
 def _same_address(a: str, b: str) -> bool:
     if a == b:
         return True
-    try:
-        return ipaddress.ip_address(a.strip("[]")) == ipaddress.ip_address(
-            b.strip("[]")
-        )
-    except ValueError:
-        return False
+    left = ip_of(a)
+    return left is not None and left == ip_of(b)
 
 
 def stamp_received(headers: Headers, peer: Peer) -> Headers:
