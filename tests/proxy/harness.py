@@ -11,6 +11,7 @@ from sipproxy.config import DialRule
 from sipproxy.location import Binding, Flow
 from sipproxy.location.memory import MemoryLocationService
 from sipproxy.proxy.core import Proxy, ProxySettings
+from sipproxy.proxy.observer import ProxyObserver
 from sipproxy.sip.message import Request, Response
 from sipproxy.sip.parser import parse_message
 from sipproxy.testing import FakeDatagramTransport, UDPMemoryReactor
@@ -42,6 +43,7 @@ class Harness:
         dialplan: tuple[DialRule, ...] = (),
         outbound_proxy: str | None = None,
         known_users: frozenset[str] = frozenset(),
+        observer: ProxyObserver | None = None,
     ) -> None:
         self.clock = UDPMemoryReactor()
         self.transports = Transports(self.clock)
@@ -61,6 +63,7 @@ class Harness:
             location=self.location,
             known_user=lambda aor: aor in known_users,
             secret=b"s" * 32,
+            observer=observer,
         )
         self.udp = SIPDatagramProtocol(self.proxy.layer)
         self.socket: FakeDatagramTransport = self.clock.listenUDP(
