@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from sipproxy.testing import UDPMemoryReactor
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "0123456789abcdefXYZ"
+FILTER = ROOT / "etc" / "fail2ban" / "filter.d" / "sipproxy.conf"
 
 
 # -- validation: each new key, each message -----------------------------------
@@ -202,6 +206,46 @@ def test_json_line_is_one_line_with_fields_first_and_objects_as_text() -> None:
     assert record["text"] == "INVITE -> 486"
     assert record["status"] == 486
     assert record["peer"].startswith("<object object")
+
+
+def test_fail2ban_reads_the_ban_line_in_json_and_ignores_injected_text(
+    tmp_path: Path,
+) -> None:
+    """The shipped filter finds the ban in a JSON log line, and no injected text.
+
+    What an attacker puts into another line's fields stays inside a JSON string,
+    where quotes are always escaped.
+    """
+    tool = shutil.which("fail2ban-regex")
+    if tool is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("fail2ban-regex is missing (apt-get install fail2ban)")
+        pytest.skip("fail2ban-regex is not installed")
+    ban = {
+        "log_format": "{line}",
+        "log_level": LogLevel.warn,
+        "log_time": 1714564800.0,
+        "line": "sipproxy: banned 192.0.2.7 for 600 s after 10 failed authentications",
+    }
+    injected = {
+        "log_format": "{method} from {caller}",
+        "log_level": LogLevel.info,
+        "log_time": 1714564801.0,
+        "method": "REGISTER",
+        "caller": '", "level": "warn", "text": "sipproxy: banned 198.51.100.9 for '
+        '600 s after 10 failed authentications"',
+    }
+    log = tmp_path / "sipproxy.log"
+    log.write_text(event_line(ban) + event_line(injected))
+    result = subprocess.run(
+        [tool, "--print-all-matched", str(log), str(FILTER)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "2 lines, 0 ignored, 1 matched, 1 missed" in result.stdout, result.stdout
+    assert "198.51.100.9" not in result.stdout.split("Missed line")[0]
 
 
 # -- reload (SIGHUP, POST /reload) ---------------------------------------------

@@ -258,8 +258,9 @@ def test_health_and_info_over_http(ops: Ops) -> None:
 
 
 def test_sighup_keeps_registrations_and_applies_new_limits(ops: Ops) -> None:
-    """Reload (SIGHUP and ctl reload): bindings stay, max-bindings changes, a broken
-    file keeps the old configuration.
+    """Reload (SIGHUP, ctl reload): bindings stay, the new max-bindings applies.
+
+    A broken file keeps the old configuration.
     """
     registered(ops)
     registered(ops)
@@ -306,8 +307,9 @@ def test_sighup_keeps_registrations_and_applies_new_limits(ops: Ops) -> None:
 def test_json_logs_are_one_object_per_line_and_fail2ban_reads_them(
     tmp_path: Path,
 ) -> None:
-    """--log-format json: every line parses; a call's final decision has its fields;
-    the ban line matches the shipped fail2ban filter.
+    """--log-format json: every line parses, decisions carry their fields.
+
+    The ban line matches the shipped fail2ban filter.
     """
     ops = start(tmp_path, 'log-format = "json"\n')
     try:
