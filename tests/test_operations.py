@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -372,3 +373,37 @@ def test_rate_limit_zero_turns_the_limiter_off_and_back_on(
     server.reload()
     assert server.rate_limiter is not None
     assert server.rate_limiter.rate == 100.0
+
+
+# -- layering: the core knows nothing of metrics or HTTP ---------------------
+
+
+CORE = [
+    *sorted((ROOT / "sipproxy" / "proxy").glob("*.py")),
+    *sorted((ROOT / "sipproxy" / "transaction").glob("*.py")),
+    *sorted((ROOT / "sipproxy" / "transport").glob("*.py")),
+    ROOT / "sipproxy" / "registrar.py",
+    ROOT / "sipproxy" / "guard.py",
+    ROOT / "sipproxy" / "metrics.py",
+]
+
+
+@pytest.mark.parametrize("path", CORE, ids=lambda p: p.name)
+def test_core_reports_through_hooks_not_libraries(path: Path) -> None:
+    """Only metrics.py imports prometheus_client; nothing below tap/admin does HTTP."""
+    tree = ast.parse(path.read_text())
+    names = {
+        alias.name
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Import)
+        for alias in n.names
+    }
+    names |= {
+        n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+    }
+    for name in names:
+        assert not name.startswith(("twisted.web", "sipproxy.admin", "sipproxy.tap")), (
+            name
+        )
+        if path.name != "metrics.py":
+            assert not name.startswith(("prometheus_client", "sipproxy.metrics")), name
