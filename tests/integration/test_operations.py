@@ -341,3 +341,26 @@ def test_json_logs_are_one_object_per_line_and_fail2ban_reads_them(
         line for line in done.stdout.splitlines() if line.startswith("Failregex:")
     ]
     assert matched and matched[0].split()[1] == "1", done.stdout
+
+
+def test_admin_without_a_token_is_loopback_only_and_warned(tmp_path: Path) -> None:
+    """No token: the API works on loopback, and the log says so loudly."""
+    port, admin_port = free_port(), free_port()
+    server = start_twistd(
+        [
+            "--domain", REALM, "--listen", f"udp:{port}:interface=127.0.0.1",
+            "--admin", f"tcp:{admin_port}",
+        ],
+        port,
+        tmp_path / "twistd.log",
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{admin_port}/stats"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert json.loads(response.read())["registrations"] == 0
+        assert (
+            f"admin API on tcp:{admin_port}:interface=127.0.0.1 has NO TOKEN: anyone "
+            "on this host can use it; set admin-token-file" in server.log_text()
+        )
+    finally:
+        stop(server.process)
