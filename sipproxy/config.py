@@ -231,6 +231,18 @@ class Config:
     tls_ca: str | None = None
     #: office PBX: extensions, ring groups, forwarding (issue 9); None: none
     office: Office | None = None
+    #: the admin HTTP API's address (tcp only; loopback unless an interface is given)
+    admin: ListenSpec | None = None
+    #: the bearer token of the admin API (from admin-token or admin-token-file)
+    admin_token: str | None = None
+    #: the file admin_token was read from, if any
+    admin_token_file: str | None = None
+    #: "text" (twistd's lines) or "json" (one object per line, for log shippers)
+    log_format: str = "text"
+
+
+#: Shortest admin token accepted: 16 characters is 96 bits as base64.
+MIN_TOKEN_LENGTH = 16
 
 
 # key -> (kind, accepted as list); kinds validated in _coerce.
@@ -261,6 +273,10 @@ _KEYS: dict[str, str] = {
     "groups": "office",
     "forward": "office",
     "max-forward-depth": "office",
+    "admin": "admin",
+    "admin-token": "token",
+    "admin-token-file": "path",
+    "log-format": "log-format",
 }
 
 
@@ -300,7 +316,12 @@ def build_config(
         settings["domains"] = settings.pop("domain")
     if "alias" in settings:
         settings["aliases"] = settings.pop("alias")
+    if "admin_token_file" in settings:
+        if "admin_token" in settings:
+            raise ConfigError("admin-token and admin-token-file: give only one")
+        settings["admin_token"] = _read_token(settings["admin_token_file"])
     config = Config(**settings)
+    _check_admin(config)
     if not config.min_expires <= config.default_expires <= config.max_expires:
         raise ConfigError(
             f"expiry: need min-expires ({config.min_expires}) <= default-expires "
@@ -364,6 +385,14 @@ def _coerce(key: str, value: Any) -> Any:
         raise ConfigError(f"{key} = {value!r}: use yes or no")
     if kind == "dialplan":
         return _dialplan(value)
+    if kind == "admin":
+        return _admin(value)
+    if kind == "token":
+        return _token(key, value)
+    if kind == "log-format":
+        if value not in ("text", "json"):
+            raise ConfigError(f"log-format = {value!r}: use text or json")
+        return value
     if kind == "sip-uri":
         if not isinstance(value, str) or not value.startswith(("sip:", "sips:")):
             raise ConfigError(f"{key} = {value!r}: expected a sip: or sips: URI")
@@ -399,6 +428,69 @@ def _coerce(key: str, value: Any) -> Any:
             )
         return int(number)
     return float(number)
+
+
+def _admin(value: Any) -> ListenSpec:
+    """``tcp:PORT[:interface=IP]``; without an interface, loopback only."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"admin = {value!r}: expected e.g. tcp:8080")
+    parts = _split_endpoint(value)
+    if parts[0].lower() != "tcp":
+        raise ConfigError(f"admin {value!r}: only tcp is supported, e.g. tcp:8080")
+    positional = [p for p in parts[1:] if "=" not in p]
+    if len(positional) != 1:
+        raise ConfigError(f"admin {value!r}: give exactly one port, e.g. tcp:8080")
+    port = _port(positional[0], f"admin {value!r}")
+    interface = "127.0.0.1"
+    for key, _, option in (p.partition("=") for p in parts[1:] if "=" in p):
+        if key != "interface":
+            raise ConfigError(f"admin {value!r}: unknown option {key!r}")
+        interface = option.removeprefix("[").removesuffix("]")
+        try:
+            ipaddress.ip_address(interface)
+        except ValueError:
+            raise ConfigError(
+                f"admin {value!r}: interface {option!r} is not an IP address"
+            ) from None
+    return ListenSpec("tcp", port, interface)
+
+
+def _token(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string")
+    # Never echo the value: a token in an error message ends up in a log.
+    if len(value) < MIN_TOKEN_LENGTH or any(c.isspace() for c in value):
+        raise ConfigError(
+            f"{key}: the token must be at least {MIN_TOKEN_LENGTH} characters "
+            "without spaces (e.g. from: openssl rand -base64 24)"
+        )
+    return value
+
+
+def _read_token(path: str) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"admin-token-file {path!r}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"admin-token-file {path!r}: not UTF-8 text") from None
+    return _token(f"admin-token-file {path!r}", text.strip())
+
+
+def _check_admin(config: Config) -> None:
+    """Refuse an admin API that anyone on the network could use."""
+    if config.admin is None:
+        if config.admin_token is not None:
+            raise ConfigError("admin-token: set, but admin (the API's address) is not")
+        return
+    if (
+        config.admin_token is None
+        and not ipaddress.ip_address(config.admin.interface).is_loopback
+    ):
+        raise ConfigError(
+            f"admin {config.admin}: a non-loopback address needs admin-token or "
+            "admin-token-file"
+        )
 
 
 def _dialplan(value: Any) -> tuple[DialRule, ...]:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import formatdate
 
 from twisted.internet.defer import Deferred
@@ -486,6 +486,26 @@ class Registrar:
         self._settings = settings
         #: AORs being changed -> the REGISTERs waiting for them, in order
         self._busy: dict[str, list[Deferred[None]]] = {}
+
+    def reconfigure(
+        self,
+        *,
+        default_expires: int,
+        min_expires: int,
+        max_expires: int,
+        max_bindings: int,
+    ) -> None:
+        """Change the limits at run time (SIGHUP); stored bindings are untouched.
+
+        The next REGISTER of each AOR is judged by the new limits.
+        """
+        self._settings = replace(
+            self._settings,
+            default_expires=default_expires,
+            min_expires=min_expires,
+            max_expires=max_expires,
+            max_bindings=max_bindings,
+        )
 
     async def register(
         self, request: Request, flow: Flow, *, now: float

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
+import ipaddress
 import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -20,14 +22,18 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
+from twisted.web.server import Site
 from typing_extensions import override
 
 from sipproxy import __version__
+from sipproxy.admin import AdminAPI
 from sipproxy.config import Config, ConfigError, ListenSpec, build_config, read_toml
 from sipproxy.digest import Authenticator
 from sipproxy.guard import BanList, ConnectionLimiter, RateLimiter
 from sipproxy.htdigest import load_users
 from sipproxy.location import location_from_spec
+from sipproxy.logs import use_json_logs
+from sipproxy.metrics import Metrics, Snapshot
 from sipproxy.proxy.core import Proxy, ProxySettings
 from sipproxy.proxy.pbx import Office, OfficePreferences
 from sipproxy.registrar import Registrar, RegistrarSettings
@@ -104,6 +110,26 @@ class Options(usage.Options):
             None,
             "PEM file of CAs trusted for TLS servers (default: the system's).",
         ],
+        [
+            "admin",
+            None,
+            None,
+            "Admin HTTP API (JSON, /metrics, /health), e.g. tcp:8080; loopback "
+            "unless interface= says otherwise (then a token is required).",
+        ],
+        [
+            "admin-token",
+            None,
+            None,
+            "Bearer token of the admin API; better: admin-token-file.",
+        ],
+        [
+            "admin-token-file",
+            None,
+            None,
+            "File holding the admin API's bearer token (one line).",
+        ],
+        ["log-format", None, None, "text (default) or json: one object per line."],
     ]
 
     def __init__(self) -> None:
@@ -111,6 +137,8 @@ class Options(usage.Options):
         for key in ("domain", "listen", "alias", "dns", "trusted"):
             self[key] = []
         self.config: Config | None = None
+        #: the command line's values, applied again over the file on reload
+        self.cli_values: dict[str, Any] = {}
 
     def opt_domain(self, value: str) -> None:
         """SIP domain this server is responsible for (repeatable; default localhost)."""
@@ -173,8 +201,13 @@ class Options(usage.Options):
                 "trusted",
                 "tls-verify",
                 "tls-ca",
+                "admin",
+                "admin-token",
+                "admin-token-file",
+                "log-format",
             )
         }
+        self.cli_values = cli
         try:
             file_values = read_toml(self["config"]) if self["config"] else {}
             self.config = build_config(file_values, cli)
@@ -191,6 +224,17 @@ class Options(usage.Options):
             tls_client(self.config)  # unreadable key, certificate or CA: say so now
         except (ConfigError, ValueError, OSError) as error:
             raise usage.UsageError(str(error)) from None
+        parent = getattr(self, "parent", None)
+        # twistd picks its log observer from its own --logger option, after this
+        # method and before makeService.
+        if (
+            self.config.log_format == "json"
+            and parent is not None
+            and parent.get("logger") is None
+        ):
+            parent["logger"] = use_json_logs(
+                parent.get("logfile"), nodaemon=bool(parent.get("nodaemon"))
+            )
 
 
 class SIPServerService(MultiService):
@@ -199,13 +243,26 @@ class SIPServerService(MultiService):
     log = Logger()
 
     def __init__(
-        self, config: Config, reactor: Any, *, config_path: str | None = None
+        self,
+        config: Config,
+        reactor: Any,
+        *,
+        config_path: str | None = None,
+        cli_values: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.config = config
         #: the --config file, re-read for the office sections on SIGHUP
         self.config_path = config_path
         self._reactor = reactor
+        # Reload (SIGHUP, POST /reload) reads the file again under the same
+        # command line, which still wins.
+        self._config_path = config_path
+        self._cli_values = dict(cli_values or {})
+        self.started_at = reactor.seconds()
+        self.metrics = Metrics(self._snapshot)
+        self.admin_port: IListeningPort | None = None
+        self._open = False
         self.ports: list[tuple[ListenSpec, IListeningPort]] = []
         hosts = {*config.domains, *config.aliases}
         hosts.update(spec.interface for spec in config.listen if spec.interface)
@@ -279,6 +336,7 @@ class SIPServerService(MultiService):
             auth=self.authenticator,
             bans=self.bans,
             office=self.office,
+            observer=self.metrics,
         )
         self.stream_factories: dict[str, SIPStreamFactory] = {}
         self._purge: LoopingCall | None = None
@@ -296,6 +354,8 @@ class SIPServerService(MultiService):
                 raise SystemExit(
                     f"sipproxy: error: cannot listen on {spec}: {error.socketError}"
                 ) from None
+        if self.config.admin is not None:
+            self._listen_admin(self.config.admin)
         super().privilegedStartService()  # type: ignore[no-untyped-call]
 
     def _listen(self, spec: ListenSpec) -> IListeningPort:
@@ -341,14 +401,40 @@ class SIPServerService(MultiService):
         )
         return port
 
+    def _listen_admin(self, spec: ListenSpec) -> None:
+        api = AdminAPI(self, token=self.config.admin_token, metrics=self.metrics)
+        site = _QuietSite(api)  # type: ignore[no-untyped-call]
+        site.noisy = False
+        site.displayTracebacks = False
+        try:
+            self.admin_port = self._reactor.listenTCP(
+                spec.port, site, interface=spec.interface
+            )
+        except CannotListenError as error:
+            for _, port in self.ports:
+                port.stopListening()
+            raise SystemExit(
+                f"sipproxy: error: cannot listen on admin {spec}: {error.socketError}"
+            ) from None
+        if self.config.admin_token is None:
+            self.log.warn(
+                "admin API on {where} has NO TOKEN: anyone on this host can use "
+                "it; set admin-token-file",
+                where=spec,
+            )
+
     def _admit(self, source_ip: str) -> bool:
         """Banned sources are ignored; one flooding source loses only its excess."""
         if source_ip in self.config.trusted:
             return True
         now = self._reactor.seconds()
         if self.bans.is_banned(source_ip, now):
+            self.metrics.dropped_banned()
             return False
-        return self.rate_limiter is None or self.rate_limiter.allow(source_ip, now)
+        if self.rate_limiter is None or self.rate_limiter.allow(source_ip, now):
+            return True
+        self.metrics.rate_limited()
+        return False
 
     def _known_user(self, aor: str) -> bool:
         """Whether an AOR is a user of ours (no binding then means 480, not 404)."""
@@ -357,48 +443,175 @@ class SIPServerService(MultiService):
         user = aor.partition(":")[2].rpartition("@")[0]
         return user in self.authenticator.users
 
-    def reload_users(self) -> None:
-        """SIGHUP: re-read the users file; a broken one keeps the old users."""
-        if self.authenticator is None or self.config.users is None:
-            return
-        try:
-            users = load_users(self.config.users, self.config.domains[0])
-        except (ValueError, OSError) as error:
-            self.log.error(
-                "users file not reloaded, keeping the old users: {e}", e=error
-            )
-            return
-        self.authenticator.users = users
-        self.log.info("users file reloaded: {n} users", n=len(users.entries))
+    # -- what the admin API asks (sipproxy.admin.AdminServer) -------------------
 
-    def _reload(self) -> None:
-        self.reload_users()
-        self.reload_office()
+    def seconds(self) -> float:
+        """The current time, from the reactor."""
+        return float(self._reactor.seconds())
 
-    def reload_office(self) -> None:
-        """SIGHUP: re-read the office PBX sections; a broken file keeps the old.
+    def health(self) -> str | None:
+        """None while listening with the store open; else why not."""
+        if not self._open:
+            return "location store not open" if self.ports else "not listening"
+        if not self.ports:
+            return "not listening"
+        return None
 
-        Only a server started with office sections reloads them (issue 9);
-        forwarding and DND set at run time stay in the store and keep winning.
-        """
-        if self.office is None or self.config_path is None:
-            return
-        try:
-            config = build_config(read_toml(self.config_path), {})
-            office = config.office or Office()
-            if self.authenticator is not None:
-                office = office.with_users(frozenset(self.authenticator.users))
-        except (ConfigError, ValueError) as error:
-            self.log.error(
-                "office configuration not reloaded, keeping the old: {e}", e=error
-            )
-            return
-        self.office.office = office
-        self.log.info(
-            "office configuration reloaded: {n} extensions, {g} groups",
-            n=len(office.extensions),
-            g=len(office.groups),
+    def info(self) -> dict[str, Any]:
+        """Version, uptime, listeners, store; JSON-ready."""
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime": round(self.seconds() - self.started_at, 1),
+            "domains": list(self.config.domains),
+            "listeners": [
+                f"{spec.transport} {_hostport(port)}" for spec, port in self.ports
+            ],
+            "admin": _hostport(self.admin_port) if self.admin_port else None,
+            "location": _redacted(self.config.location),
+            "users": self.config.users,
+            "forking": self.config.forking,
+            "dialplan_rules": len(self.config.dialplan),
+            "rate_limit": self.config.rate_limit,
+            "rate_burst": self.config.rate_burst,
+            "max_bindings": self.config.max_bindings,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Transactions, proxy contexts, connections, read now; JSON-ready."""
+        snapshot = self._snapshot()
+        return {
+            "transactions": dict(snapshot.transactions),
+            "proxy_contexts": snapshot.proxy_contexts,
+            "connections": dict(snapshot.connections),
+            "uptime": round(snapshot.uptime, 1),
+        }
+
+    def _snapshot(self) -> Snapshot:
+        now = self.seconds()
+        return Snapshot(
+            transactions=self.proxy.layer.counts(),
+            proxy_contexts=self.proxy.pending_contexts(),
+            connections={
+                name: len(factory.connections)
+                for name, factory in self.stream_factories.items()
+            },
+            bans=len(self.bans.bans(now)),
+            uptime=now - self.started_at,
         )
+
+    def reload(self) -> dict[str, Any]:
+        """SIGHUP and POST /reload: apply the file's users, dial plan and limits.
+
+        Registrations, transactions and connections are untouched. A file that
+        does not validate changes nothing and the log says why. Options that only
+        a restart can change (addresses, store, admin API) are reported, not
+        applied.
+        """
+        try:
+            file_values = read_toml(self._config_path) if self._config_path else {}
+            new = build_config(file_values, self._cli_values)
+        except (ConfigError, ValueError, OSError) as error:
+            self.log.error(
+                "configuration not reloaded, keeping the old one: {why}", why=error
+            )
+            return {"reloaded": False, "error": str(error)}
+        users = None
+        if new.users is not None and self.authenticator is not None:
+            try:
+                users = load_users(new.users, new.domains[0])
+            except (ValueError, OSError) as error:
+                self.log.error(
+                    "users file not reloaded, keeping the old users (and the old "
+                    "configuration): {e}",
+                    e=error,
+                )
+                return {"reloaded": False, "error": f"users file: {error}"}
+        office = None
+        if self.office is not None:
+            # Issue 9: a server started with office sections reloads them too;
+            # forwarding and DND set at run time stay in the store and keep winning.
+            office = new.office or Office()
+            known = (
+                users
+                if users is not None
+                else getattr(self.authenticator, "users", None)
+            )
+            try:
+                if known is not None:
+                    office = office.with_users(frozenset(known))
+            except (ConfigError, ValueError) as error:
+                self.log.error(
+                    "office configuration not reloaded, keeping the old (and the "
+                    "old configuration): {e}",
+                    e=error,
+                )
+                return {"reloaded": False, "error": f"office: {error}"}
+        old = self.config
+        changed = [key for key in _RELOADABLE if getattr(old, key) != getattr(new, key)]
+        restart = [
+            key for key in _RESTART_ONLY if getattr(old, key) != getattr(new, key)
+        ]
+        if self.authenticator is None and new.users is not None:
+            restart.append("users")
+            changed = [key for key in changed if key != "users"]
+        if self.authenticator is not None and new.users is None:
+            restart.append("users")
+            changed = [key for key in changed if key != "users"]
+        kept = {key: getattr(old, key) for key in (*_RESTART_ONLY, *restart)}
+        self.config = dataclasses.replace(new, **kept)
+        self._apply(self.config, users)
+        if office is not None and self.office is not None:
+            self.office.office = office
+            self.log.info(
+                "office configuration reloaded: {n} extensions, {g} groups",
+                n=len(office.extensions),
+                g=len(office.groups),
+            )
+        option = [key.replace("_", "-") for key in changed]
+        needs_restart = sorted({key.replace("_", "-") for key in restart})
+        self.log.info(
+            "configuration reloaded; changed: {changed}",
+            changed=", ".join(option) or "nothing",
+        )
+        if needs_restart:
+            self.log.warn(
+                "configuration: {keys} changed but need a restart; not applied",
+                keys=", ".join(needs_restart),
+            )
+        return {"reloaded": True, "changed": option, "needs_restart": needs_restart}
+
+    def _apply(self, config: Config, users: Any) -> None:
+        """Put a reloaded config's run-time settings into the live objects."""
+        if users is not None and self.authenticator is not None:
+            self.authenticator.users = users
+            self.log.info("users file reloaded: {n} users", n=len(users.entries))
+        self.proxy.settings = dataclasses.replace(
+            self.proxy.settings,
+            forking=config.forking,
+            dialplan=config.dialplan,
+            outbound_proxy=config.outbound_proxy,
+        )
+        self.registrar.reconfigure(
+            default_expires=config.default_expires,
+            min_expires=config.min_expires,
+            max_expires=config.max_expires,
+            max_bindings=config.max_bindings,
+        )
+        if not config.rate_limit:
+            self.rate_limiter = None
+        elif self.rate_limiter is None:
+            self.rate_limiter = RateLimiter(config.rate_limit, config.rate_burst)
+        else:
+            # The buckets (who has spent what) stay; only the rules change.
+            self.rate_limiter.rate = config.rate_limit
+            self.rate_limiter.burst = config.rate_burst
+            self.rate_limiter.refill_time = config.rate_burst / config.rate_limit
+        self.bans.exempt = tuple(
+            ipaddress.ip_network(net, strict=False) for net in config.trusted
+        )
+        if self.authenticator is not None:
+            self.authenticator.nonce_lifetime = config.nonce_lifetime
 
     @override
     def startService(self) -> None:
@@ -408,10 +621,11 @@ class SIPServerService(MultiService):
         )
 
     def _serving(self, _: object) -> None:
+        self._open = True
         if hasattr(signal, "SIGHUP"):
             signal.signal(
                 signal.SIGHUP,
-                lambda *_: self._reactor.callFromThread(self._reload),
+                lambda *_: self._reactor.callFromThread(self.reload),
             )
         # Everything built at start-up lives as long as the process: keep the
         # collector from walking it again on every full collection.
@@ -461,8 +675,12 @@ class SIPServerService(MultiService):
 
     @override
     def stopService(self) -> Any:
+        self._open = False
         if self._purge is not None and self._purge.running:
             self._purge.stop()
+        if self.admin_port is not None:
+            self.admin_port.stopListening()
+            self.admin_port = None
         for _, port in self.ports:
             port.stopListening()
         for factory in self.stream_factories.values():
@@ -505,6 +723,38 @@ def _enlarge_receive_buffer(port: IListeningPort) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
 
 
+class _QuietSite(Site):
+    """The admin API's site, without an access log.
+
+    A scrape every 15 s would bury the SIP log; the API logs its changes itself.
+    """
+
+    @override
+    def log(self, request: Any) -> None:
+        pass
+
+
+#: Config fields a reload applies (see SIPServerService.reload).
+_RELOADABLE = (
+    "users", "nonce_lifetime", "dialplan", "outbound_proxy", "forking",
+    "rate_limit", "rate_burst", "trusted", "default_expires", "min_expires",
+    "max_expires", "max_bindings",
+)  # fmt: skip
+#: Config fields only a restart changes: sockets, the store, the log set-up.
+_RESTART_ONLY = (
+    "domains", "aliases", "listen", "location", "dns", "max_message_size",
+    "tcp_idle_timeout", "admin", "admin_token", "admin_token_file", "log_format",
+)  # fmt: skip
+
+
+def _redacted(location: str) -> str:
+    """A location spec without its password (redis://:SECRET@host)."""
+    scheme, sep, rest = location.partition("://")
+    if sep and "@" in rest:
+        return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    return location
+
+
 def _hostport(port: IListeningPort) -> str:
     address = port.getHost()
     host = getattr(address, "host", "")
@@ -517,4 +767,9 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     assert options.config is not None  # set by postOptions
-    return SIPServerService(options.config, reactor, config_path=options["config"])
+    return SIPServerService(
+        options.config,
+        reactor,
+        config_path=options["config"],
+        cli_values=options.cli_values,
+    )

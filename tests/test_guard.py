@@ -352,7 +352,9 @@ def failregex() -> re.Pattern[str]:
     """The filter's failregex with <HOST> as fail2ban turns it into a group."""
     config = configparser.ConfigParser(interpolation=None)
     config.read(FILTER)
-    pattern = config["Definition"]["failregex"].strip()
+    # The first line matches twistd's text lines; the second, JSON lines
+    # (tested in tests/test_operations.py).
+    pattern = config["Definition"]["failregex"].strip().splitlines()[0]
     return re.compile(pattern.replace("<HOST>", r"(?P<host>\S+)"))
 
 

@@ -45,6 +45,7 @@ from sipproxy.proxy.checks import (
 )
 from sipproxy.proxy.dialplan import loose_route, route_by_dialplan
 from sipproxy.proxy.flows import decode_flow, encode_flow
+from sipproxy.proxy.observer import ProxyObserver
 from sipproxy.proxy.pbx import (
     CallPlan,
     Forward,
@@ -207,6 +208,7 @@ class Proxy:
         bans: BanList | None = None,
         secret: bytes | None = None,
         office: OfficePreferences | None = None,
+        observer: ProxyObserver | None = None,
     ) -> None:
         """Take collaborators; nothing happens until messages arrive.
 
@@ -215,6 +217,8 @@ class Proxy:
             a user, 404 for anyone else); None when there is no user list.
         :param secret: keys To tags and flow tokens; random per start if None.
         :param office: extensions, ring groups, forwarding (issue 9); None: none.
+        :param observer: told of requests, final answers, failed
+            authentications and bans (metrics); None: nobody is told.
         """
         self.settings = settings
         self._clock = clock
@@ -230,7 +234,12 @@ class Proxy:
         self._office = office
         self._contexts: dict[int, ResponseContext] = {}
         self._branches: dict[int, tuple[ResponseContext, _Branch]] = {}
+        self._observer = observer
         self.layer = TransactionLayer(self, clock)
+
+    def pending_contexts(self) -> int:
+        """Proxied requests still waiting for a final answer (§16.7), for metrics."""
+        return len(self._contexts)
 
     # -- what the transaction layer calls -------------------------------------
 
@@ -242,6 +251,8 @@ class Proxy:
         channel: Channel,
     ) -> None:
         """A new request (never a retransmission) from ``peer``."""
+        if self._observer is not None:
+            self._observer.request_received(request.method)
         if transaction is None:
             self._forward_ack(request)
             return
@@ -797,7 +808,12 @@ class Proxy:
             response = _synthesized(context.request, 500)
         context.answered = True
         self._forward_up(context, response)
-        self._log_final(context.request, response.status)
+        self._log_final(
+            context.request,
+            response.status,
+            started=context.server.received_at,
+            branches=context.branches,
+        )
         # Late 2xx retransmissions still need the context (RFC 6026 Timer M).
         self._clock.callLater(40.0, self._forget, context)
 
@@ -1113,7 +1129,11 @@ class Proxy:
                 host=peer.host,
                 reason=result.reason,
             )
+            if self._observer is not None:
+                self._observer.auth_failed()
             if self._bans is not None and self._bans.failed(peer.host, now):
+                if self._observer is not None:
+                    self._observer.banned()
                 self.log.warn(
                     "{line}",
                     line=ban_line(
@@ -1190,21 +1210,50 @@ class Proxy:
         )
         transaction.respond(response)
         if status >= 200:
-            self._log_final(request, status, why)
+            self._log_final(request, status, why, started=transaction.received_at)
 
-    def _log_final(self, request: Request, status: int, why: str | None = None) -> None:
+    def _log_final(
+        self,
+        request: Request,
+        status: int,
+        why: str | None = None,
+        *,
+        started: float | None = None,
+        branches: Sequence[_Branch] = (),
+    ) -> None:
+        """The one log line (and metrics event) of each final decision.
+
+        :param why: who decided when we answered ourselves ("registrar", ...).
+        :param started: when the request arrived, for the time spent.
+        :param branches: the forwarded copies; the one whose answer went up is
+            the route taken.
+        """
+        elapsed = None if started is None else self._clock.seconds() - started
+        if self._observer is not None:
+            self._observer.final_sent(request.method, status, elapsed)
         if status < 300 and request.method in _QUIET_WHEN_OK:
             # Successful refreshes and keepalives are most of the traffic, and a
             # Twisted log event costs as much as handling the request: they stay
             # out of the log (bench: 33% of CPU at 1000 REGISTER/s went here).
             return
+        route = why or "local"
+        for branch in branches:
+            if branch.final is not None and branch.final.status == status:
+                peer = branch.peer
+                route = f"{peer.transport}:{peer.host}:{peer.port}"
+                break
+        # Structured fields for --log-format json; credentials never appear here.
         self.log.info(
-            "{method} {call_id} {uri} -> {status}{why}",
+            "{method} {call_id} {uri} from {caller} to {callee} -> {status} "
+            "via {route} in {ms} ms",
             method=request.method,
             call_id=request.headers.get("call-id"),
             uri=request.uri,
+            caller=_uri_of(request, "from"),
+            callee=_uri_of(request, "to"),
             status=status,
-            why=f" ({why})" if why else "",
+            route=route,
+            ms=None if elapsed is None else round(elapsed * 1000),
         )
 
     def _internal_error(
@@ -1280,6 +1329,15 @@ class Proxy:
             key.encode("utf-8", "surrogateescape"), key=self._secret[:32], digest_size=6
         )
         return digest.hexdigest()
+
+
+def _uri_of(request: Request, name: str) -> str:
+    """The URI of From or To for the log (no display name, no tag)."""
+    try:
+        address = request.from_addr if name == "from" else request.to_addr
+    except ParseError:
+        return "?"
+    return str(address.uri)
 
 
 def _better(candidate: Response, best: Response) -> bool:

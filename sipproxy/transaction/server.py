@@ -68,6 +68,8 @@ class _ServerTransaction(TransactionMachine):
         self.peer = peer
         self.channel = channel
         self.key = key if key is not None else server_key(request)
+        #: when the request arrived: the start of its request-to-final time
+        self.received_at = clock.seconds()
         # §18.2.2: reliable -> the connection the request came on; UDP -> the
         # address from the (stamped) top Via, received and rport included.
         self._destination = (

@@ -320,7 +320,7 @@ def test_sighup_reloads_the_office_sections_and_keeps_them_on_errors(
             'unconditional = "105"\n[extensions]\n"105" = "erin"\n'
         )
         server.process.send_signal(signal.SIGHUP)
-        wait_for_log(server, "office configuration not reloaded, keeping the old")
+        wait_for_log(server, "configuration not reloaded, keeping the old")
         assert "forwarding loop erin -> erin" in server.log_text()
         assert invite_status(server, "erin", "reload-3") == [100, 404]
     finally:

@@ -11,6 +11,7 @@ from sipproxy.config import DialRule
 from sipproxy.location import Binding, Flow
 from sipproxy.location.memory import MemoryLocationService
 from sipproxy.proxy.core import Proxy, ProxySettings
+from sipproxy.proxy.observer import ProxyObserver
 from sipproxy.proxy.pbx import Office, OfficePreferences
 from sipproxy.sip.message import Request, Response
 from sipproxy.sip.parser import parse_message
@@ -44,6 +45,7 @@ class Harness:
         outbound_proxy: str | None = None,
         known_users: frozenset[str] = frozenset(),
         office: Office | None = None,
+        observer: ProxyObserver | None = None,
     ) -> None:
         self.clock = UDPMemoryReactor()
         self.transports = Transports(self.clock)
@@ -64,6 +66,7 @@ class Harness:
             known_user=lambda aor: aor in known_users,
             secret=b"s" * 32,
             office=OfficePreferences(office, self.location) if office else None,
+            observer=observer,
         )
         self.udp = SIPDatagramProtocol(self.proxy.layer)
         self.socket: FakeDatagramTransport = self.clock.listenUDP(

@@ -438,10 +438,14 @@ def test_bad_settings_are_refused(call: Any, message: str) -> None:
     assert wait(store.preferences("bob")) == {}
 
 
-def test_shipped_office_example_is_valid() -> None:
+def test_shipped_office_example_is_valid(tmp_path: Path) -> None:
     """etc/sipproxy-office.toml, as the README walks through it."""
-    example = Path(__file__).parents[2] / "etc" / "sipproxy-office.toml"
-    config = build_config(read_toml(str(example)), {})
+    example = read_toml(str(Path(__file__).parents[2] / "etc" / "sipproxy-office.toml"))
+    # The token file names a real installation's; point it at a stand-in.
+    token = tmp_path / "token"
+    token.write_text("a-token-of-sufficient-length\n")
+    example["admin-token-file"] = str(token)
+    config = build_config(example, {})
     assert config.office is not None
     checked = config.office.with_users(frozenset({"alice", "bob", "carol"}))
     assert checked.destination("103") == UserTarget("carol")

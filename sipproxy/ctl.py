@@ -1,0 +1,222 @@
+"""``sipproxy-ctl``: the admin API from a shell (standard library only).
+
+::
+
+    sipproxy-ctl registrations [AOR]      sipproxy-ctl unregister AOR [CONTACT]
+    sipproxy-ctl bans                     sipproxy-ctl unban IP
+    sipproxy-ctl stats                    sipproxy-ctl reload
+
+The token comes from ``--token``, ``--token-file`` or the ``SIPPROXY_TOKEN``
+environment variable (in that order). Tables for people, ``--json`` for scripts.
+Every failure is one line on standard error and a non-zero exit status: 2 for a
+usage error, 1 for anything the server or the network said.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote, urlencode
+
+__all__ = ["CtlError", "main"]
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class CtlError(Exception):
+    """A failure to report in one line."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        token = _token(args)
+        return _run(args, token)
+    except CtlError as error:
+        print(f"sipproxy-ctl: {error}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sipproxy-ctl", description="Control a running sipproxy (admin API)."
+    )
+    parser.add_argument(
+        "--url", default=DEFAULT_URL, help=f"admin API base URL ({DEFAULT_URL})"
+    )
+    parser.add_argument("--token", help="bearer token (or SIPPROXY_TOKEN)")
+    parser.add_argument("--token-file", help="file holding the bearer token")
+    parser.add_argument("--json", action="store_true", help="print the JSON answer")
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait (10)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    registrations = commands.add_parser("registrations", help="list registrations")
+    registrations.add_argument("aor", nargs="?", help="only this address-of-record")
+    unregister = commands.add_parser("unregister", help="remove bindings")
+    unregister.add_argument("aor", help="address-of-record, e.g. alice@example.com")
+    unregister.add_argument("contact", nargs="?", help="only this contact URI")
+    commands.add_parser("bans", help="list banned addresses")
+    unban = commands.add_parser("unban", help="lift the ban of an address")
+    unban.add_argument("ip", help="the banned address")
+    commands.add_parser("stats", help="transactions, registrations, connections")
+    commands.add_parser("reload", help="re-read the configuration (as SIGHUP)")
+    return parser
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token:
+        return str(args.token)
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as file:
+                return file.read().strip()
+        except OSError as error:
+            raise CtlError(f"token file {args.token_file}: {error.strerror}") from None
+    return os.environ.get("SIPPROXY_TOKEN") or None
+
+
+def _run(args: argparse.Namespace, token: str | None) -> int:
+    command = args.command
+    if command == "registrations":
+        query = f"?{urlencode({'aor': args.aor})}" if args.aor else ""
+        answer = _call(args, token, "GET", f"/registrations{query}")
+        _show(args, answer, _registrations_table)
+    elif command == "unregister":
+        fields = {"aor": args.aor}
+        if args.contact:
+            fields["contact"] = args.contact
+        answer = _call(args, token, "DELETE", f"/registrations?{urlencode(fields)}")
+        _show(
+            args, answer, lambda a: f"removed {a['removed']} binding(s) of {a['aor']}"
+        )
+    elif command == "bans":
+        answer = _call(args, token, "GET", "/bans")
+        _show(args, answer, _bans_table)
+    elif command == "unban":
+        answer = _call(args, token, "DELETE", f"/bans/{quote(args.ip, safe='')}")
+        _show(args, answer, lambda a: f"lifted the ban of {a['address']}")
+    elif command == "stats":
+        answer = _call(args, token, "GET", "/stats")
+        _show(args, answer, _stats_table)
+    else:
+        answer = _call(args, token, "POST", "/reload")
+        _show(args, answer, _reload_text)
+    return 0
+
+
+def _call(
+    args: argparse.Namespace, token: str | None, method: str, path: str
+) -> dict[str, Any]:
+    url = args.url.rstrip("/") + path
+    request = urllib.request.Request(url, method=method)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            return _decode(response.read())
+    except urllib.error.HTTPError as error:
+        if error.code == 401:
+            raise CtlError(
+                f"{args.url}: the token was refused (401); give the admin token "
+                "with --token-file, --token or SIPPROXY_TOKEN"
+            ) from None
+        try:
+            message = _decode(error.read()).get("error") or error.reason
+        except CtlError:
+            message = error.reason
+        raise CtlError(f"{method} {path}: {error.code} {message}") from None
+    except urllib.error.URLError as error:
+        reason = getattr(error.reason, "strerror", None) or error.reason
+        raise CtlError(
+            f"cannot reach the admin API at {args.url}: {reason} "
+            "(is sipproxy running with --admin?)"
+        ) from None
+    except (TimeoutError, OSError) as error:
+        raise CtlError(f"cannot reach the admin API at {args.url}: {error}") from None
+
+
+def _decode(data: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        raise CtlError("the server's answer is not JSON (wrong --url?)") from None
+    if not isinstance(value, dict):
+        raise CtlError("the server's answer is not a JSON object (wrong --url?)")
+    return value
+
+
+def _show(args: argparse.Namespace, answer: dict[str, Any], text: Any) -> None:
+    if args.json:
+        print(json.dumps(answer, indent=2, sort_keys=True))
+    else:
+        print(text(answer))
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [list(header), *[["" if c is None else str(c) for c in r] for r in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(width) for cell, width in zip(row, widths, strict=True)
+        ).rstrip()
+        for row in cells
+    )
+
+
+def _registrations_table(answer: dict[str, Any]) -> str:
+    rows = [
+        (
+            entry["aor"],
+            binding["contact"],
+            binding["expires_in"],
+            f"{binding['transport']} {binding['source']}",
+            binding.get("user_agent"),
+        )
+        for entry in answer["registrations"]
+        for binding in entry["bindings"]
+    ]
+    if not rows:
+        return "no registrations"
+    return _table(("AOR", "CONTACT", "EXPIRES", "FROM", "USER-AGENT"), rows)
+
+
+def _bans_table(answer: dict[str, Any]) -> str:
+    rows = [(ban["address"], ban["remaining"]) for ban in answer["bans"]]
+    if not rows:
+        return "no bans"
+    return _table(("ADDRESS", "SECONDS LEFT"), rows)
+
+
+def _stats_table(answer: dict[str, Any]) -> str:
+    rows: list[tuple[str, object]] = [
+        ("uptime (s)", answer.get("uptime")),
+        ("registrations (AORs)", answer.get("registrations")),
+        ("bindings", answer.get("bindings")),
+        ("proxy contexts", answer.get("proxy_contexts")),
+        ("bans", answer.get("bans")),
+    ]
+    for kind, count in sorted(answer.get("transactions", {}).items()):
+        rows.append((f"transactions {kind}", count))
+    for transport, count in sorted(answer.get("connections", {}).items()):
+        rows.append((f"connections {transport}", count))
+    return _table(("WHAT", "COUNT"), rows)
+
+
+def _reload_text(answer: dict[str, Any]) -> str:
+    changed = ", ".join(answer.get("changed", [])) or "nothing"
+    text = f"reloaded; changed: {changed}"
+    if answer.get("needs_restart"):
+        text += f"; needs a restart: {', '.join(answer['needs_restart'])}"
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""What the server counts, for ``/metrics`` in the Prometheus text format; no I/O.
+
+Theory of operation. One :class:`Metrics` per server owns its own
+``CollectorRegistry`` (never the process-global one, so two servers in one process,
+or two tests, never share a count). Two kinds of numbers:
+
+- *events* (requests by method, final responses by status class, latency,
+  authentication failures, bans, messages dropped by the rate limiter or a ban) are
+  counted as they happen, through the hook methods below, which the proxy and the
+  service wiring call. They must stay cheap on the hot path: every label child is
+  bound once in ``__init__``, so a hook is a dictionary lookup and an increment,
+  with no string formatting per message.
+- *state* (live transactions, pending proxy contexts, connections per transport,
+  bans in force, registrations and bindings) is read when Prometheus scrapes, by a
+  custom collector calling :attr:`Metrics.state`; nothing is updated per message.
+  Counting registrations needs the (asynchronous) location store, so the admin API
+  calls :meth:`Metrics.set_registrations` just before it renders a scrape.
+
+The core does not import this module (nor prometheus_client): the proxy takes any
+object with the hook methods (``sipproxy.proxy.observer.ProxyObserver``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["CONTENT_TYPE", "Metrics", "Snapshot"]
+
+# A "_created" time stamp per label child doubles the output and says only when
+# the process started, which sipproxy_uptime_seconds says once.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+#: The Content-Type of the text exposition format, version 0.0.4.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+#: Methods counted under their own label; anything else is "other", so a scanner
+#: inventing methods cannot grow the number of time series.
+_METHODS = (
+    "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE",
+    "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE",
+)  # fmt: skip
+
+#: Request to final response, seconds: a REGISTER takes milliseconds, an INVITE
+#: rings for up to Timer C (181 s, RFC 3261 §16.6 step 11).
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 120.0, 181.0,
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The server's state at one moment, read on each scrape."""
+
+    #: live transactions by kind ("server_invite", "client_non_invite", ...)
+    transactions: Mapping[str, int] = field(default_factory=dict)
+    #: proxied requests waiting for a final answer (RFC 3261 §16.7 contexts)
+    proxy_contexts: int = 0
+    #: open TCP/TLS connections by transport name
+    connections: Mapping[str, int] = field(default_factory=dict)
+    #: addresses banned right now
+    bans: int = 0
+    #: seconds since the server started
+    uptime: float = 0.0
+
+
+class Metrics:
+    """The counters of one server and the collector of its state.
+
+    :param state: called on every scrape for the numbers read then; None: only
+        the event counters are exported.
+    """
+
+    def __init__(self, state: Callable[[], Snapshot] | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.state = state
+        #: (AORs, bindings) as of the last :meth:`set_registrations`; None: unknown
+        self.registrations: tuple[int, int] | None = None
+        registry = self.registry
+        requests = Counter(
+            "sipproxy_requests",
+            "SIP requests received, retransmissions excluded, by method.",
+            ["method"],
+            registry=registry,
+        )
+        self._requests = {method: requests.labels(method) for method in _METHODS}
+        self._other_requests = requests.labels("other")
+        responses = Counter(
+            "sipproxy_responses",
+            "Final responses sent upstream (own answers and forwarded ones), "
+            "by status class.",
+            ["status_class"],
+            registry=registry,
+        )
+        # Index n is class "nxx"; 0 is unused (no status below 100 is sent).
+        self._responses = [responses.labels(f"{n}xx") for n in range(7)]
+        latency = Histogram(
+            "sipproxy_request_duration_seconds",
+            "Time from a request's arrival to its final response, by method.",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._latency = {method: latency.labels(method) for method in _METHODS}
+        self._other_latency = latency.labels("other")
+        self._auth_failures = Counter(
+            "sipproxy_auth_failures",
+            "Failed Digest authentications (wrong password or unknown user).",
+            registry=registry,
+        )
+        self._bans = Counter(
+            "sipproxy_bans",
+            "Source addresses banned after failed authentications.",
+            registry=registry,
+        )
+        dropped = Counter(
+            "sipproxy_dropped_messages",
+            "Messages dropped unread, by reason (rate_limited, banned).",
+            ["reason"],
+            registry=registry,
+        )
+        self._rate_limited = dropped.labels("rate_limited")
+        self._banned_messages = dropped.labels("banned")
+        registry.register(_StateCollector(self))
+
+    # -- hooks: called per event, so each is one lookup and one increment --------
+
+    def request_received(self, method: str) -> None:
+        """A new request (not a retransmission) arrived."""
+        self._requests.get(method, self._other_requests).inc()
+
+    def final_sent(self, method: str, status: int, elapsed: float | None) -> None:
+        """A final response to a ``method`` request went upstream after ``elapsed``."""
+        if 100 <= status < 700:
+            self._responses[status // 100].inc()
+        if elapsed is not None:
+            self._latency.get(method, self._other_latency).observe(elapsed)
+
+    def auth_failed(self) -> None:
+        """Credentials were presented and were wrong."""
+        self._auth_failures.inc()
+
+    def banned(self) -> None:
+        """A source address was just banned."""
+        self._bans.inc()
+
+    def rate_limited(self) -> None:
+        """A message was dropped because its source exceeded the rate limit."""
+        self._rate_limited.inc()
+
+    def dropped_banned(self) -> None:
+        """A message was dropped because its source is banned."""
+        self._banned_messages.inc()
+
+    # -- scraping --------------------------------------------------------------
+
+    def set_registrations(self, aors: int, bindings: int) -> None:
+        """Record the store's counts, read asynchronously just before a scrape."""
+        self.registrations = (aors, bindings)
+
+    def text(self) -> bytes:
+        """Everything, in the Prometheus text exposition format."""
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    """Gauges computed when scraped, from :attr:`Metrics.state`."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        # Describing by collecting would call the state callback at registration.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        metrics = self._metrics
+        if metrics.registrations is not None:
+            aors, bindings = metrics.registrations
+            yield GaugeMetricFamily(
+                "sipproxy_registrations",
+                "Addresses-of-record with at least one unexpired binding.",
+                value=aors,
+            )
+            yield GaugeMetricFamily(
+                "sipproxy_bindings", "Unexpired contact bindings.", value=bindings
+            )
+        if metrics.state is None:
+            return
+        state = metrics.state()
+        transactions = GaugeMetricFamily(
+            "sipproxy_transactions",
+            "Live SIP transactions by kind (RFC 3261 §17).",
+            labels=["kind"],
+        )
+        for kind, count in sorted(state.transactions.items()):
+            transactions.add_metric([kind], count)
+        yield transactions
+        yield GaugeMetricFamily(
+            "sipproxy_proxy_contexts",
+            "Proxied requests waiting for a final response.",
+            value=state.proxy_contexts,
+        )
+        connections = GaugeMetricFamily(
+            "sipproxy_connections",
+            "Open TCP/TLS connections by transport.",
+            labels=["transport"],
+        )
+        for transport, count in sorted(state.connections.items()):
+            connections.add_metric([transport], count)
+        yield connections
+        yield GaugeMetricFamily(
+            "sipproxy_banned_addresses", "Addresses banned right now.", value=state.bans
+        )
+        yield GaugeMetricFamily(
+            "sipproxy_uptime_seconds",
+            "Seconds since the server started.",
+            value=state.uptime,
+        )
