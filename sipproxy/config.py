@@ -222,6 +222,14 @@ class Config:
     rate_burst: float = 600.0
     #: addresses never rate limited or banned (an SBC, a monitoring host)
     trusted: tuple[str, ...] = ()
+    #: several processes share each listening port (SO_REUSEPORT, issue 8)
+    reuse_port: bool = False
+    #: this process's own SIP URI, recorded in the bindings of connections it
+    #: holds so other processes sharing the store route through it (issue 8)
+    advertise: str | None = None
+    #: file whose bytes key flow tokens and To tags: the same file for every
+    #: process of a cluster, so each understands the others' Record-Routes
+    secret_file: str | None = None
 
 
 # key -> (kind, accepted as list); kinds validated in _coerce.
@@ -245,6 +253,9 @@ _KEYS: dict[str, str] = {
     "rate-limit": "rate",
     "rate-burst": "seconds",
     "trusted": "addresses",
+    "reuse-port": "flag",
+    "advertise": "sip-uri",
+    "secret-file": "path",
 }
 
 
@@ -279,6 +290,13 @@ def build_config(
     if "alias" in settings:
         settings["aliases"] = settings.pop("alias")
     config = Config(**settings)
+    if config.reuse_port and config.advertise is None:
+        # The shared port names no process in particular: a binding recording it
+        # could not say which process holds the phone's connection.
+        raise ConfigError(
+            "reuse-port: also give advertise, a SIP URI of a listener of this "
+            "process alone (e.g. sip:10.0.0.1:5071;transport=tcp)"
+        )
     if not config.min_expires <= config.default_expires <= config.max_expires:
         raise ConfigError(
             f"expiry: need min-expires ({config.min_expires}) <= default-expires "
@@ -336,6 +354,12 @@ def _coerce(key: str, value: Any) -> Any:
         return rate
     if kind == "dialplan":
         return _dialplan(value)
+    if kind == "flag":
+        if value in (True, 1, "true", "yes", "1"):
+            return True
+        if value in (False, 0, "false", "no", "0"):
+            return False
+        raise ConfigError(f"{key} = {value!r}: expected true or false")
     if kind == "sip-uri":
         if not isinstance(value, str) or not value.startswith(("sip:", "sips:")):
             raise ConfigError(f"{key} = {value!r}: expected a sip: or sips: URI")

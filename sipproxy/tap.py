@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IService, MultiService
@@ -88,6 +89,30 @@ class Options(usage.Options):
             "Several registered phones: sequential (newest first, default) or "
             "parallel (all ring).",
         ],
+        [
+            "advertise",
+            None,
+            None,
+            "This process's own SIP URI (a listener of its own, e.g. "
+            "sip:10.0.0.1:5071;transport=tcp): recorded with the bindings of its "
+            "TCP connections, so processes sharing the store route calls for those "
+            "phones through it (default: the first --listen).",
+        ],
+        [
+            "secret-file",
+            None,
+            None,
+            "File whose bytes key flow tokens and To tags; give every process of a "
+            "cluster the same file (default: random per start).",
+        ],
+    ]
+    optFlags: Any = [
+        [
+            "reuse-port",
+            None,
+            "Let several processes listen on the same ports (SO_REUSEPORT); the "
+            "kernel spreads sources over them. Needs --advertise.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -155,6 +180,9 @@ class Options(usage.Options):
                 "rate-limit",
                 "rate-burst",
                 "trusted",
+                "reuse-port",
+                "advertise",
+                "secret-file",
             )
         }
         try:
@@ -164,6 +192,7 @@ class Options(usage.Options):
             location_from_spec(self.config.location, reactor=None)
             if self.config.users is not None:
                 load_users(self.config.users, self.config.domains[0])
+            _read_secret(self.config.secret_file)
         except (ConfigError, ValueError, OSError) as error:
             raise usage.UsageError(str(error)) from None
 
@@ -235,6 +264,7 @@ class SIPServerService(MultiService):
             known_user=self._known_user,
             auth=self.authenticator,
             bans=self.bans,
+            secret=_read_secret(config.secret_file),
         )
         self.stream_factories: dict[str, SIPStreamFactory] = {}
         self._purge: LoopingCall | None = None
@@ -252,6 +282,7 @@ class SIPServerService(MultiService):
                 raise SystemExit(
                     f"sipproxy: error: cannot listen on {spec}: {error.socketError}"
                 ) from None
+        self.proxy.instance = self.config.advertise or _first_listener(self.ports)
         super().privilegedStartService()  # type: ignore[no-untyped-call]
 
     def _listen(self, spec: ListenSpec) -> IListeningPort:
@@ -260,8 +291,12 @@ class SIPServerService(MultiService):
             protocol = SIPDatagramProtocol(
                 receiver, self.config.max_message_size, admit=self._admit
             )
-            port: IListeningPort = self._reactor.listenUDP(
-                spec.port, protocol, interface=spec.interface, maxPacketSize=65535
+            port: IListeningPort = (
+                _listen_shared(self._reactor, spec, protocol)
+                if self.config.reuse_port
+                else self._reactor.listenUDP(
+                    spec.port, protocol, interface=spec.interface, maxPacketSize=65535
+                )
             )
             _enlarge_receive_buffer(port)
             self.transports.add_udp(protocol)
@@ -280,7 +315,11 @@ class SIPServerService(MultiService):
         )
         factory.admit = self._admit
         factory.limit = self.connection_limit
-        port = self._reactor.listenTCP(spec.port, factory, interface=spec.interface)
+        port = (
+            _listen_shared(self._reactor, spec, factory)
+            if self.config.reuse_port
+            else self._reactor.listenTCP(spec.port, factory, interface=spec.interface)
+        )
         address = port.getHost()
         self.transports.add_stream(
             spec.transport,
@@ -399,6 +438,59 @@ def _enlarge_receive_buffer(port: IListeningPort) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+
+
+def _listen_shared(reactor: Any, spec: ListenSpec, receiver: Any) -> IListeningPort:
+    """Listen with SO_REUSEPORT, so other processes may listen on the same port.
+
+    Twisted's listenUDP/listenTCP cannot set it before bind(), so the socket is
+    made here and handed to the reactor, which takes a duplicate of it.
+    """
+    interface = spec.interface or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    kind = socket.SOCK_DGRAM if spec.transport == "udp" else socket.SOCK_STREAM
+    try:
+        with socket.socket(family, kind) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if kind == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((interface, spec.port))
+            sock.setblocking(False)
+            if kind == socket.SOCK_DGRAM:
+                return reactor.adoptDatagramPort(  # type: ignore[no-any-return]
+                    sock.fileno(), family, receiver, maxPacketSize=65535
+                )
+            sock.listen(int(spec.option("backlog") or 50))
+            return reactor.adoptStreamPort(  # type: ignore[no-any-return]
+                sock.fileno(), family, receiver
+            )
+    except OSError as error:
+        raise CannotListenError(interface, spec.port, error) from None
+
+
+def _first_listener(ports: list[tuple[ListenSpec, IListeningPort]]) -> str | None:
+    """The first listener as a SIP URI, if it names one address (not a wildcard)."""
+    for spec, port in ports[:1]:
+        address = port.getHost()
+        host = getattr(address, "host", "")
+        if not host or host in ("0.0.0.0", "::"):
+            return None
+        host = f"[{host}]" if ":" in host else host
+        param = "" if spec.transport == "udp" else f";transport={spec.transport}"
+        return f"sip:{host}:{getattr(address, 'port', 5060)}{param}"
+    return None
+
+
+def _read_secret(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        secret = Path(path).read_bytes()
+    except OSError as error:
+        raise ConfigError(f"secret-file {path!r}: {error.strerror}") from None
+    if len(secret) < 16:
+        raise ConfigError(f"secret-file {path!r}: needs at least 16 bytes")
+    return secret
 
 
 def _hostport(port: IListeningPort) -> str:

@@ -164,3 +164,34 @@ def test_dialplan_rules_parse_in_order() -> None:
 def test_bad_dialplan_rules_are_named(rules: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_config({"dialplan": rules}, {})
+
+
+def test_scale_out_options() -> None:
+    """--reuse-port, --advertise and --secret-file (issue 8), from file or CLI."""
+    assert Config().reuse_port is False
+    assert Config().advertise is None
+    config = build_config(
+        {"reuse-port": True, "advertise": "sip:10.0.0.1:5071;transport=tcp"},
+        {"secret-file": "/etc/sipproxy/cluster.key"},
+    )
+    assert config.reuse_port is True
+    assert config.advertise == "sip:10.0.0.1:5071;transport=tcp"
+    assert config.secret_file == "/etc/sipproxy/cluster.key"
+    # twistd gives a set flag as 1.
+    cli = build_config({}, {"reuse-port": 1, "advertise": "sip:127.0.0.1:5071"})
+    assert cli.reuse_port is True
+    assert build_config({"reuse-port": False}, {}).reuse_port is False
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"reuse-port": True}, "reuse-port: also give advertise"),
+        ({"reuse-port": "often"}, "expected true or false"),
+        ({"advertise": "10.0.0.1:5071"}, "expected a sip: or sips: URI"),
+        ({"secret-file": ""}, "expected a file name"),
+    ],
+)
+def test_bad_scale_out_options(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config(values, {})

@@ -19,6 +19,7 @@ every final decision is one log line.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import ipaddress
 import itertools
 import os
@@ -188,6 +189,12 @@ class Proxy:
         self._registrar = registrar
         self._resolve = resolve
         self._secret = secret if secret is not None else os.urandom(32)
+        # Owner tokens (see _owner_uri) are keyed apart from Record-Route tokens,
+        # so a token a phone saw in a Record-Route never passes for one.
+        self._owner_secret = hmac.new(self._secret, b"owner", "sha256").digest()
+        #: This process's own SIP URI (--advertise), recorded as the owner of the
+        #: connections it holds; None: bindings record no owner.
+        self.instance: str | None = None
         self._counter = itertools.count(1)
         self._known_user = known_user
         self._auth = auth
@@ -287,6 +294,8 @@ class Proxy:
         check_uri_scheme(request)
         key = loop_key(request)
         inbound_flow = self._flow_from_routes(request)
+        owner_flow = self._owner_flow(request)
+        inbound_flow = inbound_flow or owner_flow
         followed_our_route = self._first_route_is_ours(request)
         request = preprocess_routes(request, self._is_ours)
         uri = request.request_uri
@@ -308,6 +317,8 @@ class Proxy:
         check_proxy_require(request, SUPPORTED)
         user = None
         in_our_dialog = followed_our_route and request.to_addr.tag is not None
+        # Another process of ours looked the phone up (and checked the caller).
+        in_our_dialog = in_our_dialog or owner_flow is not None
         if self._auth is not None:
             header = credentials_header(
                 request,
@@ -383,6 +394,7 @@ class Proxy:
             remote_port=peer.port,
             connection_id=getattr(channel, "connection_id", None),
         )
+        flow = self._with_owner(flow, peer)
         answer = await self._registrar.register(
             request, flow, now=self._clock.seconds()
         )
@@ -442,6 +454,8 @@ class Proxy:
             # RFC 3327 §5.3: the Path is the route to the phone; we follow it.
             return await self._targets_by_uri(_with_routes(copy, binding.path), None)
         flow = binding.flow
+        if self._held_elsewhere(flow):
+            return await self._targets_via_owner(copy, flow)
         direct = _direct_contact(binding)
         if direct is not None and self._transports.can_reach(direct):
             return [_Target(copy, direct)]
@@ -818,6 +832,60 @@ class Proxy:
                 break
             found = decode_flow(uri.user, self._secret) if uri.user else None
         return found
+
+    # -- several processes sharing one store (issue 8) ---------------------------
+
+    def _with_owner(self, flow: Flow, peer: Peer) -> Flow:
+        """Record who holds a connection flow, for the other processes (Path-like).
+
+        The owner is this process's URI with a token naming the connection in its
+        user part: another process that finds the binding sends the request to
+        that URI as a Route, and this process delivers it on the connection.
+        """
+        if self.instance is None or flow.transport == "udp":
+            return flow
+        try:
+            base = SipURI.parse(self.instance)
+        except ParseError:
+            return flow
+        token = encode_flow(peer, flow.connection_id, self._owner_secret)
+        host = f"[{base.host}]" if ":" in base.host else base.host
+        port = f":{base.port}" if base.port else ""
+        param = f";transport={base.transport}" if base.transport else ""
+        return replace(flow, owner=f"sip:{token}@{host}{port}{param};lr")
+
+    def _held_elsewhere(self, flow: Flow) -> bool:
+        """Whether another process holds this binding's connection."""
+        if flow.owner is None or flow.transport == "udp":
+            return False
+        try:
+            owner = SipURI.parse(flow.owner)
+        except ParseError:
+            return False
+        return not self._is_ours(owner)
+
+    async def _targets_via_owner(self, request: Request, flow: Flow) -> list[_Target]:
+        """Send through the process that holds the phone's connection."""
+        assert flow.owner is not None
+        try:
+            return await self._targets_by_uri(
+                _with_routes(request, [f"<{flow.owner}>"]), None
+            )
+        except RejectedError:
+            return []
+
+    def _owner_flow(self, request: Request) -> tuple[Peer, str | None] | None:
+        """The connection an owner token in our first Route names (_with_owner)."""
+        routes = request.headers.get_all("route")
+        if not routes:
+            return None
+        try:
+            uri = NameAddress.parse(routes[0]).uri
+        except ParseError:
+            return None
+        if not (isinstance(uri, SipURI) and uri.user and self._is_ours(uri)):
+            return None
+        return decode_flow(uri.user, self._owner_secret)
 
     def _is_ours(self, uri: SipURI) -> bool:
         host = uri.host.lower().strip("[]")
