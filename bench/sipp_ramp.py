@@ -265,6 +265,7 @@ def start_sipproxy(
     }[store]
     started: list[subprocess.Popen[bytes]] = []
     for index in range(processes):
+        own = port
         argv = [
             TWISTD, "-n", "--pidfile=", "sipproxy",
             "--domain", DOMAIN,
@@ -283,6 +284,7 @@ def start_sipproxy(
             own = free_port()
             argv += [
                 "--reuse-port",
+                "--listen", f"udp:{own}:interface=127.0.0.1",
                 "--listen", f"tcp:{own}:interface=127.0.0.1",
                 "--advertise", f"sip:127.0.0.1:{own};transport=tcp",
             ]  # fmt: skip
@@ -294,7 +296,8 @@ def start_sipproxy(
             cwd=ROOT,
         )
         started.append(process)
-        _wait_serving(process, log, port)
+        # The shared port may be answered by a process started earlier.
+        _wait_serving(process, log, own if processes > 1 else port)
     return Server("sipproxy", port, started)
 
 
@@ -525,7 +528,7 @@ def run_step(run: Run, rate: int, seconds: float, prefix: str) -> Step:
         "-r", str(rate), "-rp", "1000", "-m", str(calls),
         "-l", str(max(rate * 4, 100)),
         "-timeout", str(int(seconds * 3 + 30)),
-        "-max_socket", "60000" if run.many_sockets else "1000",
+        "-max_socket", "10000" if run.many_sockets else "1000",
         "-nostdin", "-trace_stat", "-stf", str(stat), "-fd", "1",
         "-trace_rtt", "-rtt_freq", "1", "-trace_err",
         "-error_file", str(workdir / f"{prefix}-errors.log"),
@@ -798,7 +801,10 @@ def main() -> None:
                         time.sleep(args.pause)
     print(f"\nsummary (load average at end {load_average()}):")
     for (scenario, transport, server, store), best in results.items():
-        print(f"  {server:8} {scenario:13} {transport} {store:6}: {_summary(best)}")
+        print(
+            f"  {server:8} {scenario:13} {transport} {store:6}: "
+            f"{_summary(best, args.processes)}"
+        )
     if len(servers) == 2:
         for (scenario, transport, server, store), best in results.items():
             theirs = results.get((scenario, transport, "kamailio", "memory"))
