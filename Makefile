@@ -7,7 +7,7 @@ CONFIG ?= etc/sipproxy.toml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests that start servers run in a fresh network namespace with only loopback,
 # so nothing they do can reach another host (root: plain netns; else a user ns).
-NETNS := unshare $(shell [ "$$(id -u)" = 0 ] && echo -n || echo -rn) -- \
+NETNS := unshare $(shell [ "$$(id -u)" = 0 ] && printf '%s' -n || printf '%s' -rn) -- \
 	sh -c 'ip link set lo up && exec "$$0" "$$@"'
 # tool:debian-package pairs the test suite needs on the machine
 SYSTEM_TOOLS := sipp:sip-tester redis-server:redis-server unshare:util-linux ip:iproute2 baresip:baresip-core fail2ban-regex:fail2ban htdigest:apache2-utils
