@@ -18,6 +18,7 @@ every final decision is one log line.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -189,7 +190,7 @@ class Proxy:
         self._registrar = registrar
         self._resolve = resolve
         self._secret = secret if secret is not None else os.urandom(32)
-        # Owner tokens (see _owner_uri) are keyed apart from Record-Route tokens,
+        # Owner tokens (see _with_owner) are keyed apart from Record-Route tokens,
         # so a token a phone saw in a Record-Route never passes for one.
         self._owner_secret = hmac.new(self._secret, b"owner", "sha256").digest()
         #: This process's own SIP URI (--advertise), recorded as the owner of the
@@ -844,15 +845,11 @@ class Proxy:
         """
         if self.instance is None or flow.transport == "udp":
             return flow
-        try:
-            base = SipURI.parse(self.instance)
-        except ParseError:
+        where = _owner_address(self.instance)
+        if where is None:
             return flow
         token = encode_flow(peer, flow.connection_id, self._owner_secret)
-        host = f"[{base.host}]" if ":" in base.host else base.host
-        port = f":{base.port}" if base.port else ""
-        param = f";transport={base.transport}" if base.transport else ""
-        return replace(flow, owner=f"sip:{token}@{host}{port}{param};lr")
+        return replace(flow, owner=f"sip:{token}@{where};lr")
 
     def _held_elsewhere(self, flow: Flow) -> bool:
         """Whether another process holds this binding's connection."""
@@ -1047,6 +1044,19 @@ def _direct_contact(binding: Binding) -> Peer | None:
     if transport != "udp":
         return None
     return Peer("udp", flow.remote_host, uri.port or 5060)
+
+
+@functools.lru_cache(maxsize=4)
+def _owner_address(instance: str) -> str | None:
+    """``host:port;transport=x`` of an --advertise URI, parsed once."""
+    try:
+        base = SipURI.parse(instance)
+    except ParseError:
+        return None
+    host = f"[{base.host}]" if ":" in base.host else base.host
+    port = f":{base.port}" if base.port else ""
+    param = f";transport={base.transport}" if base.transport else ""
+    return f"{host}{port}{param}"
 
 
 def _same_ip(a: str, b: str) -> bool:

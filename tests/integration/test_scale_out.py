@@ -106,6 +106,18 @@ class TcpPhone:
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         return invite
 
+    def respond(self, request: bytes, status: int) -> None:
+        lines = [
+            f"SIP/2.0 {status} OK",
+            *(f"Via: {v}" for v in headers_named(request, "via")),
+            *(
+                f"{name}: {headers_named(request, name)[0]}"
+                for name in ("from", "to", "call-id", "cseq")
+            ),
+            "Content-Length: 0",
+        ]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+
     def close(self) -> None:
         self.sock.close()
 
@@ -130,18 +142,42 @@ def call(port: int, user: str, call_id: str) -> socket.socket:
     return caller
 
 
-def final_status(caller: socket.socket, timeout: float = 15.0) -> int | None:
-    """The first final status the caller receives (provisionals skipped)."""
+def final_response(caller: socket.socket, timeout: float = 15.0) -> bytes:
+    """The first final response the caller receives (provisionals skipped)."""
     caller.settimeout(timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            status = status_of(caller.recv(65535))
+            data = caller.recv(65535)
         except TimeoutError:
-            return None
+            break
+        status = status_of(data)
         if status is not None and status >= 200:
-            return status
-    return None
+            return data
+    return b""
+
+
+def final_status(caller: socket.socket, timeout: float = 15.0) -> int | None:
+    return status_of(final_response(caller, timeout))
+
+
+def in_dialog(method: str, ok: bytes, caller: socket.socket, cseq: int) -> bytes:
+    """ACK or BYE from the caller along the route set of the 200 (§12.1.2)."""
+    local = caller.getsockname()[1]
+    routes = list(reversed(headers_named(ok, "record-route")))
+    contact = headers_named(ok, "contact")[0].strip("<>")
+    lines = [
+        f"{method} {contact} SIP/2.0",
+        f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch=z9hG4bK-{method}{local};rport",
+        *(f"Route: {r}" for r in routes),
+        "Max-Forwards: 70",
+        f"From: {headers_named(ok, 'from')[0]}",
+        f"To: {headers_named(ok, 'to')[0]}",
+        f"Call-ID: {headers_named(ok, 'call-id')[0]}",
+        f"CSeq: {cseq} {method}",
+        "Content-Length: 0",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 def start(tmp_path: Path, name: str, port: int, args: list[str]) -> RunningServer:
@@ -180,6 +216,18 @@ def test_a_phone_on_a_connection_to_a_is_called_through_b(
         assert f"127.0.0.1:{port_a}" in vias[0]
         assert f"127.0.0.1:{port_b}" in vias[1]
         assert invite.split(b" ", 2)[1] == b"sip:erin@192.0.2.99:5060;transport=tcp"
+        ok = final_response(caller)
+        assert status_of(ok) == 200, ok
+        # The dialog's requests follow both processes' Record-Routes back to
+        # the phone's connection: B first (the route set), then A.
+        assert len(headers_named(ok, "record-route")) == 4, ok
+        caller.sendto(in_dialog("ACK", ok, caller, 1), ("127.0.0.1", port_b))
+        caller.sendto(in_dialog("BYE", ok, caller, 2), ("127.0.0.1", port_b))
+        assert read_message(phone.sock).startswith(b"ACK sip:erin@192.0.2.99")
+        bye = read_message(phone.sock)
+        assert bye.startswith(b"BYE sip:erin@192.0.2.99"), bye
+        assert len(headers_named(bye, "via")) == 3, bye
+        phone.respond(bye, 200)
         assert final_status(caller) == 200
         caller.close()
     finally:
