@@ -701,11 +701,21 @@ def _summary(best: Step | None, processes: int = 1) -> str:
     text = (
         f"highest clean rate {best.offered}/s "
         f"(p50 {best.p50_ms:.1f} ms, p99 {best.p99_ms:.1f} ms, "
-        f"CPU {best.server_cpu_percent:.0f}%, memory {best.server_rss_mib:.0f} MiB)"
+        f"CPU {best.server_cpu_percent:.0f}%, {_cpu_ms(best):.2f} ms CPU per call, "
+        f"memory {best.server_rss_mib:.0f} MiB)"
     )
     if processes > 1:
         text += f", {best.offered / processes:.0f}/s per process"
     return text
+
+
+def _cpu_ms(step: Step) -> float:
+    """Server CPU time per answered call, in ms.
+
+    Less sensitive to a busy machine than the rates, and comparable when both
+    servers reach --max-rate.
+    """
+    return 10 * step.server_cpu_percent / step.achieved if step.achieved else 0.0
 
 
 def _format(step: Step) -> str:
@@ -810,7 +820,8 @@ def main() -> None:
             theirs = results.get((scenario, transport, "kamailio", "memory"))
             if server == "sipproxy":
                 ratio = (
-                    f"{best.offered / theirs.offered:.2f}"
+                    f"{best.offered / theirs.offered:.2f} (CPU per call "
+                    f"{_cpu_ms(best):.2f} / {_cpu_ms(theirs):.2f} ms)"
                     if best and theirs
                     else "n/a (a side had no clean step)"
                 )
