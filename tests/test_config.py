@@ -195,3 +195,29 @@ def test_scale_out_options() -> None:
 def test_bad_scale_out_options(values: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_config(values, {})
+
+
+def test_secret_file_is_checked_before_anything_listens(tmp_path: Path) -> None:
+    from sipproxy.tap import Options
+
+    short = tmp_path / "short.key"
+    short.write_bytes(b"too short")
+    with pytest.raises(SystemExit, match="needs at least 16 bytes"):
+        Options().parseOptions(["--secret-file", str(short)])
+    with pytest.raises(SystemExit, match=r"secret-file .*missing\.key"):
+        Options().parseOptions(["--secret-file", str(tmp_path / "missing.key")])
+    good = tmp_path / "cluster.key"
+    good.write_bytes(b"k" * 32)
+    options = Options()
+    options.parseOptions(
+        [
+            "--secret-file",
+            str(good),
+            "--reuse-port",
+            "--advertise",
+            "sip:127.0.0.1:5071",
+        ]
+    )
+    assert options.config is not None
+    assert options.config.reuse_port is True
+    assert options.config.secret_file == str(good)
