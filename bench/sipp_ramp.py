@@ -266,9 +266,25 @@ def start_sipproxy(
     started: list[subprocess.Popen[bytes]] = []
     for index in range(processes):
         own = port
+        listen: list[str] = []
+        if processes > 1:
+            # Each process first listens on a port of its own: it sends from
+            # it and names it in Via and Record-Route, so responses and
+            # in-dialog requests come back to the process that sent the request
+            # (on the shared port, the kernel would pick a process by the
+            # peer's address). It also records it in the bindings of its TCP
+            # connections (--advertise) for the others to route by.
+            own = free_port()
+            listen += [
+                "--reuse-port",
+                "--listen", f"udp:{own}:interface=127.0.0.1",
+                "--listen", f"tcp:{own}:interface=127.0.0.1",
+                "--advertise", f"sip:127.0.0.1:{own};transport=tcp",
+            ]  # fmt: skip
         argv = [
             TWISTD, "-n", "--pidfile=", "sipproxy",
             "--domain", DOMAIN,
+            *listen,
             "--listen", f"udp:{port}:interface=127.0.0.1",
             "--listen", f"tcp:{port}:interface=127.0.0.1",
             "--location", location,
@@ -278,16 +294,6 @@ def start_sipproxy(
         ]  # fmt: skip
         if users is not None:
             argv += ["--users", str(users)]
-        if processes > 1:
-            # Each process also listens on a port of its own, which it records
-            # in the bindings of its TCP connections for the others to route by.
-            own = free_port()
-            argv += [
-                "--reuse-port",
-                "--listen", f"udp:{own}:interface=127.0.0.1",
-                "--listen", f"tcp:{own}:interface=127.0.0.1",
-                "--advertise", f"sip:127.0.0.1:{own};transport=tcp",
-            ]  # fmt: skip
         log = workdir / f"server-{index}.log"
         process = subprocess.Popen(
             pinned(index, argv),

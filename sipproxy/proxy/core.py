@@ -296,7 +296,7 @@ class Proxy:
         key = loop_key(request)
         inbound_flow = self._flow_from_routes(request)
         owner_flow = self._owner_flow(request)
-        inbound_flow = inbound_flow or owner_flow
+        inbound_flow = inbound_flow or self._if_connected(owner_flow)
         followed_our_route = self._first_route_is_ours(request)
         request = preprocess_routes(request, self._is_ours)
         uri = request.request_uri
@@ -883,6 +883,18 @@ class Proxy:
         if not (isinstance(uri, SipURI) and uri.user and self._is_ours(uri)):
             return None
         return decode_flow(uri.user, self._owner_secret)
+
+    def _if_connected(
+        self, flow: tuple[Peer, str | None] | None
+    ) -> tuple[Peer, str | None] | None:
+        """An owner token's flow, or None when its connection is gone.
+
+        Then the Request-URI (the phone's Contact) is the only address left, as
+        in _targets_for_binding for a binding of our own.
+        """
+        if flow is None or flow[0].transport == "udp":
+            return flow
+        return flow if self._transports.connection(flow[1]) is not None else None
 
     def _is_ours(self, uri: SipURI) -> bool:
         host = uri.host.lower().strip("[]")

@@ -30,28 +30,37 @@ from tests.location.conftest import redis_server  # noqa: F401 - a shared fixtur
 pytestmark = pytest.mark.integration
 
 
-def read_message(sock: socket.socket, timeout: float = 10.0) -> bytes:
-    """One SIP message from a stream: headers, then Content-Length bytes of body."""
-    sock.settimeout(timeout)
-    buffer = b""
-    deadline = time.monotonic() + timeout
-    while b"\r\n\r\n" not in buffer and time.monotonic() < deadline:
-        chunk = sock.recv(65535)
-        if not chunk:
-            break
-        buffer += chunk
-    head, _, body = buffer.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n"):
-        name, _, value = line.partition(b":")
-        if name.strip().lower() in (b"content-length", b"l"):
-            length = int(value.strip())
-    while len(body) < length and time.monotonic() < deadline:
-        chunk = sock.recv(65535)
-        if not chunk:
-            break
-        body += chunk
-    return head + b"\r\n\r\n" + body
+class MessageReader:
+    """SIP messages from a stream, one at a time: a read may hold several."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def _fill(self, deadline: float) -> bool:
+        self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = self.sock.recv(65535)
+        self.buffer += chunk
+        return bool(chunk)
+
+    def read(self, timeout: float = 10.0) -> bytes:
+        """The next message: headers, then Content-Length bytes of body."""
+        deadline = time.monotonic() + timeout
+        while b"\r\n\r\n" not in self.buffer:
+            if time.monotonic() > deadline or not self._fill(deadline):
+                raise TimeoutError(f"no whole message in {timeout}s: {self.buffer!r}")
+        head, _, rest = self.buffer.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() in (b"content-length", b"l"):
+                length = int(value.strip())
+        while len(rest) < length:
+            if time.monotonic() > deadline or not self._fill(deadline):
+                raise TimeoutError(f"body cut short: {self.buffer!r}")
+            head, _, rest = self.buffer.partition(b"\r\n\r\n")
+        self.buffer = rest[length:]
+        return head + b"\r\n\r\n" + rest[:length]
 
 
 def headers_named(message: bytes, name: str) -> list[str]:
@@ -70,6 +79,7 @@ class TcpPhone:
         self.user = user
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.local = self.sock.getsockname()[1]
+        self.reader = MessageReader(self.sock)
 
     def register(self) -> bytes:
         request = (
@@ -86,11 +96,11 @@ class TcpPhone:
             f"Content-Length: 0\r\n\r\n"
         )
         self.sock.sendall(request.encode())
-        return read_message(self.sock)
+        return self.reader.read()
 
     def answer_invite(self) -> bytes:
         """Read the next INVITE on the connection and answer it 200; the INVITE."""
-        invite = read_message(self.sock)
+        invite = self.reader.read()
         assert invite.startswith(b"INVITE "), invite
         lines = [
             "SIP/2.0 200 OK",
@@ -223,8 +233,8 @@ def test_a_phone_on_a_connection_to_a_is_called_through_b(
         assert len(headers_named(ok, "record-route")) == 4, ok
         caller.sendto(in_dialog("ACK", ok, caller, 1), ("127.0.0.1", port_b))
         caller.sendto(in_dialog("BYE", ok, caller, 2), ("127.0.0.1", port_b))
-        assert read_message(phone.sock).startswith(b"ACK sip:erin@192.0.2.99")
-        bye = read_message(phone.sock)
+        assert phone.reader.read().startswith(b"ACK sip:erin@192.0.2.99")
+        bye = phone.reader.read()
         assert bye.startswith(b"BYE sip:erin@192.0.2.99"), bye
         assert len(headers_named(bye, "via")) == 3, bye
         phone.respond(bye, 200)

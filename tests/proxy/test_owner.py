@@ -96,3 +96,18 @@ def test_a_record_route_token_is_no_owner_token() -> None:
     assert h.sent_to(BOB) == []
     answers = [m for m in h.sent_to(ALICE) if isinstance(m, Response)]
     assert [m.status for m in answers][-1] == 407
+
+
+def test_an_owner_token_for_a_closed_connection_routes_to_the_contact() -> None:
+    """As for our own bindings: with the connection gone, only the Contact is left."""
+    h = Harness()
+    phone = Peer("tcp", "192.0.2.99", 40000)
+    gone = encode_flow(phone, "tcp-77", h.proxy._owner_secret)
+    route = f"Route: <sip:{gone}@{PROXY[0]}:{PROXY[1]};lr>\r\n"
+    request = invite(extra=route).replace(
+        b"INVITE sip:bob@example.test", f"INVITE sip:bob@{BOB[0]}:{BOB[1]}".encode()
+    )
+    h.receive(request, ALICE)
+    forwarded = h.sent_to(BOB)
+    assert len(forwarded) == 1, h.sent()
+    assert isinstance(forwarded[0], Request)
