@@ -59,8 +59,9 @@ bench-deps:
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
-# SIPp ramps against sipproxy and Kamailio, 2 then 1 process on one Redis, and
-# memory per binding; loopback only (a network namespace). Takes 30-60 minutes.
+# SIPp ramps against one sipproxy (every store) and Kamailio, then two sipproxy
+# processes on one port and one Redis, then memory per binding; loopback only
+# (a network namespace). Takes 30-60 minutes.
 bench: venv system-deps bench-deps
 	$(NETNS) $(BIN)/python -m bench.sipp_ramp $(BENCH_ARGS)
 	$(NETNS) $(BIN)/python -m bench.sipp_ramp --scenario register --store redis \
