@@ -7,12 +7,17 @@ CONFIG ?= etc/sipproxy.toml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests that start servers run in a fresh network namespace with only loopback,
 # so nothing they do can reach another host (root: plain netns; else a user ns).
-NETNS := unshare $(shell [ "$$(id -u)" = 0 ] && echo -n || echo -rn) -- \
+NETNS := unshare $(shell [ "$$(id -u)" = 0 ] && printf '%s' -n || printf '%s' -rn) -- \
 	sh -c 'ip link set lo up && exec "$$0" "$$@"'
 # tool:debian-package pairs the test suite needs on the machine
 SYSTEM_TOOLS := sipp:sip-tester redis-server:redis-server unshare:util-linux ip:iproute2 baresip:baresip-core fail2ban-regex:fail2ban htdigest:apache2-utils openssl:openssl systemd-analyze:systemd
 
 .PHONY: run test venv system-deps lint check
+# tool:debian-package pairs only the benchmark needs (bench/, `make bench`)
+BENCH_TOOLS := kamailio:kamailio taskset:util-linux
+# The full matrix of docs/performance.md; `make bench BENCH_ARGS=...` for less.
+BENCH_ARGS ?= --scenario all --transport all --store memory,sqlite,redis --server both
+.PHONY: bench bench-quick bench-deps
 
 $(BIN)/twistd: setup.py setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV) || { $(SUDO) apt-get update -q && \
@@ -44,3 +49,28 @@ check: lint system-deps
 	$(NETNS) $(BIN)/pytest
 
 test: check
+
+bench-deps:
+	@missing=""; for pair in $(BENCH_TOOLS); do \
+		command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+# SIPp ramps against one sipproxy (every store) and Kamailio, then two sipproxy
+# processes on one port and one Redis, then memory per binding; loopback only
+# (a network namespace). Takes 30-60 minutes.
+bench: venv system-deps bench-deps
+	$(NETNS) $(BIN)/python -m bench.sipp_ramp $(BENCH_ARGS)
+	$(NETNS) $(BIN)/python -m bench.sipp_ramp --scenario register --store redis \
+		--transport all --processes 2
+	$(BIN)/python -m bench.binding_memory --count 100000
+
+# The same, a few seconds per ramp at low rates: checks that every mode works.
+bench-quick: venv system-deps bench-deps
+	$(NETNS) $(BIN)/python -m bench.sipp_ramp --quick --users 10000 $(BENCH_ARGS)
+	$(NETNS) $(BIN)/python -m bench.sipp_ramp --quick --scenario register \
+		--store redis --transport all --processes 2
+	$(BIN)/python -m bench.binding_memory --count 10000

@@ -240,6 +240,15 @@ class Config:
     #: "text" (twistd's lines) or "json" (one object per line, for log shippers)
     log_format: str = "text"
 
+    #: several processes share each listening port (SO_REUSEPORT, issue 8)
+    reuse_port: bool = False
+    #: this process's own SIP URI, recorded in the bindings of connections it
+    #: holds so other processes sharing the store route through it (issue 8)
+    advertise: str | None = None
+    #: file whose bytes key flow tokens and To tags: the same file for every
+    #: process of a cluster, so each understands the others' Record-Routes
+    secret_file: str | None = None
+
 
 #: Shortest admin token accepted: 16 characters is 96 bits as base64.
 MIN_TOKEN_LENGTH = 16
@@ -277,6 +286,9 @@ _KEYS: dict[str, str] = {
     "admin-token": "token",
     "admin-token-file": "path",
     "log-format": "log-format",
+    "reuse-port": "flag",
+    "advertise": "sip-uri",
+    "secret-file": "path",
 }
 
 
@@ -322,6 +334,13 @@ def build_config(
         settings["admin_token"] = _read_token(settings["admin_token_file"])
     config = Config(**settings)
     _check_admin(config)
+    if config.reuse_port and config.advertise is None:
+        # The shared port names no process in particular: a binding recording it
+        # could not say which process holds the phone's connection.
+        raise ConfigError(
+            "reuse-port: also give advertise, a SIP URI of a listener of this "
+            "process alone (e.g. sip:10.0.0.1:5071;transport=tcp)"
+        )
     if not config.min_expires <= config.default_expires <= config.max_expires:
         raise ConfigError(
             f"expiry: need min-expires ({config.min_expires}) <= default-expires "
@@ -393,6 +412,12 @@ def _coerce(key: str, value: Any) -> Any:
         if value not in ("text", "json"):
             raise ConfigError(f"log-format = {value!r}: use text or json")
         return value
+    if kind == "flag":
+        if value in (True, 1, "true", "yes", "1"):
+            return True
+        if value in (False, 0, "false", "no", "0"):
+            return False
+        raise ConfigError(f"{key} = {value!r}: expected true or false")
     if kind == "sip-uri":
         if not isinstance(value, str) or not value.startswith(("sip:", "sips:")):
             raise ConfigError(f"{key} = {value!r}: expected a sip: or sips: URI")

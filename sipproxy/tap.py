@@ -12,6 +12,7 @@ import socket
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IService, MultiService
@@ -20,6 +21,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.web.server import Site
@@ -130,6 +132,30 @@ class Options(usage.Options):
             "File holding the admin API's bearer token (one line).",
         ],
         ["log-format", None, None, "text (default) or json: one object per line."],
+        [
+            "advertise",
+            None,
+            None,
+            "This process's own SIP URI (a listener of its own, e.g. "
+            "sip:10.0.0.1:5071;transport=tcp): recorded with the bindings of its "
+            "TCP connections, so processes sharing the store route calls for those "
+            "phones through it (default: the first --listen).",
+        ],
+        [
+            "secret-file",
+            None,
+            None,
+            "File whose bytes key flow tokens and To tags; give every process of a "
+            "cluster the same file (default: random per start).",
+        ],
+    ]
+    optFlags: Any = [
+        [
+            "reuse-port",
+            None,
+            "Let several processes listen on the same ports (SO_REUSEPORT); the "
+            "kernel spreads sources over them. Needs --advertise.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -205,6 +231,9 @@ class Options(usage.Options):
                 "admin-token",
                 "admin-token-file",
                 "log-format",
+                "reuse-port",
+                "advertise",
+                "secret-file",
             )
         }
         self.cli_values = cli
@@ -222,6 +251,7 @@ class Options(usage.Options):
                         office=self.config.office.with_users(frozenset(users)),
                     )
             tls_client(self.config)  # unreadable key, certificate or CA: say so now
+            _read_secret(self.config.secret_file)
         except (ConfigError, ValueError, OSError) as error:
             raise usage.UsageError(str(error)) from None
         parent = getattr(self, "parent", None)
@@ -337,6 +367,7 @@ class SIPServerService(MultiService):
             bans=self.bans,
             office=self.office,
             observer=self.metrics,
+            secret=_read_secret(config.secret_file),
         )
         self.stream_factories: dict[str, SIPStreamFactory] = {}
         self._purge: LoopingCall | None = None
@@ -356,6 +387,7 @@ class SIPServerService(MultiService):
                 ) from None
         if self.config.admin is not None:
             self._listen_admin(self.config.admin)
+        self.proxy.instance = self.config.advertise or _first_listener(self.ports)
         super().privilegedStartService()  # type: ignore[no-untyped-call]
 
     def _listen(self, spec: ListenSpec) -> IListeningPort:
@@ -364,8 +396,12 @@ class SIPServerService(MultiService):
             protocol = SIPDatagramProtocol(
                 receiver, self.config.max_message_size, admit=self._admit
             )
-            port: IListeningPort = self._reactor.listenUDP(
-                spec.port, protocol, interface=spec.interface, maxPacketSize=65535
+            port: IListeningPort = (
+                _listen_shared(self._reactor, spec, protocol)
+                if self.config.reuse_port
+                else self._reactor.listenUDP(
+                    spec.port, protocol, interface=spec.interface, maxPacketSize=65535
+                )
             )
             _enlarge_receive_buffer(port)
             self.transports.add_udp(protocol)
@@ -387,9 +423,16 @@ class SIPServerService(MultiService):
             options = server_options(
                 credentials_of(spec.options), spec.option("caCerts")
             )
-            port = self._reactor.listenSSL(
-                spec.port, factory, options, interface=spec.interface
-            )
+            if self.config.reuse_port:
+                port = _listen_shared(
+                    self._reactor, spec, TLSMemoryBIOFactory(options, False, factory)
+                )
+            else:
+                port = self._reactor.listenSSL(
+                    spec.port, factory, options, interface=spec.interface
+                )
+        elif self.config.reuse_port:
+            port = _listen_shared(self._reactor, spec, factory)
         else:
             port = self._reactor.listenTCP(spec.port, factory, interface=spec.interface)
         address = port.getHost()
@@ -744,6 +787,7 @@ _RELOADABLE = (
 _RESTART_ONLY = (
     "domains", "aliases", "listen", "location", "dns", "max_message_size",
     "tcp_idle_timeout", "admin", "admin_token", "admin_token_file", "log_format",
+    "reuse_port", "advertise", "secret_file",
 )  # fmt: skip
 
 
@@ -753,6 +797,59 @@ def _redacted(location: str) -> str:
     if sep and "@" in rest:
         return f"{scheme}://***@{rest.rpartition('@')[2]}"
     return location
+
+
+def _listen_shared(reactor: Any, spec: ListenSpec, receiver: Any) -> IListeningPort:
+    """Listen with SO_REUSEPORT, so other processes may listen on the same port.
+
+    Twisted's listenUDP/listenTCP cannot set it before bind(), so the socket is
+    made here and handed to the reactor, which takes a duplicate of it.
+    """
+    interface = spec.interface or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    kind = socket.SOCK_DGRAM if spec.transport == "udp" else socket.SOCK_STREAM
+    try:
+        with socket.socket(family, kind) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if kind == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((interface, spec.port))
+            sock.setblocking(False)
+            if kind == socket.SOCK_DGRAM:
+                return reactor.adoptDatagramPort(  # type: ignore[no-any-return]
+                    sock.fileno(), family, receiver, maxPacketSize=65535
+                )
+            sock.listen(int(spec.option("backlog") or 50))
+            return reactor.adoptStreamPort(  # type: ignore[no-any-return]
+                sock.fileno(), family, receiver
+            )
+    except OSError as error:
+        raise CannotListenError(interface, spec.port, error) from None
+
+
+def _first_listener(ports: list[tuple[ListenSpec, IListeningPort]]) -> str | None:
+    """The first listener as a SIP URI, if it names one address (not a wildcard)."""
+    for spec, port in ports[:1]:
+        address = port.getHost()
+        host = getattr(address, "host", "")
+        if not host or host in ("0.0.0.0", "::"):
+            return None
+        host = f"[{host}]" if ":" in host else host
+        param = "" if spec.transport == "udp" else f";transport={spec.transport}"
+        return f"sip:{host}:{getattr(address, 'port', 5060)}{param}"
+    return None
+
+
+def _read_secret(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        secret = Path(path).read_bytes()
+    except OSError as error:
+        raise ConfigError(f"secret-file {path!r}: {error.strerror}") from None
+    if len(secret) < 16:
+        raise ConfigError(f"secret-file {path!r}: needs at least 16 bytes")
+    return secret
 
 
 def _hostport(port: IListeningPort) -> str:

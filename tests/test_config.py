@@ -186,3 +186,60 @@ def test_tls_verify_refuses_anything_else() -> None:
 
 def test_tls_ca_is_a_file_name() -> None:
     assert build_config({"tls-ca": "/etc/ca.pem"}, {}).tls_ca == "/etc/ca.pem"
+
+
+def test_scale_out_options() -> None:
+    """--reuse-port, --advertise and --secret-file (issue 8), from file or CLI."""
+    assert Config().reuse_port is False
+    assert Config().advertise is None
+    config = build_config(
+        {"reuse-port": True, "advertise": "sip:10.0.0.1:5071;transport=tcp"},
+        {"secret-file": "/etc/sipproxy/cluster.key"},
+    )
+    assert config.reuse_port is True
+    assert config.advertise == "sip:10.0.0.1:5071;transport=tcp"
+    assert config.secret_file == "/etc/sipproxy/cluster.key"
+    # twistd gives a set flag as 1.
+    cli = build_config({}, {"reuse-port": 1, "advertise": "sip:127.0.0.1:5071"})
+    assert cli.reuse_port is True
+    assert build_config({"reuse-port": False}, {}).reuse_port is False
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"reuse-port": True}, "reuse-port: also give advertise"),
+        ({"reuse-port": "often"}, "expected true or false"),
+        ({"advertise": "10.0.0.1:5071"}, "expected a sip: or sips: URI"),
+        ({"secret-file": ""}, "expected a file name"),
+    ],
+)
+def test_bad_scale_out_options(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config(values, {})
+
+
+def test_secret_file_is_checked_before_anything_listens(tmp_path: Path) -> None:
+    from sipproxy.tap import Options
+
+    short = tmp_path / "short.key"
+    short.write_bytes(b"too short")
+    with pytest.raises(SystemExit, match="needs at least 16 bytes"):
+        Options().parseOptions(["--secret-file", str(short)])
+    with pytest.raises(SystemExit, match=r"secret-file .*missing\.key"):
+        Options().parseOptions(["--secret-file", str(tmp_path / "missing.key")])
+    good = tmp_path / "cluster.key"
+    good.write_bytes(b"k" * 32)
+    options = Options()
+    options.parseOptions(
+        [
+            "--secret-file",
+            str(good),
+            "--reuse-port",
+            "--advertise",
+            "sip:127.0.0.1:5071",
+        ]
+    )
+    assert options.config is not None
+    assert options.config.reuse_port is True
+    assert options.config.secret_file == str(good)

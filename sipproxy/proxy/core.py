@@ -18,7 +18,9 @@ every final decision is one log line.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import hmac
 import itertools
 import os
 from collections.abc import Awaitable, Callable, Sequence
@@ -227,6 +229,12 @@ class Proxy:
         self._registrar = registrar
         self._resolve = resolve
         self._secret = secret if secret is not None else os.urandom(32)
+        # Owner tokens (see _with_owner) are keyed apart from Record-Route tokens,
+        # so a token a phone saw in a Record-Route never passes for one.
+        self._owner_secret = hmac.new(self._secret, b"owner", "sha256").digest()
+        #: This process's own SIP URI (--advertise), recorded as the owner of the
+        #: connections it holds; None: bindings record no owner.
+        self.instance: str | None = None
         self._counter = itertools.count(1)
         self._known_user = known_user
         self._auth = auth
@@ -334,6 +342,8 @@ class Proxy:
         check_uri_scheme(request)
         received = request
         inbound_flow = self._flow_from_routes(request)
+        owner_flow = self._owner_flow(request)
+        inbound_flow = inbound_flow or self._if_connected(owner_flow)
         followed_our_route = self._first_route_is_ours(request)
         request = preprocess_routes(request, self._is_ours)
         uri = request.request_uri
@@ -358,6 +368,8 @@ class Proxy:
         check_proxy_require(request, SUPPORTED)
         user = None
         in_our_dialog = followed_our_route and request.to_addr.tag is not None
+        # Another process of ours looked the phone up (and checked the caller).
+        in_our_dialog = in_our_dialog or owner_flow is not None
         if self._auth is not None:
             header = credentials_header(
                 request,
@@ -442,6 +454,7 @@ class Proxy:
             remote_port=peer.port,
             connection_id=getattr(channel, "connection_id", None),
         )
+        flow = self._with_owner(flow, peer)
         answer = await self._registrar.register(
             request, flow, now=self._clock.seconds()
         )
@@ -508,6 +521,8 @@ class Proxy:
             # RFC 3327 §5.3: the Path is the route to the phone; we follow it.
             return await self._targets_by_uri(_with_routes(copy, binding.path), None)
         flow = binding.flow
+        if self._held_elsewhere(flow):
+            return await self._targets_via_owner(copy, flow)
         direct = _direct_contact(binding)
         if direct is not None and self._transports.can_reach(direct):
             return [_Target(copy, direct)]
@@ -1180,6 +1195,68 @@ class Proxy:
             found = decode_flow(uri.user, self._secret) if uri.user else None
         return found
 
+    # -- several processes sharing one store (issue 8) ---------------------------
+
+    def _with_owner(self, flow: Flow, peer: Peer) -> Flow:
+        """Record who holds a connection flow, for the other processes (Path-like).
+
+        The owner is this process's URI with a token naming the connection in its
+        user part: another process that finds the binding sends the request to
+        that URI as a Route, and this process delivers it on the connection.
+        """
+        if self.instance is None or flow.transport == "udp":
+            return flow
+        where = _owner_address(self.instance)
+        if where is None:
+            return flow
+        token = encode_flow(peer, flow.connection_id, self._owner_secret)
+        return replace(flow, owner=f"sip:{token}@{where};lr")
+
+    def _held_elsewhere(self, flow: Flow) -> bool:
+        """Whether another process holds this binding's connection."""
+        if flow.owner is None or flow.transport == "udp":
+            return False
+        try:
+            owner = SipURI.parse(flow.owner)
+        except ParseError:
+            return False
+        return not self._is_ours(owner)
+
+    async def _targets_via_owner(self, request: Request, flow: Flow) -> list[_Target]:
+        """Send through the process that holds the phone's connection."""
+        assert flow.owner is not None
+        try:
+            return await self._targets_by_uri(
+                _with_routes(request, [f"<{flow.owner}>"]), None
+            )
+        except RejectedError:
+            return []
+
+    def _owner_flow(self, request: Request) -> tuple[Peer, str | None] | None:
+        """The connection an owner token in our first Route names (_with_owner)."""
+        try:
+            first = first_address(request.headers, "route")
+        except ParseError:
+            return None
+        if first is None:
+            return None
+        uri = first.uri
+        if not (isinstance(uri, SipURI) and uri.user and self._is_ours(uri)):
+            return None
+        return decode_flow(uri.user, self._owner_secret)
+
+    def _if_connected(
+        self, flow: tuple[Peer, str | None] | None
+    ) -> tuple[Peer, str | None] | None:
+        """An owner token's flow, or None when its connection is gone.
+
+        Then the Request-URI (the phone's Contact) is the only address left, as
+        in _targets_for_binding for a binding of our own.
+        """
+        if flow is None or flow[0].transport == "udp":
+            return flow
+        return flow if self._transports.connection(flow[1]) is not None else None
+
     def _is_ours(self, uri: SipURI) -> bool:
         host = uri.host.lower().strip("[]")
         if host not in self.settings.local_hosts:
@@ -1378,6 +1455,19 @@ def _direct_contact(binding: Binding) -> Peer | None:
     if transport != "udp":
         return None
     return Peer("udp", flow.remote_host, uri.port or 5060)
+
+
+@functools.lru_cache(maxsize=4)
+def _owner_address(instance: str) -> str | None:
+    """``host:port;transport=x`` of an --advertise URI, parsed once."""
+    try:
+        base = SipURI.parse(instance)
+    except ParseError:
+        return None
+    host = f"[{base.host}]" if ":" in base.host else base.host
+    port = f":{base.port}" if base.port else ""
+    param = f";transport={base.transport}" if base.transport else ""
+    return f"{host}{port}{param}"
 
 
 def _same_ip(a: str, b: str) -> bool:
