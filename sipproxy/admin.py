@@ -20,7 +20,19 @@ configured (compared in constant time; 401 otherwise). The routes:
 - ``GET /registrations[?aor=AOR]``: bindings by address-of-record;
 - ``DELETE /registrations?aor=AOR[&contact=URI]``: remove one binding or all;
 - ``GET /bans``; ``DELETE /bans/{address}``: lift a ban;
-- ``POST /reload``: what SIGHUP does (users, dial plan, limits).
+- ``POST /reload``: what SIGHUP does (users, dial plan, limits);
+- ``GET /users/{name}/forward``: the user's effective forwarding and
+  do-not-disturb, and which keys were set at run time (issue 9);
+- ``PUT /users/{name}/forward/{kind}`` with ``{"target": "sip:..."}``: set the
+  busy, no_answer, unavailable or unconditional forwarding (``""`` clears it;
+  no_answer also takes ``"seconds"``);
+- ``PUT /users/{name}/dnd`` with ``{"on": true}``: do-not-disturb on or off;
+- ``DELETE /users/{name}/forward``: forget the run-time settings, the TOML
+  ``[forward.NAME]`` values apply again.
+
+The ``/users`` routes answer 409 when the server has no office sections, 404
+for a name that is no user, 400 for a bad body, kind or target or a forwarding
+loop. What they set is kept in the location store, so it survives a restart.
 
 The API reads the location store and the ban list and asks the server (an
 :class:`AdminServer`) for the rest; it holds no state of its own.
@@ -46,6 +58,12 @@ from typing_extensions import override
 from sipproxy.guard import BanList
 from sipproxy.location import Binding, LocationService
 from sipproxy.metrics import CONTENT_TYPE, Metrics
+from sipproxy.proxy.pbx import (
+    FORWARD_KEYS,
+    Forwarding,
+    OfficePreferences,
+    forwarding_from,
+)
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.uri import SipURI
 
@@ -59,6 +77,8 @@ class AdminServer(Protocol):
 
     location: LocationService
     bans: BanList
+    #: run-time forwarding and DND (issue 9); None: no office sections
+    office: OfficePreferences | None
 
     def seconds(self) -> float:
         """The current time, from the server's clock."""
@@ -148,6 +168,10 @@ class AdminAPI(Resource):
         self.add_route("GET", "/bans", self._bans)
         self.add_route("DELETE", "/bans/{address}", self._unban)
         self.add_route("POST", "/reload", self._reload)
+        self.add_route("GET", "/users/{name}/forward", self._show_forward)
+        self.add_route("PUT", "/users/{name}/forward/{kind}", self._set_forward)
+        self.add_route("PUT", "/users/{name}/dnd", self._set_dnd)
+        self.add_route("DELETE", "/users/{name}/forward", self._reset_forward)
 
     def add_route(
         self, method: str, path: str, handler: Handler, *, public: bool = False
@@ -333,6 +357,95 @@ class AdminAPI(Resource):
         for aor in aors:
             bindings += len(await location.bindings(aor, now=now))
         return len(aors), bindings
+
+    # -- office forwarding and do-not-disturb (issue 9) ------------------------
+
+    async def _show_forward(self, call: Call) -> Reply:
+        office, name = self._office_user(call)
+        return await _forwarding_reply(office, name, await office.effective(name))
+
+    async def _set_forward(self, call: Call) -> Reply:
+        office, name = self._office_user(call)
+        kind = call.params["kind"]
+        body = _json_object(call)
+        target = body.get("target")
+        if not isinstance(target, str):
+            raise AdminError(
+                400, 'give the target as {"target": "sip:..."} ("" clears it)'
+            )
+        seconds = body.get("seconds")
+        try:
+            if seconds is not None:
+                if kind != "no_answer":
+                    raise ValueError('"seconds" applies to no_answer only')
+                # Checked before anything is stored, so a bad value changes nothing.
+                forwarding_from({"no_answer_seconds": seconds}, "seconds")
+            forwarding = await office.set_forward(name, kind, target.strip())
+            if seconds is not None:
+                forwarding = await office.set_no_answer_seconds(name, seconds)
+        except ValueError as error:
+            raise AdminError(400, str(error)) from None
+        self.log.info(
+            "admin API: {user} forwarding {kind} set to {target}",
+            user=name,
+            kind=kind,
+            target=target.strip() or "(none)",
+        )
+        return await _forwarding_reply(office, name, forwarding)
+
+    async def _set_dnd(self, call: Call) -> Reply:
+        office, name = self._office_user(call)
+        on = _json_object(call).get("on")
+        if not isinstance(on, bool):
+            raise AdminError(400, 'give {"on": true} or {"on": false}')
+        forwarding = await office.set_dnd(name, on)
+        self.log.info(
+            "admin API: {user} do-not-disturb {state}",
+            user=name,
+            state="on" if on else "off",
+        )
+        return await _forwarding_reply(office, name, forwarding)
+
+    async def _reset_forward(self, call: Call) -> Reply:
+        office, name = self._office_user(call)
+        forwarding = await office.reset(name)
+        self.log.info(
+            "admin API: {user} forwarding reset to the configuration", user=name
+        )
+        return await _forwarding_reply(office, name, forwarding)
+
+    def _office_user(self, call: Call) -> tuple[OfficePreferences, str]:
+        office = self._server.office
+        if office is None:
+            raise AdminError(
+                409,
+                "no office configured: forwarding and do-not-disturb need "
+                "[extensions], [[groups]] or [forward.NAME] sections in --config",
+            )
+        name = call.params["name"]
+        if not office.is_user(name):
+            raise AdminError(404, f"{name!r} is not a user")
+        return office, name
+
+
+async def _forwarding_reply(
+    office: OfficePreferences, name: str, forwarding: Forwarding
+) -> Reply:
+    stored = await office.stored(name)
+    body: dict[str, Any] = {key: getattr(forwarding, key) for key in FORWARD_KEYS}
+    body["user"] = name
+    body["set_at_run_time"] = sorted(k for k in stored if k in FORWARD_KEYS)
+    return Reply(body)
+
+
+def _json_object(call: Call) -> dict[str, Any]:
+    try:
+        value = json.loads(call.body or b"null")
+    except (ValueError, RecursionError):
+        raise AdminError(400, "the request body is not JSON") from None
+    if not isinstance(value, dict):
+        raise AdminError(400, "the request body must be a JSON object")
+    return value
 
 
 async def _run(handler: Handler, call: Call) -> Reply:

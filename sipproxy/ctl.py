@@ -5,6 +5,14 @@
     sipproxy-ctl registrations [AOR]      sipproxy-ctl unregister AOR [CONTACT]
     sipproxy-ctl bans                     sipproxy-ctl unban IP
     sipproxy-ctl stats                    sipproxy-ctl reload
+    sipproxy-ctl forward USER             sipproxy-ctl forward USER KIND TARGET
+    sipproxy-ctl dnd USER on|off          sipproxy-ctl forward-reset USER
+
+``forward`` KIND is busy, no_answer, unavailable or unconditional; TARGET is a
+user, an extension, a group number or a SIP URI, ``none`` (or ``""``) clears it;
+``forward USER no_answer TARGET SECONDS`` also sets how long the phones ring.
+What ``forward``/``dnd`` set is kept in the location store and wins over the
+TOML until ``forward-reset``.
 
 The token comes from ``--token``, ``--token-file`` or the ``SIPPROXY_TOKEN``
 environment variable (in that order). Tables for people, ``--json`` for scripts.
@@ -27,6 +35,8 @@ from urllib.parse import quote, urlencode
 __all__ = ["CtlError", "main"]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+#: the forwardings ``forward USER KIND TARGET`` sets (issue 9)
+FORWARD_KINDS = ("unconditional", "busy", "no_answer", "unavailable")
 
 
 class CtlError(Exception):
@@ -35,7 +45,13 @@ class CtlError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "forward":
+        if args.kind is not None and args.target is None:
+            parser.error(f"forward {args.kind}: give the TARGET (or none)")
+        if args.seconds is not None and args.kind != "no_answer":
+            parser.error("SECONDS goes with no_answer only")
     try:
         token = _token(args)
         return _run(args, token)
@@ -68,6 +84,22 @@ def _parser() -> argparse.ArgumentParser:
     unban.add_argument("ip", help="the banned address")
     commands.add_parser("stats", help="transactions, registrations, connections")
     commands.add_parser("reload", help="re-read the configuration (as SIGHUP)")
+    forward = commands.add_parser(
+        "forward", help="show or set a user's call forwarding (office)"
+    )
+    forward.add_argument("user", help="the user, e.g. alice")
+    forward.add_argument("kind", nargs="?", choices=FORWARD_KINDS, help="which one")
+    forward.add_argument("target", nargs="?", help='SIP URI, user, number; "none"')
+    forward.add_argument(
+        "seconds", nargs="?", type=float, help="no_answer: ring this long first"
+    )
+    dnd = commands.add_parser("dnd", help="turn a user's do-not-disturb on or off")
+    dnd.add_argument("user", help="the user, e.g. alice")
+    dnd.add_argument("state", choices=("on", "off"))
+    reset = commands.add_parser(
+        "forward-reset", help="forget forwarding and DND set here; the TOML applies"
+    )
+    reset.add_argument("user", help="the user, e.g. alice")
     return parser
 
 
@@ -106,17 +138,42 @@ def _run(args: argparse.Namespace, token: str | None) -> int:
     elif command == "stats":
         answer = _call(args, token, "GET", "/stats")
         _show(args, answer, _stats_table)
+    elif command in ("forward", "dnd", "forward-reset"):
+        _show(args, _office(args, token), _forwarding_table)
     else:
         answer = _call(args, token, "POST", "/reload")
         _show(args, answer, _reload_text)
     return 0
 
 
+def _office(args: argparse.Namespace, token: str | None) -> dict[str, Any]:
+    """Forwarding and do-not-disturb: the user's settings after the command."""
+    user = f"/users/{quote(args.user, safe='')}"
+    if args.command == "dnd":
+        return _call(args, token, "PUT", f"{user}/dnd", {"on": args.state == "on"})
+    if args.command == "forward-reset":
+        return _call(args, token, "DELETE", f"{user}/forward")
+    if args.kind is None:
+        return _call(args, token, "GET", f"{user}/forward")
+    target = "" if args.target.strip().lower() in ("", "none") else args.target
+    body: dict[str, Any] = {"target": target}
+    if args.seconds is not None:
+        body["seconds"] = args.seconds
+    return _call(args, token, "PUT", f"{user}/forward/{args.kind}", body)
+
+
 def _call(
-    args: argparse.Namespace, token: str | None, method: str, path: str
+    args: argparse.Namespace,
+    token: str | None,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     url = args.url.rstrip("/") + path
     request = urllib.request.Request(url, method=method)
+    if body is not None:
+        request.data = json.dumps(body).encode()
+        request.add_header("Content-Type", "application/json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -208,6 +265,26 @@ def _stats_table(answer: dict[str, Any]) -> str:
     for transport, count in sorted(answer.get("connections", {}).items()):
         rows.append((f"connections {transport}", count))
     return _table(("WHAT", "COUNT"), rows)
+
+
+def _forwarding_table(answer: dict[str, Any]) -> str:
+    stored = set(answer.get("set_at_run_time", []))
+
+    def source(*keys: str) -> str:
+        return "set here" if stored.intersection(keys) else "config"
+
+    rows = []
+    for kind in FORWARD_KINDS:
+        target = answer.get(kind) or "-"
+        keys = [kind]
+        if kind == "no_answer":
+            keys.append("no_answer_seconds")
+            if answer.get(kind):
+                target += f" (after {answer.get('no_answer_seconds', 0):g} s)"
+        rows.append((kind, target, source(*keys)))
+    dnd = "on" if answer.get("dnd") else "off"
+    head = f"{answer.get('user')}: do-not-disturb {dnd} ({source('dnd')})"
+    return head + "\n" + _table(("FORWARD", "TARGET", "SOURCE"), rows)
 
 
 def _reload_text(answer: dict[str, Any]) -> str:

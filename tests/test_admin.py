@@ -7,6 +7,7 @@ the server is a fake with fixed answers, so each test checks the API alone.
 from __future__ import annotations
 
 import json
+from io import BytesIO
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor as _reactor
 from twisted.internet.interfaces import IListeningPort
-from twisted.web.client import Agent, readBody
+from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 
@@ -23,6 +24,7 @@ from sipproxy.guard import BanList
 from sipproxy.location import LocationService
 from sipproxy.location.memory import MemoryLocationService
 from sipproxy.metrics import Metrics, Snapshot
+from sipproxy.proxy.pbx import OfficePreferences
 from tests.location.examples import ALICE, BOB, binding
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using readBody:DeprecationWarning")
@@ -38,6 +40,7 @@ class FakeServer:
         self.location: LocationService = MemoryLocationService()
         self.bans = BanList(max_failures=1, ban_time=600)
         self.unhealthy: str | None = None
+        self.office: OfficePreferences | None = None
         self.reloads = 0
         self.reload_answer: dict[str, Any] = {
             "reloaded": True,
@@ -70,21 +73,28 @@ class Running:
         self.agent = Agent(reactor)
 
     async def fetch(
-        self, method: str, path: str, token: str | None = TOKEN
+        self, method: str, path: str, token: str | None = TOKEN, body: bytes = b""
     ) -> tuple[int, bytes, Any]:
         headers = Headers()
         if token is not None:
             headers.addRawHeader(b"Authorization", f"Bearer {token}".encode())
         url = f"http://127.0.0.1:{self.port.getHost().port}{path}"  # type: ignore[attr-defined]
-        response = await self.agent.request(method.encode(), url.encode(), headers)
+        producer = FileBodyProducer(BytesIO(body)) if body else None
+        response = await self.agent.request(
+            method.encode(), url.encode(), headers, producer
+        )
         body = await readBody(response)
         return response.code, body, response.headers
 
     async def json(
-        self, method: str, path: str, token: str | None = TOKEN
+        self, method: str, path: str, token: str | None = TOKEN, body: Any = None
     ) -> tuple[int, Any]:
-        code, body, _ = await self.fetch(method, path, token)
-        return code, json.loads(body)
+        """``body``: a value sent as JSON, or bytes sent as they are."""
+        data = body if isinstance(body, bytes) else b""
+        if body is not None and not isinstance(body, bytes):
+            data = json.dumps(body).encode()
+        code, answer, _ = await self.fetch(method, path, token, data)
+        return code, json.loads(answer)
 
 
 @pytest.fixture

@@ -679,9 +679,17 @@ class OfficePreferences:
         await self.store.set_preferences(user, stored)
         return self.office.defaults(user).merged(stored)
 
-    def _check_user(self, user: str) -> None:
+    def is_user(self, name: str) -> bool:
+        """Whether ``name`` is a user whose settings can be changed here."""
         users = self.office.users
-        if users is not None and user not in users:
+        return users is None or name in users
+
+    async def stored(self, name: str) -> dict[str, Any]:
+        """The values set at run time for ``name`` (they win over the TOML)."""
+        return await self.store.preferences(name)
+
+    def _check_user(self, user: str) -> None:
+        if not self.is_user(user):
             raise ValueError(f"{user!r} is not a user")
 
     def _check_no_loop(self, user: str, target: str) -> None:
