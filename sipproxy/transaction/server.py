@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 from twisted.internet.interfaces import IReactorTime
 
 from sipproxy.sip.errors import ParseError
+from sipproxy.sip.headers import Headers
 from sipproxy.sip.message import Request, Response
 from sipproxy.transaction.keys import BranchKey, ServerKey, server_key
 from sipproxy.transaction.state import State, TransactionMachine
@@ -38,6 +39,8 @@ __all__ = ["TRYING_DELAY", "ServerInviteTransaction", "ServerNonInviteTransactio
 #: knows that the TU will generate a provisional or final response within 200 ms".
 #: The transaction cannot know, so it waits this long for the TU and then sends one.
 TRYING_DELAY = 0.2
+
+_NO_FIELDS = Headers()
 
 
 class _ServerTransaction(TransactionMachine):
@@ -244,6 +247,11 @@ class ServerNonInviteTransaction(_ServerTransaction):
             return
         self.state = State.COMPLETED
         self._send(response)
+        # For Timer J (32 s over UDP) only the response's bytes are needed, for
+        # retransmissions; the parsed request goes, keeping its start line. At a
+        # thousand requests a second these transactions are most of the live heap
+        # that every full collection walks (docs/performance.md, issue 8).
+        self.request = Request(self.request.method, self.request.uri, _NO_FIELDS)
         self._arm("J", self._timers.timer_j, self._terminate)
 
     def receive_request(self, request: Request) -> None:

@@ -262,12 +262,15 @@ def test_non_invite_proceeding_resends_provisional() -> None:
 def test_non_invite_final_completes_and_timer_j_terminates(provisional: bool) -> None:
     """Final -> Completed; retransmissions get it again; Timer J (64*T1) ends it."""
     txn, channel, clock, ended = non_invite_server()
+    original = txn.request
     if provisional:
         respond(txn, 100)
     respond(txn, 200)
     assert state_of(txn) is State.COMPLETED
-    txn.receive_request(txn.request)
-    respond(txn, 500)  # "MUST be discarded"
+    # Completed keeps the answer's bytes, not the parsed request (issue 8).
+    assert txn.request.method == "OPTIONS" and len(txn.request.headers) == 0
+    txn.receive_request(original)
+    txn.respond(original.response(500, to_tag="srv1"))  # "MUST be discarded"
     assert channel.statuses[-2:] == [200, 200]
     clock.advance(31.9)
     assert state_of(txn) is State.COMPLETED
