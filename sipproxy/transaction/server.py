@@ -85,18 +85,14 @@ class _ServerTransaction(TransactionMachine):
     def _started(self) -> None:
         """What a kind of transaction arms as it starts; nothing by default."""
 
-    @property
-    def last_response(self) -> Response | None:
-        """The most recent response sent, the one a retransmission gets again."""
-        return self._last
-
     def _send(self, response: Response) -> None:
         self._last = response
         self._last_wire = response.to_bytes()
         self.channel.send(self._last_wire, self._destination)
 
     def _resend(self) -> None:
-        if self._last is not None:
+        # The bytes of the last response sent: a retransmission gets them again.
+        if self._last_wire:
             self.channel.send(self._last_wire, self._destination)
 
     def _refuse(self, response: Response) -> None:
@@ -248,10 +244,12 @@ class ServerNonInviteTransaction(_ServerTransaction):
         self.state = State.COMPLETED
         self._send(response)
         # For Timer J (32 s over UDP) only the response's bytes are needed, for
-        # retransmissions; the parsed request goes, keeping its start line. At a
+        # retransmissions; the parsed request and response go (the request keeps
+        # its start line). At a
         # thousand requests a second these transactions are most of the live heap
         # that every full collection walks (docs/performance.md, issue 8).
         self.request = Request(self.request.method, self.request.uri, _NO_FIELDS)
+        self._last = None
         self._arm("J", self._timers.timer_j, self._terminate)
 
     def receive_request(self, request: Request) -> None:
