@@ -408,6 +408,8 @@ class Proxy:
         if request.method == "INVITE":
             # §16.2: "the proxy MUST [...] generate a 100 (Trying) response".
             transaction.respond(request.response(100))
+            if request.to_addr.tag is None and inbound_flow is None:
+                request = self._office_identity(request, user)
         routed = None
         if not has_route and inbound_flow is None and request.to_addr.tag is None:
             routed = route_by_dialplan(uri, request.uri, self.settings.dialplan)
@@ -927,6 +929,38 @@ class Proxy:
         call = _OfficeCall(plan, request, request)
         call.plan.current = destination
         return call
+
+    def _office_identity(self, request: Request, user: str | None) -> Request:
+        """The callee's phone shows the caller's extension (issue 9, RFC 3325).
+
+        A proxy may not rewrite From (RFC 3261 §16.6), so the extension travels as
+        the display name of a P-Asserted-Identity naming the caller, which phones
+        and PBXs show in preference to From. The caller is the authenticated
+        user, or without --users the user part of a From in our domains. One
+        such header written by the caller is replaced: we assert who it is.
+        """
+        if self._office is None:
+            return request
+        try:
+            caller = request.from_addr.uri
+        except ParseError:
+            return request
+        if not isinstance(caller, SipURI) or not caller.user:
+            return request
+        host = caller.host.lower()
+        if host not in self.settings.domains:
+            return request
+        name = user if self._auth is not None else caller.user
+        if name is None:
+            return request
+        number = next(
+            (n for n, u in self._office.office.extensions.items() if u == name), None
+        )
+        if number is None:
+            return request
+        identity = f'"{number}" <{caller.scheme}:{name}@{host}>'
+        headers = request.headers.remove("P-Asserted-Identity")
+        return replace(request, headers=headers.append("P-Asserted-Identity", identity))
 
     def _office_extension(self, request: Request) -> Request:
         """Other requests to an extension (MESSAGE, SUBSCRIBE) go to its user."""

@@ -395,3 +395,27 @@ def test_other_requests_to_an_extension_reach_the_user() -> None:
     h.receive(message, ALICE)
     [to_bob] = requests(h, BOB, "MESSAGE")
     assert to_bob.uri == "sip:bob@10.0.0.62:5060"
+
+
+def test_caller_with_an_extension_is_asserted_with_it() -> None:
+    """The callee sees "101": P-Asserted-Identity (RFC 3325), From untouched."""
+    h = harness()
+    h.register("bob", BOB)
+    spoofed = 'P-Asserted-Identity: "CEO" <sip:ceo@example.test>\r\n'
+    h.receive(invite("102", extra=spoofed), ALICE)
+    to_bob = one_invite(h, BOB)
+    assert to_bob.headers.get_all("p-asserted-identity") == [
+        '"101" <sip:alice@example.test>'
+    ]
+    assert to_bob.headers.get("from") == '"Alice" <sip:alice@example.test>;tag=a1'
+
+
+def test_caller_without_an_extension_gets_no_asserted_identity() -> None:
+    """Only callers with an extension are asserted; other headers pass as sent."""
+    h = Harness(
+        office=parse_office({"extensions": {"102": "bob"}}).with_users(USERS),
+        known_users=frozenset(),
+    )
+    h.register("bob", BOB)
+    h.receive(invite("102"), ALICE)
+    assert "p-asserted-identity" not in one_invite(h, BOB).headers
