@@ -664,6 +664,17 @@ class Proxy:
             inbound_connection=getattr(channel, "connection_id", None),
         )
         self._contexts[id(transaction)] = context
+        self._ring(context, targets, parallel)
+        return context
+
+    def _ring(
+        self, context: ResponseContext, targets: list[_Target], parallel: bool | None
+    ) -> None:
+        """Parallel or sequential search (§16.5); ``parallel=None``: as --forking.
+
+        In parallel every target gets its branch now; in sequence the first does
+        and the rest wait in ``context.pending``.
+        """
         if parallel is None:
             parallel = self.settings.forking == "parallel"
         if parallel:
@@ -672,7 +683,6 @@ class Proxy:
         else:
             context.pending = targets[1:]
             self._send_branch(context, targets[0])
-        return context
 
     def _send_branch(self, context: ResponseContext, target: _Target) -> None:
         request = self._outgoing(context, target)
@@ -1138,15 +1148,7 @@ class Proxy:
             context.office = None
             self._final(context, _synthesized(context.request, 487))
             return
-        parallel = ring.parallel
-        if parallel is None:
-            parallel = self.settings.forking == "parallel"
-        if parallel:
-            for target in targets:
-                self._send_branch(context, target)
-        else:
-            context.pending = targets[1:]
-            self._send_branch(context, targets[0])
+        self._ring(context, targets, ring.parallel)
         self._office_arm(context, ring)
 
     def _office_failed(self, failure: Any, context: ResponseContext) -> None:
