@@ -850,6 +850,10 @@ class Proxy:
             if branch.timer_c is not None and branch.timer_c.active():
                 branch.timer_c.cancel()
             self._branches.pop(id(branch.transaction), None)
+            # The client transaction may outlive us (Timer D, Timer K) and its
+            # send closure points back at the branch: drop our edge of that cycle
+            # so refcounting frees a call, not the garbage collector (issue 8).
+            branch.transaction = None
 
     def _forward_up(self, context: ResponseContext, response: Response) -> None:
         """Send a response upstream on the server transaction, our Via removed."""
