@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.uri import AbsoluteURI, NameAddress, SipURI, parse_uri
@@ -213,3 +215,35 @@ def test_name_address_editing() -> None:
     assert str(NameAddress(SipURI.parse("sip:a@b;lr"), angle=False)) == "<sip:a@b;lr>"
     quoted = NameAddress(SipURI.parse("sip:a@b"), 'x"\\\x00')
     assert NameAddress.parse(str(quoted)).display_name == 'x"\\\x00'
+
+
+def _either(scheme: str, rest: str, walk: bool) -> object:
+    parse = SipURI._parse_rest_walk if walk else SipURI._parse_rest
+    try:
+        return parse(scheme, rest)
+    except ParseError as error:
+        return ("error", error.reason)
+
+
+@given(st.text(alphabet="ab1.-_~!*'()&=+$,;:?/@%[]<> \t9", min_size=0, max_size=40))
+@settings(max_examples=3000, deadline=None)
+def test_plain_uri_fast_path_gives_what_the_full_walk_gives(rest: str) -> None:
+    """The one-regex path for plain URIs (the hot path) never differs."""
+    assert _either("sip", rest, walk=False) == _either("sip", rest, walk=True)
+
+
+@pytest.mark.parametrize(
+    "rest",
+    [
+        "u1@127.0.0.1:5061;transport=udp",
+        "bob@example.test",
+        "127.0.0.1:5060;lr",
+        "a@b:70000",
+        "u@h;lr;x=1",
+        "u@h;x=",
+        "u@h:5060;maddr=[::1]",
+        "GlMXYHPGd91TtnVkcHwxMjcuMC4wLjF8NTA2MXw@127.0.0.1:5060;lr",
+    ],
+)
+def test_plain_uri_fast_path_examples(rest: str) -> None:
+    assert _either("sip", rest, walk=False) == _either("sip", rest, walk=True)
