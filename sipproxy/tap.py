@@ -282,8 +282,6 @@ class SIPServerService(MultiService):
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.config = config
-        #: the --config file, re-read for the office sections on SIGHUP
-        self.config_path = config_path
         self._reactor = reactor
         # Reload (SIGHUP, POST /reload) reads the file again under the same
         # command line, which still wins.

@@ -84,6 +84,7 @@ from sipproxy.transport.peer import (
     Peer,
     ip_of,
     response_destination,
+    same_address,
     stamp_received,
 )
 from sipproxy.transport.sender import Transports
@@ -1489,7 +1490,7 @@ def _direct_contact(binding: Binding) -> Peer | None:
     except ParseError:
         return None
     host = uri.host.strip("[]")
-    if not _is_ip(host) or not _same_ip(host, flow.remote_host):
+    if not _is_ip(host) or not same_address(host, flow.remote_host):
         return None
     transport = (uri.transport or "udp").lower()
     if transport != "udp":
@@ -1508,11 +1509,6 @@ def _owner_address(instance: str) -> str | None:
     port = f":{base.port}" if base.port else ""
     param = f";transport={base.transport}" if base.transport else ""
     return f"{host}{port}{param}"
-
-
-def _same_ip(a: str, b: str) -> bool:
-    left = ip_of(a)
-    return left is not None and left == ip_of(b)
 
 
 def _with_routes(request: Request, routes: Sequence[str]) -> Request:

@@ -160,16 +160,17 @@ class Header:
     raw: bytes | None = field(default=None, compare=False, repr=False)
     #: ``canonical_name(name)``, computed once because every lookup needs it
     key: str = field(init=False, compare=False, repr=False)
-    #: the parsed first value (a Via, a NameAddress, a CSeq), kept by the typed
-    #: views of a message: the field is immutable and is read many times on the
-    #: way through the server (bench/hotpath.py), so it is parsed once
+    #: the field parsed, kept by the typed views of a message (message.kept_view):
+    #: the top Via, a From/To NameAddress, a CSeq, or all the NameAddresses of a
+    #: Contact/Route/Record-Route field. The field is immutable and read many
+    #: times on the way through the server (bench/hotpath.py): parsed once.
     view: object = field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", canonical_name(self.name))
 
     def remember(self, view: object) -> None:
-        """Keep ``view`` as this field's parsed first value."""
+        """Keep ``view`` as this field parsed (see :attr:`view`)."""
         object.__setattr__(self, "view", view)
 
     def to_bytes(self) -> bytes:
@@ -211,6 +212,14 @@ class Headers:
         for h in self.fields:
             if h.key == key:
                 return h.value
+        return None
+
+    def first_field(self, name: str) -> Header | None:
+        """The first field called ``name``, or ``None``."""
+        key = canonical_name(name)
+        for h in self.fields:
+            if h.key == key:
+                return h
         return None
 
     def get_all(self, name: str) -> list[str]:

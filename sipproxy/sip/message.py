@@ -24,8 +24,10 @@ __all__ = [
     "Request",
     "Response",
     "first_address",
+    "kept_view",
     "parse_addresses",
     "parse_digits",
+    "parse_top_via",
     "response_from_headers",
 ]
 
@@ -91,15 +93,11 @@ class _Message:
         return value
 
     def _view(self, key: str, parse: Callable[[str], _V]) -> _V:
-        """The first field ``key`` (a canonical name), parsed once and kept."""
-        for h in self.headers.fields:
-            if h.key == key:
-                view = h.view
-                if view is None:
-                    view = parse(h.value)
-                    h.remember(view)
-                return view  # type: ignore[return-value]
-        raise ParseError(f"missing {key}")
+        """The first field ``key``, parsed once and kept on it."""
+        h = self.headers.first_field(key)
+        if h is None:
+            raise ParseError(f"missing {key}")
+        return kept_view(h, parse)
 
     @property
     def vias(self) -> list[Via]:
@@ -112,7 +110,7 @@ class _Message:
 
         :raises ParseError: when there is none or it does not parse.
         """
-        return self._view("via", _parse_top_via)
+        return self._view("via", parse_top_via)
 
     @property
     def cseq(self) -> CSeq:
@@ -142,15 +140,11 @@ class _Message:
 
     def _addresses(self, key: str) -> list[NameAddress]:
         # Validation, the registrar and routing all read these: each field's
-        # values are parsed once and kept on the field (its view is all of them).
+        # values are parsed once and kept on the field.
         found: list[NameAddress] = []
         for h in self.headers.fields:
             if h.key == key:
-                view = h.view
-                if view is None:
-                    view = parse_addresses(h.value)
-                    h.remember(view)
-                found.extend(view)  # type: ignore[arg-type]
+                found.extend(kept_view(h, parse_addresses))
         return found
 
     @property
@@ -176,17 +170,25 @@ def parse_addresses(value: str) -> tuple[NameAddress, ...]:
 
 def first_address(headers: Headers, key: str) -> NameAddress | None:
     """The first value of the first field ``key``, parsed once and kept on it."""
-    for h in headers.fields:
-        if h.key == key:
-            view = h.view
-            if view is None:
-                view = parse_addresses(h.value)
-                h.remember(view)
-            return view[0]  # type: ignore[index, no-any-return]
-    return None
+    h = headers.first_field(key)
+    return None if h is None else kept_view(h, parse_addresses)[0]
 
 
-def _parse_top_via(value: str) -> Via:
+def kept_view(field: Header, parse: Callable[[str], _V]) -> _V:
+    """``parse(field.value)``, done once per field and kept on it (Header.view).
+
+    Each header name has one parse (the top Via, a NameAddress, a CSeq, the
+    addresses of a list), so a field's view is always of the same kind.
+    """
+    view = field.view
+    if view is None:
+        view = parse(field.value)
+        field.remember(view)
+    return view  # type: ignore[return-value]
+
+
+def parse_top_via(value: str) -> Via:
+    """The first via-parm of a Via field's value."""
     return Via.parse(_first_value(value))
 
 
@@ -292,11 +294,8 @@ class Response(_Message):
 
 
 def _has_tag(to: Header) -> bool:
-    view = to.view
-    if isinstance(view, NameAddress):
-        return view.tag is not None
     try:
-        return NameAddress.parse(to.value).tag is not None
+        return kept_view(to, NameAddress.parse).tag is not None
     except ParseError:
         # A To that does not parse (RFC 4475 quotbal) still gets its 400; guess.
         return _TAG.search(to.value) is not None
@@ -340,8 +339,7 @@ def response_from_headers(
     if strict:
         if missing:
             raise ParseError(f"cannot answer: no {', '.join(missing)}")
-        if vias[0].view is None:
-            vias[0].remember(_parse_top_via(vias[0].value))
+        kept_view(vias[0], parse_top_via)
     to = first.get("to")
     if to is not None and to_tag is not None and not _has_tag(to):
         first["to"] = Header(to.name, f"{to.value};tag={to_tag}")

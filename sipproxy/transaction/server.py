@@ -245,9 +245,8 @@ class ServerNonInviteTransaction(_ServerTransaction):
         self._send(response)
         # For Timer J (32 s over UDP) only the response's bytes are needed, for
         # retransmissions; the parsed request and response go (the request keeps
-        # its start line). At a
-        # thousand requests a second these transactions are most of the live heap
-        # that every full collection walks (docs/performance.md, issue 8).
+        # its start line). At a thousand requests a second these transactions
+        # are most of the live heap every full collection walks (issue 8).
         self.request = Request(self.request.method, self.request.uri, _NO_FIELDS)
         self._last = None
         self._arm("J", self._timers.timer_j, self._terminate)

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.headers import Headers
+from sipproxy.sip.message import kept_view, parse_top_via
 from sipproxy.sip.via import Via
 
 #: RFC 3261 §19.1.2: the port when a sent-by names none.
@@ -70,7 +71,8 @@ def ip_of(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-def _same_address(a: str, b: str) -> bool:
+def same_address(a: str, b: str) -> bool:
+    """Whether two host strings name one IP address (brackets and forms aside)."""
     if a == b:
         return True
     left = ip_of(a)
@@ -89,29 +91,26 @@ def stamp_received(headers: Headers, peer: Peer) -> Headers:
     RFC 3581 §4: with an empty ``rport`` the server also sets it to the source port,
     and then always adds ``received``.
     """
-    if "via" not in headers:
+    top = headers.first_field("via")
+    if top is None:
         raise ParseError("no Via header field")
-    value, rest = headers.pop_first_value("via")
-    via = Via.parse(value)
+    # Validation parsed it already; the parsed Via is kept on the field.
+    via = kept_view(top, parse_top_via)
     changed = via
     rport = via.rport
     if rport == "":
         changed = changed.with_param("rport", str(peer.port))
     # A received the sender wrote itself is never trusted: responses go to it.
-    stale = via.received is not None and not _same_address(via.received, peer.host)
-    if rport == "" or stale or not _same_address(via.host, peer.host):
+    stale = via.received is not None and not same_address(via.received, peer.host)
+    if rport == "" or stale or not same_address(via.host, peer.host):
         changed = changed.with_param("received", peer.host)
     if changed is via:
-        for h in headers.fields:
-            if h.key == "via":
-                h.remember(via)
-                break
         return headers
+    _, rest = headers.pop_first_value("via")
     stamped = rest.prepend("Via", str(changed))
-    for h in stamped.fields:
-        if h.key == "via":
-            h.remember(changed)  # everyone downstream reads this Via: parse it once
-            break
+    new_top = stamped.first_field("via")
+    assert new_top is not None  # just prepended
+    new_top.remember(changed)  # everyone downstream reads this Via: parse it once
     return stamped
 
 
