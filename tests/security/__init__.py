@@ -1,0 +1,1 @@
+"""Attacks on the trust boundary, performed over real sockets (issue 13)."""
