@@ -225,6 +225,8 @@ class Config:
     rate_burst: float = 600.0
     #: addresses never rate limited or banned (an SBC, a monitoring host)
     trusted: tuple[str, ...] = ()
+    #: internal networks (loopback, private...) a request may name as its target
+    allow_destination: tuple[str, ...] = ()
     #: TLS we open: check the server's certificate chain and name (RFC 5922)
     tls_verify: bool = True
     #: PEM file of CAs trusted for servers we connect to; None: the system's
@@ -275,6 +277,7 @@ _KEYS: dict[str, str] = {
     "rate-limit": "rate",
     "rate-burst": "seconds",
     "trusted": "addresses",
+    "allow-destination": "networks",
     "tls-verify": "yesno",
     "tls-ca": "path",
     # Office PBX sections (issue 9), validated together by pbx.parse_office.
@@ -388,6 +391,14 @@ def _coerce(key: str, value: Any) -> Any:
             except ValueError:
                 raise ConfigError(f"{key} = {address!r}: not an IP address") from None
         return tuple(addresses)
+    if kind == "networks":
+        networks = _as_list(key, value)
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ConfigError(f"{key} = {network!r}: not a network") from None
+        return tuple(networks)
     if kind == "rate":
         try:
             rate = float(value)

@@ -36,7 +36,7 @@ from sipproxy.htdigest import load_users
 from sipproxy.location import location_from_spec
 from sipproxy.logs import use_json_logs
 from sipproxy.metrics import Metrics, Snapshot
-from sipproxy.proxy.core import Proxy, ProxySettings
+from sipproxy.proxy.core import Networks, Proxy, ProxySettings
 from sipproxy.proxy.pbx import Office, OfficePreferences
 from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.resolver import make_resolver
@@ -160,7 +160,7 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        for key in ("domain", "listen", "alias", "dns", "trusted"):
+        for key in ("domain", "listen", "alias", "dns", "trusted", "allow-destination"):
             self[key] = []
         self.config: Config | None = None
         #: the command line's values, applied again over the file on reload
@@ -181,6 +181,10 @@ class Options(usage.Options):
     def opt_trusted(self, value: str) -> None:
         """Address never rate limited or banned, e.g. an SBC (repeatable)."""
         self["trusted"].append(value)
+
+    def opt_allow_destination(self, value: str) -> None:
+        """Internal network a request may name as its target (repeatable)."""
+        self["allow-destination"].append(value)
 
     def opt_dns(self, value: str) -> None:
         """DNS server for every lookup, IP[:PORT] (repeatable; default resolv.conf)."""
@@ -225,6 +229,7 @@ class Options(usage.Options):
                 "rate-limit",
                 "rate-burst",
                 "trusted",
+                "allow-destination",
                 "tls-verify",
                 "tls-ca",
                 "admin",
@@ -354,6 +359,8 @@ class SIPServerService(MultiService):
                 forking=config.forking,
                 dialplan=config.dialplan,
                 outbound_proxy=config.outbound_proxy,
+                trusted=_networks(config.trusted),
+                allowed_destinations=_networks(config.allow_destination),
             ),
             clock=reactor,
             transports=self.transports,
@@ -632,6 +639,8 @@ class SIPServerService(MultiService):
             forking=config.forking,
             dialplan=config.dialplan,
             outbound_proxy=config.outbound_proxy,
+            trusted=_networks(config.trusted),
+            allowed_destinations=_networks(config.allow_destination),
         )
         self.registrar.reconfigure(
             default_expires=config.default_expires,
@@ -779,7 +788,7 @@ class _QuietSite(Site):
 _RELOADABLE = (
     "users", "nonce_lifetime", "dialplan", "outbound_proxy", "forking",
     "rate_limit", "rate_burst", "trusted", "default_expires", "min_expires",
-    "max_expires", "max_bindings",
+    "max_expires", "max_bindings", "allow_destination",
 )  # fmt: skip
 #: Config fields only a restart changes: sockets, the store, the log set-up.
 _RESTART_ONLY = (
@@ -787,6 +796,10 @@ _RESTART_ONLY = (
     "tcp_idle_timeout", "admin", "admin_token", "admin_token_file", "log_format",
     "reuse_port", "advertise", "secret_file",
 )  # fmt: skip
+
+
+def _networks(texts: tuple[str, ...]) -> Networks:
+    return tuple(ipaddress.ip_network(text, strict=False) for text in texts)
 
 
 def _redacted(location: str) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import ipaddress
 import itertools
 import os
 from collections.abc import Awaitable, Callable, Sequence
@@ -46,7 +47,7 @@ from sipproxy.proxy.checks import (
     is_local_uri,
 )
 from sipproxy.proxy.dialplan import loose_route, route_by_dialplan
-from sipproxy.proxy.flows import decode_flow, encode_flow
+from sipproxy.proxy.flows import Pinned, decode_flow, dialog_binding, encode_flow
 from sipproxy.proxy.observer import ProxyObserver
 from sipproxy.proxy.pbx import (
     CallPlan,
@@ -112,6 +113,12 @@ if TYPE_CHECKING:
     from sipproxy.registrar import Registrar
 
 
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+#: Identity headers only a trusted domain may assert (RFC 3325 §5, and the older
+#: Remote-Party-ID that some trunks still read as the caller's number).
+_IDENTITY_HEADERS = ("P-Asserted-Identity", "P-Preferred-Identity", "Remote-Party-ID")
+
+
 @dataclass(frozen=True, slots=True)
 class ProxySettings:
     """What the core needs to know about this server."""
@@ -126,6 +133,10 @@ class ProxySettings:
     outbound_proxy: str | None = None
     #: live server transactions beyond which new requests get 503
     max_pending: int = 50_000
+    #: --trusted: peers whose identity headers (RFC 3325) and Path we accept
+    trusted: Networks = ()
+    #: --allow-destination: internal networks a request may name as its target
+    allowed_destinations: Networks = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +151,8 @@ class _Target:
     pinned: bool = False
     #: TLS: the host its certificate must name (RFC 5922 §4)
     server_name: str | None = None
+    #: targets of one DNS lookup share a group: alternatives tried in turn
+    group: int = 0
 
 
 @dataclass
@@ -233,6 +246,7 @@ class Proxy:
         # Owner tokens (see _with_owner) are keyed apart from Record-Route tokens,
         # so a token a phone saw in a Record-Route never passes for one.
         self._owner_secret = hmac.new(self._secret, b"owner", "sha256").digest()
+        self._via_secret = hmac.new(self._secret, b"via", "sha256").digest()
         #: This process's own SIP URI (--advertise), recorded as the owner of the
         #: connections it holds; None: bindings record no owner.
         self.instance: str | None = None
@@ -342,10 +356,12 @@ class Proxy:
     ) -> None:
         check_uri_scheme(request)
         received = request
-        inbound_flow = self._flow_from_routes(request)
-        owner_flow = self._owner_flow(request)
+        # A REGISTER is never inside a dialog (RFC 3261 §10.2), whatever its
+        # Route and To tag say: it always meets the registrar's rules (issue 13).
+        registering = request.method == "REGISTER"
+        inbound_flow = None if registering else self._flow_from_routes(request)
+        owner_flow = None if registering else self._owner_flow(request)
         inbound_flow = inbound_flow or self._if_connected(owner_flow)
-        followed_our_route = self._first_route_is_ours(request)
         request = preprocess_routes(request, self._is_ours)
         uri = request.request_uri
         has_route = "route" in request.headers
@@ -368,9 +384,12 @@ class Proxy:
             raise RejectedError(482)
         check_proxy_require(request, SUPPORTED)
         user = None
-        in_our_dialog = followed_our_route and request.to_addr.tag is not None
+        # Inside a dialog we authorised: the Route brought back a token we signed
+        # for this very dialog (flows.py); a Route or To tag alone proves nothing.
+        in_our_dialog = inbound_flow is not None and request.to_addr.tag is not None
         # Another process of ours looked the phone up (and checked the caller).
         in_our_dialog = in_our_dialog or owner_flow is not None
+        trusted_source = self._is_trusted(peer.host)
         if self._auth is not None:
             header = credentials_header(
                 request,
@@ -401,11 +420,18 @@ class Proxy:
             )
             return
         if request.method == "REGISTER":
+            if not trusted_source and "path" in request.headers:
+                # RFC 3327 §5.2: only an edge proxy we trust may put itself on
+                # the way to a phone; a phone's own Path would steer its calls
+                # to any host (issue 13). Ignored, as if it had not been written.
+                request = replace(request, headers=request.headers.remove("Path"))
             await self._register(request, transaction, peer, channel, ours_domain)
             return
         if request.method == "CANCEL":
             self._cancel(request, transaction)
             return
+        if not in_our_dialog:
+            request = self._asserted_identity(request, user, trusted_source)
         if request.method == "INVITE":
             # §16.2: "the proxy MUST [...] generate a 100 (Trying) response".
             transaction.respond(request.response(100))
@@ -433,7 +459,14 @@ class Proxy:
         else:
             if ours_domain and not has_route and inbound_flow is None:
                 request = self._office_extension(request)
-            targets = await self._targets(request, inbound_flow, has_route, ours_domain)
+            targets = await self._targets(
+                request,
+                inbound_flow,
+                has_route,
+                ours_domain,
+                # Another process of ours chose the Request-URI from a binding.
+                vouched=owner_flow is not None,
+            )
         if _is_sips(request.uri):
             targets = self._tls_only(targets)
         self._start(transaction, request, key, targets, peer, channel)
@@ -487,13 +520,17 @@ class Proxy:
     async def _targets(
         self,
         request: Request,
-        flow: tuple[Peer, str | None] | None,
+        flow: Pinned | None,
         has_route: bool,
         ours_domain: bool,
+        *,
+        vouched: bool = False,
     ) -> list[_Target]:
         """The target set (RFC 3261 §16.5) as copies to send, in order of trial."""
         if has_route or not ours_domain or flow is not None:
-            return await self._targets_by_uri(request, flow)
+            return await self._targets_by_uri(
+                request, flow, named_by_request=not vouched
+            )
         uri = request.request_uri
         assert isinstance(uri, SipURI)
         if uri.user is None:
@@ -545,16 +582,27 @@ class Proxy:
         return [_Target(copy, peer, flow.connection_id, pinned=True)]
 
     async def _targets_by_uri(
-        self, request: Request, flow: tuple[Peer, str | None] | None
+        self,
+        request: Request,
+        flow: Pinned | None,
+        *,
+        named_by_request: bool = False,
     ) -> list[_Target]:
-        """Forward along the Route set or to the Request-URI (§16.5, §16.6)."""
+        """Forward along the Route set or to the Request-URI (§16.5, §16.6).
+
+        :param named_by_request: the hop is whatever the sender wrote (its
+            Request-URI or preloaded Route), not a binding, a dial-plan rule or
+            a signed token: internal networks are then out of reach (issue 13).
+        """
         copy, hop = next_hop(request)
         if flow is not None:
-            peer, connection_id = flow
-            return [_Target(copy, peer, connection_id, pinned=True)]
+            peer, connection_id, name = flow
+            return [_Target(copy, peer, connection_id, pinned=True, server_name=name)]
         if not isinstance(hop, SipURI):
             raise RejectedError(416)
         peers = await self._lookup(hop)
+        if named_by_request:
+            peers = [p for p in peers if self._may_name(p, hop)]
         if not peers:
             # An IP we have no socket for: nobody reachable (480). A name that
             # resolves to no SIP server: no such destination (404), not a 503,
@@ -562,7 +610,13 @@ class Proxy:
             raise RejectedError(480 if _is_ip(hop.host.strip("[]")) else 404)
         # RFC 5922 §4: a TLS server proves the host of the URI, not its address.
         name = hop.host.strip("[]")
-        return [_Target(copy, peer, None, server_name=name) for peer in peers]
+        # The addresses of one name are one destination with fallbacks, never
+        # rung in parallel: a domain with many records must not fan one request
+        # out to many hosts (issue 13); one group per lookup keeps them in order.
+        group = next(self._counter)
+        return [
+            _Target(copy, peer, None, server_name=name, group=group) for peer in peers
+        ]
 
     def _tls_only(self, targets: list[_Target]) -> list[_Target]:
         """RFC 3261 §26.2.2: a SIPS Request-URI goes over TLS hops only.
@@ -593,27 +647,59 @@ class Proxy:
         request = target.request
         record_route: list[str] = []
         if request.method in DIALOG_CREATING and request.to_addr.tag is None:
-            callee = target.connection_id if target.pinned else None
+            # Both entries carry a token bound to this dialog: later requests
+            # prove with it that they belong here, and are sent to the peer it
+            # names, never where their own Request-URI or Route points (issue 13).
+            dialog = dialog_binding(
+                request.headers.get("call-id") or "", request.from_addr.tag
+            )
             secure = _is_sips(context.request.uri)
             record_route = [
-                self._rr_uri(target.peer, callee, pinned=target.pinned, secure=secure),
+                self._rr_uri(
+                    target.peer,
+                    target.connection_id,
+                    dialog=dialog,
+                    secure=secure,
+                    server_name=target.server_name,
+                ),
                 self._rr_uri(
                     context.inbound,
                     context.inbound_connection,
-                    pinned=True,
+                    dialog=dialog,
                     secure=secure,
                 ),
             ]
-        via = self._our_via(context.key, target.peer, rport=True)
+        if (
+            "p-asserted-identity" in request.headers
+            and _wants_privacy(request)
+            and not self._is_trusted(target.peer.host)
+        ):
+            # RFC 3325 §5: an identity the user asked to hide leaves the trust
+            # domain without its P-Asserted-Identity.
+            request = replace(
+                request, headers=request.headers.remove("P-Asserted-Identity")
+            )
+        via = self._our_via(
+            context.key, target.peer, rport=True, upstream=request.top_via
+        )
         return prepare_forward(
             request, request_uri=None, via=via, record_route=record_route
         )
 
-    def _our_via(self, key: str, peer: Peer, *, rport: bool) -> Via:
-        """Our Via toward ``peer``: the address it can answer to, a loop-key branch."""
+    def _our_via(
+        self, key: str, peer: Peer, *, rport: bool, upstream: Via | None = None
+    ) -> Via:
+        """Our Via toward ``peer``: the address it can answer to, a loop-key branch.
+
+        :param upstream: the Via below ours, where responses go next. The branch
+            signs it, so a response that outlives its transaction is relayed only
+            to the hop we really received the request from (issue 13, §16.11).
+        """
         advertised = self._transports.advertised(peer.transport, peer.host)
         host, port = _host_port(advertised)
         branch = make_branch(key, f"{next(self._counter):x}")
+        if upstream is not None:
+            branch = f"{branch}.{self._via_mac(branch, upstream)}"
         flag = ";rport" if rport else ""
         return Via.parse(
             f"SIP/2.0/{peer.transport.upper()} {host}:{port};branch={branch}{flag}"
@@ -624,19 +710,22 @@ class Proxy:
         peer: Peer,
         connection_id: str | None,
         *,
-        pinned: bool,
+        dialog: bytes,
         secure: bool = False,
+        server_name: str | None = None,
     ) -> str:
         """One of our Record-Route entries, facing ``peer`` (see proxy/flows.py).
 
         The topmost entry faces the callee, the second the caller; both name this
-        proxy, so §16.4 removes both from later requests. A pinned side (a phone
-        reached through its registered flow, or the caller's own flow) carries a
-        signed token of that flow in the user part.
+        proxy, so §16.4 removes both from later requests. Each carries in its user
+        part a token of the flow on its side, signed for ``dialog``.
         """
         advertised = self._transports.advertised(peer.transport, peer.host)
         host, port = _host_port(advertised)
-        user = f"{encode_flow(peer, connection_id, self._secret)}@" if pinned else ""
+        token = encode_flow(
+            peer, connection_id, self._secret, dialog=dialog, server_name=server_name
+        )
+        user = f"{token}@"
         param = "" if peer.transport == "udp" else f";transport={peer.transport}"
         if secure and peer.transport == "tls":
             # §16.6 step 4: for a SIPS Request-URI "the URI placed into the
@@ -679,7 +768,13 @@ class Proxy:
         if parallel is None:
             parallel = self.settings.forking == "parallel"
         if parallel:
+            seen: set[int] = set()
             for target in targets:
+                if target.group and target.group in seen:
+                    # A later address of the same name: a fallback, tried in turn.
+                    context.pending.append(target)
+                    continue
+                seen.add(target.group)
                 self._send_branch(context, target)
         else:
             context.pending = targets[1:]
@@ -866,7 +961,12 @@ class Proxy:
         context.server.respond(response)
 
     def _forward_stray_response(self, response: Response) -> None:
-        """§16.11 / RFC 6026: a 2xx with no client transaction goes up statelessly."""
+        """§16.11 / RFC 6026: a 2xx with no client transaction goes up statelessly.
+
+        Only when the top Via is one we wrote for the Via below it (the branch
+        signs it, _our_via): a response naming us on top of a Via of the
+        attacker's choice is dropped, not relayed (issue 13).
+        """
         try:
             top = response.top_via
         except ParseError:
@@ -877,41 +977,64 @@ class Proxy:
         if "via" not in headers:
             return
         response = replace(response, headers=headers)
-        via = response.top_via
+        try:
+            via = response.top_via
+        except ParseError:
+            return
+        branch = top.branch or ""
+        prefix, _, mac = branch.rpartition(".")
+        if not mac or not hmac.compare_digest(mac, self._via_mac(prefix, via)):
+            return
         source = Peer(via.transport.lower(), (via.received or via.host).strip("[]"), 0)
         self._transports.send(response.to_bytes(), response_destination(via, source))
 
-    def _forward_ack(self, request: Request) -> None:
-        """An ACK for a 2xx follows the Route set statelessly (§16.11, §17.2.3)."""
-        Deferred.fromCoroutine(self._forward_ack_async(request)).addErrback(
-            lambda failure: self.log.failure("ACK forwarding failed", failure)
+    def _via_mac(self, branch: str, upstream: Via) -> str:
+        """The signature of our branch over the Via below it (what §18.2.2 reads)."""
+        text = "\x00".join(
+            (
+                branch,
+                upstream.transport.upper(),
+                upstream.host.lower(),
+                str(upstream.port),
+                upstream.branch or "",
+                upstream.received or "",
+                upstream.rport or "",
+            )
         )
+        signature = hmac.new(self._via_secret, text.encode(), "sha256").digest()
+        return signature[:6].hex()
 
-    async def _forward_ack_async(self, request: Request) -> None:
+    def _forward_ack(self, request: Request) -> None:
+        """An ACK for a 2xx follows the dialog's flow statelessly (§16.11, §17.2.3).
+
+        An ACK carries no answer and is never challenged, so it travels only
+        inside a dialog whose token it brings back (issue 13); any other ACK (one
+        for a non-2xx the transaction layer did not match, or one naming a host
+        of the sender's choice) is absorbed here.
+        """
+        if request.to_addr.tag is None:
+            return
+        flow = self._flow_from_routes(request) or self._if_connected(
+            self._owner_flow(request)
+        )
+        if flow is None:
+            return
+        peer, connection_id, server_name = flow
+        if self._is_own_address(peer):
+            # A token naming ourselves would loop until Max-Forwards runs out.
+            return
         key = loop_key(request)
-        flow = self._flow_from_routes(request)
         request = preprocess_routes(request, self._is_ours)
         if request.max_forwards == 0:
             return
-        uri = request.request_uri
-        has_route = "route" in request.headers
-        ours_domain = (
-            isinstance(uri, SipURI)
-            and not has_route
-            and uri.host.lower() in self.settings.domains
-        )
-        try:
-            targets = await self._targets(request, flow, has_route, ours_domain)
-        except RejectedError:
-            return
-        target = targets[0]
-        via = self._our_via(key, target.peer, rport=False)
-        copy = prepare_forward(target.request, request_uri=None, via=via)
+        copy, _ = next_hop(request)
+        via = self._our_via(key, peer, rport=False)
+        copy = prepare_forward(copy, request_uri=None, via=via)
         self._transports.send(
             copy.to_bytes(),
-            target.peer,
-            connection_id=target.connection_id,
-            server_name=target.server_name,
+            peer,
+            connection_id=connection_id,
+            server_name=server_name,
         )
 
     # -- office PBX (issue 9): the plan in pbx.py, executed here ---------------------
@@ -920,7 +1043,7 @@ class Proxy:
         self,
         request: Request,
         has_route: bool,
-        flow: tuple[Peer, str | None] | None,
+        flow: Pinned | None,
         ours_domain: bool,
     ) -> _OfficeCall | None:
         """An office call for a new INVITE to a user, extension or group of ours."""
@@ -1207,33 +1330,36 @@ class Proxy:
 
     # -- helpers ---------------------------------------------------------------
 
-    def _first_route_is_ours(self, request: Request) -> bool:
-        try:
-            first = first_address(request.headers, "route")
-        except ParseError:
-            return False
-        return (
-            first is not None
-            and isinstance(first.uri, SipURI)
-            and self._is_ours(first.uri)
-        )
-
-    def _flow_from_routes(self, request: Request) -> tuple[Peer, str | None] | None:
+    def _flow_from_routes(self, request: Request) -> Pinned | None:
         """The flow named by the last of our own leading Route entries (flows.py).
 
-        Only the last one counts: it faces the next hop. An entry without a token
-        means "route by the Request-URI", never the other side's flow.
+        Only the last one counts: it faces the next hop. Its token must have been
+        signed for this request's dialog (Call-ID and either tag: requests from
+        the callee carry the creating request's tag in To); anything else, an
+        entry without a token included, names no flow and proves no dialog.
         """
         found = None
         try:
             routes = request.routes
         except ParseError:
             return None
+        last = None
         for route in routes:
             uri = route.uri
             if not (isinstance(uri, SipURI) and self._is_ours(uri)):
                 break
-            found = decode_flow(uri.user, self._secret) if uri.user else None
+            last = uri
+        if last is None or not last.user:
+            return None
+        try:
+            call_id = request.headers.get("call-id") or ""
+            dialogs = (
+                dialog_binding(call_id, request.from_addr.tag),
+                dialog_binding(call_id, request.to_addr.tag),
+            )
+        except ParseError:
+            return None
+        found = decode_flow(last.user, self._secret, dialogs=dialogs)
         return found
 
     # -- several processes sharing one store (issue 8) ---------------------------
@@ -1273,7 +1399,7 @@ class Proxy:
         except RejectedError:
             return []
 
-    def _owner_flow(self, request: Request) -> tuple[Peer, str | None] | None:
+    def _owner_flow(self, request: Request) -> Pinned | None:
         """The connection an owner token in our first Route names (_with_owner)."""
         try:
             first = first_address(request.headers, "route")
@@ -1286,9 +1412,7 @@ class Proxy:
             return None
         return decode_flow(uri.user, self._owner_secret)
 
-    def _if_connected(
-        self, flow: tuple[Peer, str | None] | None
-    ) -> tuple[Peer, str | None] | None:
+    def _if_connected(self, flow: Pinned | None) -> Pinned | None:
         """An owner token's flow, or None when its connection is gone.
 
         Then the Request-URI (the phone's Contact) is the only address left, as
@@ -1297,6 +1421,65 @@ class Proxy:
         if flow is None or flow[0].transport == "udp":
             return flow
         return flow if self._transports.connection(flow[1]) is not None else None
+
+    def _is_own_address(self, peer: Peer) -> bool:
+        return (
+            peer.host.lower() in self.settings.local_hosts
+            and peer.port in self.settings.local_ports
+        )
+
+    def _is_trusted(self, host: str) -> bool:
+        """Whether ``host`` is in a --trusted network (an edge proxy, a trunk)."""
+        return _in_networks(host, self.settings.trusted)
+
+    def _may_name(self, peer: Peer, hop: SipURI) -> bool:
+        """Whether a request may send us to ``peer`` by naming it itself.
+
+        Not to an internal address (loopback, private, link-local...) unless the
+        operator allows its network: the Request-URI or a preloaded Route would
+        otherwise reach services behind the proxy (issue 13).
+        """
+        address = ip_of(peer.host)
+        if address is None or not _is_internal(address):
+            return True
+        if _in_networks(peer.host, self.settings.allowed_destinations):
+            return True
+        self.log.info(
+            "refused to send to {host}:{port} ({uri}): an internal address named "
+            "by the request (allow-destination allows a network)",
+            host=peer.host,
+            port=peer.port,
+            uri=str(hop),
+        )
+        return False
+
+    def _asserted_identity(
+        self, request: Request, user: str | None, trusted_source: bool
+    ) -> Request:
+        """RFC 3325: who the caller is, as this server can vouch for it.
+
+        Identity headers from outside the trust domain are claims and go; an
+        authenticated user of ours is asserted as the user we verified, whatever
+        it wrote (towards a trunk, that is the number it is billed for).
+        """
+        headers = request.headers
+        if user is None and (
+            trusted_source
+            or not any(name.lower() in headers for name in _IDENTITY_HEADERS)
+        ):
+            return request
+        for name in _IDENTITY_HEADERS:
+            headers = headers.remove(name)
+        if user is not None:
+            try:
+                caller = request.from_addr.uri
+            except ParseError:
+                caller = None
+            if isinstance(caller, SipURI):
+                headers = headers.append(
+                    "P-Asserted-Identity", f"<{caller.scheme}:{user}@{caller.host}>"
+                )
+        return replace(request, headers=headers)
 
     def _is_ours(self, uri: SipURI) -> bool:
         host = uri.host.lower().strip("[]")
@@ -1573,6 +1756,36 @@ def _is_sips(uri: str) -> bool:
 
 def _is_ip(host: str) -> bool:
     return ip_of(host) is not None
+
+
+def _is_internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Loopback, private, link-local, unspecified, multicast or reserved."""
+    mapped = getattr(address, "ipv4_mapped", None)
+    if mapped is not None:
+        address = mapped
+    return (
+        address.is_loopback
+        or address.is_private
+        or address.is_link_local
+        or address.is_unspecified
+        or address.is_multicast
+        or address.is_reserved
+    )
+
+
+def _in_networks(host: str, networks: Networks) -> bool:
+    if not networks:
+        return False
+    address = ip_of(host.strip("[]"))
+    if address is None:
+        return False
+    return any(address in network for network in networks)
+
+
+def _wants_privacy(request: Request) -> bool:
+    """RFC 3323/3325: ``Privacy: id`` asks that the asserted identity stay inside."""
+    values = ",".join(request.headers.get_all("privacy"))
+    return "id" in (v.strip().lower() for v in values.replace(";", ",").split(","))
 
 
 def _cseq_method(headers: Headers | None) -> str | None:
