@@ -247,6 +247,10 @@ def start_torture_server(log: Path) -> RunningServer:
             f"udp:{port}:interface=127.0.0.1",
             "--listen",
             f"tcp:{port}:interface=127.0.0.1",
+            # mpart01 names 127.0.0.1:5080 in its Route; the INDEX wants it
+            # forwarded, which a request-named loopback target is not by default.
+            "--allow-destination",
+            "127.0.0.0/8",
         ],
         port,
         log,
