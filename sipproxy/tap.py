@@ -689,6 +689,16 @@ class SIPServerService(MultiService):
         self._purge = LoopingCall(self._purge_expired)
         self._purge.clock = self._reactor
         self._purge.start(10.0, now=False)
+        public = [spec for spec in self.config.listen if not _is_loopback(spec)]
+        if self.authenticator is None and public:
+            # Without users nobody is authenticated, so nothing tells a caller
+            # from an attacker: fine on loopback or a closed LAN, not online.
+            self.log.warn(
+                "no users file: anyone who reaches {where} may register any "
+                "user of our domains and call anywhere; set users before "
+                "exposing the server",
+                where=", ".join(str(spec) for spec in public),
+            )
         if self.transports.tls is not None and not self.transports.tls.verify:
             self.log.warn(
                 "tls-verify is off: servers we connect to over TLS are not "
@@ -796,6 +806,13 @@ _RESTART_ONLY = (
     "tcp_idle_timeout", "admin", "admin_token", "admin_token_file", "log_format",
     "reuse_port", "advertise", "secret_file",
 )  # fmt: skip
+
+
+def _is_loopback(spec: ListenSpec) -> bool:
+    try:
+        return ipaddress.ip_address(spec.interface.strip("[]")).is_loopback
+    except ValueError:
+        return False  # no interface (all of them) or a name
 
 
 def _networks(texts: tuple[str, ...]) -> Networks:
