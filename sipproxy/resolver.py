@@ -15,7 +15,8 @@ Every DNS answer is cached under (name, type) until its TTL runs out on the
 injected clock; NXDOMAIN and empty answers by their SOA (RFC 2308 §5), failures
 (timeout, SERVFAIL, refused) for ``failure_ttl`` seconds (RFC 2308 §7), so a dead
 DNS server costs one timeout per name and period rather than one per call. The
-cache keeps at most ``max_cache`` answers, dropping the least recently used.
+cache keeps at most ``max_cache`` answers, dropping the least recently used,
+among those asked for only once first (see :class:`_AnswerCache`).
 A query already on its way is shared by every lookup that needs the same answer.
 A lookup that fails is an empty list: resolve() never raises, and logs once.
 
@@ -135,6 +136,59 @@ class _Entry:
     expires_at: float
 
 
+class _AnswerCache:
+    """DNS answers by (name, type), at most ``size`` of them, in two LRU parts.
+
+    A new answer enters on probation; asked for again while fresh, it moves to
+    the protected part (at most 80 % of ``size``). When full, the least recently
+    used answer on probation goes first. A domain with thousands of names, each
+    looked up once, so only churns the probationary part: the trunks and domains
+    the proxy calls every day stay (segmented LRU, as in Karedla et al., 1994).
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._protected_size = size * 4 // 5
+        self._probation: OrderedDict[tuple[str, int], _Entry] = OrderedDict()
+        self._protected: OrderedDict[tuple[str, int], _Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._probation) + len(self._protected)
+
+    def entries(self) -> list[_Entry]:
+        """Every answer held, fresh or not."""
+        return [*self._probation.values(), *self._protected.values()]
+
+    def get(self, key: tuple[str, int], now: float) -> tuple[Any, ...] | None:
+        """The records of a fresh answer for ``key``, or None (then forgotten)."""
+        entry = self._protected.get(key)
+        if entry is not None:
+            if now < entry.expires_at:
+                self._protected.move_to_end(key)
+                return entry.records
+            del self._protected[key]
+            return None
+        entry = self._probation.pop(key, None)
+        if entry is None or now >= entry.expires_at:
+            return None
+        self._protected[key] = entry
+        if len(self._protected) > self._protected_size:
+            demoted, oldest = self._protected.popitem(last=False)
+            self._probation[demoted] = oldest
+        return entry.records
+
+    def put(self, key: tuple[str, int], entry: _Entry) -> None:
+        """Hold ``entry`` on probation, dropping the least valuable beyond ``size``."""
+        self._protected.pop(key, None)
+        self._probation[key] = entry
+        self._probation.move_to_end(key)
+        while len(self) > self._size:
+            if self._probation:
+                self._probation.popitem(last=False)
+            else:
+                self._protected.popitem(last=False)
+
+
 @dataclass(slots=True)
 class _Trace:
     """What one resolve() call saw, so that it logs once at the end."""
@@ -185,12 +239,11 @@ class SIPResolver:
         self._clock = clock
         wanted = {t.lower() for t in transports}
         self._transports = tuple(t for t in _PREFERENCE if t in wanted)
-        self._max_cache = max_cache
         self._rng = rng if rng is not None else Random()
         # IResolver declares whole seconds, but twisted.names takes any number.
         self._timeout = cast(tuple[int, ...], tuple(timeout))
         self._failure_ttl = failure_ttl
-        self._cache: OrderedDict[tuple[str, int], _Entry] = OrderedDict()
+        self._cache = _AnswerCache(max_cache)
         # Queries on their way, and who else waits for each answer.
         self._pending: dict[tuple[str, int], list[Deferred[tuple[Any, ...]]]] = {}
         # When each domain last logged reaching the query cap.
@@ -379,12 +432,9 @@ class SIPResolver:
         none, without asking, once ``trace`` has spent its queries.
         """
         key = (name.lower().rstrip("."), kind)
-        entry = self._cache.get(key)
-        if entry is not None:
-            if self._clock.seconds() < entry.expires_at:
-                self._cache.move_to_end(key)
-                return entry.records
-            del self._cache[key]
+        cached = self._cache.get(key, self._clock.seconds())
+        if cached is not None:
+            return cached
         waiting = self._pending.get(key)
         if waiting is not None:
             # Concurrent calls to one domain cost one query, not one each.
@@ -405,10 +455,7 @@ class SIPResolver:
         records = _keep(kind, found)
         if ttl > 0:
             expires_at = self._clock.seconds() + min(ttl, _MAX_TTL)
-            self._cache[key] = _Entry(records, expires_at)
-            self._cache.move_to_end(key)
-            while len(self._cache) > self._max_cache:
-                self._cache.popitem(last=False)
+            self._cache.put(key, _Entry(records, expires_at))
         for answer in waiting:
             answer.callback(records)
         return records

@@ -686,7 +686,7 @@ def test_hostile_domain_costs_few_queries_and_destinations() -> None:
     srv_asked = [name for name, kind in fake.asked if kind == dns.SRV]
     assert srv_asked == [evil_srv_name(i) for i in range(4)]
     # No cached answer keeps thousands of records.
-    assert all(len(entry.records) <= 32 for entry in resolver._cache.values())
+    assert all(len(entry.records) <= 32 for entry in resolver._cache.entries())
 
 
 def test_hostile_domain_stops_at_the_query_cap_and_says_so() -> None:
@@ -758,3 +758,21 @@ def test_concurrent_lookups_share_one_query() -> None:
     }
     assert first.result == second.result
     assert len(cast(list[Peer], first.result)) == 4
+
+
+def test_names_asked_once_do_not_evict_names_in_use() -> None:
+    """Thousands of one-off names churn the cache, but not the answers used twice."""
+    fake = HostileDNS()
+    resolver = SIPResolver(fake, Clock(), max_cache=10)  # type: ignore[arg-type]
+    trunk = f"sip:{evil_target(1, 1)}:5060"
+    resolve_now(resolver, trunk)
+    resolve_now(resolver, trunk)  # from the cache: now protected
+    for n in range(1000):
+        resolve_now(resolver, f"sip:{evil_target(2, n)}:5060")
+    assert resolve_now(resolver, trunk) == [
+        Peer("udp", f"10.1.1.{k}", 5060) for k in range(1, 5)
+    ]
+    # Its A answer was asked for once. (The empty AAAA answer has no SOA, so it
+    # is not cached at all: RFC 2308 §5.)
+    assert fake.asked.count((evil_target(1, 1), dns.A)) == 1
+    assert len(resolver._cache) <= 10
