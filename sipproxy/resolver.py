@@ -15,8 +15,22 @@ Every DNS answer is cached under (name, type) until its TTL runs out on the
 injected clock; NXDOMAIN and empty answers by their SOA (RFC 2308 §5), failures
 (timeout, SERVFAIL, refused) for ``failure_ttl`` seconds (RFC 2308 §7), so a dead
 DNS server costs one timeout per name and period rather than one per call. The
-cache keeps at most ``max_cache`` answers, dropping the least recently used.
+cache keeps at most ``max_cache`` answers, dropping the least recently used,
+among those asked for only once first (see :class:`_AnswerCache`).
+A query already on its way is shared by every lookup that needs the same answer.
 A lookup that fails is an empty list: resolve() never raises, and logs once.
+
+Limits. RFC 3263 bounds nothing, and the domain being looked up is chosen by
+whoever wrote the Request-URI: one INVITE to a domain publishing 50 NAPTR
+records, each to 50 SRV records, once cost 5,051 queries and 2,500 destinations
+(issue 13, item 11). So each resolve() uses at most ``_MAX_POINTERS`` NAPTR
+records, ``_MAX_SERVICES`` SRV records per name and ``_MAX_ADDRESSES`` A (and
+AAAA) records per name, always the ones the RFCs prefer; sends at most
+``_MAX_QUERIES`` queries, ``_IN_FLIGHT`` at a time, one level at a time (NAPTR,
+then SRV, then addresses in the order they will be tried); and returns at most
+``_MAX_PEERS`` destinations, which the proxy tries one after another. A lookup
+that reaches the query cap returns what it has found and logs the domain (once
+per ``_CAP_LOG_INTERVAL``).
 """
 
 from __future__ import annotations
@@ -51,6 +65,41 @@ _PREFERENCE = ("udp", "tcp", "tls")
 _TRANSPORT_PARAMS = frozenset(_PREFERENCE)
 # Longest CNAME chain followed; resolvers usually give up near here too.
 _MAX_CNAMES = 8
+
+# Limits per resolve() call (see the module docstring). RFC 3263 gives none;
+# these follow what SIP stacks ship with and leave room for any real domain.
+#: NAPTR records followed, best order and preference first. A real domain
+#: publishes one per transport (UDP, TCP, TLS, maybe SCTP), so four cover all
+#: the services one order can offer; Kamailio keeps track of at most 32
+#: (MAX_NAPTR_RRS) but also tries them one at a time, on failure.
+_MAX_POINTERS = 4
+#: SRV records used per SRV name, in RFC 2782 order: a primary and backups per
+#: transport. PJSIP stops at 8 addresses per SRV answer (PJ_DNS_SRV_MAX_ADDR);
+#: six servers of one service are more than any operator lists for failover.
+_MAX_SERVICES = 6
+#: A records, and AAAA records, used per name. PJSIP keeps 8 per A answer
+#: (PJ_DNS_MAX_IP_IN_A_REC); with at most 8 destinations in all, 4 of each
+#: family per name leaves room for a second SRV target to be tried.
+_MAX_ADDRESSES = 4
+#: DNS queries sent per lookup, CNAME hops included. A lookup of a real domain
+#: takes 1 NAPTR, up to 3 SRV and 2 per SRV target (A, AAAA): about 9 to 13.
+_MAX_QUERIES = 16
+#: Destinations returned per lookup: PJSIP's PJSIP_MAX_RESOLVED_ADDRESSES is 8.
+#: Each is tried in turn until Timer C or the transaction runs out; more would
+#: never be reached.
+_MAX_PEERS = 8
+#: Queries of one lookup waiting for their answer at the same time: enough for
+#: the SRV queries of all NAPTR records we follow, or A and AAAA of two targets.
+_IN_FLIGHT = 4
+#: Records of one answer kept in the cache, the preferred ones: more than the
+#: per-lookup caps use, so that SRV weights and SIPS filtering still see a whole
+#: group, but bounded so a 64 KiB TCP answer cannot fill memory (Kamailio's SRV
+#: weighting also looks at no more than 32 records of a priority group).
+_MAX_KEPT = 32
+#: Seconds between two log lines about the same domain reaching the query cap.
+_CAP_LOG_INTERVAL = 3600.0
+#: Domains remembered for that rate limit; the oldest is forgotten first.
+_CAP_LOG_NAMES = 1024
 # Cap for any TTL: a record that claims to live for years is re-checked daily.
 _MAX_TTL = 86400.0
 
@@ -87,12 +136,78 @@ class _Entry:
     expires_at: float
 
 
+class _AnswerCache:
+    """DNS answers by (name, type), at most ``size`` of them, in two LRU parts.
+
+    A new answer enters on probation; asked for again while fresh, it moves to
+    the protected part (at most 80 % of ``size``). When full, the least recently
+    used answer on probation goes first. A domain with thousands of names, each
+    looked up once, so only churns the probationary part: the trunks and domains
+    the proxy calls every day stay (segmented LRU, as in Karedla et al., 1994).
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._protected_size = size * 4 // 5
+        self._probation: OrderedDict[tuple[str, int], _Entry] = OrderedDict()
+        self._protected: OrderedDict[tuple[str, int], _Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._probation) + len(self._protected)
+
+    def entries(self) -> list[_Entry]:
+        """Every answer held, fresh or not."""
+        return [*self._probation.values(), *self._protected.values()]
+
+    def get(self, key: tuple[str, int], now: float) -> tuple[Any, ...] | None:
+        """The records of a fresh answer for ``key``, or None (then forgotten)."""
+        entry = self._protected.get(key)
+        if entry is not None:
+            if now < entry.expires_at:
+                self._protected.move_to_end(key)
+                return entry.records
+            del self._protected[key]
+            return None
+        entry = self._probation.pop(key, None)
+        if entry is None or now >= entry.expires_at:
+            return None
+        self._protected[key] = entry
+        if len(self._protected) > self._protected_size:
+            demoted, oldest = self._protected.popitem(last=False)
+            self._probation[demoted] = oldest
+        return entry.records
+
+    def put(self, key: tuple[str, int], entry: _Entry) -> None:
+        """Hold ``entry`` on probation, dropping the least valuable beyond ``size``."""
+        self._protected.pop(key, None)
+        self._probation[key] = entry
+        self._probation.move_to_end(key)
+        while len(self) > self._size:
+            if self._probation:
+                self._probation.popitem(last=False)
+            else:
+                self._protected.popitem(last=False)
+
+
 @dataclass(slots=True)
 class _Trace:
     """What one resolve() call saw, so that it logs once at the end."""
 
     queried: bool = False
     failures: list[str] = field(default_factory=list)
+    #: DNS queries sent so far (answers from the cache cost nothing).
+    queries: int = 0
+    #: True once a query was not sent because of :data:`_MAX_QUERIES`.
+    capped: bool = False
+
+    def spend(self) -> bool:
+        """Count one more query; False, and ``capped``, when none is left."""
+        if self.queries >= _MAX_QUERIES:
+            self.capped = True
+            return False
+        self.queries += 1
+        self.queried = True
+        return True
 
 
 class SIPResolver:
@@ -124,12 +239,15 @@ class SIPResolver:
         self._clock = clock
         wanted = {t.lower() for t in transports}
         self._transports = tuple(t for t in _PREFERENCE if t in wanted)
-        self._max_cache = max_cache
         self._rng = rng if rng is not None else Random()
         # IResolver declares whole seconds, but twisted.names takes any number.
         self._timeout = cast(tuple[int, ...], tuple(timeout))
         self._failure_ttl = failure_ttl
-        self._cache: OrderedDict[tuple[str, int], _Entry] = OrderedDict()
+        self._cache = _AnswerCache(max_cache)
+        # Queries on their way, and who else waits for each answer.
+        self._pending: dict[tuple[str, int], list[Deferred[tuple[Any, ...]]]] = {}
+        # When each domain last logged reaching the query cap.
+        self._capped_at: OrderedDict[str, float] = OrderedDict()
 
     async def resolve(self, uri: SipURI) -> list[Peer]:
         """The destinations to try for ``uri``, best first; empty if there are none.
@@ -143,15 +261,35 @@ class SIPResolver:
         except Exception:
             self.log.failure("resolving {uri} failed", uri=str(uri))
             return []
+        if trace.capped:
+            self._log_capped(uri, trace)
         if trace.failures:
             self.log.warn(
                 "DNS lookups for {uri} failed: {failures}",
                 uri=str(uri),
                 failures="; ".join(trace.failures),
             )
-        elif not peers and trace.queried:
+        elif not peers and trace.queried and not trace.capped:
             self.log.info("no SIP server found in DNS for {uri}", uri=str(uri))
-        return peers
+        return peers[:_MAX_PEERS]
+
+    def _log_capped(self, uri: SipURI, trace: _Trace) -> None:
+        """One line per domain and :data:`_CAP_LOG_INTERVAL`, however often asked."""
+        domain = (uri.param("maddr") or uri.host).strip("[]").lower()
+        now = self._clock.seconds()
+        last = self._capped_at.get(domain)
+        if last is not None and now - last < _CAP_LOG_INTERVAL:
+            return
+        self._capped_at[domain] = now
+        self._capped_at.move_to_end(domain)
+        while len(self._capped_at) > _CAP_LOG_NAMES:
+            self._capped_at.popitem(last=False)
+        self.log.warn(
+            "DNS lookup for {domain} stopped after {queries} queries (the limit "
+            "per lookup); records beyond it are ignored",
+            domain=domain,
+            queries=trace.queries,
+        )
 
     def _allowed(self, secure: bool) -> tuple[str, ...]:
         # RFC 3261 §26.2.2: a SIPS URI is only ever reached over TLS, never less.
@@ -192,7 +330,9 @@ class SIPResolver:
                 _SRV_PREFIXES[explicit] + target, dns.SRV, trace
             )
             if services:
-                return await self._service_peers(explicit, services, trace)
+                return await self._peers_of(
+                    _targets(explicit, services, self._rng), trace
+                )
             return await self._address_peers(
                 target, explicit, DEFAULT_PORTS[explicit], trace
             )
@@ -205,13 +345,12 @@ class SIPResolver:
             [self._query(_SRV_PREFIXES[t] + target, dns.SRV, trace) for t in allowed]
         )
         if any(found):
-            lists = await _gather(
-                [
-                    self._service_peers(t, services, trace)
-                    for t, services in zip(allowed, found, strict=True)
-                ]
-            )
-            return _unique(peer for peers in lists for peer in peers)
+            targets = [
+                target
+                for transport, services in zip(allowed, found, strict=True)
+                for target in _targets(transport, services, self._rng)
+            ]
+            return await self._peers_of(targets, trace)
         # RFC 3263 §4.2: "If no SRV records were found, the client performs an A or
         # AAAA record lookup of the domain name", at the transport's default port.
         return await self._address_peers(target, default, DEFAULT_PORTS[default], trace)
@@ -236,27 +375,42 @@ class SIPResolver:
         # records with a different Order"; preference only ranks within it.
         first = min(p.order for p in usable)
         chosen = sorted((p for p in usable if p.order == first), key=_preference)
+        # The least preferred beyond the cap are ignored: one level of at most
+        # _MAX_POINTERS SRV queries, all in flight together.
+        chosen = chosen[:_MAX_POINTERS]
         found = await _gather(
             [self._query(p.replacement, dns.SRV, trace) for p in chosen]
         )
-        lists = await _gather(
-            [
-                self._service_peers(_NAPTR_SERVICES[p.service], services, trace)
-                for p, services in zip(chosen, found, strict=True)
-            ]
-        )
-        return _unique(peer for peers in lists for peer in peers)
+        targets = [
+            target
+            for p, services in zip(chosen, found, strict=True)
+            for target in _targets(_NAPTR_SERVICES[p.service], services, self._rng)
+        ]
+        return await self._peers_of(targets, trace)
 
-    async def _service_peers(
-        self, transport: str, services: tuple[Any, ...], trace: _Trace
+    async def _peers_of(
+        self, targets: list[tuple[str, str, int]], trace: _Trace
     ) -> list[Peer]:
-        """The addresses of the SRV targets, in RFC 2782 order."""
-        # RFC 2782: a target of "." means "decidedly not available at this domain".
-        ordered = [s for s in _order_services(services, self._rng) if s.target]
-        lists = await _gather(
-            [self._address_peers(s.target, transport, s.port, trace) for s in ordered]
-        )
-        return _unique(peer for peers in lists for peer in peers)
+        """The addresses of SRV ``targets`` (transport, name, port), in their order.
+
+        Targets are looked up a few at a time (A and AAAA of each together, at
+        most :data:`_IN_FLIGHT` queries waiting), and no further once
+        :data:`_MAX_PEERS` destinations are found or the query cap is reached:
+        the later targets would only be tried after all of these anyway.
+        """
+        peers: list[Peer] = []
+        step = max(1, _IN_FLIGHT // 2)
+        for start in range(0, len(targets), step):
+            if len(peers) >= _MAX_PEERS or trace.capped:
+                break
+            lists = await _gather(
+                [
+                    self._address_peers(name, transport, port, trace)
+                    for transport, name, port in targets[start : start + step]
+                ]
+            )
+            peers = _unique([*peers, *(peer for found in lists for peer in found)])
+        return peers[:_MAX_PEERS]
 
     async def _address_peers(
         self, name: str, transport: str, port: int, trace: _Trace
@@ -272,22 +426,38 @@ class SIPResolver:
         ]
 
     async def _query(self, name: str, kind: int, trace: _Trace) -> tuple[Any, ...]:
-        """The records of type ``kind`` at ``name``, from the cache or from DNS."""
+        """The records of type ``kind`` at ``name``, from the cache or from DNS.
+
+        At most :data:`_MAX_KEPT` records, the preferred ones (see :func:`_keep`);
+        none, without asking, once ``trace`` has spent its queries.
+        """
         key = (name.lower().rstrip("."), kind)
-        entry = self._cache.get(key)
-        if entry is not None:
-            if self._clock.seconds() < entry.expires_at:
-                self._cache.move_to_end(key)
-                return entry.records
-            del self._cache[key]
-        trace.queried = True
-        records, ttl = await self._fetch(name, kind, trace)
+        cached = self._cache.get(key, self._clock.seconds())
+        if cached is not None:
+            return cached
+        waiting = self._pending.get(key)
+        if waiting is not None:
+            # Concurrent calls to one domain cost one query, not one each.
+            answer: Deferred[tuple[Any, ...]] = Deferred()
+            waiting.append(answer)
+            return await answer
+        if not trace.spend():
+            return ()
+        self._pending[key] = waiting = []
+        try:
+            found, ttl = await self._fetch(name, kind, trace)
+        except Exception as failure:
+            del self._pending[key]
+            for answer in waiting:
+                answer.errback(failure)
+            raise
+        del self._pending[key]
+        records = _keep(kind, found)
         if ttl > 0:
             expires_at = self._clock.seconds() + min(ttl, _MAX_TTL)
-            self._cache[key] = _Entry(records, expires_at)
-            self._cache.move_to_end(key)
-            while len(self._cache) > self._max_cache:
-                self._cache.popitem(last=False)
+            self._cache.put(key, _Entry(records, expires_at))
+        for answer in waiting:
+            answer.callback(records)
         return records
 
     async def _fetch(
@@ -324,7 +494,10 @@ class SIPResolver:
                 return tuple(_convert(rr.payload) for rr in found), ttl
             if last == query_name.lower().rstrip("."):
                 return (), min(ttl, _negative_ttl(authority))
-            # The server gave the alias but not its records: ask for the target.
+            # The server gave the alias but not its records: ask for the target,
+            # which is one more query of this lookup.
+            if not trace.spend():
+                return (), 0.0
             query_name = last
         trace.failures.append(f"{name}: CNAME chain longer than {_MAX_CNAMES}")
         return (), self._failure_ttl
@@ -385,18 +558,61 @@ def _convert(payload: Any) -> Any:
     return payload
 
 
-def _order_services(services: tuple[Any, ...], rng: Random) -> list[_Service]:
+def _keep(kind: int, records: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The records of one answer worth keeping, preferred first.
+
+    Addresses: the first :data:`_MAX_ADDRESSES` (DNS sets no order among them).
+    NAPTR: by order then preference (RFC 3403 §4.1); SRV: by priority (RFC 2782),
+    whole priority groups where they fit; :data:`_MAX_KEPT` of either.
+    """
+    if kind in (dns.A, dns.AAAA):
+        return records[:_MAX_ADDRESSES]
+    if len(records) <= _MAX_KEPT:
+        return records
+    if kind == dns.NAPTR:
+        return tuple(sorted(records, key=_naptr_rank)[:_MAX_KEPT])
+    if kind == dns.SRV:
+        return tuple(sorted(records, key=_srv_rank)[:_MAX_KEPT])
+    return records[:_MAX_KEPT]
+
+
+def _naptr_rank(pointer: Any) -> tuple[int, int]:
+    if isinstance(pointer, _Pointer):
+        return (pointer.order, pointer.preference)
+    return (65536, 65536)
+
+
+def _srv_rank(service: Any) -> int:
+    return service.priority if isinstance(service, _Service) else 65536
+
+
+def _targets(
+    transport: str, services: tuple[Any, ...], rng: Random
+) -> list[tuple[str, str, int]]:
+    """The first :data:`_MAX_SERVICES` SRV targets in RFC 2782 order."""
+    # RFC 2782: a target of "." means "decidedly not available at this domain".
+    usable = tuple(s for s in services if isinstance(s, _Service) and s.target)
+    ordered = _order_services(usable, rng, limit=_MAX_SERVICES)
+    return [(transport, s.target, s.port) for s in ordered]
+
+
+def _order_services(
+    services: tuple[Any, ...], rng: Random, limit: int | None = None
+) -> list[_Service]:
     """SRV records in the order to try them (RFC 2782, "Usage rules").
 
     Lowest priority first; within a priority, repeatedly pick one at random with
     probability proportional to its weight, zero-weight records placed first so
-    that they are chosen only rarely.
+    that they are chosen only rarely. With ``limit``, only the first ``limit``.
     """
     records = [s for s in services if isinstance(s, _Service)]
+    wanted = len(records) if limit is None else limit
     ordered: list[_Service] = []
     for priority in sorted({s.priority for s in records}):
+        if len(ordered) >= wanted:
+            break
         group = sorted((s for s in records if s.priority == priority), key=_weighted)
-        while group:
+        while group and len(ordered) < wanted:
             pick = rng.randint(0, sum(s.weight for s in group))
             index = 0
             running = group[0].weight

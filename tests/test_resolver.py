@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from random import Random
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
@@ -585,3 +585,194 @@ async def test_without_udp_the_default_is_tcp(dns_server: DNSServer) -> None:
     assert await s.resolve("sip:srv.example.test") == [Peer("tcp", "192.0.2.21", 5062)]
     srv_names = [n for n, t in dns_server.queries if t == dns.SRV]
     assert srv_names == ["_sip._tcp.srv.example.test"]
+
+
+# A hostile domain (issue 13, item 11): 50 NAPTR records, each to an SRV name
+# with 50 records, each to a name with 10 A records. Records are listed worst
+# first, so that keeping "the first ones" would keep the wrong ones.
+EVIL = "evil.test"
+EVIL_POINTERS = 50
+EVIL_SERVICES = 50
+EVIL_ADDRESSES = 10
+
+
+def evil_srv_name(i: int) -> str:
+    return f"_sip._{'udp' if i % 2 == 0 else 'tcp'}.s{i}.{EVIL}"
+
+
+def evil_target(i: int, j: int) -> str:
+    return f"h{i}-{j}.{EVIL}"
+
+
+def evil_records(name: str, kind: int, *, addresses: bool) -> list[Any]:
+    """The hostile zone's answer; ``addresses=False`` leaves every target empty."""
+    if name == EVIL and kind == dns.NAPTR:
+        return [
+            naptr(10, i, "SIP+D2U" if i % 2 == 0 else "SIP+D2T", evil_srv_name(i))
+            for i in reversed(range(EVIL_POINTERS))
+        ]
+    if name.startswith("_sip.") and kind == dns.SRV:
+        # _sip._udp.sI.evil.test (from NAPTR I), or _sip._udp.evil.test (I = 0).
+        label = name.split(".")[2]
+        i = int(label[1:]) if label.startswith("s") else 0
+        return [
+            srv(j, 0, 5060, evil_target(i, j)) for j in reversed(range(EVIL_SERVICES))
+        ]
+    if name.startswith("h") and kind == dns.A and addresses:
+        i, j = (int(n) for n in name.split(".")[0][1:].split("-"))
+        return [a(f"10.{i}.{j}.{k}") for k in range(1, EVIL_ADDRESSES + 1)]
+    return []
+
+
+class HostileDNS:
+    """A fake twisted.names resolver serving the hostile zone; counts queries.
+
+    With ``held=True`` answers wait until :meth:`release`, so a test can see how
+    many queries are in flight at once.
+    """
+
+    def __init__(self, *, addresses: bool = True, held: bool = False) -> None:
+        self.asked: list[tuple[str, int]] = []
+        self.addresses = addresses
+        self.held = held
+        self.waiting: list[tuple[defer.Deferred[Any], Any]] = []
+        self.most_in_flight = 0
+
+    def query(self, query: dns.Query, timeout: Any) -> defer.Deferred[Any]:
+        name = query.name.name.decode()
+        self.asked.append((name, query.type))
+        records = evil_records(name, query.type, addresses=self.addresses)
+        answer: Any = (
+            [dns.RRHeader(name, query.type, payload=r, ttl=TTL) for r in records],
+            [],
+            [],
+        )
+        if not self.held:
+            return defer.succeed(answer)
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.waiting.append((d, answer))
+        self.most_in_flight = max(self.most_in_flight, len(self.waiting))
+        return d
+
+    def release(self) -> None:
+        """Answer every query waiting now (new ones may come in meanwhile)."""
+        batch, self.waiting = self.waiting, []
+        for d, answer in batch:
+            d.callback(answer)
+
+
+def resolve_now(resolver: SIPResolver, uri: str) -> list[Peer]:
+    """resolve() over a fake that answers at once: the result without a reactor."""
+    d = defer.ensureDeferred(resolver.resolve(SipURI.parse(uri)))
+    assert d.called
+    return cast(list[Peer], d.result)
+
+
+def test_hostile_domain_costs_few_queries_and_destinations() -> None:
+    """50 NAPTR x 50 SRV x 10 A: a handful of queries, 8 destinations, best first.
+
+    RFC 3263 sets no limit; the preferred NAPTR records (RFC 3403 §4.1) and the
+    lowest-priority SRV targets (RFC 2782) are the ones kept.
+    """
+    fake = HostileDNS()
+    resolver = SIPResolver(fake, Clock(), rng=Random(1))  # type: ignore[arg-type]
+    peers = resolve_now(resolver, f"sip:x@{EVIL}")
+    assert len(fake.asked) <= 16  # there were 5,051 before the caps
+    assert peers == [
+        *(Peer("udp", f"10.0.0.{k}", 5060) for k in range(1, 5)),
+        *(Peer("udp", f"10.0.1.{k}", 5060) for k in range(1, 5)),
+    ]
+    # At most 4 NAPTR records followed: those of the best preference.
+    srv_asked = [name for name, kind in fake.asked if kind == dns.SRV]
+    assert srv_asked == [evil_srv_name(i) for i in range(4)]
+    # No cached answer keeps thousands of records.
+    assert all(len(entry.records) <= 32 for entry in resolver._cache.entries())
+
+
+def test_hostile_domain_stops_at_the_query_cap_and_says_so() -> None:
+    """Targets without addresses: 16 queries, then the lookup stops, logged once."""
+    fake = HostileDNS(addresses=False)
+    clock = Clock()
+    resolver = SIPResolver(fake, clock)  # type: ignore[arg-type]
+    with capturedLogs() as captured:
+        assert resolve_now(resolver, f"sip:x@{EVIL}") == []
+        assert len(fake.asked) == 16
+        # Asked again within the hour: again at most 16 queries, no new line.
+        assert resolve_now(resolver, f"sip:y@{EVIL}") == []
+    assert len(fake.asked) <= 32
+    events = resolver_events(captured)
+    assert len(events) == 1
+    assert events[0]["domain"] == EVIL
+    assert "stopped after" in events[0]["log_format"]
+    clock.advance(3600)
+    with capturedLogs() as captured:
+        resolve_now(resolver, f"sip:x@{EVIL}")
+    assert [e["domain"] for e in resolver_events(captured)] == [EVIL]
+
+
+def test_only_six_srv_targets_per_name() -> None:
+    """transport=udp: the 6 lowest-priority SRV targets, no others (RFC 2782)."""
+    fake = HostileDNS(addresses=False)
+    resolver = SIPResolver(fake, Clock())  # type: ignore[arg-type]
+    assert resolve_now(resolver, f"sip:x@{EVIL};transport=udp") == []
+    a_asked = [name for name, kind in fake.asked if kind == dns.A]
+    assert a_asked == [evil_target(0, j) for j in range(6)]
+
+
+def test_only_four_addresses_per_name() -> None:
+    """A name with 10 A records gives 4 destinations."""
+    fake = HostileDNS()
+    resolver = SIPResolver(fake, Clock())  # type: ignore[arg-type]
+    peers = resolve_now(resolver, f"sip:x@{evil_target(3, 7)}:5070")
+    assert peers == [Peer("udp", f"10.3.7.{k}", 5070) for k in range(1, 5)]
+
+
+def test_queries_of_one_lookup_are_few_at_a_time() -> None:
+    """At most 4 queries of a lookup wait for an answer at once, level by level."""
+    fake = HostileDNS(held=True)
+    resolver = SIPResolver(fake, Clock(), rng=Random(1))  # type: ignore[arg-type]
+    d = defer.ensureDeferred(resolver.resolve(SipURI.parse(f"sip:x@{EVIL}")))
+    rounds = 0
+    while not d.called:
+        assert fake.waiting, "the lookup waits for nothing"
+        fake.release()
+        rounds += 1
+    assert fake.most_in_flight <= 4
+    assert len(cast(list[Peer], d.result)) == 8
+    # NAPTR, then the SRV level, then A/AAAA of the first two targets.
+    assert rounds == 3
+
+
+def test_concurrent_lookups_share_one_query() -> None:
+    """Two calls to one domain at once send each query once, and both get the answer."""
+    fake = HostileDNS(held=True)
+    resolver = SIPResolver(fake, Clock(), rng=Random(1))  # type: ignore[arg-type]
+    uri = SipURI.parse(f"sip:x@{evil_target(1, 2)}:5060")
+    first = defer.ensureDeferred(resolver.resolve(uri))
+    second = defer.ensureDeferred(resolver.resolve(uri))
+    while fake.waiting:
+        fake.release()
+    assert Counter(fake.asked) == {
+        (evil_target(1, 2), dns.A): 1,
+        (evil_target(1, 2), dns.AAAA): 1,
+    }
+    assert first.result == second.result
+    assert len(cast(list[Peer], first.result)) == 4
+
+
+def test_names_asked_once_do_not_evict_names_in_use() -> None:
+    """Thousands of one-off names churn the cache, but not the answers used twice."""
+    fake = HostileDNS()
+    resolver = SIPResolver(fake, Clock(), max_cache=10)  # type: ignore[arg-type]
+    trunk = f"sip:{evil_target(1, 1)}:5060"
+    resolve_now(resolver, trunk)
+    resolve_now(resolver, trunk)  # from the cache: now protected
+    for n in range(1000):
+        resolve_now(resolver, f"sip:{evil_target(2, n)}:5060")
+    assert resolve_now(resolver, trunk) == [
+        Peer("udp", f"10.1.1.{k}", 5060) for k in range(1, 5)
+    ]
+    # Its A answer was asked for once. (The empty AAAA answer has no SOA, so it
+    # is not cached at all: RFC 2308 §5.)
+    assert fake.asked.count((evil_target(1, 1), dns.A)) == 1
+    assert len(resolver._cache) <= 10

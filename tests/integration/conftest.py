@@ -186,9 +186,14 @@ def _stop_dns_server() -> Iterator[None]:
         process.wait(10)
 
 
-def start_twistd(args: list[str], port: int, log: Path) -> RunningServer:
-    """Start ``twistd -n sipproxy ARGS`` and wait until it answers on ``port``."""
-    dns = ["--dns", f"127.0.0.1:{dns_server_port()}"]
+def start_twistd(
+    args: list[str], port: int, log: Path, *, dns_server: str | None = None
+) -> RunningServer:
+    """Start ``twistd -n sipproxy ARGS`` and wait until it answers on ``port``.
+
+    Its DNS server is the shared one, or ``dns_server`` (``IP:PORT``) if given.
+    """
+    dns = ["--dns", dns_server or f"127.0.0.1:{dns_server_port()}"]
     with log.open("wb") as out:
         process = subprocess.Popen(
             [TWISTD, "-n", "--pidfile=", "sipproxy", *dns, *args],

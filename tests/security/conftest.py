@@ -101,9 +101,16 @@ def users_file(tmp_path: Path) -> Path:
 
 
 def serve_with_users(
-    tmp_path: Path, users: Path, *extra: str, tcp: bool = True
+    tmp_path: Path,
+    users: Path,
+    *extra: str,
+    tcp: bool = True,
+    dns_server: str | None = None,
 ) -> RunningServer:
-    """Sipproxy for example.test with --users, UDP (and TCP) on one loopback port."""
+    """Sipproxy for example.test with --users, UDP (and TCP) on one loopback port.
+
+    ``dns_server`` (``IP:PORT``) replaces the shared test DNS server.
+    """
     port = free_port()
     listen = ["--listen", f"udp:{port}:interface=127.0.0.1"]
     if tcp:
@@ -112,6 +119,7 @@ def serve_with_users(
         ["--domain", REALM, "--users", str(users), *listen, *extra],
         port,
         tmp_path / "twistd.log",
+        dns_server=dns_server,
     )
 
 
