@@ -173,12 +173,20 @@ def test_hostile_domain_costs_few_queries_and_destinations(
 
     Queries are counted on UDP: should an answer come back truncated,
     twisted.names asks again over TCP (RFC 1035 §4.2.1), the same query.
-    The sinks are loopback addresses that only the request named: once the
-    proxy refuses such destinations, none is reached, and the DNS count is
-    what still shows the amplification.
+    The sinks are loopback addresses that only the request named, which the
+    proxy refuses unless --allow-destination allows them: allowed here, so
+    that what reaches them shows the addresses are tried one at a time.
     """
     server = serve_with_users(
-        tmp_path, users_file, dns_server=f"127.0.0.1:{evil_dns.port}"
+        tmp_path,
+        users_file,
+        # Let the sinks be reached, and ask for parallel forking: what reaches
+        # them shows that one name's addresses are tried in turn, not at once.
+        "--allow-destination",
+        "127.0.0.0/8",
+        "--forking",
+        "parallel",
+        dns_server=f"127.0.0.1:{evil_dns.port}",
     )
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -219,6 +227,8 @@ def test_hostile_domain_costs_few_queries_and_destinations(
             if kind in ("udp", "tcp-connect")
         }
         assert len(reached) <= MAX_PEERS, reached
+        # Alternatives in turn: the first has 32 s (Timer B) before the next.
+        assert len(reached) == 1, reached
         assert "DNS lookup for evil.test stopped after" in server.log_text()
     finally:
         stop(server.process)
