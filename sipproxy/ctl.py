@@ -125,17 +125,23 @@ def _token(args: argparse.Namespace) -> str | None:
     from_environment = os.environ.get("SIPPROXY_TOKEN")
     if from_environment:
         return from_environment
+    # The file the server keeps when it was given no token (same host only).
+    # One we cannot read is skipped: a Unix socket needs no token, and a 401
+    # then says which files were unreadable.
+    args.token_source = None
+    args.token_unreadable = []
     for path in candidates(os.environ):
-        # The server's own file, when it was given no token (same host only).
         try:
-            args.token_source = str(path)
-            return path.read_text(encoding="utf-8").strip() or None
+            token = path.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             continue
         except (OSError, UnicodeDecodeError) as error:
             reason = getattr(error, "strerror", None) or "not UTF-8 text"
-            raise CtlError(f"token file {path}: {reason}") from None
-    args.token_source = None
+            args.token_unreadable.append(f"{path} ({reason})")
+            continue
+        if token:
+            args.token_source = str(path)
+            return token
     return None
 
 
@@ -294,9 +300,11 @@ def _refused(args: argparse.Namespace) -> str:
         )
     if args.token_source is None:
         looked = ", ".join(str(path) for path in candidates(os.environ))
+        unreadable = "; cannot read " + ", ".join(args.token_unreadable)
         return (
-            f"{args.url}: a token is needed (401) and none was found in {looked}; "
-            "give it with --token-file, --token or SIPPROXY_TOKEN"
+            f"{args.url}: a token is needed (401) and none was found in {looked}"
+            f"{unreadable if args.token_unreadable else ''}; give it with "
+            "--token-file, --token or SIPPROXY_TOKEN"
         )
     return (
         f"{args.url}: the token in {args.token_source} was refused (401); give "

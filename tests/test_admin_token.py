@@ -8,8 +8,13 @@ memory reactor and its admin resource is rendered with twisted.web's DummyReques
 
 from __future__ import annotations
 
+import json
 import os
+import socketserver
 import stat
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -17,6 +22,7 @@ from typing import Any
 import pytest
 from twisted.web.test._util import _render
 from twisted.web.test.requesthelper import DummyRequest
+from typing_extensions import override
 
 from sipproxy import tokenfile
 from sipproxy.admin import AdminAPI
@@ -368,3 +374,98 @@ def test_ctl_without_any_token_says_where_it_looked(
         f"sipproxy-ctl: cannot reach the admin API at unix:{tmp_path}/nothing.sock: "
     )
     assert err.endswith("(is sipproxy running with --admin?)\n")
+
+
+def test_ctl_skips_a_token_file_it_cannot_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Unix socket needs no token: an unreadable state directory is no error."""
+    monkeypatch.delenv("SIPPROXY_TOKEN", raising=False)
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path))
+    (tmp_path / "admin-token").mkdir()  # reading it fails (EISDIR)
+    monkeypatch.setattr(
+        "sipproxy.ctl.candidates", lambda environ: [tmp_path / "admin-token"]
+    )
+    args = ctl_args()
+    assert _token(args) is None
+    assert args.token_unreadable == [f"{tmp_path}/admin-token (Is a directory)"]
+
+
+class _Recording(BaseHTTPRequestHandler):
+    """An admin API stand-in: 401 unless the bearer token is ``TOKEN``."""
+
+    def do_GET(self) -> None:
+        authorization = self.headers.get("Authorization")
+        SEEN.append(("GET", self.path, authorization))
+        ok = authorization == f"Bearer {TOKEN}"
+        body = json.dumps({"bans": []} if ok else {"error": "no"}).encode()
+        self.send_response(200 if ok else 401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    @override
+    def address_string(self) -> str:
+        return "unix"  # a Unix peer has no (host, port)
+
+    @override
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+#: what the stand-in was asked: method, path, Authorization
+SEEN: list[tuple[str, str, str | None]] = []
+
+
+@pytest.fixture
+def unix_api(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "admin.sock"
+
+    class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+
+    server = Server(str(path), _Recording)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    SEEN.clear()
+    yield path
+    server.shutdown()
+    server.server_close()
+
+
+def test_ctl_speaks_http_over_a_unix_socket(
+    unix_api: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("SIPPROXY_TOKEN", raising=False)
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "none"))
+    monkeypatch.setattr(
+        "sipproxy.ctl.candidates", lambda environ: [tmp_path / "none" / "admin-token"]
+    )
+    url = f"unix:{unix_api}"
+    assert main(["--url", url, "--token", TOKEN, "bans"]) == 0
+    assert capsys.readouterr().out == "no bans\n"
+    assert [("GET", "/bans", f"Bearer {TOKEN}")] == SEEN
+    # No token anywhere: the 401 says where ctl looked.
+    assert main(["--url", url, "bans"]) == 1
+    assert capsys.readouterr().err == (
+        f"sipproxy-ctl: {url}: a token is needed (401) and none was found in "
+        f"{tmp_path}/none/admin-token; give it with --token-file, --token or "
+        "SIPPROXY_TOKEN\n"
+    )
+    assert SEEN[-1] == ("GET", "/bans", None)
+    # The server's kept token: a 401 names the file.
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    load_or_create(tmp_path / "state" / "admin-token")
+    monkeypatch.setattr(
+        "sipproxy.ctl.candidates", lambda environ: [tmp_path / "state" / "admin-token"]
+    )
+    assert main(["--url", url, "bans"]) == 1
+    assert capsys.readouterr().err == (
+        f"sipproxy-ctl: {url}: the token in {tmp_path}/state/admin-token was "
+        "refused (401); give the admin token with --token-file, --token or "
+        "SIPPROXY_TOKEN\n"
+    )
