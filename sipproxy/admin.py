@@ -10,8 +10,12 @@ route is one :meth:`AdminAPI.add_route` call::
 ``call.params["name"]``. A handler takes a :class:`Call` and returns a
 :class:`Reply`; raising :class:`AdminError` answers with its status and message.
 
-Every route but ``/health`` needs ``Authorization: Bearer TOKEN`` when a token is
-configured (compared in constant time; 401 otherwise). The routes:
+Every request but ``GET /health`` needs ``Authorization: Bearer TOKEN`` (compared in
+constant time). Without it the answer is 401 and says nothing more, not even
+whether the path exists: the API can list, remove and forward every user's calls
+(issue 13). The service always gives a token on tcp (configured, or kept in its
+state directory, see ``sipproxy/tokenfile.py``); on a Unix socket the socket
+file's permissions are the check and the token is optional. The routes:
 
 - ``GET /health``: 200 while listening with the store open, else 503 (public);
 - ``GET /info``: version, uptime, listeners, store, domains;
@@ -143,7 +147,7 @@ class AdminAPI(Resource):
 
     :param server: the running server.
     :param token: the bearer token every non-public route needs; None: no check
-        (the service allows that on loopback only, and warns).
+        (the service passes None only for a Unix socket without a token).
     :param metrics: the counters for ``/metrics``; None: no such route.
     """
 
@@ -193,12 +197,14 @@ class AdminAPI(Resource):
         raw_path = (request.path or b"/").decode("utf-8", "replace")
         path = raw_path.rstrip("/") or "/"
         found = self._match(method, path)
+        public = not isinstance(found, Reply) and found[0].public
+        # Before any 404 or 405: without the token, nothing about the routes.
+        if not public and not self._authorized(request):
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="sipproxy"')
+            return self._write(request, _error(401, "a valid bearer token is needed"))
         if isinstance(found, Reply):
             return self._write(request, found)
         route, params = found
-        if not route.public and not self._authorized(request):
-            request.setHeader(b"WWW-Authenticate", b'Bearer realm="sipproxy"')
-            return self._write(request, _error(401, "a valid bearer token is needed"))
         query = {
             key.decode("utf-8", "replace"): values[-1].decode("utf-8", "replace")
             for key, values in (request.args or {}).items()

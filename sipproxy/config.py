@@ -10,10 +10,12 @@ raised before anything listens.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -138,6 +140,26 @@ class ListenSpec:
         return text
 
 
+@dataclass(frozen=True, slots=True)
+class UnixSocketSpec:
+    """The admin API on a Unix socket: its file's permissions decide who may connect.
+
+    Twisted's endpoint syntax: ``unix:PATH`` or ``unix:address=PATH``, with
+    ``mode`` (octal), ``backlog`` and ``lockfile`` (``1``: a ``PATH.lock`` lets a
+    restart replace the socket a crash left behind). Unlike Twisted's default
+    (``666``: anyone on the host), ``mode`` defaults to ``600``.
+    """
+
+    path: str
+    mode: int = 0o600
+    backlog: int = 50
+    lockfile: bool = True
+
+    def __str__(self) -> str:
+        path = self.path.replace("\\", "\\\\").replace(":", "\\:")
+        return f"unix:{path}:mode={self.mode:04o}"
+
+
 def _split_endpoint(text: str) -> list[str]:
     """Split on ``:`` except after a backslash or inside ``[...]``."""
     parts: list[str] = []
@@ -233,9 +255,11 @@ class Config:
     tls_ca: str | None = None
     #: office PBX: extensions, ring groups, forwarding (issue 9); None: none
     office: Office | None = None
-    #: the admin HTTP API's address (tcp only; loopback unless an interface is given)
-    admin: ListenSpec | None = None
-    #: the bearer token of the admin API (from admin-token or admin-token-file)
+    #: the admin HTTP API's address: tcp (loopback unless an interface is given)
+    #: or a unix socket
+    admin: ListenSpec | UnixSocketSpec | None = None
+    #: the bearer token of the admin API (from admin-token or admin-token-file);
+    #: None on tcp: the service keeps one in its state directory (tokenfile.py)
     admin_token: str | None = None
     #: the file admin_token was read from, if any
     admin_token_file: str | None = None
@@ -466,13 +490,18 @@ def _coerce(key: str, value: Any) -> Any:
     return float(number)
 
 
-def _admin(value: Any) -> ListenSpec:
-    """``tcp:PORT[:interface=IP]``; without an interface, loopback only."""
+def _admin(value: Any) -> ListenSpec | UnixSocketSpec:
+    """``tcp:PORT[:interface=IP]`` (loopback without an interface) or ``unix:PATH``."""
     if not isinstance(value, str) or not value:
         raise ConfigError(f"admin = {value!r}: expected e.g. tcp:8080")
     parts = _split_endpoint(value)
+    if parts[0].lower() == "unix":
+        return _admin_unix(value, parts[1:])
     if parts[0].lower() != "tcp":
-        raise ConfigError(f"admin {value!r}: only tcp is supported, e.g. tcp:8080")
+        raise ConfigError(
+            f"admin {value!r}: use tcp or unix, e.g. tcp:8080 or "
+            "unix:/run/sipproxy/admin.sock"
+        )
     positional = [p for p in parts[1:] if "=" not in p]
     if len(positional) != 1:
         raise ConfigError(f"admin {value!r}: give exactly one port, e.g. tcp:8080")
@@ -491,6 +520,56 @@ def _admin(value: Any) -> ListenSpec:
     return ListenSpec("tcp", port, interface)
 
 
+def _admin_unix(value: str, parts: list[str]) -> UnixSocketSpec:
+    """The options Twisted's ``unix:`` server endpoint takes, checked here."""
+    path = None
+    options: dict[str, str] = {}
+    for part in parts:
+        key, equals, option = part.partition("=")
+        if not equals:
+            key, option = "address", part
+        if key not in ("address", "mode", "backlog", "lockfile"):
+            raise ConfigError(
+                f"admin {value!r}: unknown option {key!r} for unix "
+                "(allowed: address, backlog, lockfile, mode)"
+            )
+        if key == "address":
+            if path is not None:
+                raise ConfigError(f"admin {value!r}: give the socket's path once")
+            path = option
+        else:
+            options[key] = option
+    if not path:
+        raise ConfigError(
+            f"admin {value!r}: give the socket's path, e.g. "
+            "unix:/run/sipproxy/admin.sock"
+        )
+    spec = UnixSocketSpec(path)
+    if "mode" in options:
+        text = options["mode"]
+        if not re.fullmatch(r"0?[0-7]{3}", text):
+            raise ConfigError(
+                f"admin {value!r}: mode {text!r} is not an octal mode like 0600"
+            )
+        spec = replace(spec, mode=int(text, 8))
+    if "backlog" in options:
+        text = options["backlog"]
+        if not text.isdigit() or int(text) < 1:
+            raise ConfigError(f"admin {value!r}: backlog {text!r} is not a number")
+        spec = replace(spec, backlog=int(text))
+    if "lockfile" in options:
+        if options["lockfile"] not in ("0", "1"):
+            raise ConfigError(f"admin {value!r}: lockfile is 0 or 1")
+        spec = replace(spec, lockfile=options["lockfile"] == "1")
+    if spec.mode & 0o002:
+        # Write permission on a socket is what connect() checks.
+        raise ConfigError(
+            f"admin {value!r}: mode {spec.mode:04o} lets every user of the host "
+            "in; use 0600 (or 0660 with a group of operators)"
+        )
+    return spec
+
+
 def _token(key: str, value: Any) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{key}: expected a string")
@@ -505,6 +584,15 @@ def _token(key: str, value: Any) -> str:
 
 def _read_token(path: str) -> str:
     try:
+        mode = os.stat(path).st_mode
+        if mode & 0o007:
+            # As ssh does with a private key: a token others can read or replace
+            # opens the API to every user of the host.
+            raise ConfigError(
+                f"admin-token-file {path!r}: other users may use it (mode "
+                f"{stat.S_IMODE(mode):04o}); chmod o-rwx it (0600, or 0640 with "
+                "the service's group)"
+            )
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"admin-token-file {path!r}: {error.strerror}") from None
@@ -519,6 +607,10 @@ def _check_admin(config: Config) -> None:
         if config.admin_token is not None:
             raise ConfigError("admin-token: set, but admin (the API's address) is not")
         return
+    if isinstance(config.admin, UnixSocketSpec):
+        return
+    # The token made at first start is for this host's sipproxy-ctl; an API on
+    # the network gets a token the operator chose and distributes.
     if (
         config.admin_token is None
         and not ipaddress.ip_address(config.admin.interface).is_loopback

@@ -15,7 +15,11 @@ What ``forward``/``dnd`` set is kept in the location store and wins over the
 TOML until ``forward-reset``.
 
 The token comes from ``--token``, ``--token-file`` or the ``SIPPROXY_TOKEN``
-environment variable (in that order). Tables for people, ``--json`` for scripts.
+environment variable (in that order); without any, from the file the server
+makes when it was given none: ``admin-token`` in ``$STATE_DIRECTORY``, ``var/``
+or ``/var/lib/sipproxy`` (see ``sipproxy/tokenfile.py``). ``--url
+unix:/run/sipproxy/admin.sock`` talks to an admin API on a Unix socket, which
+needs no token. Tables for people, ``--json`` for scripts.
 Every failure is one line on standard error and a non-zero exit status: 2 for a
 usage error, 1 for anything the server or the network said.
 """
@@ -23,14 +27,18 @@ usage error, 1 for anything the server or the network said.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
+import socket
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote, urlencode
+
+from sipproxy.tokenfile import candidates
 
 __all__ = ["CtlError", "main"]
 
@@ -65,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="sipproxy-ctl", description="Control a running sipproxy (admin API)."
     )
     parser.add_argument(
-        "--url", default=DEFAULT_URL, help=f"admin API base URL ({DEFAULT_URL})"
+        "--url",
+        default=DEFAULT_URL,
+        help=f"admin API base URL ({DEFAULT_URL}), or unix:PATH of its socket",
     )
     parser.add_argument("--token", help="bearer token (or SIPPROXY_TOKEN)")
     parser.add_argument("--token-file", help="file holding the bearer token")
@@ -112,7 +122,27 @@ def _token(args: argparse.Namespace) -> str | None:
                 return file.read().strip()
         except OSError as error:
             raise CtlError(f"token file {args.token_file}: {error.strerror}") from None
-    return os.environ.get("SIPPROXY_TOKEN") or None
+    from_environment = os.environ.get("SIPPROXY_TOKEN")
+    if from_environment:
+        return from_environment
+    # The file the server keeps when it was given no token (same host only).
+    # One we cannot read is skipped: a Unix socket needs no token, and a 401
+    # then says which files were unreadable.
+    args.token_source = None
+    args.token_unreadable = []
+    for path in candidates(os.environ):
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            continue
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or "not UTF-8 text"
+            args.token_unreadable.append(f"{path} ({reason})")
+            continue
+        if token:
+            args.token_source = str(path)
+            return token
+    return None
 
 
 def _run(args: argparse.Namespace, token: str | None) -> int:
@@ -169,35 +199,117 @@ def _call(
     path: str,
     body: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    url = args.url.rstrip("/") + path
-    request = urllib.request.Request(url, method=method)
+    headers = {}
+    data = None
     if body is not None:
-        request.data = json.dumps(body).encode()
-        request.add_header("Content-Type", "application/json")
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
     if token:
-        request.add_header("Authorization", f"Bearer {token}")
+        headers["Authorization"] = f"Bearer {token}"
+    status, reason, answer = _exchange(args, method, path, data, headers)
+    if status == 401:
+        raise CtlError(_refused(args))
+    if status >= 400:
+        try:
+            message = _decode(answer).get("error") or reason
+        except CtlError:
+            message = reason
+        raise CtlError(f"{method} {path}: {status} {message}")
+    return _decode(answer)
+
+
+def _exchange(
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    data: bytes | None,
+    headers: dict[str, str],
+) -> tuple[int, str, bytes]:
+    """Send one request; the status, reason and body of the answer."""
+    url = str(args.url)
+    if url.startswith("unix:"):
+        return _exchange_unix(
+            args, url.removeprefix("unix:"), method, path, data, headers
+        )
+    request = urllib.request.Request(
+        url.rstrip("/") + path, data=data, headers=headers, method=method
+    )
     try:
         with urllib.request.urlopen(request, timeout=args.timeout) as response:
-            return _decode(response.read())
+            return response.status, response.reason, response.read()
     except urllib.error.HTTPError as error:
-        if error.code == 401:
-            raise CtlError(
-                f"{args.url}: the token was refused (401); give the admin token "
-                "with --token-file, --token or SIPPROXY_TOKEN"
-            ) from None
-        try:
-            message = _decode(error.read()).get("error") or error.reason
-        except CtlError:
-            message = error.reason
-        raise CtlError(f"{method} {path}: {error.code} {message}") from None
+        return error.code, str(error.reason), error.read()
     except urllib.error.URLError as error:
         reason = getattr(error.reason, "strerror", None) or error.reason
-        raise CtlError(
-            f"cannot reach the admin API at {args.url}: {reason} "
-            "(is sipproxy running with --admin?)"
-        ) from None
+        raise CtlError(_unreachable(args, reason)) from None
     except (TimeoutError, OSError) as error:
         raise CtlError(f"cannot reach the admin API at {args.url}: {error}") from None
+
+
+def _exchange_unix(
+    args: argparse.Namespace,
+    socket_path: str,
+    method: str,
+    path: str,
+    data: bytes | None,
+    headers: dict[str, str],
+) -> tuple[int, str, bytes]:
+    connection = _UnixHTTPConnection(socket_path, args.timeout)
+    try:
+        connection.request(method, path, body=data, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.reason, response.read()
+    except (OSError, http.client.HTTPException) as error:
+        reason = getattr(error, "strerror", None) or error
+        raise CtlError(_unreachable(args, reason)) from None
+    finally:
+        connection.close()
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a Unix stream socket (the admin API's ``unix:`` endpoint)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _unreachable(args: argparse.Namespace, reason: object) -> str:
+    return (
+        f"cannot reach the admin API at {args.url}: {reason} "
+        "(is sipproxy running with --admin?)"
+    )
+
+
+def _refused(args: argparse.Namespace) -> str:
+    """Why a 401, and where the token would come from."""
+    if not hasattr(args, "token_source"):
+        return (
+            f"{args.url}: the token was refused (401); give the admin token "
+            "with --token-file, --token or SIPPROXY_TOKEN"
+        )
+    if args.token_source is None:
+        looked = ", ".join(str(path) for path in candidates(os.environ))
+        unreadable = "; cannot read " + ", ".join(args.token_unreadable)
+        return (
+            f"{args.url}: a token is needed (401) and none was found in {looked}"
+            f"{unreadable if args.token_unreadable else ''}; give it with "
+            "--token-file, --token or SIPPROXY_TOKEN"
+        )
+    return (
+        f"{args.url}: the token in {args.token_source} was refused (401); give "
+        "the admin token with --token-file, --token or SIPPROXY_TOKEN"
+    )
 
 
 def _decode(data: bytes) -> dict[str, Any]:

@@ -29,7 +29,14 @@ from typing_extensions import override
 
 from sipproxy import __version__
 from sipproxy.admin import AdminAPI
-from sipproxy.config import Config, ConfigError, ListenSpec, build_config, read_toml
+from sipproxy.config import (
+    Config,
+    ConfigError,
+    ListenSpec,
+    UnixSocketSpec,
+    build_config,
+    read_toml,
+)
 from sipproxy.digest import Authenticator
 from sipproxy.guard import BanList, ConnectionLimiter, RateLimiter
 from sipproxy.htdigest import load_users
@@ -40,6 +47,7 @@ from sipproxy.proxy.core import Networks, Proxy, ProxySettings
 from sipproxy.proxy.pbx import Office, OfficePreferences
 from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.resolver import make_resolver
+from sipproxy.tokenfile import TokenFileError, default_path, load_or_create
 from sipproxy.transport.sender import Transports
 from sipproxy.transport.stream import SIPStreamFactory
 from sipproxy.transport.tls import TLSClient, credentials_of, server_options
@@ -116,8 +124,10 @@ class Options(usage.Options):
             "admin",
             None,
             None,
-            "Admin HTTP API (JSON, /metrics, /health), e.g. tcp:8080; loopback "
-            "unless interface= says otherwise (then a token is required).",
+            "Admin HTTP API (JSON, /metrics, /health): tcp:8080 (loopback unless "
+            "interface= says otherwise; then admin-token(-file) is required) or "
+            "unix:/run/sipproxy/admin.sock[:mode=0600] (the file's permissions "
+            "decide who may use it).",
         ],
         [
             "admin-token",
@@ -129,7 +139,9 @@ class Options(usage.Options):
             "admin-token-file",
             None,
             None,
-            "File holding the admin API's bearer token (one line).",
+            "File holding the admin API's bearer token (one line; not readable by "
+            "others). Default on tcp: admin-token in $STATE_DIRECTORY (else var/), "
+            "made at first start.",
         ],
         ["log-format", None, None, "text (default) or json: one object per line."],
         [
@@ -295,6 +307,8 @@ class SIPServerService(MultiService):
         self.started_at = reactor.seconds()
         self.metrics = Metrics(self._snapshot)
         self.admin_port: IListeningPort | None = None
+        #: what the admin API checks: configured, or kept in the state directory
+        self.admin_token = config.admin_token
         self._open = False
         self.ports: list[tuple[ListenSpec, IListeningPort]] = []
         hosts = {*config.domains, *config.aliases}
@@ -379,6 +393,8 @@ class SIPServerService(MultiService):
 
     @override
     def privilegedStartService(self) -> None:
+        # A token file we cannot use stops the start before anything listens.
+        self.admin_token = self._admin_token()
         # Bind here so that a port below 1024 works before twistd drops privileges.
         for spec in self.config.listen:
             try:
@@ -449,27 +465,53 @@ class SIPServerService(MultiService):
         )
         return port
 
-    def _listen_admin(self, spec: ListenSpec) -> None:
-        api = AdminAPI(self, token=self.config.admin_token, metrics=self.metrics)
+    def _admin_token(self) -> str | None:
+        """The admin API's token; on tcp without one configured, the kept one.
+
+        A Unix socket needs none: its file mode decides who may connect.
+        """
+        admin = self.config.admin
+        if admin is None or self.config.admin_token is not None:
+            return self.config.admin_token
+        if isinstance(admin, UnixSocketSpec):
+            return None
+        path = default_path(os.environ)
+        try:
+            token, made = load_or_create(path)
+        except TokenFileError as error:
+            raise SystemExit(f"sipproxy: error: {error}") from None
+        if made:
+            self.log.info(
+                "admin API token written to {path} (mode 0600); sipproxy-ctl on "
+                "this host reads it",
+                path=str(path),
+            )
+        return token
+
+    def _listen_admin(self, spec: ListenSpec | UnixSocketSpec) -> None:
+        api = AdminAPI(self, token=self.admin_token, metrics=self.metrics)
         site = _QuietSite(api)  # type: ignore[no-untyped-call]
         site.noisy = False
         site.displayTracebacks = False
         try:
-            self.admin_port = self._reactor.listenTCP(
-                spec.port, site, interface=spec.interface
-            )
+            if isinstance(spec, UnixSocketSpec):
+                self.admin_port = self._reactor.listenUNIX(
+                    spec.path,
+                    site,
+                    backlog=spec.backlog,
+                    mode=spec.mode,
+                    wantPID=spec.lockfile,
+                )
+            else:
+                self.admin_port = self._reactor.listenTCP(
+                    spec.port, site, interface=spec.interface
+                )
         except CannotListenError as error:
             for _, port in self.ports:
                 port.stopListening()
             raise SystemExit(
                 f"sipproxy: error: cannot listen on admin {spec}: {error.socketError}"
             ) from None
-        if self.config.admin_token is None:
-            self.log.warn(
-                "admin API on {where} has NO TOKEN: anyone on this host can use "
-                "it; set admin-token-file",
-                where=spec,
-            )
 
     def _admit(self, source_ip: str) -> bool:
         """Banned sources are ignored; one flooding source loses only its excess."""
@@ -515,7 +557,7 @@ class SIPServerService(MultiService):
             "listeners": [
                 f"{spec.transport} {_hostport(port)}" for spec, port in self.ports
             ],
-            "admin": _hostport(self.admin_port) if self.admin_port else None,
+            "admin": _admin_address(self.admin_port) if self.admin_port else None,
             "location": _redacted(self.config.location),
             "users": self.config.users,
             "forking": self.config.forking,
@@ -878,6 +920,14 @@ def _read_secret(path: str | None) -> bytes | None:
     if len(secret) < 16:
         raise ConfigError(f"secret-file {path!r}: needs at least 16 bytes")
     return secret
+
+
+def _admin_address(port: IListeningPort) -> str:
+    address = port.getHost()
+    name = getattr(address, "name", None)
+    if name is not None:
+        return f"unix:{os.fsdecode(name)}"
+    return _hostport(port)
 
 
 def _hostport(port: IListeningPort) -> str:

@@ -44,7 +44,7 @@ def test_admin_defaults_to_loopback(text: str, expected: ListenSpec) -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"admin": "udp:8080"}, "admin 'udp:8080': only tcp is supported"),
+        ({"admin": "udp:8080"}, "admin 'udp:8080': use tcp or unix"),
         ({"admin": "tcp"}, "admin 'tcp': give exactly one port"),
         ({"admin": "tcp:web"}, "admin 'tcp:web': port 'web' is not a number"),
         ({"admin": "tcp:8080:backlog=5"}, "unknown option 'backlog'"),
@@ -98,6 +98,7 @@ def test_non_loopback_admin_with_a_token_is_accepted() -> None:
 def test_token_file_is_read_and_stripped(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(f"  {TOKEN}\n")
+    token_file.chmod(0o640)
     config = build_config(
         {"admin": "tcp:8080", "admin-token-file": str(token_file)}, {}
     )
@@ -111,12 +112,14 @@ def test_token_file_errors_name_the_file_not_the_token(tmp_path: Path) -> None:
         build_config({"admin": "tcp:8080", "admin-token-file": str(missing)}, {})
     short = tmp_path / "short"
     short.write_text("abc\n")
+    short.chmod(0o600)
     with pytest.raises(
         ConfigError, match=r"admin-token-file '.*short': the token must be at least 16"
     ):
         build_config({"admin": "tcp:8080", "admin-token-file": str(short)}, {})
     both = tmp_path / "both"
     both.write_text(TOKEN)
+    both.chmod(0o600)
     with pytest.raises(
         ConfigError, match="admin-token and admin-token-file: give only"
     ):
@@ -141,9 +144,11 @@ def test_shipped_office_example_is_valid(tmp_path: Path) -> None:
     # The paths name files of a real installation; point them at stand-ins.
     token = tmp_path / "token"
     token.write_text(TOKEN)
+    token.chmod(0o600)
     example["admin-token-file"] = str(token)
     config = build_config(example, {})
-    assert config.admin is not None and config.admin.interface == "127.0.0.1"
+    assert isinstance(config.admin, ListenSpec)
+    assert config.admin.interface == "127.0.0.1"
     assert {spec.transport for spec in config.listen} == {"udp", "tcp", "tls"}
     assert config.dialplan
     assert config.log_format == "text"

@@ -47,6 +47,7 @@ def start_office(tmp_path: Path, port: int, admin: int, log: str) -> Ops:
     """The server on ``port`` (SIP) and ``admin``; the same files on every start."""
     token = tmp_path / "admin-token"
     token.write_text(TOKEN + "\n")
+    token.chmod(0o600)
     config = tmp_path / "office.toml"
     config.write_text(
         CONFIG.format(

@@ -101,6 +101,7 @@ def start(tmp_path: Path, extra: str = "", args: tuple[str, ...] = ()) -> Ops:
     write_user(users, "bob", REALM, "builder")
     token = tmp_path / "admin-token"
     token.write_text(TOKEN + "\n")
+    token.chmod(0o600)
     port, admin_port = free_port(), free_port()
     config = tmp_path / "sipproxy.toml"
     config.write_text(config_text(port, admin_port, users, token, extra))
@@ -346,8 +347,11 @@ def test_json_logs_are_one_object_per_line_and_fail2ban_reads_them(
     assert matched and matched[0].split()[1] == "1", done.stdout
 
 
-def test_admin_without_a_token_is_loopback_only_and_warned(tmp_path: Path) -> None:
-    """No token: the API works on loopback, and the log says so loudly."""
+def test_admin_without_a_token_option_keeps_one_and_requires_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No token option: the server makes one in its state directory (issue 13)."""
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
     port, admin_port = free_port(), free_port()
     server = start_twistd(
         [
@@ -359,11 +363,18 @@ def test_admin_without_a_token_is_loopback_only_and_warned(tmp_path: Path) -> No
     )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{admin_port}/stats"
-        with urllib.request.urlopen(url, timeout=30) as response:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=30)
+        assert refused.value.code == 401
+        token_file = tmp_path / "state" / "admin-token"
+        request = urllib.request.Request(url)
+        request.add_header("Authorization", f"Bearer {token_file.read_text().strip()}")
+        with urllib.request.urlopen(request, timeout=30) as response:
             assert json.loads(response.read())["registrations"] == 0
         assert (
-            f"admin API on tcp:{admin_port}:interface=127.0.0.1 has NO TOKEN: anyone "
-            "on this host can use it; set admin-token-file" in server.log_text()
+            f"admin API token written to {token_file} (mode 0600); sipproxy-ctl on "
+            "this host reads it" in server.log_text()
         )
+        assert "NO TOKEN" not in server.log_text()
     finally:
         stop(server.process)

@@ -444,6 +444,7 @@ def test_shipped_office_example_is_valid(tmp_path: Path) -> None:
     # The token file names a real installation's; point it at a stand-in.
     token = tmp_path / "token"
     token.write_text("a-token-of-sufficient-length\n")
+    token.chmod(0o600)  # issue 13: a token file others can read is refused
     example["admin-token-file"] = str(token)
     config = build_config(example, {})
     assert config.office is not None
