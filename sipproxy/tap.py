@@ -386,7 +386,7 @@ class SIPServerService(MultiService):
             bans=self.bans,
             office=self.office,
             observer=self.metrics,
-            secret=_read_secret(config.secret_file),
+            secret=_read_secret(config.secret_file) or self._kept_secret(),
         )
         self.stream_factories: dict[str, SIPStreamFactory] = {}
         self._purge: LoopingCall | None = None
@@ -464,6 +464,26 @@ class SIPServerService(MultiService):
             getattr(address, "port", 0),
         )
         return port
+
+    def _kept_secret(self) -> bytes | None:
+        """The key of dialog and flow tokens when no secret-file names one.
+
+        Kept in the state directory like the admin token, so that the calls
+        going on when the server restarts can still be hung up: their
+        Record-Route tokens are the only proof that they are ours (issue 13).
+        None (a random key, this run only) when the directory is not writable.
+        """
+        path = default_path(os.environ).with_name("dialog-secret")
+        try:
+            secret, _ = load_or_create(path)
+        except TokenFileError as error:
+            self.log.warn(
+                "dialog tokens are keyed for this run only, so calls in progress "
+                "cannot be ended through the proxy after a restart: {why}",
+                why=str(error).replace("admin token file", "secret file"),
+            )
+            return None
+        return secret.encode()
 
     def _admin_token(self) -> str | None:
         """The admin API's token; on tcp without one configured, the kept one.

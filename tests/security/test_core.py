@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import RunningServer, free_port, status_of, stop
+from tests.integration.conftest import (
+    RunningServer,
+    free_port,
+    start_twistd,
+    status_of,
+    stop,
+)
 from tests.security.conftest import PASSWORDS, REALM, Sink, serve_with_users
 from tests.security.sipua import UA, header_values, start_line
 
@@ -363,4 +369,50 @@ def test_an_internal_address_named_by_a_user_is_refused_unless_allowed(
             assert sink.quiet_for(0.5), sink.received
     finally:
         ua.close()
+        stop(server.process)
+
+
+# -- restarts ------------------------------------------------------------------------
+
+
+def test_a_call_can_be_ended_after_the_proxy_restarts(
+    tmp_path: Path, users_file: Path
+) -> None:
+    """The token key is kept (state directory), so an old call's BYE still counts."""
+    port = free_port()
+    args = [
+        "--domain", REALM, "--users", str(users_file),
+        "--listen", f"udp:{port}:interface=127.0.0.1",
+    ]  # fmt: skip
+    server = start_twistd(args, port, tmp_path / "first.log")
+    caller, bob = UA(port), UA(port)
+    try:
+        assert status_of(bob.register("bob", PASSWORDS["bob"])) == 200
+        caller.send(
+            caller.request(
+                "INVITE", f"sip:bob@{REALM}", from_user="carol@partner.test",
+                to=f"sip:bob@{REALM}", call_id="kept-call", from_tag="c1",
+            )
+        )  # fmt: skip
+        invite = bob.receive()
+        assert invite is not None and start_line(invite).startswith("INVITE")
+        bob.send(bob.answer(invite, 200, to_tag="b1"))
+        ok = caller.final()
+        assert status_of(ok) == 200 and ok is not None
+        route_set = header_values(ok, "Record-Route")
+        stop(server.process)
+        server = start_twistd(args, port, tmp_path / "second.log")
+        routes = "".join(f"Route: {value}\r\n" for value in reversed(route_set))
+        caller.send(
+            caller.request(
+                "BYE", f"sip:callee@{bob.sent_by}", from_user="carol@partner.test",
+                to=f"sip:bob@{REALM}", call_id="kept-call", from_tag="c1",
+                to_tag="b1", cseq=2, extra=routes,
+            )
+        )  # fmt: skip
+        bye = [m for m in bob.drain(1.0) if start_line(m).startswith("BYE")]
+        assert bye, server.log_text()
+    finally:
+        caller.close()
+        bob.close()
         stop(server.process)
