@@ -195,7 +195,7 @@ def test_the_automatic_100_also_keeps_timer_g() -> None:
 
 def test_non_invite_final_accepts_retransmit_false() -> None:
     """A non-INVITE server never resends on its own: the flag changes nothing."""
-    txn, channel, clock, _ = non_invite_server()
+    txn, channel, _, _ = non_invite_server()
     txn.respond(txn.request.response(401, to_tag="srv1"), retransmit=False)
     txn.receive_request(txn.request)
     assert channel.statuses == [401, 401]
