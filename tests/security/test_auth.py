@@ -17,11 +17,20 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import RunningServer, status_of, stop
+from sipproxy.htdigest import format_line
+from tests.integration.conftest import (
+    ROOT,
+    RunningServer,
+    require_tool,
+    status_of,
+    stop,
+)
 from tests.integration.test_auth import (
     REALM,
     answer,
@@ -30,6 +39,7 @@ from tests.integration.test_auth import (
     register,
     request,
 )
+from tests.security.conftest import PASSWORDS, serve_with_users
 
 pytestmark = pytest.mark.integration
 
@@ -284,3 +294,58 @@ def test_our_credentials_do_not_reach_the_callee(secured: RunningServer) -> None
     ]
     assert fields == [f"Proxy-Authorization: {theirs}"], arrived
     assert f'realm="{REALM}"' not in arrived.decode()
+
+
+def run_sipp_register(
+    tmp_path: Path, port: int, expect: int, calls: int, *extra: str
+) -> subprocess.CompletedProcess[bytes]:
+    """The bench's register-auth scenario as alice, the second answer ``expect``."""
+    sipp = require_tool("sipp")
+    scenario = tmp_path / f"register-auth-{expect}.xml"
+    text = (ROOT / "bench" / "scenarios" / "register-auth.xml").read_text()
+    scenario.write_text(text.replace('response="200"', f'response="{expect}"'))
+    users = tmp_path / "alice.csv"
+    users.write_text(
+        "SEQUENTIAL\nalice;[authentication username=alice password=wonderland]\n"
+    )
+    return subprocess.run(
+        [
+            sipp, f"127.0.0.1:{port}", "-sf", str(scenario), "-inf", str(users),
+            "-i", "127.0.0.1", "-p", "0", "-t", "u1",
+            "-key", "domain", REALM, "-key", "expires", "60",
+            "-m", str(calls), "-r", "20", "-l", "1",
+            "-timeout", "30", "-timeout_error", "-nostdin", *extra,
+        ],
+        capture_output=True,
+        timeout=60,
+        cwd=tmp_path,
+    )  # fmt: skip
+
+
+def test_sipp_default_digest_uri_gets_400_and_no_ban(tmp_path: Path) -> None:
+    """SIPp digests uri="sip:127.0.0.1:PORT" unless given -auth_uri (SIPp 3.6).
+
+    Against Request-URI sip:example.test that is another resource (§19.1.4): 400,
+    twelve times, and no ban; with -auth_uri the same SIPp registers.
+    """
+    users = tmp_path / "users.htdigest"
+    # MD5 HA1 only, as Apache's htdigest writes it: SIPp answers MD5 only.
+    users.write_text(
+        "".join(
+            format_line(user, REALM, password).rsplit(":", 1)[0] + "\n"
+            for user, password in PASSWORDS.items()
+        )
+    )
+    server = serve_with_users(tmp_path, users)
+    try:
+        mismatch = run_sipp_register(tmp_path, server.port, 400, 12)
+        assert mismatch.returncode == 0, mismatch.stdout.decode()[-2000:]
+        right = run_sipp_register(tmp_path, server.port, 200, 1, "-auth_uri", REALM)
+        assert right.returncode == 0, right.stdout.decode()[-2000:]
+    finally:
+        stop(server.process)
+    log = server.log_text()
+    assert "Traceback" not in log, log
+    assert "banned 127.0.0.1" not in log, log
+    assert "authentication failed" not in log, log
+    assert "'sip:127.0.0.1:" in log and "is not the Request-URI" in log, log
