@@ -27,6 +27,7 @@ from sipproxy.htdigest import format_line
 from tests.integration.conftest import (
     ROOT,
     RunningServer,
+    read_response,
     require_tool,
     status_of,
     stop,
@@ -349,3 +350,55 @@ def test_sipp_default_digest_uri_gets_400_and_no_ban(tmp_path: Path) -> None:
     assert "banned 127.0.0.1" not in log, log
     assert "authentication failed" not in log, log
     assert "'sip:127.0.0.1:" in log and "is not the Request-URI" in log, log
+
+
+def test_a_tcp_batch_on_one_nonce_is_one_guess(secured: RunningServer) -> None:
+    """Twenty wrong answers on one nonce, pipelined in one TCP write: one failure.
+
+    Issue 13 item 6, "one nonce serves every guess": the first wrong answer burns
+    the nonce; the other nineteen are refused unread and not counted.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.15", 0))
+        sock.settimeout(2)
+        sock.connect(("127.0.0.1", secured.port))
+        local = sock.getsockname()[1]
+        uri = f"sip:{REALM}"
+
+        def register_over_tcp(cseq: int, extra: str = "") -> bytes:
+            data = request("REGISTER", uri, user="alice", local=local,
+                           call_id="tcp-batch", cseq=cseq, extra=extra)  # fmt: skip
+            return data.replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP")
+
+        sock.sendall(register_over_tcp(1))
+        first = read_response(sock)
+        assert status_of(first) == 401
+        md5 = next(
+            c
+            for c in challenge_params(first, "WWW-Authenticate")
+            if c["algorithm"] == "MD5"
+        )
+        guesses = [
+            answer(md5, user="alice", password=f"guess{n}", method="REGISTER", uri=uri)
+            for n in range(20)
+        ]
+        sock.sendall(
+            b"".join(
+                register_over_tcp(2 + n, f"Authorization: {creds}\r\n")
+                for n, creds in enumerate(guesses)
+            )
+        )
+        received = b""
+        deadline = time.monotonic() + 5
+        while received.count(b"SIP/2.0 ") < 20 and time.monotonic() < deadline:
+            try:
+                received += sock.recv(65536)
+            except TimeoutError:
+                break
+    answers = [
+        int(line.split(b" ")[1])
+        for line in received.split(b"\r\n")
+        if line.startswith(b"SIP/2.0 ")
+    ]
+    assert answers == [401] * 20
+    assert failures_logged(secured, "127.0.0.15") == 1, secured.log_text()
