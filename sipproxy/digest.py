@@ -9,11 +9,29 @@ Authorization or Proxy-Authorization, which :meth:`Authenticator.verify` checks.
 Theory of operation:
 
 - **Nonces are stateless** (RFC 7616 §3.3 leaves their form to the server):
-  ``base64url(issued_at ‖ salt ‖ HMAC-SHA-256(secret, issued_at ‖ salt))``.
-  Only the holder of ``secret`` can make one, so a nonce that checks out was
-  issued by us, at ``issued_at``; it is fresh for ``nonce_lifetime`` seconds. The
-  random salt makes every challenge's nonce unique, so phones behind one NAT
-  challenged in the same instant never share a nonce (and its nonce count).
+  ``base64url(issued_at ‖ salt ‖ HMAC-SHA-256(secret, issued_at ‖ salt ‖
+  source))``. Only the holder of ``secret`` can make one, so a nonce that checks
+  out was issued by us, at ``issued_at``, to ``source``; it is fresh for
+  ``nonce_lifetime`` seconds. The random salt makes every challenge's nonce
+  unique, so phones behind one NAT challenged in the same instant never share a
+  nonce (and its nonce count).
+- **A nonce is bound to where it was sent** (issue 13): ``source`` is the IPv4
+  address the challenge went to, or the /64 of an IPv6 one (a host owns a /64,
+  RFC 7421; the ban list groups the same way). A wrong answer is
+  :attr:`Outcome.FAILED`, which the caller counts towards a ban, only when its
+  nonce was issued to the address it comes from: to get one, the sender had to
+  receive our challenge there, a round trip a spoofed UDP source cannot make. A
+  nonce never issued, issued to another address, or anything else that proves
+  nothing about the sender is :attr:`Outcome.UNPROVEN`: challenged again, never
+  counted, so nobody can get an address banned by writing its address on
+  packets.
+- **One guess per nonce**: a wrong answer burns its nonce (remembered with the
+  nonce counts below); any later answer on it is UNPROVEN without being
+  computed. Each guess thus costs a round trip for a new nonce, and a batch of
+  guesses on one nonce (pipelined on TCP) is worth one. A wrong answer on an
+  expired nonce is FAILED every time (it was issued to that source, so counting
+  it is safe, and a right one is STALE: leaving wrong ones uncounted would make
+  ``stale=true`` an oracle with unlimited guesses).
 - **Stale** (RFC 7616 §3.3 ``stale``): a correct response with an expired nonce
   is :attr:`Outcome.STALE`, and the caller challenges again with
   ``stale=true`` so the UA retries without asking its user for a password.
@@ -21,19 +39,25 @@ Theory of operation:
   without qop are refused: without a nonce count a captured Authorization could
   be replayed for the whole nonce lifetime; every SIP phone in use sends qop).
   For each nonce the highest nc that verified is remembered, in an LRU map of at
-  most ``max_nonces`` entries; an nc not above it is :attr:`Outcome.FAILED`
-  (the nc of RFC 7616 §3.4 exists so that a server can detect replays). When a live
+  most ``max_nonces`` entries; an nc not above it is :attr:`Outcome.UNPROVEN`
+  (the nc of RFC 7616 §3.4 exists so that a server can detect replays; a
+  replay is no guess, and whoever captured it could send it with the victim's
+  address, so it is not counted). When a live
   nonce is pushed out of the map, every nonce issued up to then that the map no
   longer knows is treated as stale, so forgetting never opens a replay window.
 - **No user oracle**: an unknown user's response is computed and compared
   against a fixed dummy HA1 exactly as a known user's, then refused, so a
   scanner sees the same outcome and the same work (issue 5). Comparisons use
   :func:`hmac.compare_digest`.
-- **URI**: the digest ``uri`` must be the Request-URI, compared as strings.
-  RFC 3261 §22.4 lets a server accept a ``uri`` that is only equivalent, or even
-  different after forwarding by a proxy; our users talk to us directly and copy
-  the Request-URI verbatim, and a strict match keeps credentials bound to the
-  request they were made for.
+- **URI**: the digest ``uri`` must name the Request-URI: equal, or equivalent
+  by RFC 3261 §19.1.4 (host and scheme case, parameter order; ``sip:a`` and
+  ``sip:a:5060`` are *not* equivalent). Any other ``uri`` is
+  :attr:`Outcome.URI_MISMATCH`, answered 400 and not counted: "The
+  authenticating server must assure that the resource designated by the "uri"
+  directive is the same as the resource specified in the Request-Line; if they
+  are not, the server SHOULD return a 400 Bad Request error" (RFC 2617
+  §3.2.2.5). It is a misconfigured client or an ALG that rewrote the
+  Request-URI, not a wrong password, and a silent challenge would loop.
 - **Time** is the caller's ``now`` (float seconds); nothing here reads a clock.
 """
 
@@ -42,6 +66,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import os
 import re
 import struct
@@ -52,6 +77,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from sipproxy.sip.errors import ParseError
+from sipproxy.sip.uri import parse_uri
 
 if TYPE_CHECKING:
     from sipproxy.htdigest import UserDB
@@ -76,6 +102,8 @@ _NC = re.compile(r"[0-9a-fA-F]{8}")
 _TIMESTAMP = struct.Struct(">d")
 _SALT_SIZE = 8
 _MAC_SIZE = 16
+#: the "highest nc" of a nonce burnt by a wrong answer: above any 8-hex-digit nc
+_BURNT = 1 << 32
 # token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _SPACE = " \t\r\n"
@@ -198,6 +226,41 @@ def parse_credentials(value: str) -> tuple[str, dict[str, str]]:
             raise ParseError(f"expected ',' after auth-param {name!r}")
 
 
+def source_key(source: str | None) -> bytes:
+    """What a nonce is bound to: an IPv4 address, or the /64 of an IPv6 one.
+
+    An IPv4-mapped IPv6 address is its IPv4 address. Anything that is not an IP
+    address (it should not happen) is bound as its lowercased text; None (no
+    source known) binds to nothing.
+    """
+    if source is None:
+        return b""
+    text = source.strip("[]").partition("%")[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return b"n" + _utf8(text.lower())
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return b"4" + address.ipv4_mapped.packed
+        return b"6" + address.packed[:8]
+    return b"4" + address.packed
+
+
+def same_resource(digest_uri: str, request_uri: str) -> bool:
+    """Whether a digest ``uri`` names the Request-URI (RFC 3261 §19.1.4).
+
+    Equal strings, or URIs equivalent by the rules of §19.1.4 (for sip and sips;
+    other schemes compare by scheme case only). Unparseable means different.
+    """
+    if digest_uri == request_uri:
+        return True
+    try:
+        return parse_uri(digest_uri).matches(parse_uri(request_uri))
+    except ParseError:
+        return False
+
+
 def _quote(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
@@ -212,8 +275,13 @@ class Outcome(Enum):
     MISSING = "missing"
     #: Good credentials on an expired nonce: challenge again with ``stale=true``.
     STALE = "stale"
-    #: Wrong, forged, replayed or unreadable credentials: count it, challenge.
+    #: A wrong answer to a nonce issued to this source: count it, challenge.
     FAILED = "failed"
+    #: Credentials that prove nothing about the sender (a nonce not issued to
+    #: this source, a burnt nonce, a replay, unreadable): challenge, don't count.
+    UNPROVEN = "unproven"
+    #: The digest uri is not the Request-URI (RFC 2617 §3.2.2.5): 400, not counted.
+    URI_MISMATCH = "uri mismatch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,28 +309,32 @@ class _Credentials:
 
 
 class _FailedError(Exception):
-    """Internal: the credentials cannot be right, with the reason."""
+    """Internal: a wrong answer to a nonce issued to this source, with the reason."""
+
+
+class _UnprovenError(Exception):
+    """Internal: credentials that prove nothing about their sender, with the reason."""
 
 
 def _credentials(params: Mapping[str, str], algorithms: Sequence[str]) -> _Credentials:
     for required in ("username", "nonce", "uri", "response"):
         if not params.get(required):
-            raise _FailedError(f"no {required}")
+            raise _UnprovenError(f"no {required}")
     algorithm = params.get("algorithm", "MD5").upper()  # RFC 7616 §3.3: MD5 default
     if algorithm not in algorithms:
-        raise _FailedError(f"algorithm {algorithm[:20]!r} not offered")
+        raise _UnprovenError(f"algorithm {algorithm[:20]!r} not offered")
     if params.get("userhash", "false").lower() != "false":
-        raise _FailedError("userhash not offered")
+        raise _UnprovenError("userhash not offered")
     qop = params.get("qop")
     if qop is None:
-        raise _FailedError("no qop (RFC 2069 responses are refused)")
+        raise _UnprovenError("no qop (RFC 2069 responses are refused)")
     if qop.lower() != "auth":
-        raise _FailedError(f"qop {qop[:20]!r} not offered")
+        raise _UnprovenError(f"qop {qop[:20]!r} not offered")
     nc, cnonce = params.get("nc"), params.get("cnonce")
     if nc is None or not _NC.fullmatch(nc):
-        raise _FailedError("nc is not 8 hex digits")
+        raise _UnprovenError("nc is not 8 hex digits")
     if not cnonce:
-        raise _FailedError("no cnonce")
+        raise _UnprovenError("no cnonce")
     return _Credentials(
         params["username"],
         params["nonce"],
@@ -277,9 +349,9 @@ def _credentials(params: Mapping[str, str], algorithms: Sequence[str]) -> _Crede
 class Authenticator:
     """Challenge and verify Digest credentials for one realm (RFC 3261 §22).
 
-    State: the highest nonce count seen per nonce (bounded, see the module
-    docstring). ``users`` may be replaced at any time (a reloaded users file);
-    that state survives the change.
+    State: the highest nonce count seen per nonce, or that a wrong answer burnt
+    it (bounded, see the module docstring). ``users`` may be replaced at any
+    time (a reloaded users file); that state survives the change.
 
     :param realm: the realm of challenges and of the credentials we accept.
     :param users: the users of ``realm`` and their HA1 values.
@@ -318,7 +390,7 @@ class Authenticator:
         self._dummy_ha1 = {
             a: _hash(a, f"sipproxy dummy user:{realm}:") for a in ALGORITHMS
         }
-        # nonce -> (issued_at, highest nc verified), least recently used first
+        # nonce -> (issued_at, highest nc verified or _BURNT), least recently used first
         self._counts: OrderedDict[str, tuple[float, int]] = OrderedDict()
         # nonces issued at or before this moment and not in _counts are stale
         self._forgotten_until = float("-inf")
@@ -336,13 +408,28 @@ class Authenticator:
         have = self.users.algorithms
         return tuple(a for a in self.algorithms if a in have) or self.algorithms
 
-    def make_nonce(self, now: float) -> str:
-        """A fresh nonce stamped ``now``: timestamp, random salt and their HMAC."""
-        body = _TIMESTAMP.pack(now) + os.urandom(_SALT_SIZE)
-        mac = hmac.new(self._secret, body, hashlib.sha256).digest()[:_MAC_SIZE]
-        return base64.urlsafe_b64encode(body + mac).decode("ascii").rstrip("=")
+    def make_nonce(self, now: float, source: str | None = None) -> str:
+        """A fresh nonce stamped ``now`` for ``source``: timestamp, salt, HMAC.
 
-    def challenge(self, now: float, *, stale: bool = False) -> list[str]:
+        :param source: the IP address the challenge is sent to (see
+            :func:`source_key`); None makes a nonce that only a verification
+            without a source accepts (tests, tools).
+        """
+        body = _TIMESTAMP.pack(now) + os.urandom(_SALT_SIZE)
+        return (
+            base64.urlsafe_b64encode(body + self._mac(body, source))
+            .decode("ascii")
+            .rstrip("=")
+        )
+
+    def _mac(self, body: bytes, source: str | None) -> bytes:
+        # body has a fixed size, so body ‖ source is unambiguous.
+        message = body + source_key(source)
+        return hmac.new(self._secret, message, hashlib.sha256).digest()[:_MAC_SIZE]
+
+    def challenge(
+        self, now: float, *, source: str | None = None, stale: bool = False
+    ) -> list[str]:
         """WWW-Authenticate / Proxy-Authenticate values, one per algorithm.
 
         A server offering several algorithms sends one challenge each, most
@@ -350,8 +437,11 @@ class Authenticator:
         opaque (as in the RFC 7616 §3.9.1 example). Each is ``Digest realm,
         nonce, opaque, algorithm, qop="auth"`` and, after
         :attr:`Outcome.STALE`, ``stale=true``.
+
+        :param source: the IP address the challenge goes to: the nonce is good
+            only in requests from there (from its /64 for IPv6).
         """
-        nonce = self.make_nonce(now)
+        nonce = self.make_nonce(now, source)
         tail = ", stale=true" if stale else ""
         return [
             f"Digest realm={_quote(self.realm)}, nonce={_quote(nonce)}, "
@@ -359,14 +449,13 @@ class Authenticator:
             for algorithm in self.offered_algorithms()
         ]
 
-    def nonce_issued_at(self, nonce: str) -> float | None:
-        """When we issued ``nonce``, or None if it is not one of ours (or altered)."""
+    def nonce_issued_at(self, nonce: str, source: str | None = None) -> float | None:
+        """When we issued ``nonce`` to ``source``; None if we did not (or altered)."""
         if not _NONCE.fullmatch(nonce):
             return None
         raw = base64.urlsafe_b64decode(nonce + "=")
         body, mac = raw[:-_MAC_SIZE], raw[-_MAC_SIZE:]
-        expected = hmac.new(self._secret, body, hashlib.sha256).digest()[:_MAC_SIZE]
-        if not hmac.compare_digest(mac, expected):
+        if not hmac.compare_digest(mac, self._mac(body, source)):
             return None
         (issued_at,) = _TIMESTAMP.unpack(body[: _TIMESTAMP.size])
         return float(issued_at)
@@ -374,7 +463,12 @@ class Authenticator:
     # -- verification ---------------------------------------------------------
 
     def verify(
-        self, request: Request, now: float, *, header: str = "Authorization"
+        self,
+        request: Request,
+        now: float,
+        *,
+        source: str | None = None,
+        header: str = "Authorization",
     ) -> AuthResult:
         """Check the credentials for our realm in ``header`` of ``request``.
 
@@ -382,10 +476,14 @@ class Authenticator:
         (after a 407, RFC 3261 §22.3). Credentials for other realms, meant for
         other servers, are ignored (§22.3); if several are for our realm the
         first one counts. The steps, in an order that tells nothing about
-        which users exist: parse; check the nonce is ours, the uri, the realm's
-        parameters; compute the response (a dummy HA1 for an unknown user) and
-        compare in constant time; then freshness (STALE) and the nonce count.
+        which users exist: parse; the uri (URI_MISMATCH); check the nonce is
+        ours and was issued to ``source``, and not burnt (else UNPROVEN);
+        compute the response (a dummy HA1 for an unknown user) and compare in
+        constant time (FAILED, and the nonce is burnt); then freshness (STALE)
+        and the nonce count (a replay is UNPROVEN).
 
+        :param source: the IP address the request came from, as given to
+            :meth:`challenge`.
         :raises ValueError: for a ``header`` that does not carry credentials.
         """
         if header.lower() not in _CREDENTIAL_HEADERS:
@@ -403,27 +501,39 @@ class Authenticator:
                 break
         if params is None:
             if malformed:
-                return AuthResult(Outcome.FAILED, reason=f"malformed {header}")
+                return AuthResult(Outcome.UNPROVEN, reason=f"malformed {header}")
             return AuthResult(Outcome.MISSING, reason=f"no {header} for our realm")
         try:
-            return self._verify(request, now, params)
+            return self._verify(request, now, params, source)
+        except _UnprovenError as error:
+            return AuthResult(Outcome.UNPROVEN, reason=str(error))
         except _FailedError as error:
             return AuthResult(Outcome.FAILED, reason=str(error))
 
     def _verify(
-        self, request: Request, now: float, params: Mapping[str, str]
+        self,
+        request: Request,
+        now: float,
+        params: Mapping[str, str],
+        source: str | None,
     ) -> AuthResult:
         creds = _credentials(params, self.algorithms)
-        issued_at = self.nonce_issued_at(creds.nonce)
+        if not same_resource(creds.uri, request.uri):
+            return AuthResult(
+                Outcome.URI_MISMATCH,
+                reason=f"digest uri {creds.uri[:100]!r} is not the Request-URI",
+            )
+        issued_at = self.nonce_issued_at(creds.nonce, source)
         if issued_at is None:
-            raise _FailedError("nonce not ours or altered")
+            raise _UnprovenError("nonce not issued to this source, or not ours")
         opaque = params.get("opaque")
         if opaque is not None and not hmac.compare_digest(
             _utf8(opaque), _utf8(self.opaque)
         ):
-            raise _FailedError("opaque not ours")
-        if creds.uri != request.uri:
-            raise _FailedError("digest uri is not the Request-URI")
+            raise _UnprovenError("opaque not ours")
+        seen = self._counts.get(creds.nonce)
+        if seen is not None and seen[1] == _BURNT:
+            raise _UnprovenError("nonce already spent by a wrong answer")
         known = self.users.ha1(creds.username, creds.algorithm)
         ha1 = known if known is not None else self._dummy_ha1[creds.algorithm]
         expected = compute_response(
@@ -438,15 +548,31 @@ class Authenticator:
         )
         matches = hmac.compare_digest(_utf8(expected), _utf8(creds.response.lower()))
         if known is None or not matches:
+            self._burn(creds.nonce, issued_at, now)
             # One reason for both, so that not even the log separates them.
             raise _FailedError(f"wrong password or unknown user {creds.username!r}")
-        return self._check_count(creds, issued_at, now)
+        return self._check_count(creds, issued_at, now, seen)
+
+    def _burn(self, nonce: str, issued_at: float, now: float) -> None:
+        """A wrong answer: no later answer on ``nonce`` is looked at.
+
+        Only a fresh nonce is remembered; an expired one is never OK again, and a
+        wrong answer on it is FAILED each time (see the module docstring).
+        """
+        if not 0 <= now - issued_at <= self.nonce_lifetime:
+            return
+        self._counts[nonce] = (issued_at, _BURNT)
+        self._counts.move_to_end(nonce)
+        self._forget(now)
 
     def _check_count(
-        self, creds: _Credentials, issued_at: float, now: float
+        self,
+        creds: _Credentials,
+        issued_at: float,
+        now: float,
+        seen: tuple[float, int] | None,
     ) -> AuthResult:
         age = now - issued_at
-        seen = self._counts.get(creds.nonce)
         if not 0 <= age <= self.nonce_lifetime or (
             seen is None and issued_at <= self._forgotten_until
         ):
@@ -454,7 +580,7 @@ class Authenticator:
             return AuthResult(Outcome.STALE, reason=f"stale nonce, {creds.username!r}")
         nc = int(creds.nc, 16)
         if nc <= (seen[1] if seen is not None else 0):
-            raise _FailedError(f"replayed nc {creds.nc} for user {creds.username!r}")
+            raise _UnprovenError(f"replayed nc {creds.nc} for user {creds.username!r}")
         self._counts[creds.nonce] = (issued_at, nc)
         self._counts.move_to_end(creds.nonce)
         self._forget(now)

@@ -317,9 +317,8 @@ def test_wrong_password_fails(auth: Authenticator) -> None:
 
 def test_unknown_user_fails_like_a_wrong_password(auth: Authenticator) -> None:
     """An unknown user gets the outcome and the reason of a wrong password."""
-    value = auth.challenge(NOW)[0]
-    unknown = verify(auth, answer(value, "mallory", "guess"))
-    wrong = verify(auth, answer(value, "alice", "guess"))
+    unknown = verify(auth, answer(auth.challenge(NOW)[0], "mallory", "guess"))
+    wrong = verify(auth, answer(auth.challenge(NOW)[0], "alice", "guess"))
     assert unknown.outcome is wrong.outcome is Outcome.FAILED
     assert unknown.reason.replace("mallory", "alice") == wrong.reason
 
@@ -345,9 +344,8 @@ def test_unknown_user_costs_the_same_work(
 
     monkeypatch.setattr(digest, "compute_response", counting_compute)
     monkeypatch.setattr("hmac.compare_digest", recording_compare)
-    value = auth.challenge(NOW)[0]
-    verify(auth, answer(value, "mallory", "guess"))
-    verify(auth, answer(value, "alice", "guess", nc="00000002"))
+    verify(auth, answer(auth.challenge(NOW)[0], "mallory", "guess"))
+    verify(auth, answer(auth.challenge(NOW)[0], "alice", "guess"))
     assert len(calls) == 2
     assert len(compares) == 6  # nonce MAC, opaque, response: each time
     assert len(calls[0]) == len(calls[1])  # a dummy HA1 of the same algorithm
@@ -403,21 +401,25 @@ def tampered(value: str) -> str:
     ],
     ids=["timestamp changed", "longer", "not ours"],
 )
-def test_tampered_nonce_fails(auth: Authenticator, change: object) -> None:
-    """A nonce we did not issue, or altered, is FAILED even with the password."""
+def test_tampered_nonce_proves_nothing(auth: Authenticator, change: object) -> None:
+    """A nonce we did not issue, or altered, is UNPROVEN even with the password.
+
+    Anyone can write one without a round trip, so it is never counted (issue 13).
+    """
     assert callable(change)
     value = change(auth.challenge(NOW)[0])
-    result = verify(auth, answer(value, "alice", "wonderland"))
-    assert result.outcome is Outcome.FAILED
-    assert "nonce" in result.reason
+    for password in ("wonderland", "guess"):
+        result = verify(auth, answer(value, "alice", password))
+        assert result.outcome is Outcome.UNPROVEN
+        assert "nonce" in result.reason
 
 
-def test_nonce_of_another_secret_fails(auth: Authenticator) -> None:
-    """A nonce from a previous run (another secret) is refused."""
+def test_nonce_of_another_secret_proves_nothing(auth: Authenticator) -> None:
+    """A nonce from a previous run (another secret) is refused, not counted."""
     other = Authenticator(REALM, auth.users, b"previous run")
     value = other.challenge(NOW)[0].replace(other.opaque, auth.opaque)
     assert verify(auth, answer(value, "alice", "wonderland")).outcome is (
-        Outcome.FAILED
+        Outcome.UNPROVEN
     )
 
 
@@ -426,17 +428,21 @@ def test_wrong_opaque_fails(auth: Authenticator) -> None:
     value = auth.challenge(NOW)[0]
     creds = answer(value, "alice", "wonderland")
     wrong = creds.replace(auth.opaque, "bm90IG91cnM")
-    assert verify(auth, wrong).outcome is Outcome.FAILED
+    assert verify(auth, wrong).outcome is Outcome.UNPROVEN
     without = creds.replace(f', opaque="{auth.opaque}"', "")
     assert verify(auth, without).outcome is Outcome.OK
 
 
-def test_replayed_nc_fails(auth: Authenticator) -> None:
-    """The same Authorization sent twice is refused the second time."""
+def test_replayed_nc_is_refused_not_counted(auth: Authenticator) -> None:
+    """The same Authorization sent twice is refused the second time.
+
+    A replay is no password guess, and whoever captured it can send it with the
+    victim's address: UNPROVEN, not counted towards a ban.
+    """
     creds = answer(auth.challenge(NOW)[0], "alice", "wonderland")
     assert verify(auth, creds).outcome is Outcome.OK
     replay = verify(auth, creds, now=NOW + 2)
-    assert replay.outcome is Outcome.FAILED
+    assert replay.outcome is Outcome.UNPROVEN
     assert "replayed" in replay.reason
 
 
@@ -446,8 +452,8 @@ def test_higher_nc_is_ok_lower_fails(auth: Authenticator) -> None:
     for nc, outcome in [
         ("00000001", Outcome.OK),
         ("00000003", Outcome.OK),
-        ("00000002", Outcome.FAILED),
-        ("00000003", Outcome.FAILED),
+        ("00000002", Outcome.UNPROVEN),
+        ("00000003", Outcome.UNPROVEN),
         ("0000000A", Outcome.OK),
     ]:
         result = verify(auth, answer(value, "alice", "wonderland", nc=nc))
@@ -458,16 +464,63 @@ def test_nc_zero_fails(auth: Authenticator) -> None:
     """The nonce count starts at 1 (RFC 7616 §3.4)."""
     value = auth.challenge(NOW)[0]
     result = verify(auth, answer(value, "alice", "wonderland", nc="00000000"))
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is Outcome.UNPROVEN
 
 
-def test_wrong_password_does_not_burn_the_nc(auth: Authenticator) -> None:
-    """Only verified counts are remembered: a failed try cannot block the user."""
+def test_a_wrong_answer_burns_its_nonce(
+    auth: Authenticator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One guess per nonce: after a wrong answer, nothing on it is even computed.
+
+    Every further guess costs a round trip for a new nonce (issue 13, "one nonce
+    serves every guess"); the right password on a burnt nonce is UNPROVEN too,
+    so a burnt nonce is no oracle. A new nonce works.
+    """
     value = auth.challenge(NOW)[0]
     bad = answer(value, "alice", "guess", nc="00000005")
     assert verify(auth, bad).outcome is Outcome.FAILED
-    good = answer(value, "alice", "wonderland", nc="00000001")
+    calls: list[str] = []
+    real_compute = digest.compute_response
+
+    def counting_compute(ha1: str, **kwargs: str) -> str:
+        calls.append(ha1)
+        return real_compute(ha1, **kwargs)
+
+    monkeypatch.setattr(digest, "compute_response", counting_compute)
+    for password, nc in [("guess2", "00000006"), ("wonderland", "00000001")]:
+        again = verify(auth, answer(value, "alice", password, nc=nc))
+        assert again.outcome is Outcome.UNPROVEN
+        assert "spent" in again.reason
+    assert calls == []
+    good = answer(auth.challenge(NOW)[0], "alice", "wonderland")
     assert verify(auth, good).outcome is Outcome.OK
+
+
+def test_a_wrong_answer_after_success_burns_the_nonce(auth: Authenticator) -> None:
+    """A nonce a phone reuses (growing nc) is burnt by one wrong answer on it."""
+    value = auth.challenge(NOW)[0]
+    assert verify(auth, answer(value, "alice", "wonderland")).outcome is Outcome.OK
+    wrong = answer(value, "alice", "guess", nc="00000002")
+    assert verify(auth, wrong).outcome is Outcome.FAILED
+    later = answer(value, "alice", "wonderland", nc="00000003")
+    assert verify(auth, later).outcome is Outcome.UNPROVEN
+
+
+def test_burnt_nonces_stay_bounded() -> None:
+    """Burnt nonces share the bounded nc memory; forgetting one opens nothing.
+
+    A burnt nonce pushed out is, like any forgotten one, STALE with the right
+    password and FAILED with a wrong one: never OK.
+    """
+    auth = Authenticator(REALM, user_db(alice="wonderland"), SECRET, max_nonces=2)
+    first = auth.challenge(NOW)[0]
+    assert verify(auth, answer(first, "alice", "guess")).outcome is Outcome.FAILED
+    for _ in range(3):
+        other = answer(auth.challenge(NOW)[0], "alice", "guess")
+        assert verify(auth, other).outcome is Outcome.FAILED
+    assert len(auth._counts) == 2
+    right = answer(first, "alice", "wonderland", nc="00000002")
+    assert verify(auth, right).outcome is Outcome.STALE
 
 
 def test_forgotten_nonce_is_stale_not_replayable() -> None:
@@ -510,13 +563,58 @@ def test_other_schemes_are_ignored(auth: Authenticator) -> None:
     )
 
 
-def test_uri_mismatch_fails(auth: Authenticator) -> None:
-    """The digest uri must be the Request-URI, as a string (RFC 3261 §22.4)."""
+@pytest.mark.parametrize(
+    ("digest_uri", "request_uri"),
+    [
+        ("SIP:EXAMPLE.test", "sip:example.test"),
+        ("sip:example.test;lr", "sip:example.test"),
+        (
+            "sip:bob@example.test;transport=udp;x=1",
+            "sip:bob@example.test;x=1;transport=UDP",
+        ),
+        ("sip:127.0.0.1:5070", "sip:127.0.0.1:5070"),
+        ("sip:b%6fb@example.test", "sip:bob@example.test"),
+    ],
+)
+def test_an_equivalent_uri_is_accepted(
+    auth: Authenticator, digest_uri: str, request_uri: str
+) -> None:
+    """The digest uri may be any form equivalent by RFC 3261 §19.1.4."""
     value = auth.challenge(NOW)[0]
-    for uri in ("sip:other.test", "SIP:example.test", "sip:example.test;lr"):
-        result = verify(auth, answer(value, "alice", "wonderland", uri=uri))
-        assert result.outcome is Outcome.FAILED
+    creds = answer(value, "alice", "wonderland", uri=digest_uri)
+    assert verify(auth, creds, uri=request_uri).outcome is Outcome.OK
+
+
+@pytest.mark.parametrize(
+    ("digest_uri", "request_uri"),
+    [
+        ("sip:other.test", "sip:example.test"),
+        # §19.1.4: "a URI omitting any component with a default value will not
+        # match a URI explicitly containing that component with its default value"
+        ("sip:example.test:5060", "sip:example.test"),
+        ("sip:127.0.0.1:5070", "sip:example.test"),
+        ("sips:example.test", "sip:example.test"),
+        ("sip:Bob@example.test", "sip:bob@example.test"),
+        ("sip:example.test;transport=tcp", "sip:example.test"),
+        ("not a uri", "sip:example.test"),
+    ],
+)
+def test_another_uri_is_a_mismatch_not_a_failure(
+    auth: Authenticator, digest_uri: str, request_uri: str
+) -> None:
+    """A uri naming another resource is URI_MISMATCH (400), even with the password.
+
+    RFC 2617 §3.2.2.5: "if they are not, the server SHOULD return a 400 Bad
+    Request error"; it is no password guess, and the nonce stays usable.
+    """
+    value = auth.challenge(NOW)[0]
+    for password in ("wonderland", "guess"):
+        creds = answer(value, "alice", password, uri=digest_uri)
+        result = verify(auth, creds, uri=request_uri)
+        assert result.outcome is Outcome.URI_MISMATCH
         assert "uri" in result.reason
+    right = answer(value, "alice", "wonderland", uri=request_uri)
+    assert verify(auth, right, uri=request_uri).outcome is Outcome.OK
 
 
 def test_method_is_part_of_the_digest(auth: Authenticator) -> None:
@@ -541,18 +639,18 @@ def test_method_is_part_of_the_digest(auth: Authenticator) -> None:
 def test_incomplete_credentials_fail(
     auth: Authenticator, edit: object, reason: str
 ) -> None:
-    """Missing or unsupported parameters are FAILED, with a reason to log."""
+    """Missing or unsupported parameters are UNPROVEN, with a reason to log."""
     assert callable(edit)
     creds = edit(answer(auth.challenge(NOW)[0], "alice", "wonderland"))
     result = verify(auth, creds)
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is Outcome.UNPROVEN
     assert reason in result.reason
 
 
-def test_malformed_header_fails(auth: Authenticator) -> None:
-    """An unreadable Authorization counts as a failure."""
+def test_malformed_header_proves_nothing(auth: Authenticator) -> None:
+    """An unreadable Authorization is refused but not counted: it costs no trip."""
     result = verify(auth, 'Digest username="alice, realm=')
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is Outcome.UNPROVEN
 
 
 def test_default_algorithm_is_md5(auth: Authenticator) -> None:
@@ -613,6 +711,87 @@ def test_non_ascii_user(auth: Authenticator) -> None:
     )
 
 
-def test_outcomes_are_the_four() -> None:
-    """Callers switch over exactly OK, MISSING, STALE and FAILED."""
-    assert {o.name for o in Outcome} == {"OK", "MISSING", "STALE", "FAILED"}
+def test_outcomes_are_the_six() -> None:
+    """Callers switch over exactly these outcomes."""
+    assert {o.name for o in Outcome} == {
+        "OK",
+        "MISSING",
+        "STALE",
+        "FAILED",
+        "UNPROVEN",
+        "URI_MISMATCH",
+    }
+
+
+# -- nonces bound to the source (issue 13) ---------------------------------------
+
+
+def verify_from(auth: Authenticator, creds: str, source: str | None) -> AuthResult:
+    return auth.verify(request(creds), NOW + 1, source=source)
+
+
+@pytest.mark.parametrize(
+    ("issued_to", "answered_from"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2::1", "2001:db8:1:2:aaaa::9"),  # the same /64
+        ("[2001:db8:1:2::1]", "2001:db8:1:2::1"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+    ],
+)
+def test_a_nonce_is_good_from_where_it_was_sent(
+    auth: Authenticator, issued_to: str, answered_from: str
+) -> None:
+    """A nonce works from the address (IPv6: the /64) its challenge went to."""
+    value = auth.challenge(NOW, source=issued_to)[0]
+    creds = answer(value, "alice", "wonderland")
+    assert verify_from(auth, creds, answered_from) == AuthResult(Outcome.OK, "alice")
+
+
+@pytest.mark.parametrize(
+    ("issued_to", "answered_from"),
+    [
+        ("192.0.2.7", "192.0.2.8"),
+        ("2001:db8:1:2::1", "2001:db8:1:3::1"),  # another /64
+        ("192.0.2.7", None),
+        (None, "192.0.2.7"),
+    ],
+)
+def test_a_nonce_from_elsewhere_proves_nothing(
+    auth: Authenticator, issued_to: str | None, answered_from: str | None
+) -> None:
+    """A nonce issued to another address is UNPROVEN, right password or wrong.
+
+    Issue 13: a failure counts towards a ban only when getting its nonce cost a
+    round trip from the address it comes from; a spoofed source cannot make one.
+    """
+    value = auth.challenge(NOW, source=issued_to)[0]
+    for password in ("guess", "wonderland"):
+        result = verify_from(auth, answer(value, "alice", password), answered_from)
+        assert result.outcome is Outcome.UNPROVEN
+        assert "source" in result.reason
+    # Nothing was burnt by the stranger: the rightful owner still gets in.
+    right = answer(value, "alice", "wonderland")
+    assert verify_from(auth, right, issued_to).outcome is Outcome.OK
+
+
+def test_a_wrong_answer_from_the_nonce_owner_fails(auth: Authenticator) -> None:
+    """From the address the nonce went to, a wrong answer is FAILED (counted)."""
+    value = auth.challenge(NOW, source="192.0.2.7")[0]
+    result = verify_from(auth, answer(value, "alice", "guess"), "192.0.2.7")
+    assert result.outcome is Outcome.FAILED
+
+
+@pytest.mark.parametrize(
+    ("source", "key"),
+    [
+        (None, b""),
+        ("192.0.2.7", b"4\xc0\x00\x02\x07"),
+        ("::ffff:192.0.2.7", b"4\xc0\x00\x02\x07"),
+        ("2001:db8::1", b"6" + bytes.fromhex("20010db800000000")),
+        ("[2001:db8::1%eth0]", b"6" + bytes.fromhex("20010db800000000")),
+        ("Host.Example", b"nhost.example"),
+    ],
+)
+def test_source_key(source: str | None, key: bytes) -> None:
+    assert digest.source_key(source) == key

@@ -16,17 +16,23 @@ digest arithmetic lives in :mod:`sipproxy.digest`.
 - OPTIONS to the server itself is a health check and is never challenged.
 - Not a relay: a request for a domain that is not ours is routed only for an
   authenticated local user; anyone else gets 403.
+- Our credentials stop here: what we forward carries no credentials for our
+  realm (:func:`without_our_credentials`, RFC 3261 §22.3).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import replace
 
+from sipproxy.digest import parse_credentials
 from sipproxy.sip.errors import ParseError
+from sipproxy.sip.headers import Headers
 from sipproxy.sip.message import Request
 from sipproxy.sip.uri import SipURI
 
 NEVER_CHALLENGED = frozenset({"ACK", "CANCEL"})
+_CREDENTIALS = frozenset({"authorization", "proxy-authorization"})
 
 
 def _user_and_host(request: Request, field: str) -> tuple[str | None, str | None]:
@@ -72,3 +78,34 @@ def may_act(request: Request, user: str) -> bool:
         to_user, _ = _user_and_host(request, "to")
         return to_user == user
     return True
+
+
+def _for_realm(value: str, realm: str) -> bool:
+    try:
+        _, params = parse_credentials(value)
+    except ParseError:
+        # Unreadable: nobody can tell whose it is; if it names our realm, it may
+        # hold our user's answer, which must not leave either.
+        return f'"{realm}"' in value or f"={realm}" in value
+    return params.get("realm") == realm
+
+
+def without_our_credentials(request: Request, realm: str | None) -> Request:
+    """The request without the credentials for ``realm``, ours (RFC 3261 §22.3).
+
+    A proxy consumes the credentials meant for it: Proxy-Authorization (and
+    Authorization) values whose realm is ours go, or the callee or a trunk
+    could crack our user's password offline from the digest (issue 13). Those
+    for other realms are for the servers down the path and stay untouched
+    (§22.3: a proxy "MUST NOT modify" them); Authorization is end to end, so
+    only ours is taken. ``realm`` None (no authentication here): unchanged.
+    """
+    if realm is None:
+        return request
+    fields = request.headers.fields
+    kept = tuple(
+        h for h in fields if h.key not in _CREDENTIALS or not _for_realm(h.value, realm)
+    )
+    if len(kept) == len(fields):
+        return request
+    return replace(request, headers=Headers(kept))

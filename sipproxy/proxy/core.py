@@ -37,7 +37,12 @@ from sipproxy.digest import Authenticator, Outcome
 from sipproxy.guard import BanList, ban_line
 from sipproxy.location import Binding, Flow, LocationService
 from sipproxy.proxy import pbx
-from sipproxy.proxy.auth import NEVER_CHALLENGED, credentials_header, may_act
+from sipproxy.proxy.auth import (
+    NEVER_CHALLENGED,
+    credentials_header,
+    may_act,
+    without_our_credentials,
+)
 from sipproxy.proxy.checks import (
     RejectedError,
     check_max_forwards,
@@ -464,6 +469,7 @@ class Proxy:
                 inbound_flow,
                 has_route,
                 ours_domain,
+                caller=user,
                 # Another process of ours chose the Request-URI from a binding.
                 vouched=owner_flow is not None,
             )
@@ -524,9 +530,14 @@ class Proxy:
         has_route: bool,
         ours_domain: bool,
         *,
+        caller: str | None = None,
         vouched: bool = False,
     ) -> list[_Target]:
-        """The target set (RFC 3261 §16.5) as copies to send, in order of trial."""
+        """The target set (RFC 3261 §16.5) as copies to send, in order of trial.
+
+        :param caller: the authenticated user of ours who sent the request, if any.
+        :param vouched: the Request-URI was chosen by another process of ours.
+        """
         if has_route or not ours_domain or flow is not None:
             return await self._targets_by_uri(
                 request, flow, named_by_request=not vouched
@@ -545,7 +556,11 @@ class Proxy:
             bindings = await self._location.bindings(other, now=self._clock.seconds())
         if not bindings:
             known = self._known_user is not None and self._known_user(uri.aor())
-            raise RejectedError(480 if known else 404)
+            # No user oracle (issue 13): with users to authenticate, an outsider
+            # gets 480 for unknown and unregistered users alike (480 tells a
+            # caller of a real user to try later; 404 would end the search).
+            outsider = caller is None and self._auth is not None
+            raise RejectedError(480 if known or outsider else 404)
         targets: list[_Target] = []
         for binding in bindings:
             targets.extend(await self._targets_for_binding(request, binding))
@@ -644,7 +659,8 @@ class Proxy:
 
     def _outgoing(self, context: ResponseContext, target: _Target) -> Request:
         """§16.6 steps 3-8 for one target whose next hop is known."""
-        request = target.request
+        realm = self._auth.realm if self._auth is not None else None
+        request = without_our_credentials(target.request, realm)
         record_route: list[str] = []
         if request.method in DIALOG_CREATING and request.to_addr.tag is None:
             # Both entries carry a token bound to this dialog: later requests
@@ -1028,6 +1044,10 @@ class Proxy:
         if request.max_forwards == 0:
             return
         copy, _ = next_hop(request)
+        # A 2xx ACK repeats the INVITE's credentials (§13.2.2.4): ours stay here.
+        copy = without_our_credentials(
+            copy, self._auth.realm if self._auth is not None else None
+        )
         via = self._our_via(key, peer, rport=False)
         copy = prepare_forward(copy, request_uri=None, via=via)
         self._transports.send(
@@ -1291,11 +1311,14 @@ class Proxy:
 
         A missing, wrong, unknown-user or stale credential all get the same
         challenge (only the nonce differs), so nobody learns which users exist;
-        only wrong ones count towards a ban of the source address.
+        only wrong answers to a nonce issued to this very address count towards
+        its ban (issue 13: anything else costs no round trip, so a spoofed
+        source could get someone else banned). Nonces are bound to the address
+        they are sent to. A digest uri that is not the Request-URI gets 400.
         """
         assert self._auth is not None
         now = self._clock.seconds()
-        result = self._auth.verify(request, now, header=header)
+        result = self._auth.verify(request, now, source=peer.host, header=header)
         if result.outcome is Outcome.OK and result.user is not None:
             if self._bans is not None:
                 self._bans.succeeded(peer.host, now, user=result.user)
@@ -1319,13 +1342,26 @@ class Proxy:
                         peer.host, self._bans.max_failures, self._bans.ban_time
                     ),
                 )
+        elif result.outcome is Outcome.UNPROVEN:
+            self.log.debug(
+                "credentials from {host} not counted: {reason}",
+                host=peer.host,
+                reason=result.reason,
+            )
+        elif result.outcome is Outcome.URI_MISMATCH:
+            # RFC 2617 §3.2.2.5: "the server SHOULD return a 400 Bad Request".
+            self.log.info("from {host}: {reason}", host=peer.host, reason=result.reason)
+            raise RejectedError(400, "Digest URI Does Not Match Request-URI")
         status = 401 if header == "Authorization" else 407
         name = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
         stale = result.outcome is Outcome.STALE
         raise RejectedError(
             status,
             None,
-            tuple((name, v) for v in self._auth.challenge(now, stale=stale)),
+            tuple(
+                (name, v)
+                for v in self._auth.challenge(now, source=peer.host, stale=stale)
+            ),
         )
 
     # -- helpers ---------------------------------------------------------------
@@ -1509,7 +1545,11 @@ class Proxy:
             to_tag=self._to_tag(request.headers) if status > 100 else None,
             headers=tuple(extra),
         )
-        transaction.respond(response)
+        # Our own refusals (challenges, 403, 503 ...) go out once over UDP when
+        # nothing preceded them: a sender that proved nothing gets no Timer G
+        # resends to amplify (issue 13); its INVITE retransmissions get the
+        # answer again. After a 100 the transaction retransmits as usual.
+        transaction.respond(response, retransmit=False)
         if status >= 200:
             self._log_final(request, status, why, started=transaction.received_at)
 

@@ -10,7 +10,9 @@ the state machine:
   -2xx-> ACCEPTED, where retransmitted INVITEs are absorbed, ACKs go to the TU and
   2xx retransmissions from the TU are sent, until Timer L; -300..699-> COMPLETED,
   where Timer G resends the response over UDP until the ACK (-> CONFIRMED, Timer
-  I) or Timer H (no ACK came).
+  I) or Timer H (no ACK came). A final response passed with ``retransmit=False``
+  before any provisional one has no Timer G (see
+  :meth:`ServerInviteTransaction.respond`).
 * non-INVITE (figure 8): TRYING -1xx-> PROCEEDING -final-> COMPLETED -Timer J->
   TERMINATED.
 
@@ -117,7 +119,7 @@ class ServerInviteTransaction(_ServerTransaction):
         self._interval = self._timers.timer_g
         self._arm("100", TRYING_DELAY, self._send_trying)
 
-    def respond(self, response: Response) -> None:
+    def respond(self, response: Response, *, retransmit: bool = True) -> None:
         """Send ``response`` from the TU and run the state machine (§17.2.1).
 
         "So long as the server transaction is in the "Proceeding" state, each of
@@ -126,9 +128,23 @@ class ServerInviteTransaction(_ServerTransaction):
         from the TU to the transaction while in the "Accepted" state MUST be passed
         to the transport layer for transmission" (§17.2.1 as RFC 6026 amends it).
         Anything else is not sent and is logged.
+
+        :param retransmit: False for a non-2xx final response that goes out once
+            over UDP: no Timer G. For a challenge or refusal to a sender that
+            proved nothing (issue 13): each Timer G resend is a datagram to an
+            address that may be spoofed, ten for one INVITE. Reliability is kept
+            by the client instead: a UAC that has had no response keeps
+            retransmitting its INVITE (Timer A, §17.1.1.2), and each
+            retransmission gets the response again (:meth:`receive_request`).
+            So this holds only while no provisional response was sent (after
+            one the client stops, and only Timer G can repair a loss): then the
+            response is retransmitted as usual. Timer H still ends the
+            transaction.
         """
         status = response.status
         if self.state is State.PROCEEDING:
+            # Nothing sent yet (not even a 100): the client is still in Calling.
+            silent = self._last is None
             self._disarm("100")
             if status < 200:
                 self._send(response)
@@ -142,7 +158,7 @@ class ServerInviteTransaction(_ServerTransaction):
             else:
                 self.state = State.COMPLETED
                 self._send(response)
-                if not self.reliable:
+                if not self.reliable and (retransmit or not silent):
                     self._arm("G", self._interval, self._timer_g)
                 self._arm("H", self._timers.timer_h, self._timer_h)
         elif self.state is State.ACCEPTED and 200 <= status < 300:
@@ -226,13 +242,17 @@ class ServerNonInviteTransaction(_ServerTransaction):
 
     _initial_state = State.TRYING
 
-    def respond(self, response: Response) -> None:
+    def respond(self, response: Response, *, retransmit: bool = True) -> None:
         """Send ``response`` from the TU and run the state machine (§17.2.2).
 
         A 1xx moves TRYING to PROCEEDING; a final response moves either to
         COMPLETED, and Timer J starts (zero when reliable). "Any other final
         responses passed by the TU to the server transaction MUST be discarded
         while in the "Completed" state."
+
+        :param retransmit: as for INVITE; a non-INVITE server transaction never
+            retransmits on its own (only when the request is), so it changes
+            nothing here.
         """
         if self.state not in (State.TRYING, State.PROCEEDING):
             self._refuse(response)

@@ -8,7 +8,7 @@ import pytest
 
 from sipproxy.digest import compute_ha1
 from sipproxy.htdigest import load_users
-from sipproxy.proxy.auth import credentials_header, may_act
+from sipproxy.proxy.auth import credentials_header, may_act, without_our_credentials
 from sipproxy.sip.message import Request
 from sipproxy.sip.parser import parse_message
 
@@ -84,3 +84,37 @@ def test_shipped_example_users_file_loads_and_matches_the_readme() -> None:
         for algorithm in ("MD5", "SHA-256"):
             expected = compute_ha1(user, "example.test", f"{user}-secret", algorithm)
             assert users.ha1(user, algorithm) == expected
+
+
+def with_credentials(*fields: tuple[str, str]) -> Request:
+    request = make("INVITE", to_user="bob")
+    headers = request.headers
+    for name, value in fields:
+        headers = headers.append(name, value)
+    return Request(request.method, request.uri, headers, request.body)
+
+
+OURS = 'Digest username="alice", realm="example.test", nonce="n", response="r"'
+THEIRS = 'Digest username="a1", realm="trunk.example", nonce="m", response="s"'
+
+
+def test_our_credentials_are_consumed_others_stay() -> None:
+    """RFC 3261 §22.3: ours go (both headers); another realm's are untouched."""
+    request = with_credentials(
+        ("Proxy-Authorization", OURS),
+        ("Proxy-Authorization", THEIRS),
+        ("Authorization", OURS),
+        ("Authorization", THEIRS),
+        ("Proxy-Authorization", 'Digest realm="example.test", nonce="unterminated'),
+    )
+    forwarded = without_our_credentials(request, "example.test")
+    assert forwarded.headers.get_all("proxy-authorization") == [THEIRS]
+    assert forwarded.headers.get_all("authorization") == [THEIRS]
+    assert forwarded.headers.get("via") == request.headers.get("via")
+
+
+def test_nothing_to_consume_keeps_the_request() -> None:
+    request = with_credentials(("Proxy-Authorization", THEIRS))
+    assert without_our_credentials(request, "example.test") is request
+    ours = with_credentials(("Proxy-Authorization", OURS))
+    assert without_our_credentials(ours, None) is ours

@@ -141,6 +141,66 @@ def test_retransmitted_invite_in_completed_gets_the_final_again() -> None:
     assert channel.statuses == [404, 404]
 
 
+def test_a_challenge_sent_once_has_no_timer_g() -> None:
+    """retransmit=False: one 407, no Timer G; a retransmitted INVITE gets it again.
+
+    Issue 13: a challenge to an unauthenticated INVITE was resent ~11 times to a
+    source that may be spoofed. The client retransmits its INVITE until it hears
+    something (§17.1.1.2), so each retransmission is answered instead.
+    """
+    txn, channel, clock, ended = invite_server()
+    txn.respond(txn.request.response(407, to_tag="srv1"), retransmit=False)
+    assert state_of(txn) is State.COMPLETED
+    run_until(clock, 3.0)
+    assert channel.statuses == [407]
+    assert [c for c in clock.getDelayedCalls() if c.active()], "Timer H runs"
+    txn.receive_request(txn.request)
+    assert channel.statuses == [407, 407]
+    run_until(clock, 31.9)
+    assert channel.times == [0.0, 3.0]
+    clock.advance(0.1)  # Timer H still ends the transaction
+    assert state_of(txn) is State.TERMINATED
+    assert ended == [txn]
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_challenge_sent_once_is_still_acknowledged() -> None:
+    """The ACK for a once-sent final confirms the transaction as usual."""
+    txn, channel, clock, _ = invite_server()
+    challenge = txn.request.response(401, to_tag="srv1")
+    txn.respond(challenge, retransmit=False)
+    assert txn.receive_ack(ack_for_response(txn.request, challenge))
+    assert state_of(txn) is State.CONFIRMED
+    run_until(clock, 10.0)
+    assert channel.statuses == [401]
+
+
+def test_after_a_provisional_the_final_is_retransmitted_anyway() -> None:
+    """A client that got a 1xx stops retransmitting: only Timer G can repair a loss."""
+    txn, channel, clock, _ = invite_server()
+    respond(txn, 100)
+    txn.respond(txn.request.response(480, to_tag="srv1"), retransmit=False)
+    run_until(clock, 2.0)
+    assert channel.statuses == [100, 480, 480, 480]
+
+
+def test_the_automatic_100_also_keeps_timer_g() -> None:
+    """The 100 the transaction sent by itself after 200 ms counts as a provisional."""
+    txn, channel, clock, _ = invite_server()
+    clock.advance(TRYING_DELAY)
+    txn.respond(txn.request.response(407, to_tag="srv1"), retransmit=False)
+    run_until(clock, TRYING_DELAY + 0.6)
+    assert channel.statuses == [100, 407, 407]
+
+
+def test_non_invite_final_accepts_retransmit_false() -> None:
+    """A non-INVITE server never resends on its own: the flag changes nothing."""
+    txn, channel, _, _ = non_invite_server()
+    txn.respond(txn.request.response(401, to_tag="srv1"), retransmit=False)
+    txn.receive_request(txn.request)
+    assert channel.statuses == [401, 401]
+
+
 def test_ack_confirms_and_timer_i_terminates() -> None:
     """ACK in Completed -> Confirmed: G and H stop; Timer I (T4) -> Terminated."""
     txn, channel, clock, ended = invite_server()
