@@ -245,7 +245,7 @@ def test_a_unix_socket_admin_is_its_file_mode_and_no_tcp_port(
         register(server.port, "alice", PASSWORDS["alice"])
         mode = path.stat().st_mode
         assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
-        assert not state.exists()
+        assert not (state / "admin-token").exists()
         code, out, err = ctl("--url", f"unix:{path}", "registrations", cwd=tmp_path)
         assert (code, err) == (0, "")
         assert out.splitlines()[1].startswith(f"{ALICE}  sip:alice@127.0.0.1:")
