@@ -282,7 +282,7 @@ class Proxy:
         if self._observer is not None:
             self._observer.request_received(request.method)
         if transaction is None:
-            self._forward_ack(request)
+            self._forward_ack(request, peer)
             return
         if self.layer.pending() > self.settings.max_pending:
             # Bounded work under attack or overload: refuse new requests with a
@@ -1017,10 +1017,12 @@ class Proxy:
                 upstream.rport or "",
             )
         )
-        signature = hmac.new(self._via_secret, text.encode(), "sha256").digest()
+        signature = hmac.new(
+            self._via_secret, text.encode("utf-8", "surrogateescape"), "sha256"
+        ).digest()
         return signature[:6].hex()
 
-    def _forward_ack(self, request: Request) -> None:
+    def _forward_ack(self, request: Request, peer: Peer) -> None:
         """An ACK for a 2xx follows the dialog's flow statelessly (§16.11, §17.2.3).
 
         An ACK carries no answer and is never challenged, so it travels only
@@ -1028,6 +1030,14 @@ class Proxy:
         for a non-2xx the transaction layer did not match, or one naming a host
         of the sender's choice) is absorbed here.
         """
+        try:
+            self._forward_ack_in_dialog(request)
+        except ParseError as error:
+            # Validated fields only get here, but an ACK is never answered: a
+            # Route or field that fails to parse later just drops it.
+            self._log_dropped(peer, f"ACK: {error.reason}")
+
+    def _forward_ack_in_dialog(self, request: Request) -> None:
         if request.to_addr.tag is None:
             return
         flow = self._flow_from_routes(request) or self._if_connected(
