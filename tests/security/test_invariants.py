@@ -40,6 +40,8 @@ from hypothesis.stateful import (
     rule,
 )
 
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+
 from sipproxy.digest import Authenticator
 from sipproxy.location import Binding
 from sipproxy.registrar import RegistrarSettings
@@ -175,6 +177,18 @@ class TrustBoundary(RuleBasedStateMachine):
         self.dialogs: list[Call] = []
         #: what the proxy sent in the last step, by destination
         self.out: list[tuple[Request | Response, Address]] = []
+        #: INVITEs phones got and have not answered (any caller's, attackers' too)
+        self.incoming: list[tuple[Address, Request]] = []
+        #: tracebacks logged by the core (an internal error is a 500 to someone)
+        self.failures: list[str] = []
+        globalLogPublisher.addObserver(self.observe)
+
+    def observe(self, event: LogEvent) -> None:
+        if "log_failure" in event:
+            self.failures.append(f"{formatEvent(event)}\n{event['log_failure']}")
+
+    def teardown(self) -> None:
+        globalLogPublisher.removeObserver(self.observe)
 
     # -- the model's edge: one datagram in, every datagram out checked ---------------
 
@@ -284,6 +298,8 @@ class TrustBoundary(RuleBasedStateMachine):
         self.tags.extend(t for t in tags if t)
         if isinstance(message, Request):
             self.forwarded.append(message)
+            if message.method == "INVITE" and where in PHONES.values():
+                self.incoming.append((where, message))
 
     def received(
         self, where: Address, call_id: str, kind: type[Request] | type[Response]
@@ -510,6 +526,36 @@ class TrustBoundary(RuleBasedStateMachine):
                 tag = call.from_tag if from_caller else call.to_tag
                 self.send(respond(message, 200, to_tag=tag).to_bytes(), other)
 
+    @precondition(lambda self: bool(self.incoming))
+    @rule(pick=st.integers(min_value=0), hang_up=st.booleans())
+    def phone_answers_anything(self, pick: int, hang_up: bool) -> None:
+        """A phone accepts any INVITE it got, then hangs up along its Record-Route.
+
+        The caller may be an attacker whose Contact names a sink: the BYE must
+        still go only where the dialog's token says.
+        """
+        where, invite = self.incoming.pop(pick % len(self.incoming))
+        user = next(u for u, phone in PHONES.items() if phone == where)
+        tag = f"p{next(self.ids)}"
+        contact = f"<{CONTACTS[user]}>"
+        self.send(respond(invite, 200, to_tag=tag, contact=contact).to_bytes(), where)
+        if not hang_up:
+            return
+        try:
+            remote = str(invite.contacts[0].uri)
+            fields = [
+                ("Via", f"SIP/2.0/UDP {where[0]}:{where[1]};branch=z9hG4bK{tag};rport"),
+                ("Max-Forwards", "70"),
+                *(("Route", r) for r in invite.headers.get_all("record-route")),
+                ("From", f"{invite.headers.get('to')};tag={tag}"),
+                ("To", invite.headers.get("from") or ""),
+                ("Call-ID", invite.call_id),
+                ("CSeq", "1 BYE"),
+            ]
+        except (ParseError, IndexError):
+            return
+        self.send(wire(f"BYE {remote} SIP/2.0", fields), where)
+
     # -- attacks ---------------------------------------------------------------------
 
     def forged_routes(self, kind: str, pick: int) -> list[tuple[str, str]]:
@@ -616,7 +662,10 @@ class TrustBoundary(RuleBasedStateMachine):
         ),
         request_uri=st.sampled_from(
             [*SINK_URIS, "sip:bob@example.test", "sip:alice@example.test",
-             "sip:x@203.0.113.5:5060", "sip:example.test", "contact"]
+             "sip:x@203.0.113.5:5060", "sip:example.test", "contact",
+             "sip:bob@example.test;maddr=127.0.0.1", "sip:bob@127.0.0.1:5060",
+             "sip:x@93.184.216.34;maddr=10.0.0.1", "sip:bob@example.test;transport=tcp",
+             "sip:bob@[::ffff:127.0.0.1]:6379"]
         ),
         route=st.sampled_from(
             ["none", "domain", "proxy", "garbage token", "stolen", "stolen pair",
@@ -629,7 +678,10 @@ class TrustBoundary(RuleBasedStateMachine):
         to_tag=st.sampled_from([None, "forged", "stolen"]),
         from_tag=st.sampled_from(["e1", "stolen"]),
         call_id=st.sampled_from(["fresh", "stolen"]),
-        via=st.sampled_from(["own", "own no rport", "sink", "own then sink"]),
+        via=st.sampled_from(
+            ["own", "own no rport", "sink", "own then sink", "rport=6379",
+             "received=127.0.0.1", "maddr=127.0.0.1"]
+        ),
         pick=st.integers(min_value=0),
     )  # fmt: skip
     def attacker_requests(
@@ -661,6 +713,10 @@ class TrustBoundary(RuleBasedStateMachine):
             "own no rport": [own],
             "sink": [SINK_VIAS[pick % len(SINK_VIAS)]],
             "own then sink": [f"{own};rport", SINK_VIAS[pick % len(SINK_VIAS)]],
+            # RFC 3261 §18.2.2 names these; the source address wins (peer.py).
+            "rport=6379": [f"{own};rport=6379"],
+            "received=127.0.0.1": [f"{own};received=127.0.0.1;rport"],
+            "maddr=127.0.0.1": [f"{own};maddr=127.0.0.1"],
         }[via]
         fields = [
             *(("Via", v) for v in vias),
@@ -679,7 +735,8 @@ class TrustBoundary(RuleBasedStateMachine):
             ),
         ]  # fmt: skip
         self.send(
-            wire(f"{method} {request_uri} SIP/2.0", fields, b"*1\r\n$4\r\nPING\r\n"), source
+            wire(f"{method} {request_uri} SIP/2.0", fields, b"*1\r\n$4\r\nPING\r\n"),
+            source,
         )
 
     @rule(
@@ -745,6 +802,11 @@ class TrustBoundary(RuleBasedStateMachine):
     def nothing_left_unchecked(self) -> None:
         """Every datagram the proxy wrote was checked by the step that caused it."""
         assert not self.h.socket.written
+
+    @invariant()
+    def no_internal_error(self) -> None:
+        """No input makes the core fail (STYLE principle 6)."""
+        assert not self.failures, self.failures[0]
 
 
 def _with_host(via: str, host_port: str) -> str:
@@ -821,6 +883,13 @@ TestTrustBoundary = TrustBoundary.TestCase
 def test_the_legitimate_paths_work() -> None:
     """Phones register after a real 401; a call is set up, answered and hung up."""
     machine = TrustBoundary()
+    try:
+        walk_the_legitimate_paths(machine)
+    finally:
+        machine.teardown()
+
+
+def walk_the_legitimate_paths(machine: TrustBoundary) -> None:
     machine.phone_registers("alice", 3600, star=False, reuse=False)
     machine.phone_registers("bob", 3600, star=False, reuse=False)
     assert {b.contact for v in machine.bindings().values() for b in v} == {
