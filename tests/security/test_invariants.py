@@ -39,8 +39,8 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
+from zope.interface import implementer
 
 from sipproxy.digest import Authenticator
 from sipproxy.location import Binding
@@ -136,6 +136,15 @@ def user_of(aor: str) -> str | None:
     return uri.unescaped_user
 
 
+@implementer(ILogObserver)
+class FailureLog(list[str]):
+    """The tracebacks logged while the machine runs."""
+
+    def __call__(self, event: LogEvent) -> None:
+        if "log_failure" in event:
+            self.append(f"{formatEvent(event)}\n{event['log_failure']}")
+
+
 @dataclass
 class Call:
     """A call the model set up between two legitimate actors."""
@@ -180,15 +189,11 @@ class TrustBoundary(RuleBasedStateMachine):
         #: INVITEs phones got and have not answered (any caller's, attackers' too)
         self.incoming: list[tuple[Address, Request]] = []
         #: tracebacks logged by the core (an internal error is a 500 to someone)
-        self.failures: list[str] = []
-        globalLogPublisher.addObserver(self.observe)
-
-    def observe(self, event: LogEvent) -> None:
-        if "log_failure" in event:
-            self.failures.append(f"{formatEvent(event)}\n{event['log_failure']}")
+        self.failures = FailureLog()
+        globalLogPublisher.addObserver(self.failures)
 
     def teardown(self) -> None:
-        globalLogPublisher.removeObserver(self.observe)
+        globalLogPublisher.removeObserver(self.failures)
 
     # -- the model's edge: one datagram in, every datagram out checked ---------------
 
@@ -535,6 +540,7 @@ class TrustBoundary(RuleBasedStateMachine):
         still go only where the dialog's token says.
         """
         where, invite = self.incoming.pop(pick % len(self.incoming))
+        note("a phone answered an INVITE")
         user = next(u for u, phone in PHONES.items() if phone == where)
         tag = f"p{next(self.ids)}"
         contact = f"<{CONTACTS[user]}>"
@@ -588,7 +594,10 @@ class TrustBoundary(RuleBasedStateMachine):
         if kind == "garbage":
             return [(header, "Digest garbage")]
         if kind == "replayed" and self.seen_credentials:
-            return [self.seen_credentials[pick % len(self.seen_credentials)]]
+            # Under the header this request needs, whichever it was captured in.
+            return [
+                (header, self.seen_credentials[pick % len(self.seen_credentials)][1])
+            ]
         seen = sorted(set(self.challenges.values()))
         if kind == "guessed" and seen:
             challenge = seen[pick % len(seen)]
@@ -627,18 +636,19 @@ class TrustBoundary(RuleBasedStateMachine):
     ) -> None:
         """REGISTER without valid credentials: forged dialog, Path, ``*``, replays."""
         aor = f"sip:{user}@{REALM}"
+        n = next(self.ids)
         if to_tag == "stolen":
             to_tag = self.tags[pick % len(self.tags)] if self.tags else "t1"
         host = PHONES.get(user, source)[0]
         ids = {
-            "fresh": f"evil-{next(self.ids)}",
+            "fresh": f"evil-{n}",
             "phone's": f"reg-{user}@{host}",
             "stolen": self.call_ids[pick % len(self.call_ids)]
             if self.call_ids
             else "x",
         }
         fields = [
-            ("Via", f"SIP/2.0/UDP {source[0]}:{source[1]};branch=z9hG4bKe{next(self.ids)}"),
+            ("Via", f"SIP/2.0/UDP {source[0]}:{source[1]};branch=z9hG4bKe{n}"),
             *self.forged_routes(route, pick),
             ("Max-Forwards", "70"),
             ("From", f"<{aor}>;tag=e{pick % 7}"),
@@ -877,7 +887,7 @@ TrustBoundary.TestCase.settings = settings(
 TestTrustBoundary = TrustBoundary.TestCase
 
 
-# -- the model's own paths, so that the machine cannot pass by exercising nothing --------
+# -- the model's own paths: the machine cannot pass by exercising nothing --------------
 
 
 def test_the_legitimate_paths_work() -> None:
