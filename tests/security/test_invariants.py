@@ -359,6 +359,7 @@ class TrustBoundary(RuleBasedStateMachine):
         expires: int,
         reuse: bool,
         aor_user: str | None = None,
+        extra: Sequence[tuple[str, str]] = (),
     ) -> list[tuple[Request | Response, Address]]:
         """REGISTER as a phone does: credentials for the 401 it got (or reused)."""
         phone = PHONES[user]
@@ -366,7 +367,7 @@ class TrustBoundary(RuleBasedStateMachine):
             self.send(
                 wire(
                     f"REGISTER sip:{REALM} SIP/2.0",
-                    self.register_fields(user, contact, expires, aor_user),
+                    [*self.register_fields(user, contact, expires, aor_user), *extra],
                 ),
                 phone,
             )
@@ -380,7 +381,7 @@ class TrustBoundary(RuleBasedStateMachine):
         return self.send(
             wire(
                 f"REGISTER sip:{REALM} SIP/2.0",
-                [*fields, ("Authorization", value)],
+                [*fields, *extra, ("Authorization", value)],
             ),
             phone,
             credentials_of=user if aor_user in (None, user) else None,
@@ -399,11 +400,21 @@ class TrustBoundary(RuleBasedStateMachine):
         expires=st.sampled_from([3600, 3600, 3600, 60, 0]),
         star=st.booleans(),
         reuse=st.booleans(),
+        path=st.sampled_from([None, None, *SINK_URIS]),
     )
-    def phone_registers(self, user: str, expires: int, star: bool, reuse: bool) -> None:
-        """A phone (un)registers with its own password."""
+    def phone_registers(
+        self, user: str, expires: int, star: bool, reuse: bool, path: str | None
+    ) -> None:
+        """A phone (un)registers with its own password.
+
+        It may write a Path of its own: only a trusted edge proxy's Path is ever
+        followed (RFC 3327 §5.2), so calls still go to the phone's flow.
+        """
         contact = "*" if star and expires == 0 else f"<{CONTACTS[user]}>"
-        self.authorized_register(user, contact=contact, expires=expires, reuse=reuse)
+        extra = [("Supported", "path"), ("Path", f"<{path};lr>")] if path else []
+        self.authorized_register(
+            user, contact=contact, expires=expires, reuse=reuse, extra=extra
+        )
 
     @rule(
         user=st.sampled_from(sorted(PASSWORDS)),
@@ -688,6 +699,7 @@ class TrustBoundary(RuleBasedStateMachine):
         to_tag=st.sampled_from([None, "forged", "stolen"]),
         from_tag=st.sampled_from(["e1", "stolen"]),
         call_id=st.sampled_from(["fresh", "stolen"]),
+        record_route=st.booleans(),
         via=st.sampled_from(
             ["own", "own no rport", "sink", "own then sink", "rport=6379",
              "received=127.0.0.1", "maddr=127.0.0.1"]
@@ -705,6 +717,7 @@ class TrustBoundary(RuleBasedStateMachine):
         to_tag: str | None,
         from_tag: str,
         call_id: str,
+        record_route: bool,
         via: str,
         pick: int,
     ) -> None:
@@ -731,6 +744,10 @@ class TrustBoundary(RuleBasedStateMachine):
         fields = [
             *(("Via", v) for v in vias),
             *self.forged_routes(route, pick),
+            # A Record-Route of its own, below ours: the callee's route set
+            # then names a sink after our entries.
+            *([("Record-Route", f"<{SINK_URIS[(pick // 5) % len(SINK_URIS)]};lr>")]
+              if record_route else []),
             ("Max-Forwards", str(70 if pick % 5 else 1)),
             ("From", f"<{caller}>;tag={from_tag}"),
             ("To", f"<{request_uri}>" + (f";tag={to_tag}" if to_tag else "")),
@@ -900,8 +917,8 @@ def test_the_legitimate_paths_work() -> None:
 
 
 def walk_the_legitimate_paths(machine: TrustBoundary) -> None:
-    machine.phone_registers("alice", 3600, star=False, reuse=False)
-    machine.phone_registers("bob", 3600, star=False, reuse=False)
+    machine.phone_registers("alice", 3600, star=False, reuse=False, path=None)
+    machine.phone_registers("bob", 3600, star=False, reuse=False, path=None)
     assert {b.contact for v in machine.bindings().values() for b in v} == {
         CONTACTS["alice"],
         CONTACTS["bob"],
@@ -921,7 +938,7 @@ def walk_the_legitimate_paths(machine: TrustBoundary) -> None:
     machine.hang_up(0, from_caller=True)
     ok = [m for m, a in machine.out if a == CAROL and isinstance(m, Response)]
     assert [m.status for m in ok if isinstance(m, Response)] == [200]
-    machine.phone_registers("bob", 0, star=True, reuse=True)
+    machine.phone_registers("bob", 0, star=True, reuse=True, path=None)
     assert {b.contact for v in machine.bindings().values() for b in v} == {
         CONTACTS["alice"]
     }
