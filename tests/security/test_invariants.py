@@ -15,13 +15,17 @@ and every clock advance it checks:
    issued; a replay of them does not count).
 2. **Destinations** (docs "The trust boundary"). Nothing goes to a sink: an
    address that only attacker-controlled fields name (Request-URIs, Routes,
-   Vias, Path, Contact), the proxy's own host included. A response goes to the
-   address of someone who sent us a request. A request goes to a registered
-   binding's flow or to the peer of a dialog set up through one of our users.
+   Vias, Path, Contact, Record-Route), the proxy's own host included. A response
+   goes to the host of someone who sent us a request (the port may be its Via's,
+   §18.2.2). A request goes to the host of a binding's flow or of the peer of a
+   dialog through one of our users (a sender whose request reached a binding).
    No TCP/TLS connection is opened to anything else.
+3. **No internal error**: nothing the machine sends makes the core log a
+   traceback.
 
-The model is deliberately coarse (addresses, not transactions): sound, and enough
-for "this packet had no reason to be sent".
+The model is deliberately coarse (hosts, not transactions): sound, and enough
+for "this packet had no reason to be sent". Run with
+``--hypothesis-show-statistics`` to see which paths the runs covered.
 """
 
 from __future__ import annotations
