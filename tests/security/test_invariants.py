@@ -683,7 +683,8 @@ class TrustBoundary(RuleBasedStateMachine):
     @rule(
         source=st.sampled_from(SOURCES),
         method=st.sampled_from(
-            ["INVITE", "MESSAGE", "BYE", "ACK", "ACK", "SUBSCRIBE", "OPTIONS", "INFO"]
+            ["INVITE", "MESSAGE", "BYE", "ACK", "ACK", "SUBSCRIBE", "OPTIONS", "INFO",
+             "CANCEL"]
         ),
         request_uri=st.sampled_from(
             [*SINK_URIS, "sip:bob@example.test", "sip:alice@example.test",
@@ -705,7 +706,7 @@ class TrustBoundary(RuleBasedStateMachine):
         call_id=st.sampled_from(["fresh", "stolen"]),
         record_route=st.booleans(),
         via=st.sampled_from(
-            ["own", "own no rport", "sink", "own then sink", "rport=6379",
+            ["own", "own no rport", "sink", "own then sink", "rport=6379", "stolen",
              "received=127.0.0.1", "maddr=127.0.0.1"]
         ),
         pick=st.integers(min_value=0),
@@ -744,7 +745,14 @@ class TrustBoundary(RuleBasedStateMachine):
             "rport=6379": [f"{own};rport=6379"],
             "received=127.0.0.1": [f"{own};received=127.0.0.1;rport"],
             "maddr=127.0.0.1": [f"{own};maddr=127.0.0.1"],
+            # A caller's Via as we forwarded it (a CANCEL then matches its INVITE).
+            "stolen": self.forwarded[pick % len(self.forwarded)].headers.get_all("via")[
+                1:2
+            ]
+            if self.forwarded
+            else [own],
         }[via]
+        vias = vias or [own]
         fields = [
             *(("Via", v) for v in vias),
             *self.forged_routes(route, pick),
