@@ -8,11 +8,13 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred
 
 from sipproxy.config import DialRule
+from sipproxy.digest import Authenticator
 from sipproxy.location import Binding, Flow
 from sipproxy.location.memory import MemoryLocationService
 from sipproxy.proxy.core import Proxy, ProxySettings
 from sipproxy.proxy.observer import ProxyObserver
 from sipproxy.proxy.pbx import Office, OfficePreferences
+from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.sip.message import Request, Response
 from sipproxy.sip.parser import parse_message
 from sipproxy.testing import FakeDatagramTransport, UDPMemoryReactor
@@ -46,7 +48,15 @@ class Harness:
         known_users: frozenset[str] = frozenset(),
         office: Office | None = None,
         observer: ProxyObserver | None = None,
+        registrar: RegistrarSettings | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
+        """Build the proxy; by default without a registrar and without digest.
+
+        :param registrar: REGISTER goes to a real :class:`Registrar` with these
+            settings on the harness's memory store.
+        :param auth: digest authentication is on, with this authenticator.
+        """
         self.clock = UDPMemoryReactor()
         self.transports = Transports(self.clock)
         self.location = MemoryLocationService()
@@ -63,6 +73,8 @@ class Harness:
             clock=self.clock,
             transports=self.transports,
             location=self.location,
+            registrar=Registrar(self.location, registrar) if registrar else None,
+            auth=auth,
             known_user=lambda aor: aor in known_users,
             secret=b"s" * 32,
             office=OfficePreferences(office, self.location) if office else None,
