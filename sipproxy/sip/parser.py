@@ -276,7 +276,12 @@ def validate_request(request: Request) -> None:
     try:
         # The top Via, CSeq, From, To, Contact and Request-URI are kept parsed
         # on the message for the layers above, which read them again.
-        parsed_vias = [request.top_via] + [Via.parse(v) for v in vias[1:]]
+        top_via = request.top_via
+        if top_via.rport and top_via.rport_port is None:
+            # RFC 3581 §3: a client sends rport without a value; one that is no
+            # port at all is answered, not let loose on response addressing.
+            raise ParseError(f"bad rport in Via: {top_via.rport[:20]!r}")
+        parsed_vias = [top_via] + [Via.parse(v) for v in vias[1:]]
         for via in parsed_vias:
             if via.branch == BRANCH_COOKIE:
                 # RFC 4475 §3.2.1: the cookie alone identifies no transaction.
