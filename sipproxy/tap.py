@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import ipaddress
 import os
 import signal
 import socket
@@ -33,7 +32,7 @@ from sipproxy.config import Config, ConfigError, ListenSpec, build_config, read_
 from sipproxy.digest import Authenticator
 from sipproxy.guard import BanList, ConnectionLimiter, RateLimiter
 from sipproxy.htdigest import load_users
-from sipproxy.location import location_from_spec
+from sipproxy.location import location_from_spec, redacted_spec, redacted_text
 from sipproxy.logs import use_json_logs
 from sipproxy.metrics import Metrics, Snapshot
 from sipproxy.proxy.core import Proxy, ProxySettings
@@ -70,6 +69,20 @@ class Options(usage.Options):
             None,
             None,
             "Seconds after which a silent TCP connection is closed (default 600).",
+        ],
+        [
+            "max-connections",
+            None,
+            None,
+            "Inbound TCP/TLS connections open at once, all sources together; "
+            "beyond it new ones are closed at once (default 10000).",
+        ],
+        [
+            "message-timeout",
+            None,
+            None,
+            "Seconds a TCP/TLS client has to finish a message (headers and body) "
+            "once it started sending it; then it is disconnected (default 10).",
         ],
         [
             "location",
@@ -179,7 +192,7 @@ class Options(usage.Options):
         self["alias"].append(value)
 
     def opt_trusted(self, value: str) -> None:
-        """Address never rate limited or banned, e.g. an SBC (repeatable)."""
+        """Network or address never rate limited or banned, e.g. an SBC (repeatable)."""
         self["trusted"].append(value)
 
     def opt_dns(self, value: str) -> None:
@@ -214,6 +227,8 @@ class Options(usage.Options):
                 "dns",
                 "max-message-size",
                 "tcp-idle-timeout",
+                "max-connections",
+                "message-timeout",
                 "location",
                 "default-expires",
                 "min-expires",
@@ -330,8 +345,11 @@ class SIPServerService(MultiService):
             if config.rate_limit
             else None
         )
-        self.bans = BanList(exempt=config.trusted)
-        self.connection_limit = ConnectionLimiter()
+        #: the --trusted networks: the one membership test ("ip in self.trusted")
+        #: for everything that treats a source as trusted; replaced on reload
+        self.trusted = config.trusted_networks()
+        self.bans = BanList(exempt=self.trusted)
+        self.connection_limit = ConnectionLimiter(max_total=config.max_connections)
         self.authenticator: Authenticator | None = None
         if config.users is not None:
             self.authenticator = Authenticator(
@@ -411,6 +429,7 @@ class SIPServerService(MultiService):
                 self._reactor,
                 transport_name=spec.transport,
                 idle_timeout=self.config.tcp_idle_timeout,
+                message_timeout=self.config.message_timeout,
                 max_message_size=self.config.max_message_size,
             ),
         )
@@ -466,7 +485,7 @@ class SIPServerService(MultiService):
 
     def _admit(self, source_ip: str) -> bool:
         """Banned sources are ignored; one flooding source loses only its excess."""
-        if source_ip in self.config.trusted:
+        if source_ip in self.trusted:
             return True
         now = self._reactor.seconds()
         if self.bans.is_banned(source_ip, now):
@@ -648,9 +667,8 @@ class SIPServerService(MultiService):
             self.rate_limiter.rate = config.rate_limit
             self.rate_limiter.burst = config.rate_burst
             self.rate_limiter.refill_time = config.rate_burst / config.rate_limit
-        self.bans.exempt = tuple(
-            ipaddress.ip_network(net, strict=False) for net in config.trusted
-        )
+        self.trusted = config.trusted_networks()
+        self.bans.exempt = self.trusted
         if self.authenticator is not None:
             self.authenticator.nonce_lifetime = config.nonce_lifetime
 
@@ -690,14 +708,14 @@ class SIPServerService(MultiService):
             version=__version__,
             domains=", ".join(self.config.domains),
             where=where,
-            location=self.config.location,
+            location=_redacted(self.config.location),
         )
 
     def _cannot_open(self, failure: Failure) -> None:
         self.log.critical(
             "sipproxy: error: cannot open location {location}: {why}",
-            location=self.config.location,
-            why=failure.getErrorMessage(),
+            location=_redacted(self.config.location),
+            why=redacted_text(failure.getErrorMessage(), self.config.location),
         )
         # Serving without a place to keep registrations would answer 500 to
         # every phone; stop, and exit non-zero so systemd or the operator sees it.
@@ -785,16 +803,13 @@ _RELOADABLE = (
 _RESTART_ONLY = (
     "domains", "aliases", "listen", "location", "dns", "max_message_size",
     "tcp_idle_timeout", "admin", "admin_token", "admin_token_file", "log_format",
-    "reuse_port", "advertise", "secret_file",
+    "reuse_port", "advertise", "secret_file", "max_connections", "message_timeout",
 )  # fmt: skip
 
 
 def _redacted(location: str) -> str:
     """A location spec without its password (redis://:SECRET@host)."""
-    scheme, sep, rest = location.partition("://")
-    if sep and "@" in rest:
-        return f"{scheme}://***@{rest.rpartition('@')[2]}"
-    return location
+    return redacted_spec(location)
 
 
 def _listen_shared(reactor: Any, spec: ListenSpec, receiver: Any) -> IListeningPort:

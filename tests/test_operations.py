@@ -297,7 +297,8 @@ def test_reload_applies_limits_and_dial_plan(tmp_path: Path, reactor: Any) -> No
     assert server.rate_limiter is limiter
     assert (limiter.rate, limiter.burst) == (5.0, 20.0)
     assert server._admit("192.0.2.50")
-    assert str(server.bans.exempt[0]) == "192.0.2.50/32"
+    assert [str(net) for net in server.bans.exempt] == ["192.0.2.50/32"]
+    assert server.bans.exempt is server.trusted
     texts = [formatEvent(e) for e in events]
     assert (
         "configuration reloaded; changed: dialplan, rate-limit, rate-burst, "

@@ -387,6 +387,18 @@ class StreamFramer:
         """Whether the stream broke framing; the connection should be closed."""
         return self._closed
 
+    @property
+    def in_message(self) -> bool:
+        """Whether part of a message (not of a keepalive) waits for the rest.
+
+        The transport gives a started message a deadline: a sender that trickles
+        its bytes (slowloris) must not hold the connection and its buffer forever.
+        """
+        if self._length is not None:
+            return True
+        buffer = self._buffer
+        return bool(buffer) and not (len(buffer) < 4 and b"\r\n\r\n".startswith(buffer))
+
     def feed(self, data: bytes) -> list[bytes | Keepalive | ParseError]:
         """Take the next bytes of the stream; return what they complete, in order."""
         if self._closed:
