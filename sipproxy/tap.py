@@ -33,7 +33,7 @@ from sipproxy.digest import Authenticator
 from sipproxy.guard import BanList, ConnectionLimiter, RateLimiter
 from sipproxy.htdigest import load_users
 from sipproxy.location import location_from_spec, redacted_spec, redacted_text
-from sipproxy.logs import use_json_logs
+from sipproxy.logs import use_json_logs, use_text_logs
 from sipproxy.metrics import Metrics, Snapshot
 from sipproxy.proxy.core import Proxy, ProxySettings
 from sipproxy.proxy.pbx import Office, OfficePreferences
@@ -271,13 +271,16 @@ class Options(usage.Options):
             raise usage.UsageError(str(error)) from None
         parent = getattr(self, "parent", None)
         # twistd picks its log observer from its own --logger option, after this
-        # method and before makeService.
+        # method and before makeService. Text lines go through our observer too:
+        # twistd's own raises on bytes that are not UTF-8 and is then disabled
+        # (sipproxy.logs), unless the operator chose --logger or --syslog.
         if (
-            self.config.log_format == "json"
-            and parent is not None
+            parent is not None
             and parent.get("logger") is None
+            and not parent.get("syslog")
         ):
-            parent["logger"] = use_json_logs(
+            use = use_json_logs if self.config.log_format == "json" else use_text_logs
+            parent["logger"] = use(
                 parent.get("logfile"), nodaemon=bool(parent.get("nodaemon"))
             )
 

@@ -5,13 +5,22 @@ Built on a MemoryReactorClock with UDP (sipproxy.testing): no sockets, no clock.
 
 from __future__ import annotations
 
+import io
+import json
 from typing import Any
 
-from twisted.logger import capturedLogs, formatEvent
+from twisted.logger import (
+    LogLevel,
+    LogPublisher,
+    capturedLogs,
+    formatEvent,
+    textFileLogObserver,
+)
 from twisted.python.failure import Failure
 
 from sipproxy.config import build_config
 from sipproxy.location import LocationUnavailableError, redacted_spec, redacted_text
+from sipproxy.logs import JSONLineObserver, PrintableOutput, event_line, printable
 from sipproxy.tap import SIPServerService
 from sipproxy.testing import UDPMemoryReactor
 
@@ -75,3 +84,61 @@ def test_redaction_covers_the_url_and_the_bare_password() -> None:
     text = redacted_text(f"cannot reach {SECRET_LOCATION} (secretpw)", SECRET_LOCATION)
     assert "secretpw" not in text
     assert redacted_text("no password here", "memory:") == "no password here"
+
+
+# Logs that survive bytes that are not UTF-8 (issue 13 item 12)
+
+BAD_CALL_ID = b"abc\xff\xfe\xc3".decode("utf-8", "surrogateescape")
+
+
+def strict_stream() -> tuple[io.TextIOWrapper, io.BytesIO]:
+    raw = io.BytesIO()
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="strict"), raw
+
+
+def event(text: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "log_format": text,
+        "log_level": LogLevel.info,
+        "log_time": 0.0,
+        "log_namespace": "sipproxy.test",
+        **fields,
+    }
+
+
+def test_printable_escapes_kept_bytes_and_leaves_text_alone() -> None:
+    assert printable(BAD_CALL_ID) == "abc\\xff\\xfe\\xc3"
+    assert printable("Grüße, 通话") == "Grüße, 通话"
+    assert printable("\ud800") == "\\ud800"
+
+
+def test_a_json_line_with_bad_bytes_is_valid_utf8_json() -> None:
+    """Bytes a Call-ID carried appear as backslash-x escapes, in valid JSON."""
+    line = event_line(event("INVITE {call_id}", call_id=BAD_CALL_ID, other=[1]))
+    line.encode("utf-8")  # raises on a lone surrogate
+    record = json.loads(line)
+    assert record["call_id"] == "abc\\xff\\xfe\\xc3"
+    assert record["text"] == "INVITE abc\\xff\\xfe\\xc3"
+
+
+def test_the_json_observer_is_never_disabled_by_bad_bytes() -> None:
+    """Twisted drops an observer that raises; every later line would be lost."""
+    out, raw = strict_stream()
+    publisher = LogPublisher()
+    publisher.addObserver(JSONLineObserver(out))
+    publisher(event("INVITE {call_id}", call_id=BAD_CALL_ID))
+    publisher(event("sipproxy: banned {ip} for 600 s", ip="192.0.2.7"))
+    lines = raw.getvalue().decode("utf-8").splitlines()
+    assert len(lines) == 2
+    assert json.loads(lines[1])["text"] == "sipproxy: banned 192.0.2.7 for 600 s"
+
+
+def test_the_text_observer_is_never_disabled_by_bad_bytes() -> None:
+    out, raw = strict_stream()
+    publisher = LogPublisher()
+    publisher.addObserver(textFileLogObserver(PrintableOutput(out)))  # type: ignore[arg-type]
+    publisher(event("INVITE {call_id}", call_id=BAD_CALL_ID))
+    publisher(event("sipproxy: banned {ip} for 600 s", ip="192.0.2.7"))
+    text = raw.getvalue().decode("utf-8")
+    assert "INVITE abc\\xff\\xfe\\xc3" in text
+    assert "sipproxy: banned 192.0.2.7 for 600 s" in text

@@ -16,7 +16,7 @@ from twisted.scripts._twistd_unix import ServerOptions
 
 from sipproxy import logs
 from sipproxy.config import ConfigError, ListenSpec, build_config, read_toml
-from sipproxy.logs import event_line, json_observer
+from sipproxy.logs import event_line, json_observer, text_observer
 from sipproxy.tap import Options, SIPServerService
 from sipproxy.testing import UDPMemoryReactor
 
@@ -181,9 +181,17 @@ def test_log_format_json_makes_twistd_use_our_observer(tmp_path: Path) -> None:
     logs._destination = None
 
 
-def test_text_format_leaves_twistd_alone() -> None:
+def test_text_format_uses_twistds_lines_made_printable() -> None:
+    """Issue 13: text lines go through an observer that cannot fail on bytes."""
     options = ServerOptions()
     options.parseOptions(["-n", "sipproxy"])
+    assert options["logger"] is text_observer
+    logs._destination = None
+
+
+def test_an_operators_logger_or_syslog_is_left_alone() -> None:
+    options = ServerOptions()
+    options.parseOptions(["-n", "--syslog", "sipproxy"])
     assert options["logger"] is None
 
 
