@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import contextlib
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.via import Via
@@ -163,3 +167,11 @@ def test_legitimate_sent_by_hosts_parse(host: str) -> None:
 def test_rport_port_is_a_port_or_none(rport: str, port: int | None) -> None:
     """rport_port never raises: a value that is no port (RFC 3581) is None."""
     assert Via.parse(f"SIP/2.0/UDP h{rport}").rport_port == port
+
+
+@given(st.text(alphabet="[]:.0123456789abcdefABCDEF%;=x ", max_size=120))
+def test_any_sent_by_parses_or_raises_parse_error(host: str) -> None:
+    """Whatever follows the sent-protocol, Via.parse returns or raises ParseError."""
+    with contextlib.suppress(ParseError):
+        via = Via.parse(f"SIP/2.0/UDP {host}")
+        assert len(via.host) <= 255
