@@ -116,6 +116,17 @@ class TrustedNetworks:
             ipaddress.ip_network(entry.strip("[]"), strict=False) for entry in entries
         )
 
+    def reload(self, entries: Iterable[str]) -> None:
+        """Trust ``entries`` from now on (a configuration reload).
+
+        The object stays the same, so everything holding it (the transports, the
+        ban list, the core) sees the new networks at once.
+
+        :raises ValueError: for an entry that is no address or network; then
+            nothing changes.
+        """
+        self._networks = TrustedNetworks(entries)._networks
+
     def __contains__(self, ip: object) -> bool:
         """Whether ``ip`` (an address string, brackets allowed) is trusted."""
         if not self._networks or not isinstance(ip, str):

@@ -349,7 +349,8 @@ class SIPServerService(MultiService):
             else None
         )
         #: the --trusted networks: the one membership test ("ip in self.trusted")
-        #: for everything that treats a source as trusted; replaced on reload
+        #: for everything that treats a source as trusted; one object for the
+        #: process's life, reloaded in place (hand it out, don't copy it)
         self.trusted = config.trusted_networks()
         self.bans = BanList(exempt=self.trusted)
         self.connection_limit = ConnectionLimiter(max_total=config.max_connections)
@@ -670,8 +671,7 @@ class SIPServerService(MultiService):
             self.rate_limiter.rate = config.rate_limit
             self.rate_limiter.burst = config.rate_burst
             self.rate_limiter.refill_time = config.rate_burst / config.rate_limit
-        self.trusted = config.trusted_networks()
-        self.bans.exempt = self.trusted
+        self.trusted.reload(config.trusted)  # the same object everywhere
         if self.authenticator is not None:
             self.authenticator.nonce_lifetime = config.nonce_lifetime
 

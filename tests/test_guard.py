@@ -478,6 +478,19 @@ def test_trusted_networks_membership(
     assert (ip in TrustedNetworks(entries)) is trusted
 
 
+def test_trusted_networks_reload_in_place() -> None:
+    """Whoever holds the object sees a reload; a bad entry changes nothing."""
+    trusted = TrustedNetworks(["192.0.2.0/24"])
+    bans = BanList(exempt=trusted)
+    trusted.reload(["198.51.100.0/24"])
+    assert "198.51.100.1" in bans.exempt
+    assert "192.0.2.1" not in trusted
+    with pytest.raises(ValueError, match="nonsense"):
+        trusted.reload(["203.0.113.0/24", "nonsense"])
+    assert "198.51.100.1" in trusted
+    assert "203.0.113.1" not in trusted
+
+
 def test_trusted_networks_refuse_nonsense() -> None:
     with pytest.raises(ValueError, match="nonsense"):
         TrustedNetworks(["nonsense"])
