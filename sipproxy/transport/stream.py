@@ -67,6 +67,10 @@ class SIPStreamProtocol(Protocol):
         self.on_connected: Callable[[], None] | None = None
         #: counted against the per-source connection limit (inbound only)
         self.counted = False
+        #: a connection a client opened to us (buildProtocol), not one we opened
+        self.inbound = False
+        #: inbound TLS: the handshake has its deadline too (see connectionMade)
+        self._awaiting_handshake = False
         #: TLS: called once the handshake succeeded (outbound connections wait)
         self.on_handshake: Callable[[], None] | None = None
         #: called with the reason when the connection goes (outbound TLS)
@@ -90,11 +94,23 @@ class SIPStreamProtocol(Protocol):
         self._idle = self._factory.clock.callLater(
             self._factory.idle_timeout, self._timed_out
         )
+        if self.inbound and name == "tls":
+            # A TLS handshake trickled a byte at a time holds a connection as
+            # well as a trickled message does: it gets the same deadline.
+            self._awaiting_handshake = True
+            self._deadline = self._factory.clock.callLater(
+                self._factory.message_timeout, self._too_slow
+            )
         if self.on_connected is not None:
             self.on_connected()
 
     def handshakeCompleted(self) -> None:  # noqa: N802 - Twisted's name
         """TLS is up (called by Twisted's TLS wrapper only)."""
+        if self._awaiting_handshake:
+            self._awaiting_handshake = False
+            if self._deadline is not None and self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
         self.secure = True
         if self.on_handshake is not None:
             self.on_handshake()
@@ -140,8 +156,9 @@ class SIPStreamProtocol(Protocol):
     def _too_slow(self) -> None:
         self._deadline = None
         self.log.info(
-            "closing {transport} connection from {host}:{port}: a message not "
+            "closing {transport} connection from {host}:{port}: {what} not "
             "finished within {seconds} s",
+            what="the TLS handshake" if self._awaiting_handshake else "a message",
             transport=self.peer.transport,
             host=self.peer.host,
             port=self.peer.port,
@@ -261,6 +278,7 @@ class SIPStreamFactory(Factory):
             return None
         protocol = SIPStreamProtocol(self)
         protocol.counted = limit is not None
+        protocol.inbound = True
         return protocol
 
     def _refused(self, host: str, limit: ConnectionLimiter) -> None:

@@ -222,3 +222,44 @@ def test_connections_beyond_the_total_cap_are_refused_with_one_log_line() -> Non
     assert len(texts) == 2, texts
     assert "max-connections" in texts[0]
     assert texts[1].startswith("refused 50 tcp connection(s)")
+
+
+def tls_connection() -> tuple[SIPStreamProtocol, StringTransport, Clock]:
+    clock = Clock()
+    factory = SIPStreamFactory(
+        Recorder(), clock, transport_name="tls", message_timeout=5
+    )
+    protocol = factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 40000))
+    assert protocol is not None
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 40000))
+    protocol.makeConnection(transport)
+    return protocol, transport, clock
+
+
+def test_a_tls_handshake_not_finished_in_time_closes_the_connection() -> None:
+    """A handshake trickled byte by byte gets the message deadline too."""
+    _, transport, clock = tls_connection()
+    clock.advance(4.9)
+    assert not transport.disconnecting
+    clock.advance(0.1)
+    assert transport.disconnecting
+
+
+def test_a_finished_tls_handshake_clears_its_deadline() -> None:
+    protocol, transport, clock = tls_connection()
+    clock.advance(4)
+    protocol.handshakeCompleted()
+    clock.advance(20)
+    assert not transport.disconnecting
+    assert protocol.secure
+
+
+def test_our_own_tls_connections_have_no_handshake_deadline() -> None:
+    """Outbound handshakes are bounded by the sender's own timers."""
+    clock = Clock()
+    factory = SIPStreamFactory(Recorder(), clock, transport_name="tls")
+    protocol = factory.build_outbound()
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 5061))
+    protocol.makeConnection(transport)
+    clock.advance(60)
+    assert not transport.disconnecting
