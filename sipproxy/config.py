@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sipproxy.guard import TrustedNetworks
+
 if TYPE_CHECKING:
     from sipproxy.proxy.pbx import Office
 
@@ -225,6 +227,12 @@ class Config:
     max_message_size: int = 65536
     #: a TCP/TLS connection with no traffic (not even a CRLF keepalive) is closed
     tcp_idle_timeout: float = 600.0
+    #: inbound TCP/TLS connections open at once, from all sources; beyond it new
+    #: ones are closed at once (the per-source cap is ConnectionLimiter's)
+    max_connections: int = 10_000
+    #: seconds a TCP/TLS client has to finish a message (header section and body)
+    #: once it has sent its first byte; a slow sender (slowloris) is disconnected
+    message_timeout: float = 10.0
     #: registration lifetimes, seconds (RFC 3261 §10.2.1.1, §10.3 step 7)
     default_expires: int = 3600
     min_expires: int = 60
@@ -245,7 +253,8 @@ class Config:
     rate_limit: float = 100.0
     #: requests a source may send at once before the rate applies
     rate_burst: float = 600.0
-    #: addresses never rate limited or banned (an SBC, a monitoring host)
+    #: networks (or single addresses) never rate limited or banned, as written;
+    #: :meth:`trusted_networks` is the membership test built from them
     trusted: tuple[str, ...] = ()
     #: internal networks (loopback, private...) a request may name as its target
     allow_destination: tuple[str, ...] = ()
@@ -275,6 +284,14 @@ class Config:
     #: process of a cluster, so each understands the others' Record-Routes
     secret_file: str | None = None
 
+    def trusted_networks(self) -> TrustedNetworks:
+        """``trusted`` as one membership test: ``ip in config.trusted_networks()``.
+
+        Build it once and keep it (each call parses the entries again); every
+        place that treats a source as trusted asks the same object.
+        """
+        return TrustedNetworks(self.trusted)
+
 
 #: Shortest admin token accepted: 16 characters is 96 bits as base64.
 MIN_TOKEN_LENGTH = 16
@@ -289,6 +306,8 @@ _KEYS: dict[str, str] = {
     "dns": "dns",
     "max-message-size": "size",
     "tcp-idle-timeout": "seconds",
+    "max-connections": "count",
+    "message-timeout": "seconds",
     "default-expires": "count",
     "min-expires": "count",
     "max-expires": "count",
@@ -300,7 +319,7 @@ _KEYS: dict[str, str] = {
     "nonce-lifetime": "seconds",
     "rate-limit": "rate",
     "rate-burst": "seconds",
-    "trusted": "addresses",
+    "trusted": "networks",
     "allow-destination": "networks",
     "tls-verify": "yesno",
     "tls-ca": "path",
@@ -407,21 +426,15 @@ def _coerce(key: str, value: Any) -> Any:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key} = {value!r}: expected a file name")
         return value
-    if kind == "addresses":
-        addresses = _as_list(key, value)
-        for address in addresses:
-            try:
-                ipaddress.ip_address(address)
-            except ValueError:
-                raise ConfigError(f"{key} = {address!r}: not an IP address") from None
-        return tuple(addresses)
     if kind == "networks":
         networks = _as_list(key, value)
-        for network in networks:
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                raise ConfigError(f"{key} = {network!r}: not a network") from None
+        try:
+            TrustedNetworks(networks)
+        except ValueError:
+            bad = next(n for n in networks if not _is_network(n))
+            raise ConfigError(
+                f"{key} = {bad!r}: not an IP address or network (e.g. 192.0.2.0/24)"
+            ) from None
         return tuple(networks)
     if kind == "rate":
         try:
@@ -465,8 +478,10 @@ def _coerce(key: str, value: Any) -> Any:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key} = {value!r}: expected a non-empty string")
         if not value.startswith(("memory:", "sqlite:", "redis://")):
+            # Never echo a password (rediss://:SECRET@...): errors end up in logs.
+            shown = value.rpartition("@")[2] if "@" in value else value
             raise ConfigError(
-                f"location = {value!r}: use memory:, sqlite:PATH or redis://HOST:PORT/DB"
+                f"location = {shown!r}: use memory:, sqlite:PATH or redis://HOST:PORT/DB"
             )
         return value
     number = value
@@ -645,6 +660,14 @@ def _dialplan(value: Any) -> tuple[DialRule, ...]:
             raise ConfigError(f"{where}: to {to!r} must be a sip:, sips: or tel: URI")
         rules.append(DialRule(pattern, to, whole_uri="match-uri" in table))
     return tuple(rules)
+
+
+def _is_network(text: str) -> bool:
+    try:
+        TrustedNetworks([text])
+    except ValueError:
+        return False
+    return True
 
 
 def _is_host(text: str) -> bool:

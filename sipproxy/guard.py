@@ -15,8 +15,17 @@ Theory of operation:
   :meth:`BanList.succeeded` when they are right; the transports drop every message
   from an address for which :meth:`BanList.is_banned` is True. :func:`ban_line` is
   the one log line a ban produces; ``etc/fail2ban/filter.d/sipproxy.conf`` matches it.
-- :class:`ConnectionLimiter` counts open TCP/TLS connections per source IP; the stream
-  factory refuses a connection beyond the limit.
+- :class:`ConnectionLimiter` counts open TCP/TLS connections per source IP and in
+  total; the stream factory refuses a connection beyond either limit.
+- :class:`TrustedNetworks` is the operator's ``--trusted`` list: one membership test,
+  ``ip in trusted``, for everything that treats a source as trusted (never rate
+  limited or banned; allowed to assert identities, RFC 3325).
+
+A "source" is an IPv4 address, or the /64 network of an IPv6 address
+(:func:`source_key`): one IPv6 subscriber gets a /64 or more and can send from any of
+its 2**64 addresses, so counting per /128 would give each of them fresh tokens and
+fresh guesses. An IPv4-mapped IPv6 address (``::ffff:192.0.2.7``, a dual-stack socket)
+is its IPv4 address.
 
 Every table is bounded by ``max_sources`` entries, so a flood from spoofed or rotating
 addresses costs a fixed amount of memory. Each table evicts in least-recently-used order
@@ -29,14 +38,114 @@ rate limited, never banned and never refused a connection (see each class).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
-__all__ = ["BanList", "ConnectionLimiter", "RateLimiter", "ban_line"]
+__all__ = [
+    "BanList",
+    "ConnectionLimiter",
+    "RateLimiter",
+    "TrustedNetworks",
+    "ban_line",
+    "source_key",
+]
 
 _EPSILON = 1e-9
+
+#: IPv6 sources are grouped by this prefix (a subscriber's smallest allocation).
+IPV6_SOURCE_PREFIX = 64
+
+_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@functools.lru_cache(maxsize=8192)
+def _address(text: str) -> _IPAddress | None:
+    """``text`` (brackets allowed) as an address, IPv4-mapped IPv6 as IPv4."""
+    try:
+        address = ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def source_key(source_ip: str) -> str:
+    """The key a source is counted under: the IPv4 address, or an IPv6 /64.
+
+    ``"192.0.2.7"`` stays as it is; ``"2001:db8::1"`` and ``"2001:db8::2"`` both
+    give ``"2001:db8::/64"``; ``"::ffff:192.0.2.7"`` gives ``"192.0.2.7"``. Text
+    that is no address (a test's host name) is its own key. O(1) for IPv4; IPv6
+    parses are cached.
+    """
+    if ":" not in source_ip:
+        return source_ip
+    return _ipv6_key(source_ip)
+
+
+@functools.lru_cache(maxsize=8192)
+def _ipv6_key(source_ip: str) -> str:
+    address = _address(source_ip)
+    if address is None:
+        return source_ip
+    if isinstance(address, ipaddress.IPv4Address):
+        return str(address)
+    network = ipaddress.IPv6Network((address, IPV6_SOURCE_PREFIX), strict=False)
+    return str(network)
+
+
+class TrustedNetworks:
+    """The operator's trusted networks (``--trusted``): a membership test.
+
+    ``"192.0.2.7" in trusted`` is True when the address lies in one of the
+    networks; entries are networks or single addresses (``198.51.100.0/24``,
+    ``192.0.2.7``, ``2001:db8::/48``), host bits ignored. An IPv4-mapped IPv6 source
+    matches its IPv4 network; text that is no address is never trusted.
+
+    :param entries: the ``--trusted`` values as written.
+    :raises ValueError: for an entry that is no address or network.
+    """
+
+    __slots__ = ("_networks",)
+
+    def __init__(self, entries: Iterable[str] = ()) -> None:
+        self._networks = tuple(
+            ipaddress.ip_network(entry.strip("[]"), strict=False) for entry in entries
+        )
+
+    def reload(self, entries: Iterable[str]) -> None:
+        """Trust ``entries`` from now on (a configuration reload).
+
+        The object stays the same, so everything holding it (the transports, the
+        ban list, the core) sees the new networks at once.
+
+        :raises ValueError: for an entry that is no address or network; then
+            nothing changes.
+        """
+        self._networks = TrustedNetworks(entries)._networks
+
+    def __contains__(self, ip: object) -> bool:
+        """Whether ``ip`` (an address string, brackets allowed) is trusted."""
+        if not self._networks or not isinstance(ip, str):
+            return False
+        address = _address(ip)
+        return address is not None and any(
+            address in network for network in self._networks
+        )
+
+    def __bool__(self) -> bool:
+        """Whether any network is trusted at all."""
+        return bool(self._networks)
+
+    def __iter__(self) -> Iterator[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """The networks, in the order given."""
+        return iter(self._networks)
+
+    def __repr__(self) -> str:
+        return f"TrustedNetworks({[str(n) for n in self._networks]!r})"
 
 
 class _Bucket:
@@ -50,7 +159,9 @@ class _Bucket:
 
 
 class RateLimiter:
-    """A token bucket per source IP address: at most ``rate`` requests a second.
+    """A token bucket per source: at most ``rate`` requests a second.
+
+    A source is an IPv4 address or an IPv6 /64 (:func:`source_key`).
 
     Each source starts with ``burst`` tokens; every request spends one, and tokens come
     back at ``rate`` per second up to ``burst``. A request that finds no whole token is
@@ -106,12 +217,13 @@ class RateLimiter:
         :param source_ip: the address the request came from (the IP only, no port).
         :param now: the current time in seconds.
         """
-        bucket = self._buckets.get(source_ip)
+        key = source_key(source_ip)
+        bucket = self._buckets.get(key)
         if bucket is None:
             self._make_room()
-            bucket = self._buckets[source_ip] = _Bucket(self.burst, now)
+            bucket = self._buckets[key] = _Bucket(self.burst, now)
         else:
-            self._buckets.move_to_end(source_ip)
+            self._buckets.move_to_end(key)
             # A clock that steps back refills nothing, and takes nothing away.
             elapsed = max(0.0, now - bucket.updated_at)
             bucket.tokens = min(self.burst, bucket.tokens + elapsed * self.rate)
@@ -214,7 +326,14 @@ class BanList:
     :param window: the sliding window, in seconds.
     :param ban_time: how long a ban lasts, in seconds.
     :param max_sources: the most addresses remembered in each table.
-    :param exempt: addresses or networks ("192.0.2.7", "198.51.100.0/24") never banned.
+    :param exempt: addresses or networks ("192.0.2.7", "198.51.100.0/24") never
+        banned, or a :class:`TrustedNetworks`.
+
+    Sources are counted and banned by :func:`source_key`: an IPv6 ban covers the
+    whole /64. The ban line (:func:`ban_line`) and :meth:`bans` name the address
+    whose failure completed the count, so fail2ban's ``<HOST>`` still matches and
+    the admin API lists addresses; :meth:`lift` takes any address of the /64, or
+    the network (``2001:db8::/64``).
     """
 
     def __init__(
@@ -224,7 +343,7 @@ class BanList:
         ban_time: float = 600.0,
         *,
         max_sources: int = 100_000,
-        exempt: Iterable[str] = (),
+        exempt: Iterable[str] | TrustedNetworks = (),
     ) -> None:
         if max_failures < 1:
             raise ValueError(f"max_failures must be at least 1, not {max_failures}")
@@ -236,10 +355,13 @@ class BanList:
         self.window = window
         self.ban_time = ban_time
         self.max_sources = max_sources
-        self.exempt = tuple(ipaddress.ip_network(net, strict=False) for net in exempt)
+        self.exempt = (
+            exempt if isinstance(exempt, TrustedNetworks) else TrustedNetworks(exempt)
+        )
         self._failures: OrderedDict[str, _Failures] = OrderedDict()
-        #: source -> the moment its ban ends; in order of banning, so soonest end first
-        self._bans: OrderedDict[str, float] = OrderedDict()
+        #: source -> (the moment its ban ends, the address that earned it); in order
+        #: of banning, so soonest end first
+        self._bans: OrderedDict[str, tuple[float, str]] = OrderedDict()
 
     def __len__(self) -> int:
         """The number of addresses remembered, with failures or banned."""
@@ -256,15 +378,16 @@ class BanList:
         :param user: the user name the credentials claimed, if known; lets a later
             success of the same user forgive this failure.
         """
-        if self.is_banned(source_ip, now) or self._is_exempt(source_ip):
+        if self.is_banned(source_ip, now) or source_ip in self.exempt:
             return False
-        record = self._failures.get(source_ip)
+        key = source_key(source_ip)
+        record = self._failures.get(key)
         if record is None:
             if len(self._failures) >= self.max_sources:
                 self._failures.popitem(last=False)
-            record = self._failures[source_ip] = _Failures()
+            record = self._failures[key] = _Failures()
         else:
-            self._failures.move_to_end(source_ip)
+            self._failures.move_to_end(key)
         record.append(now, _user_key(user))
         since = now - self.window
         # At most max_failures entries are kept, so this is O(max_failures) at worst.
@@ -273,8 +396,8 @@ class BanList:
             record.drop_oldest()
         if len(record.moments) < self.max_failures:
             return False
-        del self._failures[source_ip]
-        self._ban(source_ip, now + self.ban_time, now)
+        del self._failures[key]
+        self._ban(key, source_ip, now + self.ban_time, now)
         return True
 
     def succeeded(self, source_ip: str, now: float, *, user: str | None = None) -> None:
@@ -287,110 +410,138 @@ class BanList:
         :param now: the current time in seconds.
         :param user: the user name that authenticated.
         """
-        record = self._failures.get(source_ip)
+        key = source_key(source_ip)
+        record = self._failures.get(key)
         if record is None or user is None:
             return
         record.forgive(_user_key(user), now - self.window)
         if not record.moments:
-            del self._failures[source_ip]
+            del self._failures[key]
 
     def is_banned(self, source_ip: str, now: float) -> bool:
         """True while ``source_ip`` is banned: drop what it sends, answer nothing.
 
         O(1); an ended ban is forgotten on the way.
         """
-        until = self._bans.get(source_ip)
-        if until is None:
+        key = source_key(source_ip)
+        ban = self._bans.get(key)
+        if ban is None:
             return False
-        if until > now:
+        if ban[0] > now:
             return True
-        del self._bans[source_ip]
+        del self._bans[key]
         return False
 
     def bans(self, now: float) -> list[tuple[str, float]]:
-        """The bans in force at ``now``: (address, when it ends), soonest first."""
+        """The bans in force at ``now``: (address, when it ends), soonest first.
+
+        The address is the one whose failure completed the count; for IPv6 the
+        ban covers its whole /64.
+        """
         self._expire(now)
         return sorted(
-            ((ip, until) for ip, until in self._bans.items() if until > now),
+            ((ip, until) for until, ip in self._bans.values() if until > now),
             key=lambda ban: ban[1],
         )
 
     def lift(self, source_ip: str) -> bool:
-        """End the ban of ``source_ip`` and forget its failures; False if not banned."""
-        self._failures.pop(source_ip, None)
-        return self._bans.pop(source_ip, None) is not None
+        """End the ban of ``source_ip`` and forget its failures; False if not banned.
 
-    def _ban(self, source_ip: str, until: float, now: float) -> None:
+        ``source_ip`` is an address (its /64 for IPv6) or an IPv6 /64 network.
+        """
+        key = source_ip if "/" in source_ip else source_key(source_ip)
+        self._failures.pop(key, None)
+        return self._bans.pop(key, None) is not None
+
+    def _ban(self, key: str, source_ip: str, until: float, now: float) -> None:
         self._expire(now)
         if len(self._bans) >= self.max_sources:
             self._bans.popitem(last=False)
-        self._bans[source_ip] = until
+        self._bans[key] = (until, source_ip)
 
     def _expire(self, now: float) -> None:
         # Bans all last ban_time, so they end in the order they began: ended bans are
         # at the front. Amortised O(1) per ban.
         while self._bans:
-            ip, until = next(iter(self._bans.items()))
+            key, (until, _) = next(iter(self._bans.items()))
             if until > now:
                 return
-            del self._bans[ip]
-
-    def _is_exempt(self, source_ip: str) -> bool:
-        if not self.exempt:
-            return False
-        try:
-            address = ipaddress.ip_address(source_ip)
-        except ValueError:
-            return False
-        return any(address in network for network in self.exempt)
+            del self._bans[key]
 
 
 class ConnectionLimiter:
-    """At most ``max_per_source`` open TCP/TLS connections from one source address.
+    """At most ``max_per_source`` TCP/TLS connections per source, ``max_total`` in all.
 
-    The default is 500, not less: every phone of an office behind one NAT address keeps
-    its own connection, so 200 phones hold 200 connections from one address; and after
-    an outage that changed the NAT's mappings, the 200 old connections stay open on our
-    side until they time out while the phones open 200 new ones. 400, plus margin.
-    A single scanner holding connections open is stopped well before it can exhaust
-    the server's file descriptors (raise ``LimitNOFILE`` accordingly).
+    The per-source default is 500, not less: every phone of an office behind one NAT
+    address keeps its own connection, so 200 phones hold 200 connections from one
+    address; and after an outage that changed the NAT's mappings, the 200 old
+    connections stay open on our side until they time out while the phones open 200
+    new ones. 400, plus margin. A single scanner holding connections open is stopped
+    well before it can exhaust the server's file descriptors.
+
+    The total cap (default 10,000) stops many sources together: past it, every new
+    connection is refused, so the process keeps descriptors for its UDP sockets,
+    the store and the connections it has (raise ``LimitNOFILE`` above it).
 
     Call :meth:`opened` for each accepted connection and :meth:`closed` exactly once
     for each connection that :meth:`opened` allowed. Memory is bounded by the number of
-    open connections.
+    open connections. Sources are keyed by :func:`source_key` (IPv6 by /64).
 
-    :param max_per_source: the most connections one address may hold (>= 1).
+    :param max_per_source: the most connections one source may hold (>= 1).
+    :param max_total: the most inbound connections open at once (>= 1).
     """
 
-    def __init__(self, max_per_source: int = 500) -> None:
+    def __init__(self, max_per_source: int = 500, max_total: int = 10_000) -> None:
         if max_per_source < 1:
             raise ValueError(f"max_per_source must be at least 1, not {max_per_source}")
+        if max_total < 1:
+            raise ValueError(f"max_total must be at least 1, not {max_total}")
         self.max_per_source = max_per_source
+        self.max_total = max_total
         self._open: dict[str, int] = {}
+        self._total = 0
 
     def __len__(self) -> int:
-        """The number of addresses with open connections."""
+        """The number of sources with open connections."""
         return len(self._open)
 
+    @property
+    def total(self) -> int:
+        """The inbound connections open now, from every source."""
+        return self._total
+
+    @property
+    def full(self) -> bool:
+        """Whether the total cap is reached: every new connection is refused."""
+        return self._total >= self.max_total
+
     def count(self, source_ip: str) -> int:
-        """The connections ``source_ip`` holds open."""
-        return self._open.get(source_ip, 0)
+        """The connections ``source_ip``'s source holds open."""
+        return self._open.get(source_key(source_ip), 0)
 
     def opened(self, source_ip: str) -> bool:
         """Count a new connection from ``source_ip``; False: refuse it (not counted)."""
-        current = self._open.get(source_ip, 0)
+        if self._total >= self.max_total:
+            return False
+        key = source_key(source_ip)
+        current = self._open.get(key, 0)
         if current >= self.max_per_source:
             return False
-        self._open[source_ip] = current + 1
+        self._open[key] = current + 1
+        self._total += 1
         return True
 
     def closed(self, source_ip: str) -> None:
         """Count one connection from ``source_ip`` as closed; unknown addresses pass."""
-        current = self._open.get(source_ip, 0)
-        if current <= 1:
-            self._open.pop(source_ip, None)
+        key = source_key(source_ip)
+        current = self._open.get(key, 0)
+        if current == 0:
+            return
+        self._total -= 1
+        if current == 1:
+            del self._open[key]
         else:
-            self._open[source_ip] = current - 1
+            self._open[key] = current - 1
 
 
 def ban_line(ip: str, failures: int, ban_time: float) -> str:

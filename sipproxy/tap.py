@@ -38,12 +38,12 @@ from sipproxy.config import (
     read_toml,
 )
 from sipproxy.digest import Authenticator
-from sipproxy.guard import BanList, ConnectionLimiter, RateLimiter
+from sipproxy.guard import BanList, ConnectionLimiter, RateLimiter, TrustedNetworks
 from sipproxy.htdigest import load_users
-from sipproxy.location import location_from_spec
-from sipproxy.logs import use_json_logs
+from sipproxy.location import location_from_spec, redacted_spec, redacted_text
+from sipproxy.logs import use_json_logs, use_text_logs
 from sipproxy.metrics import Metrics, Snapshot
-from sipproxy.proxy.core import Networks, Proxy, ProxySettings
+from sipproxy.proxy.core import Proxy, ProxySettings
 from sipproxy.proxy.pbx import Office, OfficePreferences
 from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.resolver import make_resolver
@@ -78,6 +78,20 @@ class Options(usage.Options):
             None,
             None,
             "Seconds after which a silent TCP connection is closed (default 600).",
+        ],
+        [
+            "max-connections",
+            None,
+            None,
+            "Inbound TCP/TLS connections open at once, all sources together; "
+            "beyond it new ones are closed at once (default 10000).",
+        ],
+        [
+            "message-timeout",
+            None,
+            None,
+            "Seconds a TCP/TLS client has to finish a message (headers and body) "
+            "once it started sending it; then it is disconnected (default 10).",
         ],
         [
             "location",
@@ -191,7 +205,7 @@ class Options(usage.Options):
         self["alias"].append(value)
 
     def opt_trusted(self, value: str) -> None:
-        """Address never rate limited or banned, e.g. an SBC (repeatable)."""
+        """Network or address never rate limited or banned, e.g. an SBC (repeatable)."""
         self["trusted"].append(value)
 
     def opt_allow_destination(self, value: str) -> None:
@@ -230,6 +244,8 @@ class Options(usage.Options):
                 "dns",
                 "max-message-size",
                 "tcp-idle-timeout",
+                "max-connections",
+                "message-timeout",
                 "location",
                 "default-expires",
                 "min-expires",
@@ -273,13 +289,16 @@ class Options(usage.Options):
             raise usage.UsageError(str(error)) from None
         parent = getattr(self, "parent", None)
         # twistd picks its log observer from its own --logger option, after this
-        # method and before makeService.
+        # method and before makeService. Text lines go through our observer too:
+        # twistd's own raises on bytes that are not UTF-8 and is then disabled
+        # (sipproxy.logs), unless the operator chose --logger or --syslog.
         if (
-            self.config.log_format == "json"
-            and parent is not None
+            parent is not None
             and parent.get("logger") is None
+            and not parent.get("syslog")
         ):
-            parent["logger"] = use_json_logs(
+            use = use_json_logs if self.config.log_format == "json" else use_text_logs
+            parent["logger"] = use(
                 parent.get("logfile"), nodaemon=bool(parent.get("nodaemon"))
             )
 
@@ -349,8 +368,12 @@ class SIPServerService(MultiService):
             if config.rate_limit
             else None
         )
-        self.bans = BanList(exempt=config.trusted)
-        self.connection_limit = ConnectionLimiter()
+        #: the --trusted networks: the one membership test ("ip in self.trusted")
+        #: for everything that treats a source as trusted; one object for the
+        #: process's life, reloaded in place (hand it out, don't copy it)
+        self.trusted = config.trusted_networks()
+        self.bans = BanList(exempt=self.trusted)
+        self.connection_limit = ConnectionLimiter(max_total=config.max_connections)
         self.authenticator: Authenticator | None = None
         if config.users is not None:
             self.authenticator = Authenticator(
@@ -373,8 +396,8 @@ class SIPServerService(MultiService):
                 forking=config.forking,
                 dialplan=config.dialplan,
                 outbound_proxy=config.outbound_proxy,
-                trusted=_networks(config.trusted),
-                allowed_destinations=_networks(config.allow_destination),
+                trusted=self.trusted,
+                allowed_destinations=TrustedNetworks(config.allow_destination),
             ),
             clock=reactor,
             transports=self.transports,
@@ -434,6 +457,7 @@ class SIPServerService(MultiService):
                 self._reactor,
                 transport_name=spec.transport,
                 idle_timeout=self.config.tcp_idle_timeout,
+                message_timeout=self.config.message_timeout,
                 max_message_size=self.config.max_message_size,
             ),
         )
@@ -535,7 +559,7 @@ class SIPServerService(MultiService):
 
     def _admit(self, source_ip: str) -> bool:
         """Banned sources are ignored; one flooding source loses only its excess."""
-        if source_ip in self.config.trusted:
+        if source_ip in self.trusted:
             return True
         now = self._reactor.seconds()
         if self.bans.is_banned(source_ip, now):
@@ -701,8 +725,7 @@ class SIPServerService(MultiService):
             forking=config.forking,
             dialplan=config.dialplan,
             outbound_proxy=config.outbound_proxy,
-            trusted=_networks(config.trusted),
-            allowed_destinations=_networks(config.allow_destination),
+            allowed_destinations=TrustedNetworks(config.allow_destination),
         )
         self.registrar.reconfigure(
             default_expires=config.default_expires,
@@ -719,9 +742,7 @@ class SIPServerService(MultiService):
             self.rate_limiter.rate = config.rate_limit
             self.rate_limiter.burst = config.rate_burst
             self.rate_limiter.refill_time = config.rate_burst / config.rate_limit
-        self.bans.exempt = tuple(
-            ipaddress.ip_network(net, strict=False) for net in config.trusted
-        )
+        self.trusted.reload(config.trusted)  # the same object everywhere
         if self.authenticator is not None:
             self.authenticator.nonce_lifetime = config.nonce_lifetime
 
@@ -771,14 +792,14 @@ class SIPServerService(MultiService):
             version=__version__,
             domains=", ".join(self.config.domains),
             where=where,
-            location=self.config.location,
+            location=_redacted(self.config.location),
         )
 
     def _cannot_open(self, failure: Failure) -> None:
         self.log.critical(
             "sipproxy: error: cannot open location {location}: {why}",
-            location=self.config.location,
-            why=failure.getErrorMessage(),
+            location=_redacted(self.config.location),
+            why=redacted_text(failure.getErrorMessage(), self.config.location),
         )
         # Serving without a place to keep registrations would answer 500 to
         # every phone; stop, and exit non-zero so systemd or the operator sees it.
@@ -866,7 +887,7 @@ _RELOADABLE = (
 _RESTART_ONLY = (
     "domains", "aliases", "listen", "location", "dns", "max_message_size",
     "tcp_idle_timeout", "admin", "admin_token", "admin_token_file", "log_format",
-    "reuse_port", "advertise", "secret_file",
+    "reuse_port", "advertise", "secret_file", "max_connections", "message_timeout",
 )  # fmt: skip
 
 
@@ -877,16 +898,9 @@ def _is_loopback(spec: ListenSpec) -> bool:
         return False  # no interface (all of them) or a name
 
 
-def _networks(texts: tuple[str, ...]) -> Networks:
-    return tuple(ipaddress.ip_network(text, strict=False) for text in texts)
-
-
 def _redacted(location: str) -> str:
     """A location spec without its password (redis://:SECRET@host)."""
-    scheme, sep, rest = location.partition("://")
-    if sep and "@" in rest:
-        return f"{scheme}://***@{rest.rpartition('@')[2]}"
-    return location
+    return redacted_spec(location)
 
 
 def _listen_shared(reactor: Any, spec: ListenSpec, receiver: Any) -> IListeningPort:

@@ -243,3 +243,60 @@ def test_secret_file_is_checked_before_anything_listens(tmp_path: Path) -> None:
     assert options.config is not None
     assert options.config.reuse_port is True
     assert options.config.secret_file == str(good)
+
+
+def test_trusted_takes_networks_and_single_addresses() -> None:
+    """--trusted: networks (host bits ignored) or addresses; one membership test."""
+    config = build_config(
+        {"trusted": ["198.51.100.0/24", "192.0.2.7", "2001:db8::/48", "[::1]"]}, {}
+    )
+    assert config.trusted == ("198.51.100.0/24", "192.0.2.7", "2001:db8::/48", "[::1]")
+    trusted = config.trusted_networks()
+    assert "198.51.100.9" in trusted
+    assert "192.0.2.7" in trusted
+    assert "192.0.2.8" not in trusted
+    assert "2001:db8:0:1::5" in trusted
+    assert "::1" in trusted
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"trusted": ["sbc.example.com"]}, "trusted = 'sbc.example.com': not an IP"),
+        ({"trusted": ["192.0.2.0/33"]}, "trusted = '192.0.2.0/33'"),
+        ({"max-connections": 0}, "max-connections = 0: expected a positive"),
+        ({"max-connections": 2.5}, "max-connections = 2.5: expected a whole"),
+        ({"message-timeout": "soon"}, "message-timeout = 'soon': not a number"),
+        ({"message-timeout": -1}, "message-timeout = -1: expected a positive"),
+    ],
+)
+def test_bad_edge_values_name_key_and_value(
+    values: dict[str, object], message: str
+) -> None:
+    """Each is one line naming the key and the value (issue 13 options)."""
+    with pytest.raises(ConfigError, match=message) as info:
+        build_config(values, {})
+    assert "\n" not in str(info.value)
+
+
+def test_connection_cap_and_message_timeout_from_file_and_command_line() -> None:
+    from sipproxy.tap import Options
+
+    config = build_config({}, {})
+    assert (config.max_connections, config.message_timeout) == (10_000, 10.0)
+    config = build_config({"max-connections": 50, "message-timeout": 2.5}, {})
+    assert (config.max_connections, config.message_timeout) == (50, 2.5)
+    options = Options()
+    options.parseOptions(
+        ["--max-connections", "20", "--message-timeout", "1", "--trusted", "10.0.0.0/8"]
+    )
+    assert options.config is not None
+    assert options.config.max_connections == 20
+    assert options.config.message_timeout == 1.0
+    assert "10.1.2.3" in options.config.trusted_networks()
+
+
+def test_a_location_error_never_shows_a_password() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({"location": "rediss://:secretpw@127.0.0.1/0"}, {})
+    assert "secretpw" not in str(info.value)

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from sipproxy.guard import BanList, ConnectionLimiter, RateLimiter, ban_line
+from sipproxy.guard import (
+    BanList,
+    ConnectionLimiter,
+    RateLimiter,
+    TrustedNetworks,
+    ban_line,
+    source_key,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 FILTER = ROOT / "etc" / "fail2ban" / "filter.d" / "sipproxy.conf"
@@ -339,6 +346,163 @@ def test_an_office_reconnecting_after_an_outage_is_not_refused() -> None:
 def test_connection_limiter_refuses_nonsense() -> None:
     with pytest.raises(ValueError, match="must be"):
         ConnectionLimiter(0)
+
+
+def test_the_total_cap_refuses_every_source_once_reached() -> None:
+    """Issue 13: many sources together cannot hold more than max_total open."""
+    limits = ConnectionLimiter(max_per_source=2, max_total=3)
+    assert limits.opened("192.0.2.1")
+    assert limits.opened("192.0.2.2")
+    assert limits.opened("192.0.2.3")
+    assert limits.full
+    assert not limits.opened("192.0.2.4")
+    assert limits.total == 3
+    limits.closed("192.0.2.1")
+    assert not limits.full
+    assert limits.opened("192.0.2.4")
+
+
+def test_an_unknown_close_does_not_lower_the_total() -> None:
+    limits = ConnectionLimiter(max_total=1)
+    limits.opened(ATTACKER)
+    limits.closed(OFFICE)
+    assert limits.total == 1
+    assert not limits.opened(OFFICE)
+
+
+def test_connection_limiter_refuses_a_zero_total() -> None:
+    with pytest.raises(ValueError, match="max_total"):
+        ConnectionLimiter(max_total=0)
+
+
+# IPv6 sources by /64, trusted networks
+
+
+@pytest.mark.parametrize(
+    ("source", "key"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("[2001:db8:1:2::9]", "2001:db8:1:2::/64"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("not-an-address", "not-an-address"),
+    ],
+)
+def test_source_key_groups_ipv6_by_64(source: str, key: str) -> None:
+    """One IPv6 subscriber (a /64) is one source; IPv4 stays per address."""
+    assert source_key(source) == key
+
+
+def test_two_addresses_of_one_64_share_a_bucket() -> None:
+    """Issue 13: rotating through a /64 earns no fresh tokens."""
+    limiter = RateLimiter(rate=1, burst=10)
+    assert allowed(limiter, "2001:db8::1", 6, now=0) == 6
+    assert allowed(limiter, "2001:db8::ffff:2", 6, now=0) == 4
+    assert allowed(limiter, "2001:db8:0:1::1", 6, now=0) == 6  # another /64
+
+
+def test_two_ipv4_addresses_do_not_share_a_bucket() -> None:
+    limiter = RateLimiter(rate=1, burst=2)
+    assert allowed(limiter, "192.0.2.1", 3, now=0) == 2
+    assert allowed(limiter, "192.0.2.2", 3, now=0) == 2
+
+
+def test_failures_from_one_64_ban_the_whole_64() -> None:
+    """Issue 13: guesses spread over a /64 add up, and the ban covers it all."""
+    bans = BanList(max_failures=4)
+    results = [bans.failed(f"2001:db8::{i}", float(i)) for i in range(1, 5)]
+    assert results == [False, False, False, True]
+    assert bans.is_banned("2001:db8::abcd", 5.0)
+    assert not bans.is_banned("2001:db8:0:1::1", 5.0)
+    # Listed (and logged) by the address that completed the count.
+    assert bans.bans(5.0) == [("2001:db8::4", 604.0)]
+
+
+def test_failures_from_different_64s_do_not_add_up() -> None:
+    bans = BanList(max_failures=2)
+    assert not bans.failed("2001:db8::1", 0.0)
+    assert not bans.failed("2001:db8:0:1::1", 0.0)
+    assert not bans.is_banned("2001:db8::1", 1.0)
+
+
+def test_a_64_ban_is_lifted_by_any_of_its_addresses_or_its_name() -> None:
+    bans = BanList(max_failures=1)
+    bans.failed("2001:db8::1", 0.0)
+    assert bans.lift("2001:db8::77")
+    bans.failed("2001:db8::1", 0.0)
+    assert bans.lift("2001:db8::/64")
+    assert not bans.is_banned("2001:db8::1", 1.0)
+
+
+def test_a_success_forgives_across_the_64() -> None:
+    """The user's failures are counted per /64, so a success forgives them there."""
+    bans = BanList(max_failures=3)
+    bans.failed("2001:db8::1", 0.0, user="alice")
+    bans.failed("2001:db8::1", 1.0, user="alice")
+    bans.succeeded("2001:db8::2", 2.0, user="alice")
+    assert not bans.failed("2001:db8::3", 3.0, user="alice")
+    assert not bans.failed("2001:db8::3", 4.0, user="alice")
+
+
+def test_connections_from_one_64_count_together() -> None:
+    limits = ConnectionLimiter(max_per_source=2)
+    assert limits.opened("2001:db8::1")
+    assert limits.opened("2001:db8::2")
+    assert not limits.opened("2001:db8::3")
+    assert limits.opened("2001:db8:0:1::1")
+    limits.closed("2001:db8::1")
+    assert limits.count("2001:db8::3") == 1
+
+
+@pytest.mark.parametrize(
+    ("entries", "ip", "trusted"),
+    [
+        (["192.0.2.7"], "192.0.2.7", True),
+        (["192.0.2.7"], "192.0.2.8", False),
+        (["198.51.100.0/24"], "198.51.100.200", True),
+        (["198.51.100.9/24"], "198.51.100.200", True),  # host bits ignored
+        (["198.51.100.0/24"], "198.51.101.1", False),
+        (["198.51.100.0/24"], "::ffff:198.51.100.1", True),
+        (["2001:db8::/48"], "2001:db8:0:ffff::1", True),
+        (["2001:db8::/48"], "[2001:db8::1]", True),
+        (["2001:db8::1"], "2001:db8::2", False),
+        (["192.0.2.7"], "not-an-ip", False),
+        ([], "192.0.2.7", False),
+    ],
+)
+def test_trusted_networks_membership(
+    entries: list[str], ip: str, trusted: bool
+) -> None:
+    """--trusted entries are networks (a single address is a /32 or /128)."""
+    assert (ip in TrustedNetworks(entries)) is trusted
+
+
+def test_trusted_networks_reload_in_place() -> None:
+    """Whoever holds the object sees a reload; a bad entry changes nothing."""
+    trusted = TrustedNetworks(["192.0.2.0/24"])
+    bans = BanList(exempt=trusted)
+    trusted.reload(["198.51.100.0/24"])
+    assert "198.51.100.1" in bans.exempt
+    assert "192.0.2.1" not in trusted
+    with pytest.raises(ValueError, match="nonsense"):
+        trusted.reload(["203.0.113.0/24", "nonsense"])
+    assert "198.51.100.1" in trusted
+    assert "203.0.113.1" not in trusted
+
+
+def test_trusted_networks_refuse_nonsense() -> None:
+    with pytest.raises(ValueError, match="nonsense"):
+        TrustedNetworks(["nonsense"])
+
+
+def test_ban_list_takes_trusted_networks_as_exempt() -> None:
+    """One representation: the BanList exempts exactly what TrustedNetworks holds."""
+    trusted = TrustedNetworks(["203.0.113.0/24"])
+    bans = BanList(max_failures=1, exempt=trusted)
+    assert bans.exempt is trusted
+    assert not bans.failed(OFFICE, 0.0)
+    assert bans.failed(ATTACKER, 0.0)
 
 
 # The ban log line and the fail2ban filter

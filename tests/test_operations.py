@@ -16,7 +16,7 @@ from twisted.scripts._twistd_unix import ServerOptions
 
 from sipproxy import logs
 from sipproxy.config import ConfigError, ListenSpec, build_config, read_toml
-from sipproxy.logs import event_line, json_observer
+from sipproxy.logs import event_line, json_observer, text_observer
 from sipproxy.tap import Options, SIPServerService
 from sipproxy.testing import UDPMemoryReactor
 
@@ -186,9 +186,17 @@ def test_log_format_json_makes_twistd_use_our_observer(tmp_path: Path) -> None:
     logs._destination = None
 
 
-def test_text_format_leaves_twistd_alone() -> None:
+def test_text_format_uses_twistds_lines_made_printable() -> None:
+    """Issue 13: text lines go through an observer that cannot fail on bytes."""
     options = ServerOptions()
     options.parseOptions(["-n", "sipproxy"])
+    assert options["logger"] is text_observer
+    logs._destination = None
+
+
+def test_an_operators_logger_or_syslog_is_left_alone() -> None:
+    options = ServerOptions()
+    options.parseOptions(["-n", "--syslog", "sipproxy"])
     assert options["logger"] is None
 
 
@@ -302,7 +310,8 @@ def test_reload_applies_limits_and_dial_plan(tmp_path: Path, reactor: Any) -> No
     assert server.rate_limiter is limiter
     assert (limiter.rate, limiter.burst) == (5.0, 20.0)
     assert server._admit("192.0.2.50")
-    assert str(server.bans.exempt[0]) == "192.0.2.50/32"
+    assert [str(net) for net in server.bans.exempt] == ["192.0.2.50/32"]
+    assert server.bans.exempt is server.trusted
     texts = [formatEvent(e) for e in events]
     assert (
         "configuration reloaded; changed: dialplan, rate-limit, rate-burst, "

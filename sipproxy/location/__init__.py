@@ -230,7 +230,33 @@ _FORMS = "memory:, sqlite:PATH or redis://HOST:PORT/DB"
 
 
 def _bad_spec(spec: str, why: str) -> ValueError:
-    return ValueError(f"bad location spec {spec!r}: {why}")
+    return ValueError(
+        f"bad location spec {redacted_spec(spec)!r}: {redacted_text(why, spec)}"
+    )
+
+
+def redacted_spec(spec: str) -> str:
+    """A location spec without its password, fit for a log (redis://:SECRET@host).
+
+    >>> redacted_spec("redis://:s3cret@127.0.0.1:6379/0")
+    'redis://***@127.0.0.1:6379/0'
+    """
+    scheme, sep, rest = spec.partition("://")
+    if sep and "@" in rest:
+        return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    return spec
+
+
+def redacted_text(text: str, spec: str) -> str:
+    """``text`` (say, a driver's error) without ``spec``'s password in any form.
+
+    A driver may quote the URL it was given, or the password alone: both go.
+    """
+    text = text.replace(spec, redacted_spec(spec))
+    _, sep, rest = spec.partition("://")
+    userinfo = rest.rpartition("@")[0] if sep else ""
+    secret = userinfo.partition(":")[2] or userinfo
+    return text.replace(secret, "***") if secret else text
 
 
 def _redis_from_spec(spec: str, reactor: Any) -> LocationService:

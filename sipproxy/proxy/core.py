@@ -34,7 +34,7 @@ from twisted.logger import Logger
 
 from sipproxy.config import DialRule
 from sipproxy.digest import Authenticator, Outcome
-from sipproxy.guard import BanList, ban_line
+from sipproxy.guard import BanList, TrustedNetworks, ban_line
 from sipproxy.location import Binding, Flow, LocationService
 from sipproxy.proxy import pbx
 from sipproxy.proxy.auth import (
@@ -118,7 +118,6 @@ if TYPE_CHECKING:
     from sipproxy.registrar import Registrar
 
 
-Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 #: Identity headers only a trusted domain may assert (RFC 3325 §5, and the older
 #: Remote-Party-ID that some trunks still read as the caller's number).
 _IDENTITY_HEADERS = ("P-Asserted-Identity", "P-Preferred-Identity", "Remote-Party-ID")
@@ -139,9 +138,9 @@ class ProxySettings:
     #: live server transactions beyond which new requests get 503
     max_pending: int = 50_000
     #: --trusted: peers whose identity headers (RFC 3325) and Path we accept
-    trusted: Networks = ()
+    trusted: TrustedNetworks = field(default_factory=TrustedNetworks)
     #: --allow-destination: internal networks a request may name as its target
-    allowed_destinations: Networks = ()
+    allowed_destinations: TrustedNetworks = field(default_factory=TrustedNetworks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1476,7 +1475,7 @@ class Proxy:
 
     def _is_trusted(self, host: str) -> bool:
         """Whether ``host`` is in a --trusted network (an edge proxy, a trunk)."""
-        return _in_networks(host, self.settings.trusted)
+        return host in self.settings.trusted
 
     def _may_name(self, peer: Peer, hop: SipURI) -> bool:
         """Whether a request may send us to ``peer`` by naming it itself.
@@ -1488,7 +1487,7 @@ class Proxy:
         address = ip_of(peer.host)
         if address is None or not _is_internal(address):
             return True
-        if _in_networks(peer.host, self.settings.allowed_destinations):
+        if peer.host in self.settings.allowed_destinations:
             return True
         self.log.info(
             "refused to send to {host}:{port} ({uri}): an internal address named "
@@ -1821,15 +1820,6 @@ def _is_internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool
         or address.is_multicast
         or address.is_reserved
     )
-
-
-def _in_networks(host: str, networks: Networks) -> bool:
-    if not networks:
-        return False
-    address = ip_of(host.strip("[]"))
-    if address is None:
-        return False
-    return any(address in network for network in networks)
 
 
 def _wants_privacy(request: Request) -> bool:

@@ -85,7 +85,9 @@ def loop_key(request: Request) -> str:
         "\n".join(f.value for f in headers if f.key == "proxy-authorization"),
         ",".join(headers.get_all("route")),
     )
-    return hashlib.blake2b("\x00".join(parts).encode(), digest_size=8).hexdigest()
+    # surrogateescape: a Call-ID that is not UTF-8 hashes as its bytes (issue 13).
+    data = "\x00".join(parts).encode("utf-8", "surrogateescape")
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
 def make_branch(key: str, unique: str) -> str:

@@ -182,9 +182,26 @@ def kept_view(field: Header, parse: Callable[[str], _V]) -> _V:
     """
     view = field.view
     if view is None:
-        view = parse(field.value)
+        try:
+            view = parse(field.value)
+        except ParseError as error:
+            # Kept too: validation, the 400 and its addressing all read the top
+            # Via, and a hostile one must cost one parse, not three (issue 13).
+            field.remember(_Unparseable(error.reason))
+            raise
         field.remember(view)
+    elif type(view) is _Unparseable:
+        raise ParseError(view.reason)
     return view  # type: ignore[return-value]
+
+
+class _Unparseable:
+    """The view of a field whose value did not parse: why not."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
 def parse_top_via(value: str) -> Via:

@@ -276,7 +276,12 @@ def validate_request(request: Request) -> None:
     try:
         # The top Via, CSeq, From, To, Contact and Request-URI are kept parsed
         # on the message for the layers above, which read them again.
-        parsed_vias = [request.top_via] + [Via.parse(v) for v in vias[1:]]
+        top_via = request.top_via
+        if top_via.rport and top_via.rport_port is None:
+            # RFC 3581 §3: a client sends rport without a value; one that is no
+            # port at all is answered, not let loose on response addressing.
+            raise ParseError(f"bad rport in Via: {top_via.rport[:20]!r}")
+        parsed_vias = [top_via] + [Via.parse(v) for v in vias[1:]]
         for via in parsed_vias:
             if via.branch == BRANCH_COOKIE:
                 # RFC 4475 §3.2.1: the cookie alone identifies no transaction.
@@ -381,6 +386,18 @@ class StreamFramer:
     def closed(self) -> bool:
         """Whether the stream broke framing; the connection should be closed."""
         return self._closed
+
+    @property
+    def in_message(self) -> bool:
+        """Whether part of a message (not of a keepalive) waits for the rest.
+
+        The transport gives a started message a deadline: a sender that trickles
+        its bytes (slowloris) must not hold the connection and its buffer forever.
+        """
+        if self._length is not None:
+            return True
+        buffer = self._buffer
+        return bool(buffer) and not (len(buffer) < 4 and b"\r\n\r\n".startswith(buffer))
 
     def feed(self, data: bytes) -> list[bytes | Keepalive | ParseError]:
         """Take the next bytes of the stream; return what they complete, in order."""

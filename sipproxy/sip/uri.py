@@ -7,6 +7,7 @@ escapes are decoded exactly once, and only where a comparison or a key needs it
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, replace
 from urllib.parse import unquote
@@ -14,6 +15,7 @@ from urllib.parse import unquote
 from sipproxy.sip.errors import ParseError
 
 __all__ = [
+    "MAX_HOST_LENGTH",
     "STAR",
     "AbsoluteURI",
     "NameAddress",
@@ -34,9 +36,13 @@ _USER = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+")
 _PASSWORD = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,]|%[0-9A-Fa-f]{2})*")
 # hostname / IPv4address; "_" is tolerated because deployed hosts use it.
 _HOSTNAME = re.compile(r"[A-Za-z0-9\-._]+")
-# IPv6reference = "[" IPv6address "]"; the check is loose on purpose: RFC 5118 §4.10
-# asks to tolerate the three-colon form the RFC 3261 ABNF allows.
-_IPV6REF = re.compile(r"\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]")
+# The characters of an IPv6address; what they spell is left to ipaddress.
+_IPV6_CHARS = re.compile(r"[0-9A-Fa-f:.]+")
+#: The longest host accepted, brackets included: a DNS name has at most 253
+#: characters (RFC 1035 §2.3.4), so anything longer is an attack, not a host.
+MAX_HOST_LENGTH = 255
+# "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255" is the longest IPv6address: 45.
+_MAX_IPV6_LENGTH = 45
 _PORT = re.compile(r"[0-9]{1,5}")
 # paramchar = param-unreserved / unreserved / escaped
 # param-unreserved = "[" / "]" / "/" / ":" / "&" / "+" / "$"
@@ -72,6 +78,41 @@ def _unescape(text: str) -> str:
     if "%" not in text:
         return text
     return unquote(text, encoding="utf-8", errors="surrogateescape")
+
+
+def is_ipv6_reference(host: str) -> bool:
+    """Whether ``host`` is ``[IPv6address]`` (RFC 3261 §25.1 IPv6reference).
+
+    Linear in ``len(host)``: a regex that checks the form (``[`` then thousands of
+    colons) costs quadratic time on hostile input, one datagram stalling the
+    server (issue 13); ``ipaddress`` decides instead, after a length cap. RFC 5118
+    §4.10 asks to tolerate the three-colon form the RFC 3261 ABNF allows
+    (``[2001:db8:::192.0.2.1]``), which RFC 4291 does not.
+    """
+    inner = host[1:-1]
+    if (
+        not host.startswith("[")
+        or not host.endswith("]")
+        or len(inner) > _MAX_IPV6_LENGTH + 1
+        or not _IPV6_CHARS.fullmatch(inner)  # no "%zone", which ipaddress allows
+    ):
+        return False
+    for candidate in (inner, inner.replace(":::", "::", 1)):
+        try:
+            ipaddress.IPv6Address(candidate)
+        except ValueError:
+            continue
+        return True
+    return False
+
+
+def is_hostname(host: str) -> bool:
+    """Whether ``host`` is a hostname or IPv4address as SIP writes them (§25.1).
+
+    Loose on purpose ("_" and a trailing or leading "." pass, as deployed hosts use
+    them) but bounded: at most :data:`MAX_HOST_LENGTH` characters.
+    """
+    return len(host) <= MAX_HOST_LENGTH and _HOSTNAME.fullmatch(host) is not None
 
 
 def _find_param(
@@ -143,7 +184,7 @@ class SipURI:
         # IPv6 or headers: one regex takes those apart into exactly what the full
         # walk below would give (tests/sip/test_uri.py compares the two).
         m = _PLAIN_URI.fullmatch(rest)
-        if m is not None:
+        if m is not None and len(m[2]) <= MAX_HOST_LENGTH:
             port_text = m[3]
             port = None if port_text is None else int(port_text)
             if port is None or port <= 65535:
@@ -183,12 +224,12 @@ class SipURI:
         if hostport.startswith("["):
             end = hostport.find("]") + 1
             host, port_text = hostport[:end], hostport[end:]
-            if not end or not _IPV6REF.fullmatch(host):
+            if not end or not is_ipv6_reference(host):
                 raise ParseError(f"bad IPv6 reference in URI: {hostport[:60]!r}")
         else:
             c = hostport.find(":")
             host, port_text = (hostport, "") if c < 0 else (hostport[:c], hostport[c:])
-            if not _HOSTNAME.fullmatch(host):
+            if not is_hostname(host):
                 raise ParseError(f"bad host in URI: {hostport[:60]!r}")
         port: int | None = None
         if port_text:

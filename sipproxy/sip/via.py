@@ -6,7 +6,14 @@ import re
 from dataclasses import dataclass, replace
 
 from sipproxy.sip.errors import ParseError
-from sipproxy.sip.uri import _find_param, _format_params, _with_param, parse_params
+from sipproxy.sip.uri import (
+    MAX_HOST_LENGTH,
+    _find_param,
+    _format_params,
+    _with_param,
+    is_ipv6_reference,
+    parse_params,
+)
 
 __all__ = ["BRANCH_COOKIE", "Via"]
 
@@ -19,7 +26,8 @@ _SENT_PROTOCOL = re.compile(
     r"[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*/[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)"
     r"[ \t]*/[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t]+"
 )
-_HOST = re.compile(r"\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]|[A-Za-z0-9\-._]+")
+# hostname / IPv4address; an IPv6reference is found by its "]" (see _sent_by_host).
+_HOSTNAME = re.compile(r"[A-Za-z0-9\-._]+")
 _PORT = re.compile(r"[ \t]*:[ \t]*([0-9]{1,5})")
 
 
@@ -49,11 +57,7 @@ class Via:
             raise ParseError(f"bad Via sent-protocol: {text[:60]!r}")
         protocol = f"{m[1]}/{m[2]}"
         transport = m[3]
-        h = _HOST.match(text, m.end())
-        if h is None:
-            raise ParseError(f"bad Via sent-by: {text[:60]!r}")
-        host = h.group()
-        i = h.end()
+        host, i = _sent_by_host(text, m.end())
         port: int | None = None
         p = _PORT.match(text, i)
         if p is not None:
@@ -95,6 +99,19 @@ class Via:
         return self.param("rport")
 
     @property
+    def rport_port(self) -> int | None:
+        """``rport`` as a port number (1 to 65535), or ``None`` when it is no port.
+
+        ``None`` for an absent or empty ``rport`` and for one like ``abc`` or
+        ``99999`` alike: callers that need to tell them apart read :attr:`rport`.
+        """
+        rport = self.rport
+        if not rport or len(rport) > 5 or not rport.isdigit() or not rport.isascii():
+            return None
+        port = int(rport)
+        return port if 0 < port <= 65535 else None
+
+    @property
     def maddr(self) -> str | None:
         """The ``maddr`` parameter, or ``None``."""
         return self.param("maddr")
@@ -108,3 +125,22 @@ class Via:
     def sent_by(self) -> tuple[str, int | None]:
         """``(host, port)`` as the sender wrote them (RFC 3261 §18.2.2)."""
         return self.host, self.port
+
+
+def _sent_by_host(text: str, i: int) -> tuple[str, int]:
+    """The host of a sent-by starting at ``text[i]``, and the index after it.
+
+    Linear time whatever the input (issue 13: a "[" and 8,000 colons took 50 ms
+    with a regex), and at most MAX_HOST_LENGTH characters.
+
+    :raises ParseError: when no host starts there.
+    """
+    if text.startswith("[", i):
+        end = text.find("]", i, i + MAX_HOST_LENGTH) + 1
+        if not end or not is_ipv6_reference(text[i:end]):
+            raise ParseError(f"bad IPv6 reference in Via: {text[i : i + 60]!r}")
+        return text[i:end], end
+    h = _HOSTNAME.match(text, i)
+    if h is None or h.end() - i > MAX_HOST_LENGTH:
+        raise ParseError(f"bad Via sent-by: {text[:60]!r}")
+    return h.group(), h.end()

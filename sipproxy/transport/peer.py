@@ -89,7 +89,11 @@ def stamp_received(headers: Headers, peer: Peer) -> Headers:
     MUST add a "received" parameter to that Via header field value."
 
     RFC 3581 §4: with an empty ``rport`` the server also sets it to the source port,
-    and then always adds ``received``.
+    and then always adds ``received``. A request's ``rport`` with a value is
+    treated as the flag too: RFC 3581 §3 has the client send it empty, so a value
+    is not meaningful, and honouring it would let the request pick the port its
+    responses go to; a value that is no port at all (``abc``, ``99999``) is
+    replaced the same way, so even the 400 refusing it goes to the source.
     """
     top = headers.first_field("via")
     if top is None:
@@ -98,11 +102,13 @@ def stamp_received(headers: Headers, peer: Peer) -> Headers:
     via = kept_view(top, parse_top_via)
     changed = via
     rport = via.rport
-    if rport == "":
-        changed = changed.with_param("rport", str(peer.port))
+    source_port = str(peer.port)
+    if rport is not None and rport != source_port:
+        changed = changed.with_param("rport", source_port)
     # A received the sender wrote itself is never trusted: responses go to it.
     stale = via.received is not None and not same_address(via.received, peer.host)
-    if rport == "" or stale or not same_address(via.host, peer.host):
+    needs_received = rport is not None and via.received is None
+    if needs_received or stale or not same_address(via.host, peer.host):
         changed = changed.with_param("received", peer.host)
     if changed is via:
         return headers
@@ -125,7 +131,7 @@ def response_destination(via: Via, peer: Peer) -> Peer:
     address (``received``) is used instead.
     """
     host = (via.received or via.host).strip("[]")
-    if via.rport:  # RFC 3581 §4: back to the source port
-        return Peer(peer.transport, host, int(via.rport))
+    if via.rport is not None:  # RFC 3581 §4: back to the source port
+        return Peer(peer.transport, host, via.rport_port or peer.port)
     port = via.port or DEFAULT_PORTS.get(peer.transport, 5060)
     return Peer(peer.transport, host, port)

@@ -4,7 +4,15 @@ Theory of operation: each connection owns a StreamFramer. Whole messages go to t
 receiver; a CRLFCRLF keepalive is answered with CRLF (RFC 5626 §4.4.1); input that
 cannot be framed (no or bad Content-Length, oversized) gets a 400 when it can be
 addressed and then the connection is closed, since nothing after it can be framed
-reliably. A connection silent for ``idle_timeout`` seconds is closed. Over TLS
+reliably. A connection silent for ``idle_timeout`` seconds is closed, and one that
+started a message and has not finished it ``message_timeout`` seconds later is
+closed too (a slowloris sender keeps a connection busy with a byte now and then).
+
+Every framed message (keepalives included) is admitted on its own, before it is
+parsed: a source that is banned or out of tokens midway through a batch of
+pipelined messages loses the rest of the batch and its connection. The factory
+refuses a connection beyond the per-source or the total cap (ConnectionLimiter),
+logging at most one line per ``refusal_log_interval`` seconds. Over TLS
 the same protocol runs inside Twisted's TLS wrapper, which tells it when the
 handshake is done (IHandshakeListener): a connection we open is used only then.
 """
@@ -48,6 +56,10 @@ class SIPStreamProtocol(Protocol):
         self._factory = factory
         self._framer = StreamFramer(factory.max_message_size)
         self._idle: IDelayedCall | None = None
+        #: the deadline of a message begun and not yet complete
+        self._deadline: IDelayedCall | None = None
+        #: set once we close: whatever still arrives is ignored
+        self._closing = False
         self.connection_id = f"{factory.transport_name}-{next(_ids)}"
         self.peer = Peer(factory.transport_name, "", 0)
         self._local = Peer(factory.transport_name, "", 0)
@@ -55,6 +67,10 @@ class SIPStreamProtocol(Protocol):
         self.on_connected: Callable[[], None] | None = None
         #: counted against the per-source connection limit (inbound only)
         self.counted = False
+        #: a connection a client opened to us (buildProtocol), not one we opened
+        self.inbound = False
+        #: inbound TLS: the handshake has its deadline too (see connectionMade)
+        self._awaiting_handshake = False
         #: TLS: called once the handshake succeeded (outbound connections wait)
         self.on_handshake: Callable[[], None] | None = None
         #: called with the reason when the connection goes (outbound TLS)
@@ -78,25 +94,42 @@ class SIPStreamProtocol(Protocol):
         self._idle = self._factory.clock.callLater(
             self._factory.idle_timeout, self._timed_out
         )
+        if self.inbound and name == "tls":
+            # A TLS handshake trickled a byte at a time holds a connection as
+            # well as a trickled message does: it gets the same deadline.
+            self._awaiting_handshake = True
+            self._deadline = self._factory.clock.callLater(
+                self._factory.message_timeout, self._too_slow
+            )
         if self.on_connected is not None:
             self.on_connected()
 
     def handshakeCompleted(self) -> None:  # noqa: N802 - Twisted's name
         """TLS is up (called by Twisted's TLS wrapper only)."""
+        if self._awaiting_handshake:
+            self._awaiting_handshake = False
+            if self._deadline is not None and self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
         self.secure = True
         if self.on_handshake is not None:
             self.on_handshake()
 
     @override
     def dataReceived(self, data: bytes) -> None:
-        admit = self._factory.admit
-        if admit is not None and not admit(self.peer.host):
-            # A banned or flooding source: its connection goes, unanswered.
-            self.transport.loseConnection()  # type: ignore[union-attr]
+        if self._closing:
             return
         if self._idle is not None and self._idle.active():
             self._idle.reset(self._factory.idle_timeout)
-        for item in self._framer.feed(data):
+        admit = self._factory.admit
+        items = self._framer.feed(data)
+        for item in items:
+            # Per message, not per read (issue 13): one write can carry thousands
+            # of pipelined requests, and a ban earned by one of them must stop
+            # the next.
+            if admit is not None and not admit(self.peer.host):
+                self._refuse()
+                return
             if isinstance(item, Keepalive):
                 self.transport.write(b"\r\n")  # type: ignore[union-attr]
             elif isinstance(item, ParseError):
@@ -104,6 +137,43 @@ class SIPStreamProtocol(Protocol):
                 return
             else:
                 self._deliver(item)
+            if self._closing:  # a message's handling closed the connection
+                return
+        self._watch_message(completed=bool(items))
+
+    def _watch_message(self, *, completed: bool) -> None:
+        """Give a started message its deadline; a finished one needs none."""
+        deadline = self._deadline
+        if deadline is not None and (completed or not self._framer.in_message):
+            if deadline.active():
+                deadline.cancel()
+            self._deadline = deadline = None
+        if deadline is None and self._framer.in_message:
+            self._deadline = self._factory.clock.callLater(
+                self._factory.message_timeout, self._too_slow
+            )
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        self.log.info(
+            "closing {transport} connection from {host}:{port}: {what} not "
+            "finished within {seconds} s",
+            what="the TLS handshake" if self._awaiting_handshake else "a message",
+            transport=self.peer.transport,
+            host=self.peer.host,
+            port=self.peer.port,
+            seconds=self._factory.message_timeout,
+        )
+        self._close()
+
+    def _refuse(self) -> None:
+        # A banned or flooding source: the rest of its batch goes unread, and its
+        # connection with it (the transport counted the drop).
+        self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        self.transport.loseConnection()  # type: ignore[union-attr]
 
     def _deliver(self, frame: bytes) -> None:
         receiver = self._factory.receiver
@@ -133,7 +203,7 @@ class SIPStreamProtocol(Protocol):
             port=self.peer.port,
             reason=error.reason,
         )
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._close()
 
     def _timed_out(self) -> None:
         self._idle = None
@@ -142,7 +212,7 @@ class SIPStreamProtocol(Protocol):
             host=self.peer.host,
             port=self.peer.port,
         )
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._close()
 
     def send(self, data: bytes, peer: Peer) -> None:
         """Write one message on this connection; ``peer`` is implied by it."""
@@ -150,9 +220,11 @@ class SIPStreamProtocol(Protocol):
 
     @override
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
-        self._idle = None
+        self._closing = True
+        for timer in (self._idle, self._deadline):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._idle = self._deadline = None
         self._factory.connections.pop(self.connection_id, None)
         if self.counted and self._factory.limit is not None:
             self._factory.limit.closed(self.peer.host)
@@ -174,16 +246,24 @@ class SIPStreamFactory(Factory):
         *,
         transport_name: str = "tcp",
         idle_timeout: float = 600.0,
+        message_timeout: float = 10.0,
         max_message_size: int = 65536,
+        refusal_log_interval: float = 60.0,
     ) -> None:
         self.receiver = receiver
         self.clock = clock
         self.transport_name = transport_name
         self.idle_timeout = idle_timeout
+        self.message_timeout = message_timeout
         self.max_message_size = max_message_size
+        self.refusal_log_interval = refusal_log_interval
+        #: connections refused since the last log line about refusals
+        self.refused = 0
+        self._refusal_logged_at: float | None = None
         #: live connections by id: a flow names one of these (RFC 5626)
         self.connections: dict[str, SIPStreamProtocol] = {}
-        #: asked with the source IP per read before parsing (bans, rate limits)
+        #: asked with the source IP per framed message before parsing (bans, rate
+        #: limits); False drops the rest of what was read and closes the connection
         self.admit: Callable[[str], bool] | None = None
         #: caps inbound connections per source address (None: no cap)
         self.limit: ConnectionLimiter | None = None
@@ -192,12 +272,40 @@ class SIPStreamFactory(Factory):
     def buildProtocol(self, addr: IAddress | None) -> SIPStreamProtocol | None:
         """An inbound connection; None (Twisted closes it) beyond the source's cap."""
         host = getattr(addr, "host", "")
-        if self.limit is not None and not self.limit.opened(host):
-            self.log.info("refused a connection from {host}: too many", host=host)
+        limit = self.limit
+        if limit is not None and not limit.opened(host):
+            self._refused(host, limit)
             return None
         protocol = SIPStreamProtocol(self)
-        protocol.counted = self.limit is not None
+        protocol.counted = limit is not None
+        protocol.inbound = True
         return protocol
+
+    def _refused(self, host: str, limit: ConnectionLimiter) -> None:
+        """Log a refusal; at most one line per interval, whoever is refused.
+
+        A flood of connections must not become a flood of log lines (disk, and
+        the fail2ban reader behind them).
+        """
+        self.refused += 1
+        now = self.clock.seconds()
+        last = self._refusal_logged_at
+        if last is not None and now - last < self.refusal_log_interval:
+            return
+        self._refusal_logged_at = now
+        why = (
+            f"{limit.total} connections open, the max-connections cap"
+            if limit.full
+            else f"{limit.count(host)} connections from this source already"
+        )
+        self.log.warn(
+            "refused {refused} {transport} connection(s), the last from {host}: {why}",
+            refused=self.refused,
+            transport=self.transport_name,
+            host=host,
+            why=why,
+        )
+        self.refused = 0
 
     def build_outbound(self) -> SIPStreamProtocol:
         """A connection we open ourselves: never counted against a source's cap."""

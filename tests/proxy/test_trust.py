@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import replace
 
+from sipproxy.guard import TrustedNetworks
 from sipproxy.sip.message import Request, Response
 from tests.proxy.harness import ALICE, BOB, PROXY, Harness, answer, invite
 
@@ -148,7 +148,7 @@ def test_identity_headers_from_outside_are_removed() -> None:
 def test_identity_headers_from_a_trusted_network_stay() -> None:
     h = Harness()
     h.proxy.settings = replace(
-        h.proxy.settings, trusted=(ipaddress.ip_network("192.0.2.0/28"),)
+        h.proxy.settings, trusted=TrustedNetworks(["192.0.2.0/28"])
     )
     h.register("bob", BOB)
     h.receive(invite(extra="P-Asserted-Identity: <sip:+15551234@trunk>\r\n"), ALICE)
@@ -169,7 +169,7 @@ def test_a_request_named_internal_address_is_refused_unless_allowed() -> None:
     assert h.sent_to(internal) == []
     assert [m.status for m in h.sent_to(ALICE) if isinstance(m, Response)] == [100, 480]
     h.proxy.settings = replace(
-        h.proxy.settings, allowed_destinations=(ipaddress.ip_network("10.0.0.0/8"),)
+        h.proxy.settings, allowed_destinations=TrustedNetworks(["10.0.0.0/8"])
     )
     h.receive(message(2), ALICE)
     assert len(h.sent_to(internal)) == 1

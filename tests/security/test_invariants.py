@@ -958,13 +958,9 @@ def walk_the_legitimate_paths(machine: TrustBoundary) -> None:
     }
 
 
-# -- found while probing the machine's inputs (kept out of it until fixed) ------------
+# -- found while probing the machine's inputs ----------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="issue 13 item 12: rport is not validated yet (ValueError / port 99999)",
-    raises=(ValueError, AssertionError),
-)
 @pytest.mark.parametrize("rport", ["abc", "99999"])
 def test_an_rport_that_is_no_port_is_refused(rport: str) -> None:
     """``rport=abc`` or ``rport=99999`` gets a 400 to the source, not a traceback."""

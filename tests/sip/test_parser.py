@@ -246,6 +246,34 @@ def test_validate_request_rejects(kwargs: dict[str, bytes], status: int) -> None
     assert _invalid(**kwargs).status == status
 
 
+@pytest.mark.parametrize("rport", [b"abc", b"99999", b"0", b"-1", b"1" * 300])
+def test_validate_request_rejects_an_rport_that_is_no_port(rport: bytes) -> None:
+    """RFC 3581 §3: rport is sent empty; a value that is no port is a 400."""
+    data = request().replace(b"branch=z9hG4bK1", b"branch=z9hG4bK1;rport=" + rport)
+    message = parse_message(data)
+    assert isinstance(message, Request)
+    with pytest.raises(ParseError) as info:
+        validate_request(message)
+    assert info.value.status == 400
+    assert info.value.headers is message.headers
+
+
+def test_a_bad_top_via_is_parsed_once() -> None:
+    """Issue 13: validating, then answering, a hostile Via costs one parse."""
+    data = request().replace(b"SIP/2.0/UDP h", b"SIP/2.0/UDP [" + b":" * 8000)
+    message = parse_message(data)
+    assert isinstance(message, Request)
+    with pytest.raises(ParseError):
+        validate_request(message)
+    field = message.headers.first_field("via")
+    assert field is not None
+    remembered = field.view
+    assert remembered is not None
+    with pytest.raises(ParseError):
+        message.top_via  # noqa: B018 - read again: the failure is kept
+    assert field.view is remembered
+
+
 @pytest.mark.parametrize(
     "extra",
     [

@@ -247,3 +247,29 @@ def test_plain_uri_fast_path_gives_what_the_full_walk_gives(rest: str) -> None:
 )
 def test_plain_uri_fast_path_examples(rest: str) -> None:
     assert _either("sip", rest, walk=False) == _either("sip", rest, walk=True)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sip:[" + ":" * 8000,
+        "sip:[" + ":" * 8000 + "]",
+        "sip:a@[" + ":" * 8000 + "]:5060",
+        "sip:[" + "1:" * 4000 + "]",
+        "sip:[::1%eth0]",
+        "sip:a@" + "h" * 256,
+        "sip:a@" + "h" * 256 + ";lr",
+    ],
+    ids=lambda t: f"{t[:12]}..{len(t)}",
+)
+def test_hostile_uri_hosts_raise(text: str) -> None:
+    """Issue 13: hosts are checked in linear time and at most 255 characters."""
+    with pytest.raises(ParseError):
+        parse_uri(text)
+
+
+def test_three_colon_ipv6_reference_is_tolerated() -> None:
+    """RFC 5118 §4.10: the form the RFC 3261 ABNF allows still parses."""
+    uri = parse_uri("sip:user@[2001:db8:::192.0.2.1]:5060")
+    assert isinstance(uri, SipURI)
+    assert uri.host == "[2001:db8:::192.0.2.1]"

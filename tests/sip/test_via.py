@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import contextlib
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.via import Via
@@ -104,3 +108,70 @@ def test_bad_vias_raise(text: str) -> None:
     """Broken via-parms raise ParseError (RFC 4475 §3.1.2.1 badinv01)."""
     with pytest.raises(ParseError):
         Via.parse(text)
+
+
+HOSTILE_HOSTS = [
+    "[" + ":" * 8000,
+    "[" + ":" * 8000 + "]",
+    "[" + ":" * 8000 + "x]",
+    "[" + "1:" * 4000 + "]",
+    "[" + ":" * 8000 + ";received=[::1]",
+    "[::1%eth0]",
+    "[1:2]",
+    "[]",
+    "a" * 256,
+]
+
+
+@pytest.mark.parametrize("host", HOSTILE_HOSTS, ids=lambda h: f"{h[:12]}..{len(h)}")
+def test_hostile_sent_by_hosts_raise(host: str) -> None:
+    """Issue 13: a "[" and 8,000 colons, or an overlong name, is refused.
+
+    The host is found by its "]" and checked by ipaddress (RFC 3261 §25.1
+    IPv6reference), so this costs linear time; hosts over 255 characters are no
+    DNS names (RFC 1035 §2.3.4).
+    """
+    with pytest.raises(ParseError):
+        Via.parse(f"SIP/2.0/UDP {host};branch=z9hG4bK1")
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "[2001:db8::1]",
+        "[::ffff:192.0.2.1]",
+        "[2001:db8:::192.0.2.1]",  # RFC 5118 §4.10: tolerated
+        "[2001:DB8:0:0:0:0:0:1]",
+        "a" * 255,
+        "host_name.example.com",
+    ],
+)
+def test_legitimate_sent_by_hosts_parse(host: str) -> None:
+    """The checks refuse nothing a real sender writes (RFC 5118 §4.10 included)."""
+    assert Via.parse(f"SIP/2.0/UDP {host}:5060;branch=z9hG4bK1").host == host
+
+
+@pytest.mark.parametrize(
+    ("rport", "port"),
+    [
+        (";rport", None),
+        ("", None),
+        (";rport=5060", 5060),
+        (";rport=65535", 65535),
+        (";rport=0", None),
+        (";rport=abc", None),
+        (";rport=99999", None),
+        (";rport=" + "9" * 400, None),
+    ],
+)
+def test_rport_port_is_a_port_or_none(rport: str, port: int | None) -> None:
+    """rport_port never raises: a value that is no port (RFC 3581) is None."""
+    assert Via.parse(f"SIP/2.0/UDP h{rport}").rport_port == port
+
+
+@given(st.text(alphabet="[]:.0123456789abcdefABCDEF%;=x ", max_size=120))
+def test_any_sent_by_parses_or_raises_parse_error(host: str) -> None:
+    """Whatever follows the sent-protocol, Via.parse returns or raises ParseError."""
+    with contextlib.suppress(ParseError):
+        via = Via.parse(f"SIP/2.0/UDP {host}")
+        assert len(via.host) <= 255

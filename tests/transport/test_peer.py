@@ -101,3 +101,27 @@ def test_only_the_top_via_changes_and_others_stay_byte_for_byte() -> None:
 )
 def test_response_destination(via: str, expected: Peer) -> None:
     assert response_destination(Via.parse(via), UDP_PEER) == expected
+
+
+@pytest.mark.parametrize("rport", ["5060", "1", "abc", "99999"])
+def test_an_rport_with_a_value_is_taken_as_the_flag(rport: str) -> None:
+    """RFC 3581 §3: a request's rport has no value; one given picks no port.
+
+    Whatever was written, the answer goes back to the source port, so neither a
+    chosen port nor a malformed one steers responses (issue 13 item 12).
+    """
+    headers = stamp_received(
+        headers_with_via(f"SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bKa;rport={rport}"),
+        UDP_PEER,
+    )
+    via = top_via(headers)
+    assert via.rport == "40123"
+    assert via.received == "192.0.2.7"
+    assert response_destination(via, UDP_PEER) == Peer("udp", "192.0.2.7", 40123)
+
+
+@pytest.mark.parametrize("rport", ["=abc", "=99999", ""])
+def test_response_destination_never_raises_on_a_bad_rport(rport: str) -> None:
+    """An rport that is no port falls back to the source port, never raises."""
+    via = Via.parse(f"SIP/2.0/UDP 10.0.0.5;received=192.0.2.7;rport{rport}")
+    assert response_destination(via, UDP_PEER) == Peer("udp", "192.0.2.7", 40123)
