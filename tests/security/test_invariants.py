@@ -958,7 +958,7 @@ def walk_the_legitimate_paths(machine: TrustBoundary) -> None:
     }
 
 
-# -- found while probing the machine's inputs ----------------------------------------------
+# -- found while probing the machine's inputs ---------------------------------------
 
 
 @pytest.mark.parametrize("rport", ["abc", "99999"])
