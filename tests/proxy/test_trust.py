@@ -7,6 +7,7 @@ from dataclasses import replace
 from sipproxy.guard import TrustedNetworks
 from sipproxy.sip.message import Request, Response
 from tests.proxy.harness import ALICE, BOB, PROXY, Harness, answer, invite
+from tests.security.test_invariants import make_authenticator
 
 SINK = ("198.51.100.66", 5060)
 
@@ -173,3 +174,28 @@ def test_a_request_named_internal_address_is_refused_unless_allowed() -> None:
     )
     h.receive(message(2), ALICE)
     assert len(h.sent_to(internal)) == 1
+
+
+def test_our_credentials_in_a_2xx_ack_stay_here() -> None:
+    """A 2xx ACK repeats the INVITE's credentials (§13.2.2.4); ours are consumed."""
+    h = Harness(auth=make_authenticator())
+    # An outside caller needs no credentials to call one of our users.
+    message = invite().replace(b"sip:alice@example.test", b"sip:carol@partner.test")
+    h.register("bob", BOB)
+    h.receive(message, ALICE)
+    to_bob = only(h.sent_to(BOB))
+    assert isinstance(to_bob, Request)
+    h.receive(answer(to_bob, 200), BOB)
+    ok = [m for m in h.sent_to(ALICE) if isinstance(m, Response) and m.status == 200]
+    routes = list(reversed(ok[0].headers.get_all("record-route")))
+    ack = in_dialog("ACK", "sip:bob@10.0.0.62", routes).replace(
+        b"sip:alice@example.test", b"sip:carol@partner.test"
+    )
+    ours = b'Proxy-Authorization: Digest username="carol", realm="example.test"\r\n'
+    theirs = b'Proxy-Authorization: Digest username="c", realm="partner.test"\r\n'
+    h.receive(ack.replace(b"Content-Length", ours + theirs + b"Content-Length"), ALICE)
+    forwarded = only(h.sent_to(BOB))
+    assert isinstance(forwarded, Request) and forwarded.method == "ACK"
+    assert [f.value for f in forwarded.headers if f.key == "proxy-authorization"] == [
+        theirs.decode().partition(": ")[2].strip()
+    ]
