@@ -124,8 +124,13 @@ class ProxySettings:
     timer_c: float = TIMER_C
     dialplan: tuple[DialRule, ...] = ()
     outbound_proxy: str | None = None
-    #: live server transactions beyond which new requests get 503
+    #: requests waiting for a final answer (server transactions in Trying or
+    #: Proceeding, proxied ones included) beyond which new requests get 503;
+    #: answered ones kept only for retransmissions do not count (issue 13)
     max_pending: int = 50_000
+    #: the part of max_pending one source (IPv4 address, IPv6 /64) may hold;
+    #: beyond it that source gets 503 while others are still served
+    max_pending_share: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,9 +270,14 @@ class Proxy:
         if transaction is None:
             self._forward_ack(request)
             return
-        if self.layer.pending() > self.settings.max_pending:
+        limit = self.settings.max_pending
+        if (
+            self.layer.pending() > limit
+            or self.layer.pending_from(peer) > limit * self.settings.max_pending_share
+        ):
             # Bounded work under attack or overload: refuse new requests with a
-            # hint to come back, rather than queue without end (issue 5).
+            # hint to come back, rather than queue without end (issue 5); one
+            # source cannot take the whole budget from the others (issue 13).
             self._answer(
                 transaction, request, 503, None, (("Retry-After", "5"),), "overload"
             )
