@@ -39,9 +39,10 @@ Work and memory are counted apart (issue 13, item 7):
   requests we answer ourselves (REGISTER, OPTIONS, a challenge, an error) are
   answered again from the same state, and a proxied one is forwarded again with
   the branch derived from its own, which the next hop's server transaction
-  absorbs as a retransmission (§17.2.3). It is also rare: a UAC retransmits for
-  at most 64*T1 = 32 s, and the oldest entry is evicted only when 200,000 newer
-  ones arrived since, over 6,250 requests a second sustained, well beyond what
+  absorbs as a retransmission (§17.2.3). And it is rare: a UAC that missed our
+  final response retransmits within T2 = 4 s (§17.1.2.2), so an entry has done
+  its work once T2 has passed; :data:`MAX_COMPLETED` entries cover T2 up to
+  25,000 requests a second, and all of Timer J up to about 3,000, which is what
   one process serves.
 
 INVITE server transactions that have answered (Completed, Confirmed, Accepted)
@@ -98,11 +99,10 @@ __all__ = [
 ]
 
 #: Completed non-INVITE server transactions kept for retransmissions, at most. Each
-#: costs about 1.5 kB (the transaction, its Timer J call, its key and the response's
-#: bytes: bench/completed_memory.py), so a full table is about 300 MB; at the most a
-#: single process serves (about 3,000 requests a second) it never fills within
-#: Timer J's 32 s.
-MAX_COMPLETED = 200_000
+#: costs about 2.8 kB with a REGISTER's 200 (the transaction, its Timer J call, key,
+#: destination and the response's bytes: python -m bench.completed_memory), so a
+#: full table holds about 280 MB.
+MAX_COMPLETED = 100_000
 #: States in which a server transaction still waits for the TU's final answer.
 _IN_FLIGHT = frozenset({State.TRYING, State.PROCEEDING})
 
