@@ -524,6 +524,8 @@ class SIPServerService(MultiService):
         return {
             "transactions": dict(snapshot.transactions),
             "proxy_contexts": snapshot.proxy_contexts,
+            "pending": snapshot.pending,
+            "completed": snapshot.completed,
             "connections": dict(snapshot.connections),
             "uptime": round(snapshot.uptime, 1),
         }
@@ -533,6 +535,8 @@ class SIPServerService(MultiService):
         return Snapshot(
             transactions=self.proxy.layer.counts(),
             proxy_contexts=self.proxy.pending_contexts(),
+            pending=self.proxy.layer.pending(),
+            completed=self.proxy.layer.completed(),
             connections={
                 name: len(factory.connections)
                 for name, factory in self.stream_factories.items()
