@@ -34,16 +34,17 @@ Work and memory are counted apart (issue 13, item 7):
   1,800 requests a second it is 57,600 entries, more than the old cap of 50,000
   live transactions, which is how a busy but healthy server came to answer 503.
   Instead the table is bounded (:data:`MAX_COMPLETED`): when full, the oldest
-  entry is terminated early. That only means a retransmission arriving after it
-  is taken for a new request. For a non-INVITE request that is safe: the
-  requests we answer ourselves (REGISTER, OPTIONS, a challenge, an error) are
-  answered again from the same state, and a proxied one is forwarded again with
-  the branch derived from its own, which the next hop's server transaction
-  absorbs as a retransmission (§17.2.3). And it is rare: a UAC that missed our
-  final response retransmits within T2 = 4 s (§17.1.2.2), so an entry has done
-  its work once T2 has passed; :data:`MAX_COMPLETED` entries cover T2 up to
-  25,000 requests a second, and all of Timer J up to about 3,000, which is what
-  one process serves.
+  entry is terminated early. A retransmission arriving after that is taken for
+  a new request and answered from the state of the moment; for a non-INVITE
+  request that is safe, if not always the same answer: OPTIONS, a challenge or
+  an error come out alike; a REGISTER that already took effect gets ``400 CSeq
+  Out Of Order`` (§10.3 step 7; its binding is stored, and the phone's next
+  REGISTER carries a higher CSeq); a proxied one is forwarded again in a new
+  client transaction, as a duplicated datagram upstream could have made it.
+  And it hardly ever happens: a UAC that missed our final response retransmits
+  within T2 = 4 s (§17.1.2.2), so an entry has done its work once T2 has passed;
+  :data:`MAX_COMPLETED` entries cover T2 up to 25,000 requests a second, and all
+  of Timer J up to about 3,000, more than one process serves today.
 
 INVITE server transactions that have answered (Completed, Confirmed, Accepted)
 are not in flight either and are not evicted: their lives are bounded by Timers H,
