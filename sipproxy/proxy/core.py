@@ -271,13 +271,14 @@ class Proxy:
             self._forward_ack(request)
             return
         limit = self.settings.max_pending
-        if (
+        if request.method != "CANCEL" and (
             self.layer.pending() > limit
             or self.layer.pending_from(peer) > limit * self.settings.max_pending_share
         ):
             # Bounded work under attack or overload: refuse new requests with a
             # hint to come back, rather than queue without end (issue 5); one
             # source cannot take the whole budget from the others (issue 13).
+            # A CANCEL is let through: it ends work, and is answered at once.
             self._answer(
                 transaction, request, 503, None, (("Retry-After", "5"),), "overload"
             )

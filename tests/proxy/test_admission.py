@@ -127,3 +127,25 @@ def test_an_answer_frees_the_sources_share() -> None:
     h.receive(answer(forwarded, 486), BOB)
     assert 486 in [m.status for m in h.sent_to(ALICE) if isinstance(m, Response)]
     assert isinstance(call(h, 2, ALICE), Request)
+
+
+def test_a_source_at_its_share_may_still_cancel() -> None:
+    """CANCEL ends work: it is answered even when its source is at its share."""
+    h = limited(Harness(), 10, share=0.1)  # one request in flight per source
+    h.register("bob", BOB)
+    forwarded = call(h, 0, ALICE)
+    assert isinstance(forwarded, Request)
+    h.receive(answer(forwarded, 180), BOB)  # §9.1: CANCEL once it rings
+    h.sent_to(ALICE)
+    cancel = (
+        invite(call_id="c0", branch="z9hG4bK-i0")
+        .replace(b"INVITE sip:", b"CANCEL sip:", 1)
+        .replace(b"1 INVITE", b"1 CANCEL")
+    )
+    h.receive(cancel, ALICE)
+    assert [m.status for m in h.sent_to(ALICE) if isinstance(m, Response)] == [200]
+    [to_bob] = [m for m in h.sent_to(BOB) if isinstance(m, Request)]
+    assert to_bob.method == "CANCEL"
+    h.receive(answer(forwarded, 487), BOB)
+    assert [m.status for m in h.sent_to(ALICE) if isinstance(m, Response)] == [487]
+    assert h.proxy.layer.pending() == 0
