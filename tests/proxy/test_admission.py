@@ -6,10 +6,15 @@ retransmissions, so any ~1,560 requests a second made the server refuse everyone
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
+from twisted.internet.defer import Deferred
 
+from sipproxy.location import Binding
+from sipproxy.location.memory import MemoryLocationService
+from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.sip.message import Request, Response
 from sipproxy.testing import UDPMemoryReactor
 from sipproxy.transport.peer import Peer
@@ -44,6 +49,40 @@ def options(number: int, source: tuple[str, int] = ALICE) -> bytes:
         f"CSeq: {number} OPTIONS\r\n"
         "Content-Length: 0\r\n\r\n"
     ).encode()
+
+
+def register(number: int, source: tuple[str, int]) -> bytes:
+    host, port = source
+    return (
+        "REGISTER sip:example.test SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK-r{number};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <sip:u{number}@example.test>;tag=r{number}\r\n"
+        f"To: <sip:u{number}@example.test>\r\n"
+        f"Call-ID: reg-{number}\r\n"
+        "CSeq: 1 REGISTER\r\n"
+        f"Contact: <sip:u{number}@{host}:{port}>\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+class StuckStore(MemoryLocationService):
+    """A location store that never answers (a Redis server that hangs)."""
+
+    async def bindings(self, aor: str, *, now: float) -> list[Binding]:
+        await Deferred[None]()
+        raise AssertionError("never answered")
+
+    async def update(
+        self,
+        aor: str,
+        *,
+        save: Sequence[Binding] = (),
+        remove: Sequence[str] = (),
+        now: float,
+    ) -> list[Binding]:
+        await Deferred[None]()
+        raise AssertionError("never answered")
 
 
 def call(h: Harness, number: int, source: tuple[str, int]) -> Request | int:
@@ -94,6 +133,20 @@ def test_requests_in_flight_beyond_the_cap_get_503() -> None:
     results = [call(h, n, source) for n, source in enumerate(sources)]
     assert refused(results) == [False, False, False, True]
     assert h.proxy.layer.pending() == 3
+
+
+def test_registers_waiting_on_the_store_are_pending() -> None:
+    """A REGISTER the store has not answered is work; beyond the cap, 503."""
+    h = limited(Harness(), 3)
+    h.proxy._registrar = Registrar(
+        StuckStore(), RegistrarSettings(domains=frozenset({"example.test"}))
+    )
+    sources = [ALICE, CAROL, DAVE, ("192.0.2.99", 5099)]
+    for number, source in enumerate(sources):
+        h.receive(register(number, source), source)
+    assert h.proxy.layer.pending() == 3
+    answered = [(m.status, to) for m, to in h.sent() if isinstance(m, Response)]
+    assert answered == [(503, sources[3])]
 
 
 def test_503_carries_retry_after() -> None:
