@@ -83,6 +83,19 @@ class Options(usage.Options):
         ["max-expires", None, None, "Longest registration granted (7200)."],
         ["max-bindings", None, None, "Contacts per address-of-record (10)."],
         [
+            "max-pending",
+            None,
+            None,
+            "Requests waiting for a final answer beyond which new ones get 503 "
+            "(50000).",
+        ],
+        [
+            "max-pending-per-source",
+            None,
+            None,
+            "Of those, what one address (IPv6: one /64) may hold (5000).",
+        ],
+        [
             "users",
             None,
             None,
@@ -219,6 +232,8 @@ class Options(usage.Options):
                 "min-expires",
                 "max-expires",
                 "max-bindings",
+                "max-pending",
+                "max-pending-per-source",
                 "forking",
                 "users",
                 "nonce-lifetime",
@@ -354,6 +369,8 @@ class SIPServerService(MultiService):
                 forking=config.forking,
                 dialplan=config.dialplan,
                 outbound_proxy=config.outbound_proxy,
+                max_pending=config.max_pending,
+                max_pending_per_source=config.max_pending_per_source,
             ),
             clock=reactor,
             transports=self.transports,
@@ -636,6 +653,8 @@ class SIPServerService(MultiService):
             forking=config.forking,
             dialplan=config.dialplan,
             outbound_proxy=config.outbound_proxy,
+            max_pending=config.max_pending,
+            max_pending_per_source=config.max_pending_per_source,
         )
         self.registrar.reconfigure(
             default_expires=config.default_expires,
@@ -783,7 +802,7 @@ class _QuietSite(Site):
 _RELOADABLE = (
     "users", "nonce_lifetime", "dialplan", "outbound_proxy", "forking",
     "rate_limit", "rate_burst", "trusted", "default_expires", "min_expires",
-    "max_expires", "max_bindings",
+    "max_expires", "max_bindings", "max_pending", "max_pending_per_source",
 )  # fmt: skip
 #: Config fields only a restart changes: sockets, the store, the log set-up.
 _RESTART_ONLY = (

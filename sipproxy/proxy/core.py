@@ -128,9 +128,9 @@ class ProxySettings:
     #: Proceeding, proxied ones included) beyond which new requests get 503;
     #: answered ones kept only for retransmissions do not count (issue 13)
     max_pending: int = 50_000
-    #: the part of max_pending one source (IPv4 address, IPv6 /64) may hold;
-    #: beyond it that source gets 503 while others are still served
-    max_pending_share: float = 0.1
+    #: of those, how many one source (IPv4 address, IPv6 /64) may hold; beyond
+    #: it that source gets 503 while others are still served
+    max_pending_per_source: int = 5_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,10 +270,10 @@ class Proxy:
         if transaction is None:
             self._forward_ack(request)
             return
-        limit = self.settings.max_pending
+        settings = self.settings
         if request.method != "CANCEL" and (
-            self.layer.pending() > limit
-            or self.layer.pending_from(peer) > limit * self.settings.max_pending_share
+            self.layer.pending() > settings.max_pending
+            or self.layer.pending_from(peer) > settings.max_pending_per_source
         ):
             # Bounded work under attack or overload: refuse new requests with a
             # hint to come back, rather than queue without end (issue 5); one

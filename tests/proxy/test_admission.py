@@ -30,9 +30,11 @@ class SortedReactor(SortedCalls, UDPMemoryReactor):
     """The harness's reactor, for tens of thousands of timers."""
 
 
-def limited(h: Harness, max_pending: int, share: float = 1.0) -> Harness:
+def limited(h: Harness, max_pending: int, per_source: int | None = None) -> Harness:
     h.proxy.settings = replace(
-        h.proxy.settings, max_pending=max_pending, max_pending_share=share
+        h.proxy.settings,
+        max_pending=max_pending,
+        max_pending_per_source=max_pending if per_source is None else per_source,
     )
     return h
 
@@ -114,7 +116,7 @@ def test_answered_requests_never_get_503(monkeypatch: pytest.MonkeyPatch) -> Non
     through the whole proxy the same ratio is run at a tenth of the size.
     """
     monkeypatch.setattr(harness, "UDPMemoryReactor", SortedReactor)
-    h = limited(Harness(), 5_000, share=0.1)
+    h = limited(Harness(), 5_000, per_source=500)
     refused = 0
     for number in range(6_000):
         h.receive(options(number), ALICE)
@@ -161,7 +163,7 @@ def test_503_carries_retry_after() -> None:
 
 def test_one_source_beyond_its_share_gets_503_others_are_served() -> None:
     """A source holds at most its share of the budget; the others still get in."""
-    h = limited(Harness(), 10, share=0.3)  # 3 requests in flight per source
+    h = limited(Harness(), 10, per_source=3)
     h.register("bob", BOB)
     results = [call(h, n, ALICE) for n in range(4)]
     assert refused(results) == [False, False, False, True]
@@ -172,7 +174,7 @@ def test_one_source_beyond_its_share_gets_503_others_are_served() -> None:
 
 def test_an_answer_frees_the_sources_share() -> None:
     """Once a call is answered it is no longer work: the source may send again."""
-    h = limited(Harness(), 10, share=0.1)  # one request in flight per source
+    h = limited(Harness(), 10, per_source=1)
     h.register("bob", BOB)
     forwarded = call(h, 0, ALICE)
     assert isinstance(forwarded, Request)
@@ -184,7 +186,7 @@ def test_an_answer_frees_the_sources_share() -> None:
 
 def test_a_source_at_its_share_may_still_cancel() -> None:
     """CANCEL ends work: it is answered even when its source is at its share."""
-    h = limited(Harness(), 10, share=0.1)  # one request in flight per source
+    h = limited(Harness(), 10, per_source=1)
     h.register("bob", BOB)
     forwarded = call(h, 0, ALICE)
     assert isinstance(forwarded, Request)
