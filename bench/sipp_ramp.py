@@ -96,6 +96,8 @@ class Step:
     server_rss_mib: float
     udp_drops: int = 0
     uas_failed: int = 0
+    #: 503 answers SIPp got (the overload guard refusing; issue 13 wants none)
+    refused: int = 0
     #: --processes N: each process's CPU %, in start order
     per_process_cpu: list[float] = field(default_factory=list)
 
@@ -566,6 +568,7 @@ def run_step(run: Run, rate: int, seconds: float, prefix: str) -> Step:
         time.sleep(3.0)  # the UAS's calls end 2 s after the BYE; its stats every 1 s
         after = run.uas.counters()
         uas_retrans, uas_failed = after[0] - uas_before[0], after[1] - uas_before[1]
+    refused = _count_503(workdir / f"{prefix}-errors.log")
     last = _last_row(stat)
     successful = int(last.get("SuccessfulCall(C)", 0))
     failed = int(last.get("FailedCall(C)", 0))
@@ -584,8 +587,24 @@ def run_step(run: Run, rate: int, seconds: float, prefix: str) -> Step:
         server_rss_mib=server.memory_mib(),
         udp_drops=drops,
         uas_failed=uas_failed,
+        refused=refused,
         per_process_cpu=cpu if len(cpu) > 1 else [],
     )
+
+
+def _count_503(errors: Path) -> int:
+    """503s in SIPp's -trace_err file.
+
+    SIPp logs each unexpected message whole: "... while expecting '200' (index
+    1), received 'SIP/2.0 503 Service Unavailable" and the rest of it.
+    """
+    if not errors.exists():
+        return 0
+    count = 0
+    with errors.open("rb") as file:
+        for line in file:  # bounded by the file, which SIPp has finished writing
+            count += b"received 'SIP/2.0 503 " in line
+    return count
 
 
 def _last_row(path: Path) -> dict[str, str]:
@@ -729,6 +748,7 @@ def _format(step: Step) -> str:
         f"offered {step.offered:6d}/s achieved {step.achieved:8.1f}/s "
         f"calls {step.calls:7d} failed {step.failed + step.uas_failed:6d} "
         f"retrans {step.retransmissions:6d} drops {step.udp_drops:6d} "
+        f"503s {step.refused:6d} "
         f"p50 {step.p50_ms:7.2f} ms p99 {step.p99_ms:7.2f} ms "
         f"cpu {step.server_cpu_percent:5.1f}% mem {step.server_rss_mib:6.1f} MiB "
         f"{'clean' if step.clean else 'NOT CLEAN'}"

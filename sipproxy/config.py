@@ -239,6 +239,11 @@ class Config:
     max_expires: int = 7200
     #: bindings one AOR may have; beyond it the oldest is evicted
     max_bindings: int = 10
+    #: requests waiting for a final answer beyond which new ones get 503
+    #: (answered ones kept for retransmissions do not count; issue 13)
+    max_pending: int = 50_000
+    #: of those, how many one source (IPv4 address, IPv6 /64) may hold
+    max_pending_per_source: int = 5_000
     #: several bindings: "sequential" (newest first) or "parallel" (all at once)
     forking: str = "sequential"
     #: routing rules for numbers and other domains, tried in order
@@ -312,6 +317,8 @@ _KEYS: dict[str, str] = {
     "min-expires": "count",
     "max-expires": "count",
     "max-bindings": "count",
+    "max-pending": "count",
+    "max-pending-per-source": "count",
     "forking": "forking",
     "dialplan": "dialplan",
     "outbound-proxy": "sip-uri",

@@ -10,11 +10,12 @@ or two tests, never share a count). Two kinds of numbers:
   service wiring call. They must stay cheap on the hot path: every label child is
   bound once in ``__init__``, so a hook is a dictionary lookup and an increment,
   with no string formatting per message.
-- *state* (live transactions, pending proxy contexts, connections per transport,
-  bans in force, registrations and bindings) is read when Prometheus scrapes, by a
-  custom collector calling :attr:`Metrics.state`; nothing is updated per message.
-  Counting registrations needs the (asynchronous) location store, so the admin API
-  calls :meth:`Metrics.set_registrations` just before it renders a scrape.
+- *state* (live transactions, requests pending and answered ones kept, pending
+  proxy contexts, connections per transport, bans in force, registrations and
+  bindings) is read when Prometheus scrapes, by a custom collector calling
+  :attr:`Metrics.state`; nothing is updated per message. Counting registrations
+  needs the (asynchronous) location store, so the admin API calls
+  :meth:`Metrics.set_registrations` just before it renders a scrape.
 
 The core does not import this module (nor prometheus_client): the proxy takes any
 object with the hook methods (``sipproxy.proxy.observer.ProxyObserver``).
@@ -67,6 +68,10 @@ class Snapshot:
     transactions: Mapping[str, int] = field(default_factory=dict)
     #: proxied requests waiting for a final answer (RFC 3261 §16.7 contexts)
     proxy_contexts: int = 0
+    #: requests waiting for a final answer: what overload compares (max_pending)
+    pending: int = 0
+    #: answered non-INVITE transactions kept for retransmissions (bounded)
+    completed: int = 0
     #: open TCP/TLS connections by transport name
     connections: Mapping[str, int] = field(default_factory=dict)
     #: addresses banned right now
@@ -211,6 +216,16 @@ class _StateCollector(Collector):
             "sipproxy_proxy_contexts",
             "Proxied requests waiting for a final response.",
             value=state.proxy_contexts,
+        )
+        yield GaugeMetricFamily(
+            "sipproxy_pending_requests",
+            "Requests waiting for a final answer; beyond max_pending: 503.",
+            value=state.pending,
+        )
+        yield GaugeMetricFamily(
+            "sipproxy_completed_transactions",
+            "Answered non-INVITE transactions kept to absorb retransmissions.",
+            value=state.completed,
         )
         connections = GaugeMetricFamily(
             "sipproxy_connections",

@@ -105,6 +105,19 @@ class Options(usage.Options):
         ["max-expires", None, None, "Longest registration granted (7200)."],
         ["max-bindings", None, None, "Contacts per address-of-record (10)."],
         [
+            "max-pending",
+            None,
+            None,
+            "Requests waiting for a final answer beyond which new ones get 503 "
+            "(50000).",
+        ],
+        [
+            "max-pending-per-source",
+            None,
+            None,
+            "Of those, what one address (IPv6: one /64) may hold (5000).",
+        ],
+        [
             "users",
             None,
             None,
@@ -251,6 +264,8 @@ class Options(usage.Options):
                 "min-expires",
                 "max-expires",
                 "max-bindings",
+                "max-pending",
+                "max-pending-per-source",
                 "forking",
                 "users",
                 "nonce-lifetime",
@@ -398,6 +413,8 @@ class SIPServerService(MultiService):
                 outbound_proxy=config.outbound_proxy,
                 trusted=self.trusted,
                 allowed_destinations=TrustedNetworks(config.allow_destination),
+                max_pending=config.max_pending,
+                max_pending_per_source=config.max_pending_per_source,
             ),
             clock=reactor,
             transports=self.transports,
@@ -617,6 +634,8 @@ class SIPServerService(MultiService):
         return {
             "transactions": dict(snapshot.transactions),
             "proxy_contexts": snapshot.proxy_contexts,
+            "pending": snapshot.pending,
+            "completed": snapshot.completed,
             "connections": dict(snapshot.connections),
             "uptime": round(snapshot.uptime, 1),
         }
@@ -626,6 +645,8 @@ class SIPServerService(MultiService):
         return Snapshot(
             transactions=self.proxy.layer.counts(),
             proxy_contexts=self.proxy.pending_contexts(),
+            pending=self.proxy.layer.pending(),
+            completed=self.proxy.layer.completed(),
             connections={
                 name: len(factory.connections)
                 for name, factory in self.stream_factories.items()
@@ -726,6 +747,8 @@ class SIPServerService(MultiService):
             dialplan=config.dialplan,
             outbound_proxy=config.outbound_proxy,
             allowed_destinations=TrustedNetworks(config.allow_destination),
+            max_pending=config.max_pending,
+            max_pending_per_source=config.max_pending_per_source,
         )
         self.registrar.reconfigure(
             default_expires=config.default_expires,
@@ -881,7 +904,8 @@ class _QuietSite(Site):
 _RELOADABLE = (
     "users", "nonce_lifetime", "dialplan", "outbound_proxy", "forking",
     "rate_limit", "rate_burst", "trusted", "default_expires", "min_expires",
-    "max_expires", "max_bindings", "allow_destination",
+    "max_expires", "max_bindings", "allow_destination", "max_pending",
+    "max_pending_per_source",
 )  # fmt: skip
 #: Config fields only a restart changes: sockets, the store, the log set-up.
 _RESTART_ONLY = (

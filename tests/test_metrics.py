@@ -193,3 +193,15 @@ def test_successful_options_is_counted_but_not_logged(
     assert found[("sipproxy_requests_total", (("method", "OPTIONS"),))] == 1
     assert found[("sipproxy_responses_total", (("status_class", "2xx"),))] == 1
     assert not any("keepalive-1" in line for line in lines(logged))
+
+
+def test_pending_and_completed_are_exported_apart() -> None:
+    """Work waiting for an answer and answered requests kept are two gauges.
+
+    Only the first is what overload compares (issue 13: a busy but healthy
+    server keeps many answered requests for retransmissions).
+    """
+    metrics = Metrics(lambda: Snapshot(pending=12, completed=57_600))
+    found = samples(metrics)
+    assert found[("sipproxy_pending_requests", ())] == 12
+    assert found[("sipproxy_completed_transactions", ())] == 57_600

@@ -135,12 +135,17 @@ class ProxySettings:
     timer_c: float = TIMER_C
     dialplan: tuple[DialRule, ...] = ()
     outbound_proxy: str | None = None
-    #: live server transactions beyond which new requests get 503
+    #: requests waiting for a final answer (server transactions in Trying or
+    #: Proceeding, proxied ones included) beyond which new requests get 503;
+    #: answered ones kept only for retransmissions do not count (issue 13)
     max_pending: int = 50_000
     #: --trusted: peers whose identity headers (RFC 3325) and Path we accept
     trusted: TrustedNetworks = field(default_factory=TrustedNetworks)
     #: --allow-destination: internal networks a request may name as its target
     allowed_destinations: TrustedNetworks = field(default_factory=TrustedNetworks)
+    #: of those, how many one source (IPv4 address, IPv6 /64) may hold; beyond
+    #: it that source gets 503 while others are still served
+    max_pending_per_source: int = 5_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,9 +288,20 @@ class Proxy:
         if transaction is None:
             self._forward_ack(request, peer)
             return
-        if self.layer.pending() > self.settings.max_pending:
+        settings = self.settings
+        if request.method != "CANCEL" and (
+            self.layer.pending() > settings.max_pending
+            or (
+                self.layer.pending_from(peer) > settings.max_pending_per_source
+                # An edge proxy or SBC is many sources in one: its share is
+                # the whole budget.
+                and peer.host not in settings.trusted
+            )
+        ):
             # Bounded work under attack or overload: refuse new requests with a
-            # hint to come back, rather than queue without end (issue 5).
+            # hint to come back, rather than queue without end (issue 5); one
+            # source cannot take the whole budget from the others (issue 13).
+            # A CANCEL is let through: it ends work, and is answered at once.
             self._answer(
                 transaction, request, 503, None, (("Retry-After", "5"),), "overload"
             )

@@ -18,10 +18,43 @@ Theory of operation (RFC 3261 §17). The transports give every parsed message to
 Transactions remove themselves from the tables when they terminate, through the
 callback the layer gives them; the tables are edited only by identity, so a TU
 that responds, or a timer that fires, in the middle of any of this is safe.
+
+Work and memory are counted apart (issue 13, item 7):
+
+* **In flight**: server transactions still waiting for the TU's final answer
+  (non-INVITE Trying or Proceeding, INVITE Proceeding), which includes every
+  request being proxied. This is the work the server has taken on; an overload
+  guard compares :meth:`TransactionLayer.pending` and
+  :meth:`TransactionLayer.pending_from` (per source: an IPv4 address or an IPv6
+  /64) with its budget. The layer watches each server transaction's changes of
+  state, so both are kept up to date in O(1), never by a scan.
+* **Completed**: a non-INVITE server transaction over UDP that has answered stays
+  for Timer J (32 s) only to send its response's bytes again to a retransmission
+  (§17.2.2). That is memory, not work, so it never counts towards overload; at
+  1,800 requests a second it is 57,600 entries, more than the old cap of 50,000
+  live transactions, which is how a busy but healthy server came to answer 503.
+  Instead the table is bounded (:data:`MAX_COMPLETED`): when full, the oldest
+  entry is terminated early. A retransmission arriving after that is taken for
+  a new request and answered from the state of the moment; for a non-INVITE
+  request that is safe, if not always the same answer: OPTIONS, a challenge or
+  an error come out alike; a REGISTER that already took effect gets ``400 CSeq
+  Out Of Order`` (§10.3 step 7; its binding is stored, and the phone's next
+  REGISTER carries a higher CSeq); a proxied one is forwarded again in a new
+  client transaction, as a duplicated datagram upstream could have made it.
+  And it hardly ever happens: a UAC that missed our final response retransmits
+  within T2 = 4 s (§17.1.2.2), so an entry has done its work once T2 has passed;
+  :data:`MAX_COMPLETED` entries cover T2 up to 25,000 requests a second, and all
+  of Timer J up to about 3,000, more than one process serves today.
+
+INVITE server transactions that have answered (Completed, Confirmed, Accepted)
+are not in flight either and are not evicted: their lives are bounded by Timers H,
+I and L, and an INVITE taken twice would ring phones twice.
 """
 
 from __future__ import annotations
 
+import ipaddress
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
@@ -53,6 +86,7 @@ from sipproxy.transaction.timers import Timers
 from sipproxy.transport.peer import Channel, Peer, stamp_received
 
 __all__ = [
+    "MAX_COMPLETED",
     "ClientInviteTransaction",
     "ClientNonInviteTransaction",
     "ClientTransaction",
@@ -64,6 +98,14 @@ __all__ = [
     "TransactionLayer",
     "TransactionUser",
 ]
+
+#: Completed non-INVITE server transactions kept for retransmissions, at most. Each
+#: costs about 2.6 kB with a REGISTER's 200 (the transaction, its Timer J call, key,
+#: destination and the response's bytes: python -m bench.completed_memory), so a
+#: full table holds about 260 MB.
+MAX_COMPLETED = 100_000
+#: States in which a server transaction still waits for the TU's final answer.
+_IN_FLIGHT = frozenset({State.TRYING, State.PROCEEDING})
 
 #: Either server transaction; both have .request, .peer, .channel, .state, .key
 #: and .respond(response).
@@ -117,12 +159,30 @@ class TransactionLayer:
         user: TransactionUser,
         clock: IReactorTime,
         timers: Timers = Timers(),  # noqa: B008 - a frozen value
+        *,
+        max_completed: int = MAX_COMPLETED,
     ) -> None:
+        """Start with empty tables.
+
+        :param max_completed: Completed non-INVITE server transactions kept for
+            retransmissions at most; beyond it the oldest goes (at least 1).
+        """
         self._user = user
         self._clock = clock
         self._timers = timers
         self._servers: dict[ServerKey, ServerTransaction] = {}
         self._clients: dict[ClientKey, ClientTransaction] = {}
+        # Server transactions waiting for a final answer, with their source's key,
+        # and how many each source holds (no zero entries: bounded by the first).
+        self._in_flight: dict[ServerTransaction, str] = {}
+        self._in_flight_by_source: dict[str, int] = {}
+        # Completed non-INVITE transactions over UDP, oldest first.
+        self._completed: OrderedDict[ServerTransaction, None] = OrderedDict()
+        self._max_completed = max(1, max_completed)
+        # Bound once: each transaction holds these, and a bound method made per
+        # transaction would cost ~64 bytes each for up to MAX_COMPLETED of them.
+        self._on_server_state = self._server_state_changed
+        self._on_server_terminated = self._server_terminated
 
     # -- from the transports ---------------------------------------------------
 
@@ -198,8 +258,20 @@ class TransactionLayer:
         return transaction
 
     def pending(self) -> int:
-        """Live server transactions, in O(1): what an overload guard compares."""
-        return len(self._servers)
+        """Requests waiting for a final answer, in O(1): what overload compares.
+
+        These are server transactions in Trying or Proceeding (proxied requests
+        included); ones that answered and wait only for retransmissions are not.
+        """
+        return len(self._in_flight)
+
+    def pending_from(self, peer: Peer) -> int:
+        """Of :meth:`pending`, those from ``peer``'s address (IPv6: its /64)."""
+        return self._in_flight_by_source.get(source_key(peer.host), 0)
+
+    def completed(self) -> int:
+        """Completed non-INVITE transactions kept for retransmissions, in O(1)."""
+        return len(self._completed)
 
     def counts(self) -> dict[str, int]:
         """Live transactions by kind, for tests and metrics."""
@@ -247,9 +319,14 @@ class TransactionLayer:
             clock=self._clock,
             timers=self._timers,
             key=key,
-            on_terminated=self._server_terminated,
+            on_terminated=self._on_server_terminated,
         )
         self._servers[key] = transaction
+        source = source_key(peer.host)
+        self._in_flight[transaction] = source
+        by_source = self._in_flight_by_source
+        by_source[source] = by_source.get(source, 0) + 1
+        transaction.on_state = self._on_server_state
         self._user.request_received(request, transaction, peer, channel)
 
     def _ack_received(self, ack: Request, peer: Peer, channel: Channel) -> None:
@@ -265,7 +342,40 @@ class TransactionLayer:
                 break
         self._user.request_received(ack, None, peer, channel)
 
+    def _server_state_changed(
+        self, transaction: ServerTransaction, previous: State
+    ) -> None:
+        state = transaction.state
+        if state in _IN_FLIGHT:
+            return
+        self._landed(transaction)
+        if (
+            state is State.COMPLETED
+            and not transaction.reliable
+            and isinstance(transaction, ServerNonInviteTransaction)
+        ):
+            completed = self._completed
+            completed[transaction] = None
+            if len(completed) > self._max_completed:
+                oldest, _ = completed.popitem(last=False)
+                # Timer J early: see the module docstring for why that is safe.
+                oldest.terminate()
+
+    def _landed(self, transaction: ServerTransaction) -> None:
+        """``transaction`` no longer waits for a final answer: count it out."""
+        source = self._in_flight.pop(transaction, None)
+        if source is None:
+            return
+        by_source = self._in_flight_by_source
+        left = by_source[source] - 1
+        if left:
+            by_source[source] = left
+        else:
+            del by_source[source]
+
     def _server_terminated(self, transaction: ServerTransaction) -> None:
+        self._landed(transaction)
+        self._completed.pop(transaction, None)
         if self._servers.get(transaction.key) is transaction:
             del self._servers[transaction.key]
 
@@ -296,3 +406,21 @@ class TransactionLayer:
     def _client_terminated(self, transaction: ClientTransaction) -> None:
         if self._clients.get(transaction.key) is transaction:
             del self._clients[transaction.key]
+
+
+def source_key(host: str) -> str:
+    """The part of a source address that overload shares are counted by.
+
+    An IPv4 address is one source; an IPv6 host is its /64, as one subscriber
+    commonly holds a whole /64 (RFC 6177) and could otherwise take one share per
+    address. Anything unparseable (a test's name) counts as itself.
+    """
+    if ":" not in host:
+        return host
+    try:
+        address = ipaddress.IPv6Address(host.strip("[]"))
+    except ValueError:
+        return host
+    if address.ipv4_mapped is not None:  # an IPv4 peer on a dual-stack socket
+        return str(address.ipv4_mapped)
+    return address.exploded[:19] + "::/64"

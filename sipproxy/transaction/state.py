@@ -6,6 +6,10 @@ armed and tells the owner (the layer) once, so that it can drop the transaction
 from its tables. A timer of zero seconds (D, I, J, K over a reliable transport)
 fires at once, without a round trip through the clock (RFC 3261 §17.1.1.2: "zero
 seconds for reliable transports").
+
+The owner may also watch every change of state (:attr:`TransactionMachine.on_state`):
+the layer counts requests still waiting for a final answer that way, in O(1), as
+they are answered rather than by scanning its tables.
 """
 
 from __future__ import annotations
@@ -48,12 +52,35 @@ class TransactionMachine:
         reliable: bool,
         on_terminated: Callable[[Any], None] | None,
     ) -> None:
-        self.state = state
+        self._state = state
+        #: told ``(transaction, previous_state)`` after each change of state; set
+        #: by the owner after construction (the initial state is no change)
+        self.on_state: Callable[[Any, State], None] | None = None
         self.reliable = reliable
         self._clock = clock
         self._timers = timers.over(reliable=reliable)
         self._on_terminated = on_terminated
         self._armed: dict[str, IDelayedCall] = {}
+
+    @property
+    def state(self) -> State:
+        """Where the transaction is in its figure (RFC 3261 figures 5-8)."""
+        return self._state
+
+    @state.setter
+    def state(self, state: State) -> None:
+        previous = self._state
+        self._state = state
+        if self.on_state is not None and state is not previous:
+            self.on_state(self, previous)
+
+    def terminate(self) -> None:
+        """End the transaction now, as its last timer would (the owner's bound).
+
+        The layer uses this to drop the oldest Completed non-INVITE transaction
+        when it keeps too many; see :mod:`sipproxy.transaction.layer`.
+        """
+        self._terminate()
 
     @property
     def terminated(self) -> bool:

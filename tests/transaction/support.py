@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet.base import DelayedCall
 from twisted.internet.task import Clock
 
 from sipproxy.sip.message import Request, Response
@@ -162,3 +165,38 @@ def state_of(transaction: Any) -> State:
     state = transaction.state
     assert isinstance(state, State)
     return state
+
+
+class SortedCalls:
+    """Mixed in before Clock or MemoryReactorClock: timers for tens of thousands.
+
+    Clock sorts every pending call again on each callLater and after each call it
+    runs; this keeps the list in order as calls are added instead, so a test can
+    hold 60,000 transactions. Calls moved by ``reset`` or ``delay`` are not
+    supported (Clock re-sorts for them; this does not).
+    """
+
+    calls: list[DelayedCall]
+    seconds: Callable[[], float]
+
+    def callLater(  # noqa: N802 - Twisted's name
+        self, delay: float, callable: Callable[..., object], *args: object, **kw: object
+    ) -> DelayedCall:
+        call = DelayedCall(
+            self.seconds() + delay,
+            callable,
+            args,
+            kw,
+            self.calls.remove,
+            lambda c: None,
+            self.seconds,
+        )
+        bisect.insort_right(self.calls, call, key=DelayedCall.getTime)
+        return call
+
+    def _sortCalls(self) -> None:  # noqa: N802 - Twisted's name
+        pass
+
+
+class SortedClock(SortedCalls, Clock):
+    """A Clock for tens of thousands of timers (see :class:`SortedCalls`)."""
