@@ -53,7 +53,6 @@ I and L, and an INVITE taken twice would ring phones twice.
 
 from __future__ import annotations
 
-import ipaddress
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
@@ -62,6 +61,7 @@ from typing import Protocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from sipproxy.guard import source_key
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.message import Request, Response
 from sipproxy.sip.parser import validate_request, validate_response
@@ -406,21 +406,3 @@ class TransactionLayer:
     def _client_terminated(self, transaction: ClientTransaction) -> None:
         if self._clients.get(transaction.key) is transaction:
             del self._clients[transaction.key]
-
-
-def source_key(host: str) -> str:
-    """The part of a source address that overload shares are counted by.
-
-    An IPv4 address is one source; an IPv6 host is its /64, as one subscriber
-    commonly holds a whole /64 (RFC 6177) and could otherwise take one share per
-    address. Anything unparseable (a test's name) counts as itself.
-    """
-    if ":" not in host:
-        return host
-    try:
-        address = ipaddress.IPv6Address(host.strip("[]"))
-    except ValueError:
-        return host
-    if address.ipv4_mapped is not None:  # an IPv4 peer on a dual-stack socket
-        return str(address.ipv4_mapped)
-    return address.exploded[:19] + "::/64"

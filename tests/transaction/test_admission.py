@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from sipproxy.sip.message import Request
 from sipproxy.transaction.layer import (
     MAX_COMPLETED,
     State,
     TransactionLayer,
-    source_key,
 )
 from sipproxy.transport.peer import Peer
 
@@ -136,21 +133,6 @@ def test_ipv6_sources_in_one_64_share_their_count() -> None:
     )
     assert s.layer.pending_from(first) == 2
     assert s.layer.pending_from(Peer("udp", "2001:db8:1:3::10", 5060)) == 0
-
-
-@pytest.mark.parametrize(
-    ("host", "key"),
-    [
-        ("192.0.2.10", "192.0.2.10"),
-        ("2001:db8:1:2::10", "2001:0db8:0001:0002::/64"),
-        ("[2001:db8:1:2:ffff::1]", "2001:0db8:0001:0002::/64"),
-        ("::ffff:192.0.2.10", "192.0.2.10"),
-        ("not:an:address", "not:an:address"),
-    ],
-)
-def test_source_key(host: str, key: str) -> None:
-    """IPv4 counts by address, IPv6 by /64, IPv4-mapped as the IPv4 address."""
-    assert source_key(host) == key
 
 
 def test_completed_table_never_exceeds_its_bound() -> None:
