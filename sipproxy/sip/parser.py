@@ -273,6 +273,10 @@ def validate_request(request: Request) -> None:
     for name in ("max-forwards", "content-length", "content-type"):
         if headers.count(name) > 1:
             raise fail(f"{name} must appear at most once")
+    if _undecodable(headers.get("call-id") or ""):
+        # RFC 3261 §25.1: a Call-ID is "word" characters, ASCII; bytes that are
+        # not even UTF-8 cannot be stored (SQLite, Redis) or logged as they are.
+        raise fail("Call-ID is not UTF-8")
     try:
         # The top Via, CSeq, From, To, Contact and Request-URI are kept parsed
         # on the message for the layers above, which read them again.
@@ -455,3 +459,12 @@ class StreamFramer:
         self._buffer.clear()
         headers = None if head is None else _headers_of(head)
         return ParseError(reason, status=status, headers=headers)
+
+
+def _undecodable(text: str) -> bool:
+    """Whether ``text`` holds bytes that were not UTF-8 (kept as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False

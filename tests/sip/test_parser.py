@@ -258,6 +258,18 @@ def test_validate_request_rejects_an_rport_that_is_no_port(rport: bytes) -> None
     assert info.value.headers is message.headers
 
 
+def test_validate_request_rejects_a_call_id_that_is_not_utf8() -> None:
+    """RFC 3261 §25.1: a Call-ID is ASCII; bytes that are not UTF-8 get a 400.
+
+    Stores refuse to keep them (SQLite raised on such a REGISTER: 500).
+    """
+    message = parse_message(request().replace(b"Call-ID: ", b"Call-ID: \xff\xfe"))
+    assert isinstance(message, Request)
+    with pytest.raises(ParseError) as info:
+        validate_request(message)
+    assert (info.value.status, info.value.reason) == (400, "Call-ID is not UTF-8")
+
+
 def test_a_bad_top_via_is_parsed_once() -> None:
     """Issue 13: validating, then answering, a hostile Via costs one parse."""
     data = request().replace(b"SIP/2.0/UDP h", b"SIP/2.0/UDP [" + b":" * 8000)
