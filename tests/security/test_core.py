@@ -34,6 +34,35 @@ def ua(secured: RunningServer) -> Iterator[UA]:
     made.close()
 
 
+@pytest.fixture
+def bob(secured: RunningServer) -> Iterator[UA]:
+    """Bob's phone, registered with its own socket as Contact."""
+    phone = UA(secured.port)
+    assert status_of(phone.register("bob", PASSWORDS["bob"])) == 200
+    yield phone
+    phone.close()
+
+
+def invite_bob(
+    caller: UA,
+    bob: UA,
+    *,
+    extra: str = "",
+    call_id: str | None = None,
+    from_tag: str = "attacker",
+) -> bytes:
+    """An outsider's INVITE to bob@REALM, as it reaches Bob's phone."""
+    caller.send(
+        caller.request(
+            "INVITE", f"sip:bob@{REALM}", from_user="carol@evil.test",
+            to=f"sip:bob@{REALM}", extra=extra, call_id=call_id, from_tag=from_tag,
+        )
+    )  # fmt: skip
+    invite = bob.receive()
+    assert invite is not None and start_line(invite).startswith("INVITE"), invite
+    return invite
+
+
 def registered_contacts(server: RunningServer, user: str) -> list[str]:
     """The Contacts bound to ``user``, from a REGISTER query with credentials."""
     phone = UA(server.port)
@@ -62,14 +91,9 @@ def registered_contacts(server: RunningServer, user: str) -> list[str]:
 @pytest.mark.parametrize("route_host", ["example.test", "127.0.0.1:{port}"])
 @pytest.mark.parametrize("contact", ["<sip:evil@127.0.0.1:9>", "*"])
 def test_register_with_forged_route_and_to_tag_is_challenged(
-    secured: RunningServer, ua: UA, sink: Sink, route_host: str, contact: str
+    secured: RunningServer, ua: UA, bob: UA, route_host: str, contact: str
 ) -> None:
     """REGISTER is never in-dialog: Route + To tag get a 401, nothing is bound."""
-    bob = UA(secured.port)
-    try:
-        assert status_of(bob.register("bob", PASSWORDS["bob"])) == 200
-    finally:
-        bob.close()
     before = registered_contacts(secured, "bob")
     route = route_host.format(port=secured.port)
     expires = "Expires: 0\r\n" if contact == "*" else "Expires: 3600\r\n"
@@ -109,24 +133,12 @@ def test_forged_route_and_to_tag_relay_nothing(
 
 
 def test_a_real_token_of_another_call_opens_nothing(
-    secured: RunningServer, ua: UA, sink: Sink
+    secured: RunningServer, ua: UA, bob: UA, sink: Sink
 ) -> None:
     """A token copied from a call we were part of is bound to that call's dialog."""
-    bob = UA(secured.port)
-    try:
-        assert status_of(bob.register("bob", PASSWORDS["bob"])) == 200
-        ua.send(
-            ua.request(
-                "INVITE", f"sip:bob@{REALM}", from_user="mallory@evil.test",
-                to=f"sip:bob@{REALM}", call_id="real-call",
-            )
-        )  # fmt: skip
-        invite = bob.receive()
-        assert invite is not None and start_line(invite).startswith("INVITE")
-        record_routes = header_values(invite, "Record-Route")
-        assert len(record_routes) == 2
-    finally:
-        bob.close()
+    invite = invite_bob(ua, bob, call_id="real-call")
+    record_routes = header_values(invite, "Record-Route")
+    assert len(record_routes) == 2
     # The caller's route set (reversed) with its real tokens, in another dialog.
     routes = "".join(f"Route: {value}\r\n" for value in reversed(record_routes))
     ua.send(
@@ -233,83 +245,51 @@ def test_stray_response_naming_the_proxy_goes_nowhere(
 
 
 def test_a_real_branch_with_a_changed_via_below_goes_nowhere(
-    secured: RunningServer, ua: UA, sink: Sink
+    ua: UA, bob: UA, sink: Sink
 ) -> None:
     """Bob got a real INVITE (our real branch); he cannot redirect its 200."""
-    bob = UA(secured.port)
-    try:
-        assert status_of(bob.register("bob", PASSWORDS["bob"])) == 200
-        ua.send(
-            ua.request(
-                "INVITE", f"sip:bob@{REALM}", from_user="carol@evil.test",
-                to=f"sip:bob@{REALM}",
-            )
-        )  # fmt: skip
-        invite = bob.receive()
-        assert invite is not None and start_line(invite).startswith("INVITE")
-        vias = header_values(invite, "Via")
-        forged = invite.replace(
-            vias[1].encode(),
-            f"SIP/2.0/UDP {sink.host}:{sink.port};branch=z9hG4bKv".encode(),
-        )
-        bob.send(bob.answer(forged, 200))
-        # The real transaction may pass its 200 upstream (to the caller); the
-        # sink hears nothing. Then the same as a stray, after the transaction.
-        assert sink.quiet_for(1.0), sink.received
-    finally:
-        bob.close()
+    invite = invite_bob(ua, bob)
+    vias = header_values(invite, "Via")
+    forged = invite.replace(
+        vias[1].encode(),
+        f"SIP/2.0/UDP {sink.host}:{sink.port};branch=z9hG4bKv".encode(),
+    )
+    bob.send(bob.answer(forged, 200))
+    # The real transaction may pass its 200 upstream (to the caller); the
+    # sink hears nothing. Then the same as a stray, after the transaction.
+    assert sink.quiet_for(1.0), sink.received
 
 
 # -- 9. caller-ID spoofing -------------------------------------------------------------
 
 
-def test_identity_headers_from_outside_do_not_reach_phones(
-    secured: RunningServer, ua: UA
-) -> None:
-    bob = UA(secured.port)
-    try:
-        assert status_of(bob.register("bob", PASSWORDS["bob"])) == 200
-        ua.send(
-            ua.request(
-                "INVITE", f"sip:bob@{REALM}", from_user="mallory@evil.test",
-                to=f"sip:bob@{REALM}",
-                extra="P-Asserted-Identity: <sip:ceo@example.test>\r\n"
-                "P-Preferred-Identity: <sip:ceo@example.test>\r\n"
-                "Remote-Party-ID: <sip:ceo@example.test>;party=calling\r\n",
-            )
-        )  # fmt: skip
-        invite = bob.receive()
-        assert invite is not None and start_line(invite).startswith("INVITE")
-        for name in ("P-Asserted-Identity", "P-Preferred-Identity", "Remote-Party-ID"):
-            assert header_values(invite, name) == [], invite
-    finally:
-        bob.close()
+def test_identity_headers_from_outside_do_not_reach_phones(ua: UA, bob: UA) -> None:
+    invite = invite_bob(
+        ua,
+        bob,
+        extra="P-Asserted-Identity: <sip:ceo@example.test>\r\n"
+        "P-Preferred-Identity: <sip:ceo@example.test>\r\n"
+        "Remote-Party-ID: <sip:ceo@example.test>;party=calling\r\n",
+    )
+    for name in ("P-Asserted-Identity", "P-Preferred-Identity", "Remote-Party-ID"):
+        assert header_values(invite, name) == [], invite
 
 
-def test_an_authenticated_user_is_asserted_as_itself(
-    secured: RunningServer, ua: UA
-) -> None:
-    bob = UA(secured.port)
-    try:
-        assert status_of(bob.register("bob", PASSWORDS["bob"])) == 200
-        ua.authenticated(
-            {
-                "method": "INVITE",
-                "uri": f"sip:bob@{REALM}",
-                "from_user": f"alice@{REALM}",
-                "to": f"sip:bob@{REALM}",
-                "extra": "P-Asserted-Identity: <sip:ceo@example.test>\r\n",
-            },
-            user="alice",
-            password=PASSWORDS["alice"],
-        )
-        invites = [m for m in bob.drain(1.0) if start_line(m).startswith("INVITE")]
-        assert invites, "the authenticated INVITE did not reach bob"
-        assert header_values(invites[0], "P-Asserted-Identity") == [
-            f"<sip:alice@{REALM}>"
-        ]
-    finally:
-        bob.close()
+def test_an_authenticated_user_is_asserted_as_itself(ua: UA, bob: UA) -> None:
+    ua.authenticated(
+        {
+            "method": "INVITE",
+            "uri": f"sip:bob@{REALM}",
+            "from_user": f"alice@{REALM}",
+            "to": f"sip:bob@{REALM}",
+            "extra": "P-Asserted-Identity: <sip:ceo@example.test>\r\n",
+        },
+        user="alice",
+        password=PASSWORDS["alice"],
+    )
+    invites = [m for m in bob.drain(1.0) if start_line(m).startswith("INVITE")]
+    assert invites, "the authenticated INVITE did not reach bob"
+    assert header_values(invites[0], "P-Asserted-Identity") == [f"<sip:alice@{REALM}>"]
 
 
 # -- 10. Path written by a phone -------------------------------------------------------
@@ -325,14 +305,7 @@ def test_a_phones_own_path_is_not_followed(
         )
         assert status_of(reply) == 200
         assert reply is not None and header_values(reply, "Path") == []
-        ua.send(
-            ua.request(
-                "INVITE", f"sip:bob@{REALM}", from_user="carol@evil.test",
-                to=f"sip:bob@{REALM}",
-            )
-        )  # fmt: skip
-        invite = bob.receive()
-        assert invite is not None and start_line(invite).startswith("INVITE")
+        invite_bob(ua, bob)
     finally:
         bob.close()
     assert sink.quiet_for(0.5), sink.received
@@ -388,14 +361,7 @@ def test_a_call_can_be_ended_after_the_proxy_restarts(
     caller, bob = UA(port), UA(port)
     try:
         assert status_of(bob.register("bob", PASSWORDS["bob"])) == 200
-        caller.send(
-            caller.request(
-                "INVITE", f"sip:bob@{REALM}", from_user="carol@partner.test",
-                to=f"sip:bob@{REALM}", call_id="kept-call", from_tag="c1",
-            )
-        )  # fmt: skip
-        invite = bob.receive()
-        assert invite is not None and start_line(invite).startswith("INVITE")
+        invite = invite_bob(caller, bob, call_id="kept-call", from_tag="c1")
         bob.send(bob.answer(invite, 200, to_tag="b1"))
         ok = caller.final()
         assert status_of(ok) == 200 and ok is not None
@@ -405,7 +371,7 @@ def test_a_call_can_be_ended_after_the_proxy_restarts(
         routes = "".join(f"Route: {value}\r\n" for value in reversed(route_set))
         caller.send(
             caller.request(
-                "BYE", f"sip:callee@{bob.sent_by}", from_user="carol@partner.test",
+                "BYE", f"sip:callee@{bob.sent_by}", from_user="carol@evil.test",
                 to=f"sip:bob@{REALM}", call_id="kept-call", from_tag="c1",
                 to_tag="b1", cseq=2, extra=routes,
             )
