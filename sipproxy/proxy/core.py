@@ -53,6 +53,14 @@ from sipproxy.proxy.checks import (
 )
 from sipproxy.proxy.dialplan import loose_route, route_by_dialplan
 from sipproxy.proxy.flows import Pinned, decode_flow, dialog_binding, encode_flow
+from sipproxy.proxy.forking import (
+    TIMER_C,
+    Branch,
+    Destination,
+    Forking,
+    ResponseContext,
+    synthesized,
+)
 from sipproxy.proxy.observer import ProxyObserver
 from sipproxy.proxy.pbx import (
     CallPlan,
@@ -106,13 +114,8 @@ SUPPORTED = ("path", "outbound")
 ACCEPT = "application/sdp"
 #: Methods that may create a dialog: we Record-Route them (§16.6 step 4).
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
-#: §16.6 step 11: "Timer C MUST be set [...] greater than 3 minutes".
-TIMER_C = 181.0
 #: Methods whose successful answers are not logged one by one.
 _QUIET_WHEN_OK = frozenset({"REGISTER", "OPTIONS", "SUBSCRIBE", "NOTIFY", "PUBLISH"})
-#: Branch outcomes after which the next target is worth trying (§16.7 step 6 spirit:
-#: the phone could not be reached at all, not "it said no").
-_TRY_NEXT = frozenset({408, 430, 480, 503})
 
 if TYPE_CHECKING:
     from sipproxy.registrar import Registrar
@@ -146,58 +149,6 @@ class ProxySettings:
     #: of those, how many one source (IPv4 address, IPv6 /64) may hold; beyond
     #: it that source gets 503 while others are still served
     max_pending_per_source: int = 5_000
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    """Where one copy of a request goes: the copy, the next hop, and how."""
-
-    request: Request
-    peer: Peer
-    connection_id: str | None = None
-    #: reached through a flow (a registration's or a Route token's): in-dialog
-    #: requests must come back the same way, so our Record-Route names it
-    pinned: bool = False
-    #: TLS: the host its certificate must name (RFC 5922 §4)
-    server_name: str | None = None
-    #: targets of one DNS lookup share a group: alternatives tried in turn
-    group: int = 0
-
-
-@dataclass
-class _Branch:
-    """One forwarded copy of a request (§16.6) and what came back on it."""
-
-    request: Request
-    peer: Peer
-    connection_id: str | None
-    transaction: ClientTransaction | None = None
-    final: Response | None = None
-    provisional: bool = False
-    cancel_pending: bool = False
-    unreachable: bool = False
-    #: Timer C fired: the branch's 487 is reported upstream as 408 (§16.8)
-    timed_out: bool = False
-    timer_c: IDelayedCall | None = None
-    server_name: str | None = None
-
-
-@dataclass
-class ResponseContext:
-    """Everything one proxied request waits for (RFC 3261 §16.7)."""
-
-    server: ServerTransaction
-    request: Request
-    key: str
-    inbound: Peer
-    inbound_connection: str | None = None
-    pending: list[_Target] = field(default_factory=list)
-    branches: list[_Branch] = field(default_factory=list)
-    best: Response | None = None
-    answered: bool = False
-    cancelled: bool = False
-    #: an office PBX call (issue 9): extension, group or forwarding
-    office: _OfficeCall | None = None
 
 
 @dataclass
@@ -264,14 +215,21 @@ class Proxy:
         self._auth = auth
         self._bans = bans
         self._office = office
-        self._contexts: dict[int, ResponseContext] = {}
-        self._branches: dict[int, tuple[ResponseContext, _Branch]] = {}
         self._observer = observer
         self.layer = TransactionLayer(self, clock)
+        self.forking = Forking(
+            clock=clock,
+            layer=self.layer,
+            transports=transports,
+            settings=lambda: self.settings,
+            outgoing=self._outgoing,
+            is_our_via=self._is_our_via,
+            answered=self._log_answer,
+        )
 
     def pending_contexts(self) -> int:
         """Proxied requests still waiting for a final answer (§16.7), for metrics."""
-        return len(self._contexts)
+        return self.forking.pending()
 
     # -- what the transaction layer calls -------------------------------------
 
@@ -321,19 +279,19 @@ class Proxy:
         if transaction is None:
             self._forward_stray_response(response)
             return
-        found = self._branch_of(transaction)
+        found = self.forking.branch_of(transaction)
         if found is None:
             return
         context, branch = found
-        self._branch_response(context, branch, response)
+        self.forking.branch_response(context, branch, response)
 
     def transaction_timed_out(self, transaction: ClientTransaction) -> None:
         """Timer B or F: "treated as if it had received a 408" (§16.7 step 2)."""
-        found = self._branch_of(transaction)
+        found = self.forking.branch_of(transaction)
         if found is None:
             return
         context, branch = found
-        self._branch_response(context, branch, _synthesized(branch.request, 408))
+        self.forking.branch_response(context, branch, synthesized(branch.request, 408))
 
     def message_invalid(self, error: Exception, peer: Peer, channel: Channel) -> None:
         """Bytes that are no acceptable request: answer if we can, else drop.
@@ -490,7 +448,7 @@ class Proxy:
             )
         if _is_sips(request.uri):
             targets = self._tls_only(targets)
-        self._start(transaction, request, key, targets, peer, channel)
+        self.forking.start(transaction, request, key, targets, peer, channel)
 
     async def _register(
         self,
@@ -527,16 +485,11 @@ class Proxy:
     def _cancel(self, cancel: Request, transaction: ServerTransaction) -> None:
         """CANCEL (RFC 3261 §16.10): 200 at once, then cancel every pending branch."""
         invite = self.layer.matching_invite(cancel)
-        context = self._contexts.get(id(invite)) if invite is not None else None
+        context = self.forking.context_of(invite) if invite is not None else None
         if context is None:
             raise RejectedError(481)
         self._answer(transaction, cancel, 200, None, ())
-        context.cancelled = True
-        context.pending.clear()
-        for branch in context.branches:
-            self._cancel_branch(branch)
-        if not context.branches and not context.answered:
-            self._final(context, _synthesized(context.request, 487))
+        self.forking.cancel(context)
 
     async def _targets(
         self,
@@ -547,7 +500,7 @@ class Proxy:
         *,
         caller: str | None = None,
         vouched: bool = False,
-    ) -> list[_Target]:
+    ) -> list[Destination]:
         """The target set (RFC 3261 §16.5) as copies to send, in order of trial.
 
         :param caller: the authenticated user of ours who sent the request, if any.
@@ -576,7 +529,7 @@ class Proxy:
             # caller of a real user to try later; 404 would end the search).
             outsider = caller is None and self._auth is not None
             raise RejectedError(480 if known or outsider else 404)
-        targets: list[_Target] = []
+        targets: list[Destination] = []
         for binding in bindings:
             targets.extend(await self._targets_for_binding(request, binding))
         if not targets:
@@ -585,7 +538,7 @@ class Proxy:
 
     async def _targets_for_binding(
         self, request: Request, binding: Binding
-    ) -> list[_Target]:
+    ) -> list[Destination]:
         copy = replace(request, uri=binding.contact)
         if binding.path:
             # RFC 3327 §5.3: the Path is the route to the phone; we follow it.
@@ -595,7 +548,7 @@ class Proxy:
             return await self._targets_via_owner(copy, flow)
         direct = _direct_contact(binding)
         if direct is not None and self._transports.can_reach(direct):
-            return [_Target(copy, direct)]
+            return [Destination(copy, direct)]
         peer = Peer(flow.transport, flow.remote_host, flow.remote_port)
         if (
             flow.transport != "udp"
@@ -609,7 +562,7 @@ class Proxy:
                 return []
         if not self._transports.can_reach(peer):
             return []
-        return [_Target(copy, peer, flow.connection_id, pinned=True)]
+        return [Destination(copy, peer, flow.connection_id, pinned=True)]
 
     async def _targets_by_uri(
         self,
@@ -617,7 +570,7 @@ class Proxy:
         flow: Pinned | None,
         *,
         named_by_request: bool = False,
-    ) -> list[_Target]:
+    ) -> list[Destination]:
         """Forward along the Route set or to the Request-URI (§16.5, §16.6).
 
         :param named_by_request: the hop is whatever the sender wrote (its
@@ -627,7 +580,9 @@ class Proxy:
         copy, hop = next_hop(request)
         if flow is not None:
             peer, connection_id, name = flow
-            return [_Target(copy, peer, connection_id, pinned=True, server_name=name)]
+            return [
+                Destination(copy, peer, connection_id, pinned=True, server_name=name)
+            ]
         if not isinstance(hop, SipURI):
             raise RejectedError(416)
         peers = await self._lookup(hop)
@@ -645,10 +600,11 @@ class Proxy:
         # out to many hosts (issue 13); one group per lookup keeps them in order.
         group = next(self._counter)
         return [
-            _Target(copy, peer, None, server_name=name, group=group) for peer in peers
+            Destination(copy, peer, None, server_name=name, group=group)
+            for peer in peers
         ]
 
-    def _tls_only(self, targets: list[_Target]) -> list[_Target]:
+    def _tls_only(self, targets: list[Destination]) -> list[Destination]:
         """RFC 3261 §26.2.2: a SIPS Request-URI goes over TLS hops only.
 
         "the request MUST be sent [...] over TLS": a target reachable only over
@@ -672,7 +628,7 @@ class Proxy:
         found = await self._resolve(uri)
         return [p for p in found if self._transports.can_reach(p)]
 
-    def _outgoing(self, context: ResponseContext, target: _Target) -> Request:
+    def _outgoing(self, context: ResponseContext, target: Destination) -> Request:
         """§16.6 steps 3-8 for one target whose next hop is known."""
         realm = self._auth.realm if self._auth is not None else None
         request = without_our_credentials(target.request, realm)
@@ -763,233 +719,6 @@ class Proxy:
             # Record-Route header field MUST be a SIPS URI".
             return f"<sips:{user}{host}:{port};lr>"
         return f"<sip:{user}{host}:{port}{param};lr>"
-
-    # -- branches and responses -------------------------------------------------
-
-    def _start(
-        self,
-        transaction: ServerTransaction,
-        request: Request,
-        key: str,
-        targets: list[_Target],
-        peer: Peer,
-        channel: Channel,
-        *,
-        parallel: bool | None = None,
-    ) -> ResponseContext:
-        context = ResponseContext(
-            transaction,
-            request,
-            key,
-            inbound=_via_peer(request.top_via, peer),
-            inbound_connection=getattr(channel, "connection_id", None),
-        )
-        self._contexts[id(transaction)] = context
-        self._ring(context, targets, parallel)
-        return context
-
-    def _ring(
-        self, context: ResponseContext, targets: list[_Target], parallel: bool | None
-    ) -> None:
-        """Parallel or sequential search (§16.5); ``parallel=None``: as --forking.
-
-        In parallel every target gets its branch now; in sequence the first does
-        and the rest wait in ``context.pending``.
-        """
-        if parallel is None:
-            parallel = self.settings.forking == "parallel"
-        if parallel:
-            seen: set[int] = set()
-            for target in targets:
-                if target.group and target.group in seen:
-                    # A later address of the same name: a fallback, tried in turn.
-                    context.pending.append(target)
-                    continue
-                seen.add(target.group)
-                self._send_branch(context, target)
-        else:
-            context.pending = targets[1:]
-            self._send_branch(context, targets[0])
-
-    def _send_branch(self, context: ResponseContext, target: _Target) -> None:
-        request = self._outgoing(context, target)
-        peer, connection_id = target.peer, target.connection_id
-        branch = _Branch(request, peer, connection_id, server_name=target.server_name)
-        context.branches.append(branch)
-
-        def failed(why: str) -> None:
-            # Once per branch, though each retransmission may fail again.
-            if branch.final is not None or branch.unreachable:
-                return
-            branch.unreachable = True
-            self.log.info(
-                "cannot reach {host}:{port}: {why}",
-                host=peer.host,
-                port=peer.port,
-                why=why,
-            )
-            # A transport error counts as 503 for the branch (§8.1.3.1), but
-            # what the caller hears is 480: the phone is unreachable right now.
-            self._clock.callLater(
-                0, self._branch_response, context, branch, _synthesized(request, 480)
-            )
-
-        def send(data: bytes) -> None:
-            self._transports.send(
-                data,
-                peer,
-                connection_id=connection_id,
-                on_error=failed,
-                server_name=target.server_name,
-            )
-
-        branch.transaction = self.layer.send_request(
-            request, send, reliable=peer.reliable
-        )
-        self._branches[id(branch.transaction)] = (context, branch)
-        if request.method == "INVITE":
-            branch.timer_c = self._clock.callLater(
-                self.settings.timer_c, self._timer_c, context, branch
-            )
-
-    def _timer_c(self, context: ResponseContext, branch: _Branch) -> None:
-        """§16.8: Timer C fired: CANCEL a ringing branch, else treat it as 408."""
-        branch.timer_c = None
-        if branch.final is not None:
-            return
-        if branch.provisional:
-            branch.timed_out = True
-            self._cancel_branch(branch)
-        else:
-            self._branch_response(context, branch, _synthesized(branch.request, 408))
-
-    def _cancel_branch(self, branch: _Branch) -> None:
-        """§9.1/§16.10: CANCEL a branch that has no final answer yet.
-
-        "a CANCEL request SHOULD NOT be sent to cancel a request until a
-        provisional response is received"; until then it is remembered.
-        """
-        if branch.final is not None or branch.request.method != "INVITE":
-            return
-        if not branch.provisional:
-            branch.cancel_pending = True
-            return
-        branch.cancel_pending = False
-        cancel = _cancel_for(branch.request)
-        peer, connection_id = branch.peer, branch.connection_id
-
-        def send(data: bytes) -> None:
-            self._transports.send(
-                data,
-                peer,
-                connection_id=connection_id,
-                server_name=branch.server_name,
-            )
-
-        self.layer.send_request(cancel, send, reliable=peer.reliable)
-
-    def _branch_of(
-        self, transaction: ClientTransaction
-    ) -> tuple[ResponseContext, _Branch] | None:
-        return self._branches.get(id(transaction))
-
-    def _branch_response(
-        self, context: ResponseContext, branch: _Branch, response: Response
-    ) -> None:
-        """RFC 3261 §16.7 for one response on one branch."""
-        invite = context.request.method == "INVITE"
-        if branch.final is not None:
-            if invite and 200 <= response.status < 300:
-                # Retransmitted 2xx after the client transaction accepted (RFC 6026).
-                self._forward_up(context, response)
-            return
-        if response.status < 200:
-            if response.status == 100:
-                return
-            branch.provisional = True
-            if branch.timer_c is not None and branch.timer_c.active():
-                branch.timer_c.reset(self.settings.timer_c)
-            if branch.cancel_pending:
-                self._cancel_branch(branch)
-            if not context.answered:
-                self._forward_up(context, response)
-            return
-        if branch.timed_out and response.status == 487:
-            # "the proxy [...] MAY [...] return 408 (Request Timeout)" (§16.8):
-            # the caller learns nobody answered, not that it cancelled.
-            response = _synthesized(context.request, 408)
-        branch.final = response
-        if branch.timer_c is not None and branch.timer_c.active():
-            branch.timer_c.cancel()
-        branch.timer_c = None
-        if 200 <= response.status < 300:
-            # §16.7 step 5: every 2xx to an INVITE goes up, even after another.
-            if invite and context.answered:
-                self._forward_up(context, response)
-            self._final(context, response)
-            context.pending.clear()
-            for other in context.branches:
-                self._cancel_branch(other)
-            return
-        if response.status >= 600:
-            context.pending.clear()
-            for other in context.branches:
-                self._cancel_branch(other)
-        if context.best is None or _better(response, context.best):
-            context.best = response
-        if response.status in _TRY_NEXT and context.pending and not context.cancelled:
-            self._send_branch(context, context.pending.pop(0))
-            return
-        if response.status not in _TRY_NEXT:
-            # The phone said no (486, 603...): the next ones are not tried, and
-            # the answer must not wait for branches that will never be sent.
-            context.pending.clear()
-        if all(b.final is not None for b in context.branches) and not context.pending:
-            self._final(context, context.best)
-
-    def _final(self, context: ResponseContext, response: Response) -> None:
-        if context.answered:
-            return
-        if context.office is not None:
-            # The office plan may forward instead (busy, no answer, unavailable).
-            after = self._office_after(context, response)
-            if after is None:
-                return
-            response = after
-        if response.status == 503:
-            # §16.7 step 6: "the proxy SHOULD generate a 500 [...] instead" of
-            # passing on a 503, which would make upstream give up on us.
-            response = _synthesized(context.request, 500)
-        context.answered = True
-        self._forward_up(context, response)
-        self._log_final(
-            context.request,
-            response.status,
-            started=context.server.received_at,
-            branches=context.branches,
-        )
-        # Late 2xx retransmissions still need the context (RFC 6026 Timer M).
-        self._clock.callLater(40.0, self._forget, context)
-
-    def _forget(self, context: ResponseContext) -> None:
-        self._contexts.pop(id(context.server), None)
-        for branch in context.branches:
-            if branch.timer_c is not None and branch.timer_c.active():
-                branch.timer_c.cancel()
-            self._branches.pop(id(branch.transaction), None)
-            # The client transaction may outlive us (Timer D, Timer K) and its
-            # send closure points back at the branch: drop our edge of that cycle
-            # so refcounting frees a call, not the garbage collector (issue 8).
-            branch.transaction = None
-
-    def _forward_up(self, context: ResponseContext, response: Response) -> None:
-        """Send a response upstream on the server transaction, our Via removed."""
-        if response.headers.get_all("via") and self._is_our_via(response.top_via):
-            _, headers = response.headers.pop_first_value("via")
-            response = replace(response, headers=headers)
-        if "via" not in response.headers:
-            return
-        context.server.respond(response)
 
     def _forward_stray_response(self, response: Response) -> None:
         """§16.11 / RFC 6026: a 2xx with no client transaction goes up statelessly.
@@ -1169,11 +898,17 @@ class Proxy:
         forwarding = await self._office_forwarding(call, destination)
         first = call.plan.enter(destination, forwarding)
         targets, ring = await self._office_resolve(call, first)
-        context = self._start(
-            transaction, request, key, targets, peer, channel, parallel=ring.parallel
+        context = self.forking.start(
+            transaction,
+            request,
+            key,
+            targets,
+            peer,
+            channel,
+            parallel=ring.parallel,
+            on_ended=functools.partial(self._office_after, call),
         )
-        context.office = call
-        self._office_arm(context, ring)
+        self._office_arm(context, call, ring)
 
     async def _office_forwarding(self, call: _OfficeCall, target: Target) -> Forwarding:
         """The TOML forwarding of a user or group, with stored values winning."""
@@ -1183,7 +918,7 @@ class Proxy:
 
     async def _office_resolve(
         self, call: _OfficeCall, step: Step | None
-    ) -> tuple[list[_Target], Ring]:
+    ) -> tuple[list[Destination], Ring]:
         """Follow the plan until something rings; RejectedError if nothing can."""
         status = 480
         while True:
@@ -1207,10 +942,10 @@ class Proxy:
                 return targets, step
             step = call.plan.ended(pbx.Outcome.UNAVAILABLE)
 
-    async def _office_targets(self, call: _OfficeCall, ring: Ring) -> list[_Target]:
+    async def _office_targets(self, call: _OfficeCall, ring: Ring) -> list[Destination]:
         if ring.uri is not None:
             return await self._targets_by_uri(replace(call.request, uri=ring.uri), None)
-        targets: list[_Target] = []
+        targets: list[Destination] = []
         known = False
         for user in ring.users:
             # A group member on do-not-disturb is skipped, not rung.
@@ -1253,42 +988,31 @@ class Proxy:
             )
         return replace(original, uri=uri, headers=headers)
 
-    def _office_arm(self, context: ResponseContext, ring: Ring) -> None:
-        call = context.office
-        assert call is not None
+    def _office_arm(
+        self, context: ResponseContext, call: _OfficeCall, ring: Ring
+    ) -> None:
         call.rang_out = False
         if ring.seconds is not None:
             call.timer = self._clock.callLater(
-                ring.seconds, self._office_rang_out, context
+                ring.seconds, self._office_rang_out, context, call
             )
 
-    def _office_rang_out(self, context: ResponseContext) -> None:
+    def _office_rang_out(self, context: ResponseContext, call: _OfficeCall) -> None:
         """Nobody answered in time: end the attempt as Timer C would (§16.8)."""
-        call = context.office
-        if call is None or context.answered or context.cancelled:
+        if context.on_ended is None or context.answered or context.cancelled:
             return
         call.timer = None
         call.rang_out = True
-        context.pending.clear()
-        for branch in list(context.branches):
-            if branch.final is not None:
-                continue
-            if branch.provisional:
-                self._cancel_branch(branch)
-            else:
-                self._branch_response(
-                    context, branch, _synthesized(branch.request, 408)
-                )
+        self.forking.stop_ringing(context)
 
     def _office_after(
-        self, context: ResponseContext, response: Response
+        self, call: _OfficeCall, context: ResponseContext, response: Response
     ) -> Response | None:
         """The attempt ended with ``response``: the answer to send, or None.
 
-        None: the plan goes on (the next member of a group, a forwarding target).
+        The forking hook of an office call (``ResponseContext.on_ended``). None:
+        the plan goes on (the next member of a group, a forwarding target).
         """
-        call = context.office
-        assert call is not None
         if call.timer is not None and call.timer.active():
             call.timer.cancel()
         call.timer = None
@@ -1297,37 +1021,37 @@ class Proxy:
         outcome = outcome_of(response.status, rang_out=call.rang_out)
         step = call.plan.ended(outcome)
         if step is None:
-            return _synthesized(context.request, 480) if call.rang_out else response
+            return synthesized(context.request, 480) if call.rang_out else response
         if isinstance(step, Refuse):
             return context.request.response(step.status, step.reason)
         context.best = None
-        Deferred.fromCoroutine(self._office_next(context, step)).addErrback(
+        Deferred.fromCoroutine(self._office_next(context, call, step)).addErrback(
             self._office_failed, context
         )
         return None
 
-    async def _office_next(self, context: ResponseContext, step: Step) -> None:
-        call = context.office
-        assert call is not None
+    async def _office_next(
+        self, context: ResponseContext, call: _OfficeCall, step: Step
+    ) -> None:
         try:
             targets, ring = await self._office_resolve(call, step)
         except RejectedError as rejection:
-            context.office = None
-            self._final(
+            context.on_ended = None
+            self.forking.finish(
                 context, context.request.response(rejection.status, rejection.reason)
             )
             return
         if context.cancelled:
-            context.office = None
-            self._final(context, _synthesized(context.request, 487))
+            context.on_ended = None
+            self.forking.finish(context, synthesized(context.request, 487))
             return
-        self._ring(context, targets, ring.parallel)
-        self._office_arm(context, ring)
+        self.forking.ring(context, targets, ring.parallel)
+        self._office_arm(context, call, ring)
 
     def _office_failed(self, failure: Any, context: ResponseContext) -> None:
         self.log.failure("office call failed", failure)
-        context.office = None
-        self._final(context, _synthesized(context.request, 500))
+        context.on_ended = None
+        self.forking.finish(context, synthesized(context.request, 500))
 
     # -- authentication (issue 5) ------------------------------------------------
 
@@ -1450,7 +1174,9 @@ class Proxy:
             return False
         return not self._is_ours(owner)
 
-    async def _targets_via_owner(self, request: Request, flow: Flow) -> list[_Target]:
+    async def _targets_via_owner(
+        self, request: Request, flow: Flow
+    ) -> list[Destination]:
         """Send through the process that holds the phone's connection."""
         assert flow.owner is not None
         try:
@@ -1578,6 +1304,15 @@ class Proxy:
         if status >= 200:
             self._log_final(request, status, why, started=transaction.received_at)
 
+    def _log_answer(self, context: ResponseContext, response: Response) -> None:
+        """Forking sent the final answer to a proxied request upstream."""
+        self._log_final(
+            context.request,
+            response.status,
+            started=context.server.received_at,
+            branches=context.branches,
+        )
+
     def _log_final(
         self,
         request: Request,
@@ -1585,7 +1320,7 @@ class Proxy:
         why: str | None = None,
         *,
         started: float | None = None,
-        branches: Sequence[_Branch] = (),
+        branches: Sequence[Branch] = (),
     ) -> None:
         """The one log line (and metrics event) of each final decision.
 
@@ -1706,20 +1441,6 @@ def _uri_of(request: Request, name: str) -> str:
     return str(address.uri)
 
 
-def _better(candidate: Response, best: Response) -> bool:
-    """§16.7 step 6: a 6xx wins; otherwise the lowest response class."""
-
-    def rank(status: int) -> int:
-        return 0 if status >= 600 else status // 100
-
-    return rank(candidate.status) < rank(best.status)
-
-
-def _synthesized(request: Request, status: int) -> Response:
-    """A response we make up for a branch (408 timeout, 503 unreachable, 487)."""
-    return request.response(status)
-
-
 def _direct_contact(binding: Binding) -> Peer | None:
     """The Contact's own address, when it can be trusted over the flow.
 
@@ -1766,43 +1487,11 @@ def _with_routes(request: Request, routes: Sequence[str]) -> Request:
     return replace(request, headers=headers)
 
 
-def _via_peer(via: Via, peer: Peer) -> Peer:
-    """Where the sender of a request listens: its flow, by its stamped Via."""
-    if peer.reliable:
-        return peer
-    return response_destination(via, peer)
-
-
 def _host_port(advertised: Peer | None) -> tuple[str, int]:
     if advertised is None:
         return "127.0.0.1", 5060
     host = f"[{advertised.host}]" if ":" in advertised.host else advertised.host
     return host, advertised.port
-
-
-def _cancel_for(invite: Request) -> Request:
-    """The CANCEL of a forwarded INVITE (RFC 3261 §9.1).
-
-    "The Request-URI, Call-ID, To, the numeric part of CSeq, and From header
-    fields in the CANCEL request MUST be identical to those in the request being
-    cancelled, including tags. A CANCEL constructed by a client MUST have only a
-    single Via header field value matching the top Via value in the request being
-    cancelled." Route header fields are copied too.
-    """
-    headers = invite.headers
-    via = headers.get_all("via")[0]
-    fields: list[tuple[str, str]] = [("Via", via)]
-    for route in headers.get_all("route"):
-        fields.append(("Route", route))
-    fields += [
-        ("Max-Forwards", "70"),
-        ("From", headers.get("from") or ""),
-        ("To", headers.get("to") or ""),
-        ("Call-ID", headers.get("call-id") or ""),
-        ("CSeq", f"{invite.cseq.number} CANCEL"),
-        ("Content-Length", "0"),
-    ]
-    return Request("CANCEL", invite.uri, Headers.of(*fields))
 
 
 def _peer_of(uri: SipURI) -> Peer:
