@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import ipaddress
 import itertools
 import os
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,7 +34,7 @@ from twisted.logger import Logger
 from sipproxy.config import DialRule
 from sipproxy.digest import Authenticator, Outcome
 from sipproxy.guard import BanList, TrustedNetworks, ban_line
-from sipproxy.location import Binding, Flow, LocationService
+from sipproxy.location import Flow, LocationService
 from sipproxy.proxy import pbx
 from sipproxy.proxy.auth import (
     NEVER_CHALLENGED,
@@ -83,6 +82,7 @@ from sipproxy.proxy.routing import (
     prepare_forward,
     preprocess_routes,
 )
+from sipproxy.proxy.targets import TargetLookup, with_routes
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.headers import Headers
 from sipproxy.sip.message import Request, Response, first_address, response_from_headers
@@ -96,9 +96,7 @@ from sipproxy.transaction.layer import (
 from sipproxy.transport.peer import (
     Channel,
     Peer,
-    ip_of,
     response_destination,
-    same_address,
     stamp_received,
 )
 from sipproxy.transport.sender import Transports
@@ -201,7 +199,6 @@ class Proxy:
         self._transports = transports
         self._location = location
         self._registrar = registrar
-        self._resolve = resolve
         self._secret = secret if secret is not None else os.urandom(32)
         # Owner tokens (see _with_owner) are keyed apart from Record-Route tokens,
         # so a token a phone saw in a Record-Route never passes for one.
@@ -212,6 +209,17 @@ class Proxy:
         self.instance: str | None = None
         self._counter = itertools.count(1)
         self._known_user = known_user
+        self.targets = TargetLookup(
+            clock=clock,
+            transports=transports,
+            location=location,
+            settings=lambda: self.settings,
+            is_ours=self._is_ours,
+            auth_required=lambda: self._auth is not None,
+            counter=self._counter,
+            resolve=resolve,
+            known_user=known_user,
+        )
         self._auth = auth
         self._bans = bans
         self._office = office
@@ -425,10 +433,10 @@ class Proxy:
             # An operator's rule (a number to a trunk, a domain to a gateway).
             request = replace(request, uri=routed)
             if self.settings.outbound_proxy:
-                request = _with_routes(
+                request = with_routes(
                     request, [loose_route(self.settings.outbound_proxy)]
                 )
-            targets = await self._targets_by_uri(request, None)
+            targets = await self.targets.by_uri(request, None)
         elif (
             call := self._office_call(request, has_route, inbound_flow, ours_domain)
         ) is not None:
@@ -437,7 +445,7 @@ class Proxy:
         else:
             if ours_domain and not has_route and inbound_flow is None:
                 request = self._office_extension(request)
-            targets = await self._targets(
+            targets = await self.targets.for_request(
                 request,
                 inbound_flow,
                 has_route,
@@ -447,7 +455,7 @@ class Proxy:
                 vouched=owner_flow is not None,
             )
         if _is_sips(request.uri):
-            targets = self._tls_only(targets)
+            targets = self.targets.tls_only(targets)
         self.forking.start(transaction, request, key, targets, peer, channel)
 
     async def _register(
@@ -490,143 +498,6 @@ class Proxy:
             raise RejectedError(481)
         self._answer(transaction, cancel, 200, None, ())
         self.forking.cancel(context)
-
-    async def _targets(
-        self,
-        request: Request,
-        flow: Pinned | None,
-        has_route: bool,
-        ours_domain: bool,
-        *,
-        caller: str | None = None,
-        vouched: bool = False,
-    ) -> list[Destination]:
-        """The target set (RFC 3261 §16.5) as copies to send, in order of trial.
-
-        :param caller: the authenticated user of ours who sent the request, if any.
-        :param vouched: the Request-URI was chosen by another process of ours.
-        """
-        if has_route or not ours_domain or flow is not None:
-            return await self._targets_by_uri(
-                request, flow, named_by_request=not vouched
-            )
-        uri = request.request_uri
-        assert isinstance(uri, SipURI)
-        if uri.user is None:
-            raise RejectedError(404)
-        bindings = await self._location.bindings(uri.aor(), now=self._clock.seconds())
-        if not bindings:
-            # RFC 5630: sip: and sips: forms of an AOR name the same user; a
-            # phone registers one of them, callers may use either (a SIPS call
-            # then reaches only its TLS bindings: _tls_only).
-            scheme, _, rest = uri.aor().partition(":")
-            other = f"{'sip' if scheme == 'sips' else 'sips'}:{rest}"
-            bindings = await self._location.bindings(other, now=self._clock.seconds())
-        if not bindings:
-            known = self._known_user is not None and self._known_user(uri.aor())
-            # No user oracle (issue 13): with users to authenticate, an outsider
-            # gets 480 for unknown and unregistered users alike (480 tells a
-            # caller of a real user to try later; 404 would end the search).
-            outsider = caller is None and self._auth is not None
-            raise RejectedError(480 if known or outsider else 404)
-        targets: list[Destination] = []
-        for binding in bindings:
-            targets.extend(await self._targets_for_binding(request, binding))
-        if not targets:
-            raise RejectedError(480)
-        return targets
-
-    async def _targets_for_binding(
-        self, request: Request, binding: Binding
-    ) -> list[Destination]:
-        copy = replace(request, uri=binding.contact)
-        if binding.path:
-            # RFC 3327 §5.3: the Path is the route to the phone; we follow it.
-            return await self._targets_by_uri(_with_routes(copy, binding.path), None)
-        flow = binding.flow
-        if self._held_elsewhere(flow):
-            return await self._targets_via_owner(copy, flow)
-        direct = _direct_contact(binding)
-        if direct is not None and self._transports.can_reach(direct):
-            return [Destination(copy, direct)]
-        peer = Peer(flow.transport, flow.remote_host, flow.remote_port)
-        if (
-            flow.transport != "udp"
-            and self._transports.connection(flow.connection_id) is None
-        ):
-            # The phone's connection is gone; its source port was ephemeral, so
-            # the only address left to try is the one its Contact names.
-            try:
-                return await self._targets_by_uri(copy, None)
-            except RejectedError:
-                return []
-        if not self._transports.can_reach(peer):
-            return []
-        return [Destination(copy, peer, flow.connection_id, pinned=True)]
-
-    async def _targets_by_uri(
-        self,
-        request: Request,
-        flow: Pinned | None,
-        *,
-        named_by_request: bool = False,
-    ) -> list[Destination]:
-        """Forward along the Route set or to the Request-URI (§16.5, §16.6).
-
-        :param named_by_request: the hop is whatever the sender wrote (its
-            Request-URI or preloaded Route), not a binding, a dial-plan rule or
-            a signed token: internal networks are then out of reach (issue 13).
-        """
-        copy, hop = next_hop(request)
-        if flow is not None:
-            peer, connection_id, name = flow
-            return [
-                Destination(copy, peer, connection_id, pinned=True, server_name=name)
-            ]
-        if not isinstance(hop, SipURI):
-            raise RejectedError(416)
-        peers = await self._lookup(hop)
-        if named_by_request:
-            peers = [p for p in peers if self._may_name(p, hop)]
-        if not peers:
-            # An IP we have no socket for: nobody reachable (480). A name that
-            # resolves to no SIP server: no such destination (404), not a 503,
-            # which would tell the previous hop that we are the ones failing.
-            raise RejectedError(480 if _is_ip(hop.host.strip("[]")) else 404)
-        # RFC 5922 §4: a TLS server proves the host of the URI, not its address.
-        name = hop.host.strip("[]")
-        # The addresses of one name are one destination with fallbacks, never
-        # rung in parallel: a domain with many records must not fan one request
-        # out to many hosts (issue 13); one group per lookup keeps them in order.
-        group = next(self._counter)
-        return [
-            Destination(copy, peer, None, server_name=name, group=group)
-            for peer in peers
-        ]
-
-    def _tls_only(self, targets: list[Destination]) -> list[Destination]:
-        """RFC 3261 §26.2.2: a SIPS Request-URI goes over TLS hops only.
-
-        "the request MUST be sent [...] over TLS": a target reachable only over
-        UDP or TCP is dropped rather than downgraded. None left: 416 if this
-        server has no TLS at all (it cannot handle SIPS), else 480 (the callee
-        has no secure way to be reached now).
-        """
-        secure = [t for t in targets if t.peer.transport == "tls"]
-        if not secure:
-            if not self._transports.supports("tls"):
-                raise RejectedError(416)
-            raise RejectedError(480, "No TLS Path To Target")
-        return secure
-
-    async def _lookup(self, uri: SipURI) -> list[Peer]:
-        peer = _peer_of(uri)
-        if _is_ip(peer.host):
-            return [peer] if self._transports.can_reach(peer) else []
-        if self._resolve is None:
-            return []
-        found = await self._resolve(uri)
-        return [p for p in found if self._transports.can_reach(p)]
 
     def _outgoing(self, context: ResponseContext, target: Destination) -> Request:
         """§16.6 steps 3-8 for one target whose next hop is known."""
@@ -944,7 +815,7 @@ class Proxy:
 
     async def _office_targets(self, call: _OfficeCall, ring: Ring) -> list[Destination]:
         if ring.uri is not None:
-            return await self._targets_by_uri(replace(call.request, uri=ring.uri), None)
+            return await self.targets.by_uri(replace(call.request, uri=ring.uri), None)
         targets: list[Destination] = []
         known = False
         for user in ring.users:
@@ -959,7 +830,7 @@ class Proxy:
             known = known or (self._known_user is not None and self._known_user(aor))
             bindings = await self._location.bindings(aor, now=self._clock.seconds())
             for binding in bindings[:1] if ring.newest_only else bindings:
-                targets.extend(await self._targets_for_binding(call.request, binding))
+                targets.extend(await self.targets.for_binding(call.request, binding))
         if not targets:
             # A group's members are users: nobody reachable is 480, never 404.
             raise RejectedError(480 if known or ring.newest_only else 404)
@@ -1164,28 +1035,6 @@ class Proxy:
         token = encode_flow(peer, flow.connection_id, self._owner_secret)
         return replace(flow, owner=f"sip:{token}@{where};lr")
 
-    def _held_elsewhere(self, flow: Flow) -> bool:
-        """Whether another process holds this binding's connection."""
-        if flow.owner is None or flow.transport == "udp":
-            return False
-        try:
-            owner = SipURI.parse(flow.owner)
-        except ParseError:
-            return False
-        return not self._is_ours(owner)
-
-    async def _targets_via_owner(
-        self, request: Request, flow: Flow
-    ) -> list[Destination]:
-        """Send through the process that holds the phone's connection."""
-        assert flow.owner is not None
-        try:
-            return await self._targets_by_uri(
-                _with_routes(request, [f"<{flow.owner}>"]), None
-            )
-        except RejectedError:
-            return []
-
     def _owner_flow(self, request: Request) -> Pinned | None:
         """The connection an owner token in our first Route names (_with_owner)."""
         try:
@@ -1218,27 +1067,6 @@ class Proxy:
     def _is_trusted(self, host: str) -> bool:
         """Whether ``host`` is in a --trusted network (an edge proxy, a trunk)."""
         return host in self.settings.trusted
-
-    def _may_name(self, peer: Peer, hop: SipURI) -> bool:
-        """Whether a request may send us to ``peer`` by naming it itself.
-
-        Not to an internal address (loopback, private, link-local...) unless the
-        operator allows its network: the Request-URI or a preloaded Route would
-        otherwise reach services behind the proxy (issue 13).
-        """
-        address = ip_of(peer.host)
-        if address is None or not _is_internal(address):
-            return True
-        if peer.host in self.settings.allowed_destinations:
-            return True
-        self.log.info(
-            "refused to send to {host}:{port} ({uri}): an internal address named "
-            "by the request (allow-destination allows a network)",
-            host=peer.host,
-            port=peer.port,
-            uri=str(hop),
-        )
-        return False
 
     def _asserted_identity(
         self, request: Request, user: str | None, trusted_source: bool
@@ -1441,32 +1269,6 @@ def _uri_of(request: Request, name: str) -> str:
     return str(address.uri)
 
 
-def _direct_contact(binding: Binding) -> Peer | None:
-    """The Contact's own address, when it can be trusted over the flow.
-
-    RFC 3261 routes to the registered Contact; a phone behind NAT writes an
-    address nobody can reach there, so the flow the REGISTER came on is used
-    instead (RFC 3581, RFC 5626). The Contact is trusted only when nothing says
-    NAT: the REGISTER came over UDP without RFC 5626 outbound, and the Contact
-    names, as an IP literal, the very address the REGISTER came from (a phone
-    or a SIPp instance registering on behalf of another port of its own host).
-    """
-    flow = binding.flow
-    if flow.transport != "udp" or binding.reg_id is not None:
-        return None
-    try:
-        uri = SipURI.parse(binding.contact)
-    except ParseError:
-        return None
-    host = uri.host.strip("[]")
-    if not _is_ip(host) or not same_address(host, flow.remote_host):
-        return None
-    transport = (uri.transport or "udp").lower()
-    if transport != "udp":
-        return None
-    return Peer("udp", flow.remote_host, uri.port or 5060)
-
-
 @functools.lru_cache(maxsize=4)
 def _owner_address(instance: str) -> str | None:
     """``host:port;transport=x`` of an --advertise URI, parsed once."""
@@ -1480,13 +1282,6 @@ def _owner_address(instance: str) -> str | None:
     return f"{host}{port}{param}"
 
 
-def _with_routes(request: Request, routes: Sequence[str]) -> Request:
-    headers = request.headers
-    for value in reversed(routes):
-        headers = headers.prepend("Route", value)
-    return replace(request, headers=headers)
-
-
 def _host_port(advertised: Peer | None) -> tuple[str, int]:
     if advertised is None:
         return "127.0.0.1", 5060
@@ -1494,37 +1289,8 @@ def _host_port(advertised: Peer | None) -> tuple[str, int]:
     return host, advertised.port
 
 
-def _peer_of(uri: SipURI) -> Peer:
-    """RFC 3261 §19.1.2 defaults for an IP-addressed URI."""
-    transport = (
-        uri.transport or ("tls" if uri.scheme.lower() == "sips" else "udp")
-    ).lower()
-    host = (uri.param("maddr") or uri.host).strip("[]")
-    default = 5061 if transport == "tls" else 5060
-    return Peer(transport, host, uri.port or default)
-
-
 def _is_sips(uri: str) -> bool:
     return uri[:5].lower() == "sips:"
-
-
-def _is_ip(host: str) -> bool:
-    return ip_of(host) is not None
-
-
-def _is_internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Loopback, private, link-local, unspecified, multicast or reserved."""
-    mapped = getattr(address, "ipv4_mapped", None)
-    if mapped is not None:
-        address = mapped
-    return (
-        address.is_loopback
-        or address.is_private
-        or address.is_link_local
-        or address.is_unspecified
-        or address.is_multicast
-        or address.is_reserved
-    )
 
 
 def _wants_privacy(request: Request) -> bool:
