@@ -28,14 +28,13 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from sipproxy.config import DialRule
 from sipproxy.digest import Authenticator, Outcome
 from sipproxy.guard import BanList, TrustedNetworks, ban_line
 from sipproxy.location import Flow, LocationService
-from sipproxy.proxy import pbx
 from sipproxy.proxy.auth import (
     NEVER_CHALLENGED,
     credentials_header,
@@ -61,18 +60,9 @@ from sipproxy.proxy.forking import (
     synthesized,
 )
 from sipproxy.proxy.observer import ProxyObserver
+from sipproxy.proxy.office_calls import OfficeCalls
 from sipproxy.proxy.pbx import (
-    CallPlan,
-    Forward,
-    Forwarding,
     OfficePreferences,
-    Refuse,
-    Ring,
-    Step,
-    Target,
-    diversion_headers,
-    history_info_headers,
-    outcome_of,
 )
 from sipproxy.proxy.routing import (
     is_loop,
@@ -149,20 +139,6 @@ class ProxySettings:
     max_pending_per_source: int = 5_000
 
 
-@dataclass
-class _OfficeCall:
-    """A call the office PBX plan steers (issue 9): what it rings, where it goes."""
-
-    plan: CallPlan
-    #: the request as it arrived; forwarded copies are made from it
-    original: Request
-    #: the request as sent to the current destination (its URI and headers)
-    request: Request
-    #: the no-answer timer of the current attempt
-    timer: IDelayedCall | None = None
-    rang_out: bool = False
-
-
 class Proxy:
     """Decides what to do with each message; the transports only move bytes."""
 
@@ -190,7 +166,7 @@ class Proxy:
         :param known_user: whether an AOR is a user of ours (no binding: 480 for
             a user, 404 for anyone else); None when there is no user list.
         :param secret: keys To tags and flow tokens; random per start if None.
-        :param office: extensions, ring groups, forwarding (issue 9); None: none.
+        :param office: extensions, ring groups, forwarding; None: none.
         :param observer: told of requests, final answers, failed
             authentications and bans (metrics); None: nobody is told.
         """
@@ -233,6 +209,20 @@ class Proxy:
             outgoing=self._outgoing,
             is_our_via=self._is_our_via,
             answered=self._log_answer,
+        )
+        self.office_calls = (
+            None
+            if office is None
+            else OfficeCalls(
+                office,
+                clock=clock,
+                location=location,
+                forking=self.forking,
+                targets=self.targets,
+                settings=lambda: self.settings,
+                auth_required=lambda: self._auth is not None,
+                known_user=known_user,
+            )
         )
 
     def pending_contexts(self) -> int:
@@ -421,8 +411,12 @@ class Proxy:
         if request.method == "INVITE":
             # §16.2: "the proxy MUST [...] generate a 100 (Trying) response".
             transaction.respond(request.response(100))
-            if request.to_addr.tag is None and inbound_flow is None:
-                request = self._office_identity(request, user)
+            if (
+                request.to_addr.tag is None
+                and inbound_flow is None
+                and self.office_calls is not None
+            ):
+                request = self.office_calls.identity(request, user)
         routed = None
         if not has_route and inbound_flow is None and request.to_addr.tag is None:
             routed = route_by_dialplan(uri, request.uri, self.settings.dialplan)
@@ -438,13 +432,26 @@ class Proxy:
                 )
             targets = await self.targets.by_uri(request, None)
         elif (
-            call := self._office_call(request, has_route, inbound_flow, ours_domain)
-        ) is not None:
-            await self._office_begin(call, transaction, request, key, peer, channel)
+            self.office_calls is not None
+            and (
+                call := self.office_calls.call_for(
+                    request, has_route, inbound_flow, ours_domain
+                )
+            )
+            is not None
+        ):
+            await self.office_calls.begin(
+                call, transaction, request, key, peer, channel
+            )
             return
         else:
-            if ours_domain and not has_route and inbound_flow is None:
-                request = self._office_extension(request)
+            if (
+                ours_domain
+                and not has_route
+                and inbound_flow is None
+                and self.office_calls is not None
+            ):
+                request = self.office_calls.extension(request)
             targets = await self.targets.for_request(
                 request,
                 inbound_flow,
@@ -681,248 +688,6 @@ class Proxy:
             connection_id=connection_id,
             server_name=server_name,
         )
-
-    # -- office PBX (issue 9): the plan in pbx.py, executed here ---------------------
-
-    def _office_call(
-        self,
-        request: Request,
-        has_route: bool,
-        flow: Pinned | None,
-        ours_domain: bool,
-    ) -> _OfficeCall | None:
-        """An office call for a new INVITE to a user, extension or group of ours."""
-        if (
-            self._office is None
-            or request.method != "INVITE"
-            or not ours_domain
-            or has_route
-            or flow is not None
-            or request.to_addr.tag is not None
-        ):
-            return None
-        uri = request.request_uri
-        assert isinstance(uri, SipURI)
-        if uri.user is None:
-            return None
-        destination = self._office.office.destination(uri.user)
-        if destination is None:
-            return None
-        plan = CallPlan(self._office.office, uri.host.lower())
-        call = _OfficeCall(plan, request, request)
-        call.plan.current = destination
-        return call
-
-    def _office_identity(self, request: Request, user: str | None) -> Request:
-        """The callee's phone shows the caller's extension (issue 9, RFC 3325).
-
-        A proxy may not rewrite From (RFC 3261 §16.6), so the extension travels as
-        the display name of a P-Asserted-Identity naming the caller, which phones
-        and PBXs show in preference to From. The caller is the authenticated
-        user, or without --users the user part of a From in our domains. One
-        such header written by the caller is replaced: we assert who it is.
-        """
-        if self._office is None:
-            return request
-        try:
-            caller = request.from_addr.uri
-        except ParseError:
-            return request
-        if not isinstance(caller, SipURI) or not caller.user:
-            return request
-        host = caller.host.lower()
-        if host not in self.settings.domains:
-            return request
-        name = user if self._auth is not None else caller.user
-        if name is None:
-            return request
-        number = next(
-            (n for n, u in self._office.office.extensions.items() if u == name), None
-        )
-        if number is None:
-            return request
-        identity = f'"{number}" <{caller.scheme}:{name}@{host}>'
-        headers = request.headers.remove("P-Asserted-Identity")
-        return replace(request, headers=headers.append("P-Asserted-Identity", identity))
-
-    def _office_extension(self, request: Request) -> Request:
-        """Other requests to an extension (MESSAGE, SUBSCRIBE) go to its user."""
-        uri = request.request_uri
-        if self._office is None or not isinstance(uri, SipURI) or uri.user is None:
-            return request
-        user = self._office.office.extensions.get(uri.user)
-        if user is None:
-            return request
-        return replace(request, uri=str(replace(uri, user=user)))
-
-    async def _office_begin(
-        self,
-        call: _OfficeCall,
-        transaction: ServerTransaction,
-        request: Request,
-        key: str,
-        peer: Peer,
-        channel: Channel,
-    ) -> None:
-        destination = call.plan.current
-        assert destination is not None
-        forwarding = await self._office_forwarding(call, destination)
-        first = call.plan.enter(destination, forwarding)
-        targets, ring = await self._office_resolve(call, first)
-        context = self.forking.start(
-            transaction,
-            request,
-            key,
-            targets,
-            peer,
-            channel,
-            parallel=ring.parallel,
-            on_ended=functools.partial(self._office_after, call),
-        )
-        self._office_arm(context, call, ring)
-
-    async def _office_forwarding(self, call: _OfficeCall, target: Target) -> Forwarding:
-        """The TOML forwarding of a user or group, with stored values winning."""
-        assert self._office is not None
-        name = call.plan.name_of(target)
-        return await self._office.effective(name) if name else Forwarding()
-
-    async def _office_resolve(
-        self, call: _OfficeCall, step: Step | None
-    ) -> tuple[list[Destination], Ring]:
-        """Follow the plan until something rings; RejectedError if nothing can."""
-        status = 480
-        while True:
-            if step is None:
-                raise RejectedError(status)
-            if isinstance(step, Refuse):
-                raise RejectedError(step.status, step.reason)
-            if isinstance(step, Forward):
-                refused = call.plan.retarget(step)
-                if refused is not None:
-                    raise RejectedError(refused.status, refused.reason)
-                call.request = self._office_forwarded(call, step)
-                forwarding = await self._office_forwarding(call, step.target)
-                step = call.plan.enter(step.target, forwarding)
-                continue
-            try:
-                targets = await self._office_targets(call, step)
-            except RejectedError as rejection:
-                targets, status = [], rejection.status
-            if targets:
-                return targets, step
-            step = call.plan.ended(pbx.Outcome.UNAVAILABLE)
-
-    async def _office_targets(self, call: _OfficeCall, ring: Ring) -> list[Destination]:
-        if ring.uri is not None:
-            return await self.targets.by_uri(replace(call.request, uri=ring.uri), None)
-        targets: list[Destination] = []
-        known = False
-        for user in ring.users:
-            # A group member on do-not-disturb is skipped, not rung.
-            if (
-                ring.newest_only
-                and self._office is not None
-                and (await self._office.effective(user)).dnd
-            ):
-                continue
-            aor = SipURI.parse(f"sip:{user}@{call.plan.domain}").aor()
-            known = known or (self._known_user is not None and self._known_user(aor))
-            bindings = await self._location.bindings(aor, now=self._clock.seconds())
-            for binding in bindings[:1] if ring.newest_only else bindings:
-                targets.extend(await self.targets.for_binding(call.request, binding))
-        if not targets:
-            # A group's members are users: nobody reachable is 480, never 404.
-            raise RejectedError(480 if known or ring.newest_only else 404)
-        return targets
-
-    def _office_forwarded(self, call: _OfficeCall, step: Forward) -> Request:
-        """The INVITE retargeted to ``step.target``, with Diversion and History-Info.
-
-        RFC 5806 §4: the newest Diversion comes first, above any received ones;
-        RFC 7044: History-Info is added only when the caller sent none, so
-        the indices stay ours.
-        """
-        original = call.original
-        uri = call.plan.uri_of(step.target)
-        headers = original.headers
-        hops = call.plan.hops
-        diversions = diversion_headers(hops)
-        if "diversion" in headers:
-            for value in reversed(diversions):
-                headers = headers.prepend("Diversion", value)
-        else:
-            headers = headers.extend(("Diversion", v) for v in diversions)
-        if "history-info" not in headers:
-            headers = headers.extend(
-                ("History-Info", v) for v in history_info_headers(hops, uri)
-            )
-        return replace(original, uri=uri, headers=headers)
-
-    def _office_arm(
-        self, context: ResponseContext, call: _OfficeCall, ring: Ring
-    ) -> None:
-        call.rang_out = False
-        if ring.seconds is not None:
-            call.timer = self._clock.callLater(
-                ring.seconds, self._office_rang_out, context, call
-            )
-
-    def _office_rang_out(self, context: ResponseContext, call: _OfficeCall) -> None:
-        """Nobody answered in time: end the attempt as Timer C would (§16.8)."""
-        if context.on_ended is None or context.answered or context.cancelled:
-            return
-        call.timer = None
-        call.rang_out = True
-        self.forking.stop_ringing(context)
-
-    def _office_after(
-        self, call: _OfficeCall, context: ResponseContext, response: Response
-    ) -> Response | None:
-        """The attempt ended with ``response``: the answer to send, or None.
-
-        The forking hook of an office call (``ResponseContext.on_ended``). None:
-        the plan goes on (the next member of a group, a forwarding target).
-        """
-        if call.timer is not None and call.timer.active():
-            call.timer.cancel()
-        call.timer = None
-        if response.status < 300 or context.cancelled:
-            return response
-        outcome = outcome_of(response.status, rang_out=call.rang_out)
-        step = call.plan.ended(outcome)
-        if step is None:
-            return synthesized(context.request, 480) if call.rang_out else response
-        if isinstance(step, Refuse):
-            return context.request.response(step.status, step.reason)
-        context.best = None
-        Deferred.fromCoroutine(self._office_next(context, call, step)).addErrback(
-            self._office_failed, context
-        )
-        return None
-
-    async def _office_next(
-        self, context: ResponseContext, call: _OfficeCall, step: Step
-    ) -> None:
-        try:
-            targets, ring = await self._office_resolve(call, step)
-        except RejectedError as rejection:
-            context.on_ended = None
-            self.forking.finish(
-                context, context.request.response(rejection.status, rejection.reason)
-            )
-            return
-        if context.cancelled:
-            context.on_ended = None
-            self.forking.finish(context, synthesized(context.request, 487))
-            return
-        self.forking.ring(context, targets, ring.parallel)
-        self._office_arm(context, call, ring)
-
-    def _office_failed(self, failure: Any, context: ResponseContext) -> None:
-        self.log.failure("office call failed", failure)
-        context.on_ended = None
-        self.forking.finish(context, synthesized(context.request, 500))
 
     # -- authentication (issue 5) ------------------------------------------------
 
