@@ -3,14 +3,16 @@
 Theory of operation. The transaction layer hands every new request to
 :meth:`Proxy.request_received` with its server transaction (retransmissions never
 get here). The core validates it (RFC 3261 §16.3), preprocesses its Route set
-(§16.4) and then either answers it itself — REGISTER for our domains goes to the
+(§16.4), passes the auth gate and hands it, as an :class:`Incoming`, to the
+handler of its method (``Proxy._handlers``). REGISTER for our domains goes to the
 registrar, OPTIONS to the server itself gets 200, CANCEL is matched to its INVITE
-(§16.10) — or determines targets (§16.5) and forwards (§16.6), one client
-transaction per branch, collected in a :class:`ResponseContext`. Responses come
-back through :meth:`Proxy.response_received` and are forwarded upstream or kept as
-the best final answer (§16.7). ACKs to 2xx and responses that match no
-transaction are forwarded statelessly (§16.11). A request that cannot be parsed
-well enough for a transaction is answered statelessly by :meth:`message_invalid`.
+(§16.10); any other request gets its targets (§16.5, proxy/targets.py) and is
+forwarded (§16.6), one client transaction per branch, collected in a
+:class:`ResponseContext` (proxy/forking.py). Responses come back through
+:meth:`Proxy.response_received` and are forwarded upstream or kept as the best
+final answer (§16.7). ACKs to 2xx and responses that match no transaction are
+forwarded statelessly (§16.11). A request that cannot be parsed well enough for
+a transaction is answered statelessly by :meth:`message_invalid`.
 
 Every refusal is a :class:`RejectedError` turned into a response in one place, and
 every final decision is one log line.
@@ -139,6 +141,36 @@ class ProxySettings:
     max_pending_per_source: int = 5_000
 
 
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A request that passed the checks (§16.3) and the auth gate, for a handler.
+
+    ``request`` has had its Route set preprocessed (§16.4); the rest is what the
+    core learned on the way: where it came from and how far it can be trusted.
+    """
+
+    request: Request
+    transaction: ServerTransaction
+    peer: Peer
+    channel: Channel
+    #: the loop-detection key of the request as received ("" if answered here)
+    key: str
+    has_route: bool
+    #: the Request-URI names this server (host and port)
+    to_us: bool
+    #: the Request-URI is in one of our domains
+    ours_domain: bool
+    #: the flow a signed Route token names (a dialog of ours), if any
+    inbound_flow: Pinned | None
+    #: the connection another process of ours sent the request to, if any
+    owner_flow: Pinned | None
+    in_our_dialog: bool
+    #: the source is in a --trusted network
+    trusted_source: bool
+    #: the user the request authenticated as, if any
+    user: str | None
+
+
 class Proxy:
     """Decides what to do with each message; the transports only move bytes."""
 
@@ -201,6 +233,13 @@ class Proxy:
         self._office = office
         self._observer = observer
         self.layer = TransactionLayer(self, clock)
+        #: Who handles a request, by method (after §16.3 and the auth gate);
+        #: any method not listed is proxied.
+        self._handlers: dict[str, Callable[[Incoming], Awaitable[None]]] = {
+            "OPTIONS": self._on_options,
+            "REGISTER": self._on_register,
+            "CANCEL": self._on_cancel,
+        }
         self.forking = Forking(
             clock=clock,
             layer=self.layer,
@@ -381,33 +420,73 @@ class Proxy:
             ):
                 # Not a relay: only our own authenticated users go elsewhere.
                 raise RejectedError(403, "Not A Relay")
-        if request.method == "OPTIONS" and to_us:
-            check_require(request, SUPPORTED)
-            self._answer(
-                transaction,
-                request,
-                200,
-                None,
-                (
-                    ("Allow", ", ".join(ALLOW)),
-                    ("Accept", ACCEPT),
-                    ("Supported", ", ".join(SUPPORTED)),
-                ),
-            )
+        incoming = Incoming(
+            request,
+            transaction,
+            peer,
+            channel,
+            key=key,
+            has_route=has_route,
+            to_us=to_us,
+            ours_domain=ours_domain,
+            inbound_flow=inbound_flow,
+            owner_flow=owner_flow,
+            in_our_dialog=in_our_dialog,
+            trusted_source=trusted_source,
+            user=user,
+        )
+        handler = self._handlers.get(request.method, self._proxy)
+        await handler(incoming)
+
+    async def _on_options(self, incoming: Incoming) -> None:
+        """OPTIONS to the server itself gets 200 (RFC 3261 §11.2); others go on."""
+        if not incoming.to_us:
+            await self._proxy(incoming)
             return
-        if request.method == "REGISTER":
-            if not trusted_source and "path" in request.headers:
-                # RFC 3327 §5.2: only an edge proxy we trust may put itself on
-                # the way to a phone; a phone's own Path would steer its calls
-                # to any host (issue 13). Ignored, as if it had not been written.
-                request = replace(request, headers=request.headers.remove("Path"))
-            await self._register(request, transaction, peer, channel, ours_domain)
-            return
-        if request.method == "CANCEL":
-            self._cancel(request, transaction)
-            return
-        if not in_our_dialog:
-            request = self._asserted_identity(request, user, trusted_source)
+        request = incoming.request
+        check_require(request, SUPPORTED)
+        self._answer(
+            incoming.transaction,
+            request,
+            200,
+            None,
+            (
+                ("Allow", ", ".join(ALLOW)),
+                ("Accept", ACCEPT),
+                ("Supported", ", ".join(SUPPORTED)),
+            ),
+        )
+
+    async def _on_register(self, incoming: Incoming) -> None:
+        """REGISTER goes to the registrar (RFC 3261 §10.3), for our domains only."""
+        request = incoming.request
+        if not incoming.trusted_source and "path" in request.headers:
+            # RFC 3327 §5.2: only an edge proxy we trust may put itself on
+            # the way to a phone; a phone's own Path would steer its calls
+            # to any host (issue 13). Ignored, as if it had not been written.
+            request = replace(request, headers=request.headers.remove("Path"))
+        await self._register(
+            request,
+            incoming.transaction,
+            incoming.peer,
+            incoming.channel,
+            incoming.ours_domain,
+        )
+
+    async def _on_cancel(self, incoming: Incoming) -> None:
+        """CANCEL is matched to its INVITE here (§16.10), never forwarded as such."""
+        self._cancel(incoming.request, incoming.transaction)
+
+    async def _proxy(self, incoming: Incoming) -> None:
+        """Any other request is forwarded (RFC 3261 §16.5, §16.6)."""
+        request, transaction = incoming.request, incoming.transaction
+        peer, channel, key = incoming.peer, incoming.channel, incoming.key
+        has_route, ours_domain = incoming.has_route, incoming.ours_domain
+        inbound_flow, owner_flow = incoming.inbound_flow, incoming.owner_flow
+        user = incoming.user
+        uri = request.request_uri
+        if not incoming.in_our_dialog:
+            request = self._asserted_identity(request, user, incoming.trusted_source)
         if request.method == "INVITE":
             # §16.2: "the proxy MUST [...] generate a 100 (Trying) response".
             transaction.respond(request.response(100))
