@@ -9,9 +9,10 @@ name are always alternatives tried in turn. Responses on a branch
 (:meth:`Forking.branch_response`) go upstream at once (1xx, every 2xx to an INVITE)
 or are kept until every branch has ended and the best one is chosen (§16.7 step 6).
 Timer C (§16.8) cancels a ringing INVITE branch, or ends a silent one as 408. A
-CANCEL from upstream (:meth:`Forking.cancel`) cancels every branch (§16.10). After
-the final answer the context lives on for Timer M, for late 2xx retransmissions
-(RFC 6026).
+CANCEL from upstream (:meth:`Forking.cancel`) cancels every branch (§16.10). A
+context is SEARCHING, then CANCELLED (if a CANCEL comes first), then ANSWERED
+(:class:`ForkState`). After the final answer the context lives on for Timer M,
+for late 2xx retransmissions (RFC 6026).
 
 Who decides what happens after an unanswered attempt is not this module: a context
 may carry an ``on_ended`` hook (the office call plan) that receives the answer
@@ -21,6 +22,7 @@ open for a next attempt (:meth:`Forking.ring`).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -95,6 +97,17 @@ class Branch:
     server_name: str | None = None
 
 
+class ForkState(enum.Enum):
+    """Where a proxied request stands, upstream (§16.7, §16.10)."""
+
+    #: branches are out or about to be; no final answer went upstream yet
+    SEARCHING = "searching"
+    #: a CANCEL came: no new branch is sent; the final answer (487) is still due
+    CANCELLED = "cancelled"
+    #: the final answer went upstream; only further 2xx to an INVITE follow it
+    ANSWERED = "answered"
+
+
 #: Told the answer an attempt ended with; returns the answer to send upstream,
 #: or None when the plan goes on (it then rings again or calls ``finish``).
 AttemptEnded = Callable[["ResponseContext", Response], "Response | None"]
@@ -112,10 +125,19 @@ class ResponseContext:
     pending: list[Destination] = field(default_factory=list)
     branches: list[Branch] = field(default_factory=list)
     best: Response | None = None
-    answered: bool = False
-    cancelled: bool = False
+    state: ForkState = ForkState.SEARCHING
     #: the hook of a call plan (the office PBX) deciding after each attempt
     on_ended: AttemptEnded | None = None
+
+    @property
+    def answered(self) -> bool:
+        """Whether the final answer went upstream."""
+        return self.state is ForkState.ANSWERED
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether a CANCEL came before the final answer went upstream."""
+        return self.state is ForkState.CANCELLED
 
 
 class Forking:
@@ -275,7 +297,8 @@ class Forking:
 
     def cancel(self, context: ResponseContext) -> None:
         """CANCEL from upstream (§16.10): cancel every pending branch, try no more."""
-        context.cancelled = True
+        if context.state is ForkState.SEARCHING:
+            context.state = ForkState.CANCELLED
         context.pending.clear()
         for branch in context.branches:
             self._cancel_branch(branch)
@@ -386,7 +409,7 @@ class Forking:
             # §16.7 step 6: "the proxy SHOULD generate a 500 [...] instead" of
             # passing on a 503, which would make upstream give up on us.
             response = synthesized(context.request, 500)
-        context.answered = True
+        context.state = ForkState.ANSWERED
         self._forward_up(context, response)
         self._answered(context, response)
         # Late 2xx retransmissions still need the context (RFC 6026 Timer M).
@@ -465,6 +488,7 @@ __all__ = [
     "Branch",
     "Destination",
     "ForkSettings",
+    "ForkState",
     "Forking",
     "ResponseContext",
     "synthesized",
