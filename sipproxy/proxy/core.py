@@ -27,7 +27,7 @@ import itertools
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -141,12 +141,13 @@ class ProxySettings:
     max_pending_per_source: int = 5_000
 
 
-@dataclass(frozen=True, slots=True)
-class Incoming:
+class Incoming(NamedTuple):
     """A request that passed the checks (§16.3) and the auth gate, for a handler.
 
     ``request`` has had its Route set preprocessed (§16.4); the rest is what the
     core learned on the way: where it came from and how far it can be trusted.
+    A tuple rather than a frozen dataclass: one is built per request, and
+    building a tuple costs half as much.
     """
 
     request: Request
@@ -465,12 +466,29 @@ class Proxy:
             # the way to a phone; a phone's own Path would steer its calls
             # to any host (issue 13). Ignored, as if it had not been written.
             request = replace(request, headers=request.headers.remove("Path"))
-        await self._register(
-            request,
+        if self._registrar is None or not incoming.ours_domain:
+            # Not a relay for other registrars: only our own domains register here.
+            raise RejectedError(403, "Not Our Domain")
+        peer, channel = incoming.peer, incoming.channel
+        flow = Flow(
+            transport=peer.transport,
+            local_host=channel.local.host,
+            local_port=channel.local.port,
+            remote_host=peer.host,
+            remote_port=peer.port,
+            connection_id=getattr(channel, "connection_id", None),
+        )
+        flow = self._with_owner(flow, peer)
+        answer = await self._registrar.register(
+            request, flow, now=self._clock.seconds()
+        )
+        self._answer(
             incoming.transaction,
-            incoming.peer,
-            incoming.channel,
-            incoming.ours_domain,
+            request,
+            answer.status,
+            answer.reason,
+            answer.headers,
+            why=None if answer.status == 200 else "registrar",
         )
 
     async def _on_cancel(self, incoming: Incoming) -> None:
@@ -543,38 +561,6 @@ class Proxy:
         if _is_sips(request.uri):
             targets = self.targets.tls_only(targets)
         self.forking.start(transaction, request, key, targets, peer, channel)
-
-    async def _register(
-        self,
-        request: Request,
-        transaction: ServerTransaction,
-        peer: Peer,
-        channel: Channel,
-        ours_domain: bool,
-    ) -> None:
-        if self._registrar is None or not ours_domain:
-            # Not a relay for other registrars: only our own domains register here.
-            raise RejectedError(403, "Not Our Domain")
-        flow = Flow(
-            transport=peer.transport,
-            local_host=channel.local.host,
-            local_port=channel.local.port,
-            remote_host=peer.host,
-            remote_port=peer.port,
-            connection_id=getattr(channel, "connection_id", None),
-        )
-        flow = self._with_owner(flow, peer)
-        answer = await self._registrar.register(
-            request, flow, now=self._clock.seconds()
-        )
-        self._answer(
-            transaction,
-            request,
-            answer.status,
-            answer.reason,
-            answer.headers,
-            why=None if answer.status == 200 else "registrar",
-        )
 
     def _cancel(self, cancel: Request, transaction: ServerTransaction) -> None:
         """CANCEL (RFC 3261 §16.10): 200 at once, then cancel every pending branch."""
