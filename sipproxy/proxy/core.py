@@ -32,17 +32,17 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from sipproxy.config import DialRule
-from sipproxy.digest import Authenticator, Outcome
-from sipproxy.guard import BanList, TrustedNetworks, ban_line
-from sipproxy.location import Binding, Flow, LocationService
-from sipproxy.proxy import pbx
-from sipproxy.proxy.auth import (
+from sipproxy.auth.digest import Authenticator, Outcome
+from sipproxy.auth.gate import (
     NEVER_CHALLENGED,
     credentials_header,
     may_act,
     without_our_credentials,
 )
+from sipproxy.config import DialRule
+from sipproxy.guard import BanList, TrustedNetworks, ban_line
+from sipproxy.location import Binding, Flow, LocationService
+from sipproxy.proxy import pbx
 from sipproxy.proxy.checks import (
     RejectedError,
     check_max_forwards,

@@ -1,7 +1,7 @@
 """Who must prove who they are, and whether they may do what they ask (issue 5).
 
 Pure decisions over a request and what the core already knows about it; the
-digest arithmetic lives in :mod:`sipproxy.digest`.
+digest arithmetic lives in :mod:`sipproxy.auth.digest`.
 
 - REGISTER for our domains authenticates with ``Authorization`` (401,
   RFC 3261 §22.1); the authenticated user must own the AOR (the To user) and
@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import replace
 
-from sipproxy.digest import parse_credentials
+from sipproxy.auth.digest import parse_credentials
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.headers import Headers
 from sipproxy.sip.message import Request

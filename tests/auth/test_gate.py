@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sipproxy.digest import compute_ha1
-from sipproxy.htdigest import load_users
-from sipproxy.proxy.auth import credentials_header, may_act, without_our_credentials
+from sipproxy.auth.gate import credentials_header, may_act, without_our_credentials
+from sipproxy.auth.ha1 import compute_ha1
+from sipproxy.auth.htdigest import load_users
 from sipproxy.sip.message import Request
 from sipproxy.sip.parser import parse_message
 

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from sipproxy.digest import compute_ha1
+from sipproxy.auth.ha1 import compute_ha1
 
 __all__ = [
     "UserDB",
