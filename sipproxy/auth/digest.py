@@ -1,4 +1,4 @@
-"""Digest authentication: challenges, nonces and verification (issue 5).
+"""Digest authentication: challenges, nonces and verification.
 
 RFC 3261 §22 takes HTTP Digest (RFC 2617, now RFC 7616) for SIP; RFC 8760 adds
 SHA-256 to it. A server answers a request without good credentials with a
@@ -15,7 +15,7 @@ Theory of operation:
   ``nonce_lifetime`` seconds. The random salt makes every challenge's nonce
   unique, so phones behind one NAT challenged in the same instant never share a
   nonce (and its nonce count).
-- **A nonce is bound to where it was sent** (issue 13): ``source`` is the IPv4
+- **A nonce is bound to where it was sent**: ``source`` is the IPv4
   address the challenge went to, or the /64 of an IPv6 one (a host owns a /64,
   RFC 7421; the ban list groups the same way). A wrong answer is
   :attr:`Outcome.FAILED`, which the caller counts towards a ban, only when its
@@ -47,7 +47,7 @@ Theory of operation:
   longer knows is treated as stale, so forgetting never opens a replay window.
 - **No user oracle**: an unknown user's response is computed and compared
   against a fixed dummy HA1 exactly as a known user's, then refused, so a
-  scanner sees the same outcome and the same work (issue 5). Comparisons use
+  scanner sees the same outcome and the same work. Comparisons use
   :func:`hmac.compare_digest`.
 - **URI**: the digest ``uri`` must name the Request-URI: equal, or equivalent
   by RFC 3261 §19.1.4 (host and scheme case, parameter order; ``sip:a`` and

@@ -1,4 +1,4 @@
-"""Who must prove who they are, and whether they may do what they ask (issue 5).
+"""Who must prove who they are, and whether they may do what they ask.
 
 Pure decisions over a request and what the core already knows about it; the
 digest arithmetic lives in :mod:`sipproxy.auth.digest`.
@@ -98,7 +98,7 @@ def without_our_credentials(request: Request, realm: str | None) -> Request:
 
     A proxy consumes the credentials meant for it: Proxy-Authorization (and
     Authorization) values whose realm is ours go, or the callee or a trunk
-    could crack our user's password offline from the digest (issue 13). Those
+    could crack our user's password offline from the digest. Those
     for other realms are for the servers down the path and stay untouched
     (§22.3: a proxy "MUST NOT modify" them); Authorization is end to end, so
     only ours is taken. ``realm`` None (no authentication here): unchanged.

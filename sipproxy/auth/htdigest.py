@@ -1,4 +1,4 @@
-"""The users file: Apache htdigest lines, read into a :class:`UserDB` (issue 5).
+"""The users file: Apache htdigest lines, read into a :class:`UserDB`.
 
 Each line is ``user:realm:HA1`` where HA1 is the hex MD5 of
 ``user:realm:password``, exactly as ``htdigest`` from apache2-utils writes it
