@@ -25,7 +25,7 @@ Scenarios:
 - ``register``: one REGISTER per call for a new AOR (no authentication).
 - ``register-auth``: REGISTER, 401, REGISTER with digest credentials, 200, for
   a population of ``--users`` users (100,000): the bench writes an htdigest file
-  for sipproxy (``sipproxy.htdigest.format_line``) and a SIPp injection file; each
+  for sipproxy (``sipproxy.auth.htdigest.format_line``) and a SIPp injection file; each
   step walks the users from the first, so from the second step on every
   REGISTER refreshes an existing binding.
 - ``call``: a SIPp UAS (``call-uas.xml``, pinned to CPU 1 like the UAC, bounded
@@ -380,7 +380,7 @@ def write_users(workdir: Path, count: int) -> tuple[Path, Path]:
     User ``u<N>`` has the password ``secret-u<N>``: the rule bench/kamailio
     computes its passwords by, so both servers know the same users.
     """
-    from sipproxy.htdigest import format_line
+    from sipproxy.auth.htdigest import format_line
 
     htdigest = workdir / "users.htdigest"
     injection = workdir / "users.csv"

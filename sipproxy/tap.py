@@ -29,6 +29,8 @@ from typing_extensions import override
 
 from sipproxy import __version__
 from sipproxy.admin import AdminAPI
+from sipproxy.auth.digest import Authenticator
+from sipproxy.auth.htdigest import load_users
 from sipproxy.config import (
     Config,
     ConfigError,
@@ -37,9 +39,7 @@ from sipproxy.config import (
     build_config,
     read_toml,
 )
-from sipproxy.digest import Authenticator
 from sipproxy.guard import BanList, ConnectionLimiter, RateLimiter, TrustedNetworks
-from sipproxy.htdigest import load_users
 from sipproxy.location import location_from_spec, redacted_spec, redacted_text
 from sipproxy.logs import use_json_logs, use_text_logs
 from sipproxy.metrics import Metrics, Snapshot

@@ -11,6 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sipproxy"
 
 
 def imports_of(path: Path) -> set[str]:
+    """Every module ``path`` imports; ``from a import b`` gives ``a`` and ``a.b``."""
     tree = ast.parse(path.read_text())
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -18,7 +19,30 @@ def imports_of(path: Path) -> set[str]:
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
     return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each sipproxy module -> the sipproxy modules it imports (typing-only too)."""
+    names = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return {
+        name: {m for m in imports_of(path) if m in names and m != name}
+        for name, path in names.items()
+    }
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for name in graph[todo.pop()] - seen:
+            seen.add(name)
+            todo.append(name)
+    return seen
 
 
 def modules(folder: str) -> list[Path]:
@@ -35,7 +59,9 @@ def test_wire_format_imports_nothing_but_itself(path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", modules("transaction") + modules("proxy") + [PACKAGE / "registrar.py"],
+    "path",
+    modules("transaction") + modules("proxy") + modules("auth")
+    + [PACKAGE / "registrar.py"],
     ids=lambda p: p.name,
 )  # fmt: skip
 def test_core_never_touches_the_reactor_or_the_wall_clock(path: Path) -> None:
@@ -49,3 +75,11 @@ def test_nothing_imports_tap() -> None:
     for path in PACKAGE.rglob("*.py"):
         if path.name != "tap.py":
             assert "sipproxy.tap" not in imports_of(path), path
+
+
+def test_no_import_cycle_runs_through_auth() -> None:
+    """No auth module imports, even indirectly, a module that imports it back."""
+    graph = import_graph()
+    auth = sorted(name for name in graph if name.startswith("sipproxy.auth"))
+    assert "sipproxy.auth.digest" in auth
+    assert not [name for name in auth if name in reachable(graph, name)]

@@ -33,16 +33,18 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from sipproxy.config import DialRule
-from sipproxy.digest import Authenticator, Outcome
-from sipproxy.guard import BanList, TrustedNetworks, ban_line
-from sipproxy.location import Flow, LocationService
-from sipproxy.proxy.auth import (
+from sipproxy.auth.digest import Authenticator, Outcome
+from sipproxy.auth.gate import (
     NEVER_CHALLENGED,
+    Admit,
+    Deny,
     credentials_header,
-    may_act,
+    decide,
     without_our_credentials,
 )
+from sipproxy.config import DialRule
+from sipproxy.guard import BanList, TrustedNetworks, ban_line
+from sipproxy.location import Flow, LocationService
 from sipproxy.proxy.checks import (
     RejectedError,
     check_max_forwards,
@@ -757,25 +759,29 @@ class Proxy:
     # -- authentication (issue 5) ------------------------------------------------
 
     def _authenticate(self, request: Request, header: str, peer: Peer) -> str:
-        """The authenticated user, or a RejectedError with a challenge or 403.
+        """The authenticated user, or a RejectedError with a challenge, 400 or 403.
 
-        A missing, wrong, unknown-user or stale credential all get the same
-        challenge (only the nonce differs), so nobody learns which users exist;
-        only wrong answers to a nonce issued to this very address count towards
-        its ban (issue 13: anything else costs no round trip, so a spoofed
-        source could get someone else banned). Nonces are bound to the address
-        they are sent to. A digest uri that is not the Request-URI gets 400.
+        :func:`~sipproxy.auth.gate.decide` says which; this carries it out: the
+        ban list (only wrong answers to a nonce issued to this very address
+        count, so a spoofed source cannot get someone else banned), the
+        observer, the log and a challenge bound to ``peer``'s address.
         """
         assert self._auth is not None
         now = self._clock.seconds()
         result = self._auth.verify(request, now, source=peer.host, header=header)
-        if result.outcome is Outcome.OK and result.user is not None:
-            if self._bans is not None:
-                self._bans.succeeded(peer.host, now, user=result.user)
-            if not may_act(request, result.user):
-                raise RejectedError(403, "Not Your Address")
-            return result.user
-        if result.outcome is Outcome.FAILED:
+        ok = result.outcome is Outcome.OK and result.user is not None
+        if ok and self._bans is not None:
+            self._bans.succeeded(peer.host, now, user=result.user)
+        decision = decide(request, result, header)
+        if isinstance(decision, Admit):
+            return decision.user
+        if isinstance(decision, Deny):
+            if decision.status == 400:
+                self.log.info(
+                    "from {host}: {reason}", host=peer.host, reason=result.reason
+                )
+            raise RejectedError(decision.status, decision.reason)
+        if decision.counted:
             self.log.info(
                 "authentication failed from {host}: {reason}",
                 host=peer.host,
@@ -798,19 +804,14 @@ class Proxy:
                 host=peer.host,
                 reason=result.reason,
             )
-        elif result.outcome is Outcome.URI_MISMATCH:
-            # RFC 2617 §3.2.2.5: "the server SHOULD return a 400 Bad Request".
-            self.log.info("from {host}: {reason}", host=peer.host, reason=result.reason)
-            raise RejectedError(400, "Digest URI Does Not Match Request-URI")
-        status = 401 if header == "Authorization" else 407
-        name = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
-        stale = result.outcome is Outcome.STALE
         raise RejectedError(
-            status,
+            decision.status,
             None,
             tuple(
-                (name, v)
-                for v in self._auth.challenge(now, source=peer.host, stale=stale)
+                (decision.header, v)
+                for v in self._auth.challenge(
+                    now, source=peer.host, stale=decision.stale
+                )
             ),
         )
 

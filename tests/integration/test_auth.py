@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from sipproxy.digest import compute_ha1, compute_response
-from sipproxy.htdigest import write_user
+from sipproxy.auth.digest import compute_response
+from sipproxy.auth.ha1 import compute_ha1
+from sipproxy.auth.htdigest import write_user
 from tests.integration.conftest import (
     RunningServer,
     free_port,

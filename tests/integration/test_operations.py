@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sipproxy.htdigest import write_user
+from sipproxy.auth.htdigest import write_user
 from tests.integration.conftest import (
     ROOT,
     RunningServer,

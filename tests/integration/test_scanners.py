@@ -47,7 +47,7 @@ from pathlib import Path
 
 import pytest
 
-from sipproxy.htdigest import write_user
+from sipproxy.auth.htdigest import write_user
 from tests.integration.conftest import (
     RunningServer,
     free_port,

@@ -7,8 +7,8 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 
+from sipproxy.auth.digest import Authenticator
 from sipproxy.config import DialRule
-from sipproxy.digest import Authenticator
 from sipproxy.location import Binding, Flow
 from sipproxy.location.memory import MemoryLocationService
 from sipproxy.proxy.core import Proxy, ProxySettings

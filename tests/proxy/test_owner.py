@@ -7,8 +7,8 @@ binding sends the request there as a Route; the owner delivers it on the flow.
 
 from __future__ import annotations
 
-from sipproxy.digest import Authenticator
-from sipproxy.htdigest import UserDB
+from sipproxy.auth.digest import Authenticator
+from sipproxy.auth.htdigest import UserDB
 from sipproxy.location import Binding, Flow
 from sipproxy.proxy.flows import encode_flow
 from sipproxy.sip.message import Request, Response

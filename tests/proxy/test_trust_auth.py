@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import itertools
 
-from sipproxy.digest import Authenticator, compute_ha1, compute_response
+from sipproxy.auth.digest import Authenticator, compute_response
+from sipproxy.auth.ha1 import compute_ha1
+from sipproxy.auth.htdigest import UserDB
 from sipproxy.guard import BanList
-from sipproxy.htdigest import UserDB
 from sipproxy.sip.message import Request, Response
 from tests.proxy.harness import ALICE, BOB, Harness, invite
 

@@ -11,7 +11,8 @@ import re
 import socket
 import time
 
-from sipproxy.digest import compute_ha1, compute_response
+from sipproxy.auth.digest import compute_response
+from sipproxy.auth.ha1 import compute_ha1
 from tests.integration.conftest import status_of
 
 REALM = "example.test"

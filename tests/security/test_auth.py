@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from sipproxy.htdigest import format_line
+from sipproxy.auth.htdigest import format_line
 from tests.integration.conftest import (
     ROOT,
     RunningServer,

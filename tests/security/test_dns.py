@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from sipproxy.digest import compute_ha1, compute_response
+from sipproxy.auth.digest import compute_response
+from sipproxy.auth.ha1 import compute_ha1
 from tests.integration.conftest import ROOT, free_port, status_of, stop
 from tests.security.conftest import PASSWORDS, REALM, Sink, serve_with_users
 

@@ -47,17 +47,17 @@ from hypothesis.stateful import (
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
-from sipproxy.digest import Authenticator
+from sipproxy.auth.digest import Authenticator
 from sipproxy.location import Binding
 from sipproxy.registrar import RegistrarSettings
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.message import Request, Response
 from sipproxy.sip.parser import parse_message
 from sipproxy.sip.uri import SipURI
+from tests.auth.test_digest import answer as digest_answer
+from tests.auth.test_digest import user_db
 from tests.proxy.harness import Harness, run
 from tests.proxy.harness import answer as respond
-from tests.test_digest import answer as digest_answer
-from tests.test_digest import user_db
 
 Address = tuple[str, int]
 

@@ -1,7 +1,7 @@
-"""Who must prove who they are, and whether they may do what they ask (issue 5).
+"""Who must prove who they are, and whether they may do what they ask.
 
 Pure decisions over a request and what the core already knows about it; the
-digest arithmetic lives in :mod:`sipproxy.digest`.
+digest arithmetic lives in :mod:`sipproxy.auth.digest`.
 
 - REGISTER for our domains authenticates with ``Authorization`` (401,
   RFC 3261 §22.1); the authenticated user must own the AOR (the To user) and
@@ -18,14 +18,17 @@ digest arithmetic lives in :mod:`sipproxy.digest`.
   authenticated local user; anyone else gets 403.
 - Our credentials stop here: what we forward carries no credentials for our
   realm (:func:`without_our_credentials`, RFC 3261 §22.3).
+- What a verification leads to (:func:`decide`): let the user through, refuse,
+  or challenge again, and whether the attempt counts towards a ban. The proxy
+  carries the decision out (clock, ban list, log, response).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-from sipproxy.digest import parse_credentials
+from sipproxy.auth.digest import AuthResult, Outcome, parse_credentials
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.headers import Headers
 from sipproxy.sip.message import Request
@@ -95,7 +98,7 @@ def without_our_credentials(request: Request, realm: str | None) -> Request:
 
     A proxy consumes the credentials meant for it: Proxy-Authorization (and
     Authorization) values whose realm is ours go, or the callee or a trunk
-    could crack our user's password offline from the digest (issue 13). Those
+    could crack our user's password offline from the digest. Those
     for other realms are for the servers down the path and stay untouched
     (§22.3: a proxy "MUST NOT modify" them); Authorization is end to end, so
     only ours is taken. ``realm`` None (no authentication here): unchanged.
@@ -109,3 +112,70 @@ def without_our_credentials(request: Request, realm: str | None) -> Request:
     if len(kept) == len(fields):
         return request
     return replace(request, headers=Headers(kept))
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """Good credentials, and ``user`` may do what the request asks."""
+
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    """Answer ``status`` with ``reason`` and no challenge: asking again won't help."""
+
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """Answer ``status`` (401 or 407) with a fresh challenge in ``header``.
+
+    ``stale``: the password was right but the nonce expired (RFC 7616 §3.3).
+    ``counted``: a wrong answer to a nonce issued to this very source, which
+    counts towards its ban; nothing else does, since only this one proves the
+    sender received our challenge there (see :mod:`sipproxy.auth.digest`).
+    """
+
+    status: int
+    header: str
+    stale: bool = False
+    counted: bool = False
+
+
+#: What to do with a request whose credentials were verified.
+Decision = Admit | Deny | Challenge
+
+
+def decide(request: Request, result: AuthResult, header: str) -> Decision:
+    """What the verification ``result`` of ``header`` in ``request`` leads to.
+
+    A missing, wrong, unknown-user or stale credential all get the same
+    challenge (only the nonce differs), so nobody learns which users exist.
+    Good credentials of a user who does not own the request's From (or, for
+    REGISTER, its To) get 403. A digest uri that is not the Request-URI gets
+    400: "the server SHOULD return a 400 Bad Request error" (RFC 2617
+    §3.2.2.5).
+
+    :param header: where the credentials were looked for: "Authorization"
+        (challenged with 401 and WWW-Authenticate, RFC 3261 §22.1) or
+        "Proxy-Authorization" (407 and Proxy-Authenticate, §22.3).
+    """
+    if result.outcome is Outcome.OK and result.user is not None:
+        if not may_act(request, result.user):
+            return Deny(403, "Not Your Address")
+        return Admit(result.user)
+    if result.outcome is Outcome.URI_MISMATCH:
+        return Deny(400, "Digest URI Does Not Match Request-URI")
+    if header == "Authorization":
+        status, challenge_header = 401, "WWW-Authenticate"
+    else:
+        status, challenge_header = 407, "Proxy-Authenticate"
+    return Challenge(
+        status,
+        challenge_header,
+        stale=result.outcome is Outcome.STALE,
+        counted=result.outcome is Outcome.FAILED,
+    )

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from sipproxy import passwd
-from sipproxy.digest import (
+from sipproxy.auth import passwd
+from sipproxy.auth.digest import (
     Authenticator,
     Outcome,
-    compute_ha1,
     compute_response,
     parse_credentials,
 )
-from sipproxy.htdigest import (
+from sipproxy.auth.ha1 import compute_ha1
+from sipproxy.auth.htdigest import (
     UserDB,
     UsersFileError,
     load_users,
@@ -389,5 +389,5 @@ def test_passwd_reports_a_broken_file(
 
 def test_passwd_entry_point_is_declared() -> None:
     """setup.cfg installs the command as sipproxy-passwd."""
-    setup_cfg = Path(__file__).parent.parent / "setup.cfg"
-    assert "sipproxy-passwd = sipproxy.passwd:main" in setup_cfg.read_text()
+    setup_cfg = Path(__file__).parents[2] / "setup.cfg"
+    assert "sipproxy-passwd = sipproxy.auth.passwd:main" in setup_cfg.read_text()

@@ -1,4 +1,4 @@
-"""The users file: Apache htdigest lines, read into a :class:`UserDB` (issue 5).
+"""The users file: Apache htdigest lines, read into a :class:`UserDB`.
 
 Each line is ``user:realm:HA1`` where HA1 is the hex MD5 of
 ``user:realm:password``, exactly as ``htdigest`` from apache2-utils writes it
@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from sipproxy.digest import compute_ha1
+from sipproxy.auth.ha1 import compute_ha1
 
 __all__ = [
     "UserDB",

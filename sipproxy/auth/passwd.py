@@ -1,6 +1,6 @@
 """``sipproxy-passwd FILE USER``: add a user to the users file, or change a password.
 
-The file is in Apache htdigest format (see :mod:`sipproxy.htdigest`); each line
+The file is in Apache htdigest format (see :mod:`sipproxy.auth.htdigest`); each line
 this command writes carries the MD5 HA1, as ``htdigest`` writes it, and the
 SHA-256 HA1 as a fourth field so that the server can offer SHA-256 (RFC 8760).
 The password comes from a prompt (asked twice) or, with ``--password-stdin``,
@@ -14,7 +14,7 @@ import getpass
 import sys
 from collections.abc import Sequence
 
-from sipproxy.htdigest import UsersFileError, read_realms, write_user
+from sipproxy.auth.htdigest import UsersFileError, read_realms, write_user
 
 __all__ = ["main"]
 

@@ -7,16 +7,16 @@ from types import MappingProxyType
 
 import pytest
 
-from sipproxy import digest
-from sipproxy.digest import (
+from sipproxy.auth import digest
+from sipproxy.auth.digest import (
     Authenticator,
     AuthResult,
     Outcome,
-    compute_ha1,
     compute_response,
     parse_credentials,
 )
-from sipproxy.htdigest import UserDB
+from sipproxy.auth.ha1 import compute_ha1, hash_hex
+from sipproxy.auth.htdigest import UserDB
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.headers import Headers
 from sipproxy.sip.message import Request
@@ -198,10 +198,10 @@ def test_parse_rejects_malformed(value: str) -> None:
 def test_compute_response_without_qop_is_rfc2069() -> None:
     """Without qop the digest is H(HA1:nonce:HA2) (RFC 2069, RFC 2617 §3.2.2.1)."""
     ha1 = compute_ha1("Mufasa", "testrealm@host.com", "Circle Of Life", "MD5")
-    ha2 = digest._hash("MD5", "GET:/dir/index.html")
+    ha2 = hash_hex("MD5", "GET:/dir/index.html")
     assert compute_response(
         ha1, algorithm="MD5", method="GET", uri="/dir/index.html", nonce="n"
-    ) == digest._hash("MD5", f"{ha1}:n:{ha2}")
+    ) == hash_hex("MD5", f"{ha1}:n:{ha2}")
     with pytest.raises(ValueError, match="qop"):
         compute_response(
             ha1, algorithm="MD5", method="GET", uri="/", nonce="n", qop="auth-int"

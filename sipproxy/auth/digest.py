@@ -1,4 +1,4 @@
-"""Digest authentication: challenges, nonces and verification (issue 5).
+"""Digest authentication: challenges, nonces and verification.
 
 RFC 3261 §22 takes HTTP Digest (RFC 2617, now RFC 7616) for SIP; RFC 8760 adds
 SHA-256 to it. A server answers a request without good credentials with a
@@ -15,7 +15,7 @@ Theory of operation:
   ``nonce_lifetime`` seconds. The random salt makes every challenge's nonce
   unique, so phones behind one NAT challenged in the same instant never share a
   nonce (and its nonce count).
-- **A nonce is bound to where it was sent** (issue 13): ``source`` is the IPv4
+- **A nonce is bound to where it was sent**: ``source`` is the IPv4
   address the challenge went to, or the /64 of an IPv6 one (a host owns a /64,
   RFC 7421; the ban list groups the same way). A wrong answer is
   :attr:`Outcome.FAILED`, which the caller counts towards a ban, only when its
@@ -47,7 +47,7 @@ Theory of operation:
   longer knows is treated as stale, so forgetting never opens a replay window.
 - **No user oracle**: an unknown user's response is computed and compared
   against a fixed dummy HA1 exactly as a known user's, then refused, so a
-  scanner sees the same outcome and the same work (issue 5). Comparisons use
+  scanner sees the same outcome and the same work. Comparisons use
   :func:`hmac.compare_digest`.
 - **URI**: the digest ``uri`` must name the Request-URI: equal, or equivalent
   by RFC 3261 §19.1.4 (host and scheme case, parameter order; ``sip:a`` and
@@ -76,25 +76,21 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from sipproxy.auth.ha1 import ALGORITHMS, encode_utf8, hash_hex
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.uri import parse_uri
 
 if TYPE_CHECKING:
-    from sipproxy.htdigest import UserDB
+    from sipproxy.auth.htdigest import UserDB
     from sipproxy.sip.message import Request
 
 __all__ = [
-    "ALGORITHMS",
     "AuthResult",
     "Authenticator",
     "Outcome",
-    "compute_ha1",
     "compute_response",
     "parse_credentials",
 ]
-
-#: Hash functions by the algorithm names of RFC 7616 §3.3 and RFC 8760.
-ALGORITHMS: Mapping[str, str] = {"MD5": "md5", "SHA-256": "sha256"}
 
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization"})
 _NONCE = re.compile(r"[A-Za-z0-9_-]{43}")
@@ -107,26 +103,6 @@ _BURNT = 1 << 32
 # token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _SPACE = " \t\r\n"
-
-
-def _utf8(text: str) -> bytes:
-    return text.encode("utf-8", "surrogateescape")
-
-
-def _hash(algorithm: str, text: str) -> str:
-    try:
-        name = ALGORITHMS[algorithm.upper()]
-    except KeyError:
-        raise ValueError(f"unsupported digest algorithm {algorithm!r}") from None
-    return hashlib.new(name, _utf8(text)).hexdigest()
-
-
-def compute_ha1(user: str, realm: str, password: str, algorithm: str) -> str:
-    """HA1 = H(username ":" realm ":" passwd), hex (RFC 7616 §3.4.2).
-
-    :raises ValueError: for an algorithm not in :data:`ALGORITHMS`.
-    """
-    return _hash(algorithm, f"{user}:{realm}:{password}")
 
 
 def compute_response(
@@ -148,12 +124,12 @@ def compute_response(
 
     :raises ValueError: for another qop, or qop without nc and cnonce.
     """
-    ha2 = _hash(algorithm, f"{method}:{uri}")
+    ha2 = hash_hex(algorithm, f"{method}:{uri}")
     if qop is None:
-        return _hash(algorithm, f"{ha1}:{nonce}:{ha2}")
+        return hash_hex(algorithm, f"{ha1}:{nonce}:{ha2}")
     if qop != "auth" or nc is None or cnonce is None:
         raise ValueError("only qop=auth, with nc and cnonce, is supported")
-    return _hash(algorithm, f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
+    return hash_hex(algorithm, f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
 
 
 def parse_credentials(value: str) -> tuple[str, dict[str, str]]:
@@ -239,7 +215,7 @@ def source_key(source: str | None) -> bytes:
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
-        return b"n" + _utf8(text.lower())
+        return b"n" + encode_utf8(text.lower())
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return b"4" + address.ipv4_mapped.packed
@@ -388,7 +364,7 @@ class Authenticator:
         opaque = hmac.new(secret, b"sipproxy opaque", hashlib.sha256).digest()[:12]
         self.opaque = base64.urlsafe_b64encode(opaque).decode("ascii")
         self._dummy_ha1 = {
-            a: _hash(a, f"sipproxy dummy user:{realm}:") for a in ALGORITHMS
+            a: hash_hex(a, f"sipproxy dummy user:{realm}:") for a in ALGORITHMS
         }
         # nonce -> (issued_at, highest nc verified or _BURNT), least recently used first
         self._counts: OrderedDict[str, tuple[float, int]] = OrderedDict()
@@ -528,7 +504,7 @@ class Authenticator:
             raise _UnprovenError("nonce not issued to this source, or not ours")
         opaque = params.get("opaque")
         if opaque is not None and not hmac.compare_digest(
-            _utf8(opaque), _utf8(self.opaque)
+            encode_utf8(opaque), encode_utf8(self.opaque)
         ):
             raise _UnprovenError("opaque not ours")
         seen = self._counts.get(creds.nonce)
@@ -546,7 +522,9 @@ class Authenticator:
             nc=creds.nc,
             cnonce=creds.cnonce,
         )
-        matches = hmac.compare_digest(_utf8(expected), _utf8(creds.response.lower()))
+        matches = hmac.compare_digest(
+            encode_utf8(expected), encode_utf8(creds.response.lower())
+        )
         if known is None or not matches:
             self._burn(creds.nonce, issued_at, now)
             # One reason for both, so that not even the log separates them.

@@ -6,9 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from sipproxy.digest import compute_ha1
-from sipproxy.htdigest import load_users
-from sipproxy.proxy.auth import credentials_header, may_act, without_our_credentials
+from sipproxy.auth.digest import AuthResult, Outcome
+from sipproxy.auth.gate import (
+    Admit,
+    Challenge,
+    Deny,
+    credentials_header,
+    decide,
+    may_act,
+    without_our_credentials,
+)
+from sipproxy.auth.ha1 import compute_ha1
+from sipproxy.auth.htdigest import load_users
 from sipproxy.sip.message import Request
 from sipproxy.sip.parser import parse_message
 
@@ -118,3 +127,50 @@ def test_nothing_to_consume_keeps_the_request() -> None:
     assert without_our_credentials(request, "example.test") is request
     ours = with_credentials(("Proxy-Authorization", OURS))
     assert without_our_credentials(ours, None) is ours
+
+
+def test_good_credentials_of_the_from_user_let_the_request_through() -> None:
+    ok = AuthResult(Outcome.OK, "alice")
+    assert decide(make("INVITE", to_user="bob"), ok, "Proxy-Authorization") == Admit(
+        "alice"
+    )
+
+
+def test_good_credentials_for_someone_elses_address_get_403() -> None:
+    """Bob's password does not let him send as Alice or register her AOR."""
+    bob = AuthResult(Outcome.OK, "bob")
+    assert decide(make("INVITE"), bob, "Proxy-Authorization") == Deny(
+        403, "Not Your Address"
+    )
+    assert decide(make("REGISTER"), bob, "Authorization") == Deny(
+        403, "Not Your Address"
+    )
+
+
+def test_a_digest_uri_that_is_not_the_request_uri_gets_400() -> None:
+    """RFC 2617 §3.2.2.5: "the server SHOULD return a 400 Bad Request error"."""
+    mismatch = AuthResult(Outcome.URI_MISMATCH, reason="uri")
+    decision = decide(make("REGISTER"), mismatch, "Authorization")
+    assert decision == Deny(400, "Digest URI Does Not Match Request-URI")
+
+
+@pytest.mark.parametrize(
+    ("outcome", "stale", "counted"),
+    [
+        (Outcome.MISSING, False, False),
+        (Outcome.UNPROVEN, False, False),
+        (Outcome.STALE, True, False),
+        (Outcome.FAILED, False, True),
+    ],
+)
+def test_anything_else_is_challenged_and_only_a_wrong_answer_counts(
+    outcome: Outcome, stale: bool, counted: bool
+) -> None:
+    """A registrar challenges with 401 (§22.1), a proxy with 407 (§22.3)."""
+    result = AuthResult(outcome)
+    assert decide(make("REGISTER"), result, "Authorization") == Challenge(
+        401, "WWW-Authenticate", stale=stale, counted=counted
+    )
+    assert decide(make("INVITE"), result, "Proxy-Authorization") == Challenge(
+        407, "Proxy-Authenticate", stale=stale, counted=counted
+    )
