@@ -43,8 +43,9 @@ from sipproxy.htdigest import load_users
 from sipproxy.location import location_from_spec, redacted_spec, redacted_text
 from sipproxy.logs import use_json_logs, use_text_logs
 from sipproxy.metrics import Metrics, Snapshot
+from sipproxy.office.model import Office
+from sipproxy.office.preferences import OfficePreferences
 from sipproxy.proxy.core import Proxy, ProxySettings
-from sipproxy.proxy.pbx import Office, OfficePreferences
 from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.resolver import make_resolver
 from sipproxy.tokenfile import TokenFileError, default_path, load_or_create

@@ -16,7 +16,8 @@ import pytest_twisted
 from twisted.web.server import Site
 
 from sipproxy.admin import AdminAPI
-from sipproxy.proxy.pbx import OfficePreferences, parse_office
+from sipproxy.office.model import parse_office
+from sipproxy.office.preferences import OfficePreferences
 from tests.test_admin import TOKEN, FakeServer, Running, reactor
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using readBody:DeprecationWarning")

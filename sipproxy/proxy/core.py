@@ -36,7 +36,18 @@ from sipproxy.config import DialRule
 from sipproxy.digest import Authenticator, Outcome
 from sipproxy.guard import BanList, TrustedNetworks, ban_line
 from sipproxy.location import Binding, Flow, LocationService
-from sipproxy.proxy import pbx
+from sipproxy.office.headers import diversion_headers, history_info_headers
+from sipproxy.office.model import Forwarding, Target
+from sipproxy.office.plan import (
+    AttemptOutcome,
+    CallPlan,
+    Forward,
+    Refuse,
+    Ring,
+    Step,
+    outcome_of,
+)
+from sipproxy.office.preferences import OfficePreferences
 from sipproxy.proxy.auth import (
     NEVER_CHALLENGED,
     credentials_header,
@@ -54,19 +65,6 @@ from sipproxy.proxy.checks import (
 from sipproxy.proxy.dialplan import loose_route, route_by_dialplan
 from sipproxy.proxy.flows import Pinned, decode_flow, dialog_binding, encode_flow
 from sipproxy.proxy.observer import ProxyObserver
-from sipproxy.proxy.pbx import (
-    CallPlan,
-    Forward,
-    Forwarding,
-    OfficePreferences,
-    Refuse,
-    Ring,
-    Step,
-    Target,
-    diversion_headers,
-    history_info_headers,
-    outcome_of,
-)
 from sipproxy.proxy.routing import (
     is_loop,
     loop_key,
@@ -1205,7 +1203,7 @@ class Proxy:
                 targets, status = [], rejection.status
             if targets:
                 return targets, step
-            step = call.plan.ended(pbx.Outcome.UNAVAILABLE)
+            step = call.plan.ended(AttemptOutcome.UNAVAILABLE)
 
     async def _office_targets(self, call: _OfficeCall, ring: Ring) -> list[_Target]:
         if ring.uri is not None:

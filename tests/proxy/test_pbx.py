@@ -12,25 +12,26 @@ from twisted.internet.defer import Deferred
 
 from sipproxy.config import ConfigError, build_config, read_toml
 from sipproxy.location.memory import MemoryLocationService
-from sipproxy.proxy.pbx import (
-    CallPlan,
-    Forward,
+from sipproxy.office.headers import diversion_headers, history_info_headers
+from sipproxy.office.model import (
     Forwarding,
     GroupTarget,
-    Hop,
     Office,
-    OfficePreferences,
-    Outcome,
-    Refuse,
-    Ring,
     Target,
     UriTarget,
     UserTarget,
-    diversion_headers,
-    history_info_headers,
-    outcome_of,
     parse_office,
 )
+from sipproxy.office.plan import (
+    AttemptOutcome,
+    CallPlan,
+    Forward,
+    Hop,
+    Refuse,
+    Ring,
+    outcome_of,
+)
+from sipproxy.office.preferences import OfficePreferences
 from tests.proxy.harness import run
 
 USERS = frozenset({"alice", "bob", "carol"})
@@ -194,7 +195,7 @@ def test_bad_sections_are_refused_naming_the_entry(
 def test_group_forwarding_loop_through_a_group_number() -> None:
     """Forwarding alice -> 200 (group sales) -> alice is a loop too."""
     with pytest.raises(
-        ConfigError,
+        ValueError,
         match=re.escape("forwarding loop alice -> sales -> alice"),
     ):
         parse_office(
@@ -240,17 +241,17 @@ def test_group_forwarding_loop_through_a_group_number() -> None:
 def test_names_are_checked_against_the_users_file(
     values: dict[str, Any], message: str
 ) -> None:
-    with pytest.raises(ConfigError, match=re.escape(message)):
+    with pytest.raises(ValueError, match=re.escape(message)):
         parse_office(values).with_users(USERS)
 
 
 def test_a_number_that_is_also_a_user_name_is_refused() -> None:
     with pytest.raises(
-        ConfigError, match=re.escape("extensions: '101' is also a user name")
+        ValueError, match=re.escape("extensions: '101' is also a user name")
     ):
         parse_office({"extensions": {"101": "alice"}}).with_users(USERS | {"101"})
     with pytest.raises(
-        ConfigError, match=re.escape("groups: 's': number '200' is also a user name")
+        ValueError, match=re.escape("groups: 's': number '200' is also a user name")
     ):
         parse_office(
             {"groups": [{"number": "200", "name": "s", "members": ["alice"]}]}
@@ -273,11 +274,11 @@ def test_targets_resolve_to_users_groups_and_uris() -> None:
 
 def test_outcomes_of_final_answers() -> None:
     """486/600 busy; 408/480/503 unavailable; our timer no answer; else as is."""
-    assert outcome_of(486, rang_out=False) is Outcome.BUSY
-    assert outcome_of(600, rang_out=False) is Outcome.BUSY
+    assert outcome_of(486, rang_out=False) is AttemptOutcome.BUSY
+    assert outcome_of(600, rang_out=False) is AttemptOutcome.BUSY
     for status in (408, 480, 503):
-        assert outcome_of(status, rang_out=False) is Outcome.UNAVAILABLE
-    assert outcome_of(487, rang_out=True) is Outcome.NO_ANSWER
+        assert outcome_of(status, rang_out=False) is AttemptOutcome.UNAVAILABLE
+    assert outcome_of(487, rang_out=True) is AttemptOutcome.NO_ANSWER
     assert outcome_of(603, rang_out=False) is None
     assert outcome_of(403, rang_out=False) is None
 
@@ -294,13 +295,13 @@ def test_unconditional_comes_before_dnd_and_ringing() -> None:
     step = plan.enter(
         UserTarget("bob"), Forwarding(unconditional="101", dnd=True, busy=VM)
     )
-    assert step == Forward(UserTarget("alice"), Outcome.UNCONDITIONAL)
+    assert step == Forward(UserTarget("alice"), AttemptOutcome.UNCONDITIONAL)
 
 
 def test_dnd_forwards_to_busy_else_refuses_486() -> None:
     plan = CallPlan(office(), "example.test")
     step = plan.enter(UserTarget("bob"), Forwarding(dnd=True, busy=VM))
-    assert step == Forward(UriTarget(VM), Outcome.DND)
+    assert step == Forward(UriTarget(VM), AttemptOutcome.DND)
     assert plan.enter(UserTarget("bob"), Forwarding(dnd=True)) == Refuse(
         486, "Busy Here"
     )
@@ -308,10 +309,10 @@ def test_dnd_forwards_to_busy_else_refuses_486() -> None:
 
 def test_busy_no_answer_unavailable_pick_their_targets() -> None:
     forwarding = Forwarding(busy="101", no_answer=VM, unavailable="200")
-    cases: list[tuple[Outcome, Target]] = [
-        (Outcome.BUSY, UserTarget("alice")),
-        (Outcome.NO_ANSWER, UriTarget(VM)),
-        (Outcome.UNAVAILABLE, office().target("200")),
+    cases: list[tuple[AttemptOutcome, Target]] = [
+        (AttemptOutcome.BUSY, UserTarget("alice")),
+        (AttemptOutcome.NO_ANSWER, UriTarget(VM)),
+        (AttemptOutcome.UNAVAILABLE, office().target("200")),
     ]
     for outcome, target in cases:
         plan = CallPlan(office(), "example.test")
@@ -322,9 +323,11 @@ def test_busy_no_answer_unavailable_pick_their_targets() -> None:
 def test_without_targets_the_answer_passes_up_or_is_480() -> None:
     plan = CallPlan(office(), "example.test")
     plan.enter(UserTarget("bob"), Forwarding())
-    assert plan.ended(Outcome.BUSY) is None
-    assert plan.ended(Outcome.UNAVAILABLE) is None
-    assert plan.ended(Outcome.NO_ANSWER) == Refuse(480, "Temporarily Unavailable")
+    assert plan.ended(AttemptOutcome.BUSY) is None
+    assert plan.ended(AttemptOutcome.UNAVAILABLE) is None
+    assert plan.ended(AttemptOutcome.NO_ANSWER) == Refuse(
+        480, "Temporarily Unavailable"
+    )
     assert plan.ended(None) is None
 
 
@@ -346,19 +349,23 @@ def test_sequential_group_hunts_then_forwards() -> None:
     assert plan.enter(group, Forwarding(no_answer=VM)) == Ring(
         ("alice",), seconds=2.0, newest_only=True
     )
-    assert plan.ended(Outcome.BUSY) == Ring(("bob",), seconds=2.0, newest_only=True)
-    assert plan.ended(Outcome.NO_ANSWER) == Ring(
+    assert plan.ended(AttemptOutcome.BUSY) == Ring(
+        ("bob",), seconds=2.0, newest_only=True
+    )
+    assert plan.ended(AttemptOutcome.NO_ANSWER) == Ring(
         ("carol",), seconds=2.0, newest_only=True
     )
     # Someone rang out: the group as a whole was not answered.
-    assert plan.ended(Outcome.UNAVAILABLE) == Forward(UriTarget(VM), Outcome.NO_ANSWER)
+    assert plan.ended(AttemptOutcome.UNAVAILABLE) == Forward(
+        UriTarget(VM), AttemptOutcome.NO_ANSWER
+    )
 
 
 def test_depth_beyond_the_maximum_is_482() -> None:
     o = office(**{"max-forward-depth": 2})
     plan = CallPlan(o, "example.test")
     plan.enter(UserTarget("alice"), Forwarding())
-    step = Forward(UserTarget("bob"), Outcome.UNCONDITIONAL)
+    step = Forward(UserTarget("bob"), AttemptOutcome.UNCONDITIONAL)
     assert plan.retarget(step) is None
     assert plan.retarget(step) is None
     assert plan.retarget(step) == Refuse(482, "Loop Detected")
@@ -366,8 +373,8 @@ def test_depth_beyond_the_maximum_is_482() -> None:
 
 def test_diversion_newest_first_rfc_5806() -> None:
     hops = [
-        Hop("sip:alice@example.test", Outcome.UNCONDITIONAL),
-        Hop("sip:bob@example.test", Outcome.BUSY),
+        Hop("sip:alice@example.test", AttemptOutcome.UNCONDITIONAL),
+        Hop("sip:bob@example.test", AttemptOutcome.BUSY),
     ]
     assert diversion_headers(hops) == [
         "<sip:bob@example.test>;reason=user-busy;counter=1",
@@ -376,7 +383,7 @@ def test_diversion_newest_first_rfc_5806() -> None:
 
 
 def test_history_info_has_reason_cause_index_and_mp_rfc_7044() -> None:
-    hops = [Hop("sip:bob@example.test", Outcome.NO_ANSWER)]
+    hops = [Hop("sip:bob@example.test", AttemptOutcome.NO_ANSWER)]
     values = history_info_headers(hops, VM)
     assert values == [
         "<sip:bob@example.test?Reason=SIP%3Bcause%3D408>;index=1",
@@ -458,7 +465,7 @@ def test_shipped_office_example_is_valid(tmp_path: Path) -> None:
 def test_a_loop_entered_from_outside_names_its_own_first_entry() -> None:
     """Chain carol -> alice -> bob -> alice: the message names the loop only."""
     with pytest.raises(
-        ConfigError,
+        ValueError,
         match=re.escape(
             "forward.alice.unconditional: forwarding loop alice -> bob -> alice"
         ),
