@@ -1,16 +1,18 @@
 """Forwarding and do-not-disturb set at run time, over the TOML defaults.
 
-Per-user values set at run time are kept in the location store
-(``preferences``/``set_preferences``), so they survive a restart; a value stored
-there wins over the TOML value of the same key, which is the default.
+Per-user values set at run time are kept in the location store, through its
+:class:`~sipproxy.location.OfficePreferencesStore` side, so they survive a
+restart; a value stored there wins over the TOML value of the same key, which
+is the default.
 :class:`OfficePreferences` is the programmatic API an admin route calls.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
+from sipproxy.location import OfficePreferencesStore
 from sipproxy.office.model import (
     TARGET_KEYS,
     Forwarding,
@@ -22,16 +24,6 @@ from sipproxy.office.model import (
 __all__ = ["OfficePreferences"]
 
 
-class PreferenceStore(Protocol):
-    """The part of a location store that keeps per-user preferences."""
-
-    async def preferences(self, user: str) -> dict[str, Any]:
-        """The stored preferences of ``user``; {} when none."""
-
-    async def set_preferences(self, user: str, prefs: Mapping[str, Any]) -> None:
-        """Replace the stored preferences of ``user``; {} deletes them."""
-
-
 class OfficePreferences:
     """Forwarding and do-not-disturb set at run time: what an admin route calls.
 
@@ -40,7 +32,7 @@ class OfficePreferences:
     :meth:`reset` forgets the stored values, so the TOML applies again.
     """
 
-    def __init__(self, office: Office, store: PreferenceStore) -> None:
+    def __init__(self, office: Office, store: OfficePreferencesStore) -> None:
         """Take the configuration (defaults) and the store (what was set)."""
         self.office = office
         self.store = store
