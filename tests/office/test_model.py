@@ -1,52 +1,22 @@
-"""The office PBX configuration and call plan (issue 9), as values: no I/O."""
+"""The office configuration: TOML sections to an Office, names checked; no I/O."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import pytest
-from twisted.internet.defer import Deferred
 
 from sipproxy.config import ConfigError, build_config, read_toml
-from sipproxy.location.memory import MemoryLocationService
-from sipproxy.office.headers import diversion_headers, history_info_headers
 from sipproxy.office.model import (
     Forwarding,
     GroupTarget,
-    Office,
-    Target,
     UriTarget,
     UserTarget,
     parse_office,
 )
-from sipproxy.office.plan import (
-    AttemptOutcome,
-    CallPlan,
-    Forward,
-    Hop,
-    Refuse,
-    Ring,
-    outcome_of,
-)
-from sipproxy.office.preferences import OfficePreferences
-from tests.proxy.harness import run
-
-USERS = frozenset({"alice", "bob", "carol"})
-VM = "sip:vm@127.0.0.1:5070"
-BASE: dict[str, Any] = {
-    "extensions": {"101": "alice", "102": "bob"},
-    "groups": [{"number": "200", "name": "sales", "members": ["alice", "bob"]}],
-}
-
-
-def office(**extra: Any) -> Office:
-    return parse_office({**BASE, **extra}).with_users(USERS)
-
-
-# -- configuration ----------------------------------------------------------------
+from tests.office.examples import BASE, USERS, VM, office
 
 
 def test_toml_sections_become_an_office() -> None:
@@ -267,182 +237,6 @@ def test_targets_resolve_to_users_groups_and_uris() -> None:
     assert o.destination("999") is None
     with pytest.raises(ValueError, match="no user"):
         o.target("999")
-
-
-# -- the plan ---------------------------------------------------------------------
-
-
-def test_outcomes_of_final_answers() -> None:
-    """486/600 busy; 408/480/503 unavailable; our timer no answer; else as is."""
-    assert outcome_of(486, rang_out=False) is AttemptOutcome.BUSY
-    assert outcome_of(600, rang_out=False) is AttemptOutcome.BUSY
-    for status in (408, 480, 503):
-        assert outcome_of(status, rang_out=False) is AttemptOutcome.UNAVAILABLE
-    assert outcome_of(487, rang_out=True) is AttemptOutcome.NO_ANSWER
-    assert outcome_of(603, rang_out=False) is None
-    assert outcome_of(403, rang_out=False) is None
-
-
-def test_user_rings_with_the_no_answer_timer_only_when_forwarding() -> None:
-    plan = CallPlan(office(), "example.test")
-    assert plan.enter(UserTarget("bob"), Forwarding()) == Ring(("bob",))
-    forwarding = Forwarding(no_answer=VM, no_answer_seconds=7)
-    assert plan.enter(UserTarget("bob"), forwarding) == Ring(("bob",), seconds=7)
-
-
-def test_unconditional_comes_before_dnd_and_ringing() -> None:
-    plan = CallPlan(office(), "example.test")
-    step = plan.enter(
-        UserTarget("bob"), Forwarding(unconditional="101", dnd=True, busy=VM)
-    )
-    assert step == Forward(UserTarget("alice"), AttemptOutcome.UNCONDITIONAL)
-
-
-def test_dnd_forwards_to_busy_else_refuses_486() -> None:
-    plan = CallPlan(office(), "example.test")
-    step = plan.enter(UserTarget("bob"), Forwarding(dnd=True, busy=VM))
-    assert step == Forward(UriTarget(VM), AttemptOutcome.DND)
-    assert plan.enter(UserTarget("bob"), Forwarding(dnd=True)) == Refuse(
-        486, "Busy Here"
-    )
-
-
-def test_busy_no_answer_unavailable_pick_their_targets() -> None:
-    forwarding = Forwarding(busy="101", no_answer=VM, unavailable="200")
-    cases: list[tuple[AttemptOutcome, Target]] = [
-        (AttemptOutcome.BUSY, UserTarget("alice")),
-        (AttemptOutcome.NO_ANSWER, UriTarget(VM)),
-        (AttemptOutcome.UNAVAILABLE, office().target("200")),
-    ]
-    for outcome, target in cases:
-        plan = CallPlan(office(), "example.test")
-        plan.enter(UserTarget("bob"), forwarding)
-        assert plan.ended(outcome) == Forward(target, outcome)
-
-
-def test_without_targets_the_answer_passes_up_or_is_480() -> None:
-    plan = CallPlan(office(), "example.test")
-    plan.enter(UserTarget("bob"), Forwarding())
-    assert plan.ended(AttemptOutcome.BUSY) is None
-    assert plan.ended(AttemptOutcome.UNAVAILABLE) is None
-    assert plan.ended(AttemptOutcome.NO_ANSWER) == Refuse(
-        480, "Temporarily Unavailable"
-    )
-    assert plan.ended(None) is None
-
-
-def test_parallel_group_rings_everyone_newest_binding() -> None:
-    plan = CallPlan(office(), "example.test")
-    step = plan.enter(office().target("200"), Forwarding())
-    assert step == Ring(("alice", "bob"), seconds=20.0, newest_only=True, parallel=True)
-
-
-def test_sequential_group_hunts_then_forwards() -> None:
-    o = office(
-        groups=[
-            {"number": "300", "name": "hunt", "members": ["alice", "bob", "carol"],
-             "strategy": "sequential", "ring_seconds": 2},
-        ],
-    )  # fmt: skip
-    plan = CallPlan(o, "example.test")
-    group = o.target("300")
-    assert plan.enter(group, Forwarding(no_answer=VM)) == Ring(
-        ("alice",), seconds=2.0, newest_only=True
-    )
-    assert plan.ended(AttemptOutcome.BUSY) == Ring(
-        ("bob",), seconds=2.0, newest_only=True
-    )
-    assert plan.ended(AttemptOutcome.NO_ANSWER) == Ring(
-        ("carol",), seconds=2.0, newest_only=True
-    )
-    # Someone rang out: the group as a whole was not answered.
-    assert plan.ended(AttemptOutcome.UNAVAILABLE) == Forward(
-        UriTarget(VM), AttemptOutcome.NO_ANSWER
-    )
-
-
-def test_depth_beyond_the_maximum_is_482() -> None:
-    o = office(**{"max-forward-depth": 2})
-    plan = CallPlan(o, "example.test")
-    plan.enter(UserTarget("alice"), Forwarding())
-    step = Forward(UserTarget("bob"), AttemptOutcome.UNCONDITIONAL)
-    assert plan.retarget(step) is None
-    assert plan.retarget(step) is None
-    assert plan.retarget(step) == Refuse(482, "Loop Detected")
-
-
-def test_diversion_newest_first_rfc_5806() -> None:
-    hops = [
-        Hop("sip:alice@example.test", AttemptOutcome.UNCONDITIONAL),
-        Hop("sip:bob@example.test", AttemptOutcome.BUSY),
-    ]
-    assert diversion_headers(hops) == [
-        "<sip:bob@example.test>;reason=user-busy;counter=1",
-        "<sip:alice@example.test>;reason=unconditional;counter=1",
-    ]
-
-
-def test_history_info_has_reason_cause_index_and_mp_rfc_7044() -> None:
-    hops = [Hop("sip:bob@example.test", AttemptOutcome.NO_ANSWER)]
-    values = history_info_headers(hops, VM)
-    assert values == [
-        "<sip:bob@example.test?Reason=SIP%3Bcause%3D408>;index=1",
-        f"<{VM};cause=408>;index=1.1;mp=1",
-    ]
-    assert unquote(values[0]).endswith("Reason=SIP;cause=408>;index=1")
-    assert history_info_headers([], VM) == []
-
-
-# -- run-time settings --------------------------------------------------------------
-
-
-def wait(coroutine: Any) -> Any:
-    return run(coroutine)
-
-
-def preferences(**extra: Any) -> tuple[OfficePreferences, MemoryLocationService]:
-    store = MemoryLocationService()
-    return OfficePreferences(office(**extra), store), store
-
-
-def test_stored_values_win_key_by_key_over_the_toml() -> None:
-    prefs, store = preferences(forward={"bob": {"busy": VM, "no_answer": VM}})
-    wait(prefs.set_forward("bob", "busy", "101"))
-    effective = wait(prefs.effective("bob"))
-    assert (effective.busy, effective.no_answer) == ("101", VM)
-    assert wait(store.preferences("bob")) == {"busy": "101"}
-    wait(prefs.set_forward("bob", "no_answer", ""))
-    assert wait(prefs.effective("bob")).no_answer == ""  # "" turns it off
-    assert wait(prefs.reset("bob")) == Forwarding(busy=VM, no_answer=VM)
-    assert wait(store.preferences("bob")) == {}
-
-
-def test_dnd_and_seconds_are_stored() -> None:
-    prefs, store = preferences()
-    assert wait(prefs.set_dnd("carol", True)).dnd is True
-    assert wait(prefs.set_no_answer_seconds("carol", 9)).no_answer_seconds == 9.0
-    assert wait(store.preferences("carol")) == {"dnd": True, "no_answer_seconds": 9.0}
-
-
-@pytest.mark.parametrize(
-    ("call", "message"),
-    [
-        (lambda p: p.set_forward("zed", "busy", VM), "'zed' is not a user"),
-        (lambda p: p.set_forward("bob", "sometimes", VM), "unknown forwarding"),
-        (lambda p: p.set_forward("bob", "busy", "999"), "no user, extension"),
-        (lambda p: p.set_dnd("zed", True), "'zed' is not a user"),
-        (lambda p: p.set_no_answer_seconds("bob", 0), "no_answer_seconds"),
-        (lambda p: p.set_forward("bob", "unconditional", "102"), "forwarding loop"),
-        (lambda p: p.set_forward("bob", "unconditional", "alice"), "forwarding loop"),
-    ],
-)
-def test_bad_settings_are_refused(call: Any, message: str) -> None:
-    prefs, store = preferences(forward={"alice": {"unconditional": "bob"}})
-    failures: list[Any] = []
-    Deferred.fromCoroutine(call(prefs)).addErrback(failures.append)
-    assert len(failures) == 1
-    assert message in str(failures[0].value)
-    assert wait(store.preferences("bob")) == {}
 
 
 def test_shipped_office_example_is_valid(tmp_path: Path) -> None:
