@@ -49,3 +49,12 @@ def test_nothing_imports_tap() -> None:
     for path in PACKAGE.rglob("*.py"):
         if path.name != "tap.py":
             assert "sipproxy.tap" not in imports_of(path), path
+
+
+@pytest.mark.parametrize("path", modules("office"), ids=lambda p: p.name)
+def test_office_never_imports_the_configuration(path: Path) -> None:
+    """config.py imports the office model, so the office must not import config.
+
+    The office raises ValueError; config wraps it in ConfigError (no cycle).
+    """
+    assert "sipproxy.config" not in imports_of(path), path
