@@ -62,12 +62,8 @@ from typing_extensions import override
 from sipproxy.guard import BanList
 from sipproxy.location import Binding, LocationService
 from sipproxy.metrics import CONTENT_TYPE, Metrics
-from sipproxy.proxy.pbx import (
-    FORWARD_KEYS,
-    Forwarding,
-    OfficePreferences,
-    forwarding_from,
-)
+from sipproxy.office.model import FORWARD_KEYS, Forwarding, forwarding_from
+from sipproxy.office.preferences import OfficePreferences
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.uri import SipURI
 

@@ -17,12 +17,10 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sipproxy.guard import TrustedNetworks
-
-if TYPE_CHECKING:
-    from sipproxy.proxy.pbx import Office
+from sipproxy.office.model import Office, parse_office
 
 #: What ``--listen`` defaults to when neither the file nor the command line names one.
 DEFAULT_LISTEN = ("udp:5060", "tcp:5060")
@@ -330,7 +328,7 @@ _KEYS: dict[str, str] = {
     "allow-destination": "networks",
     "tls-verify": "yesno",
     "tls-ca": "path",
-    # Office PBX sections (issue 9), validated together by pbx.parse_office.
+    # Office PBX sections, validated together by office.model.parse_office.
     "extensions": "office",
     "groups": "office",
     "forward": "office",
@@ -374,9 +372,7 @@ def build_config(
         if key not in office:
             settings[key.replace("-", "_")] = _coerce(key, value)
     if office:
-        from sipproxy.proxy.pbx import parse_office
-
-        settings["office"] = parse_office(office)
+        settings["office"] = _office(office)
     if "domain" in settings:
         settings["domains"] = settings.pop("domain")
     if "alias" in settings:
@@ -602,6 +598,14 @@ def _token(key: str, value: Any) -> str:
             "without spaces (e.g. from: openssl rand -base64 24)"
         )
     return value
+
+
+def _office(values: Mapping[str, Any]) -> Office:
+    """The office sections as an Office; their ValueError becomes a ConfigError."""
+    try:
+        return parse_office(values)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _read_token(path: str) -> str:

@@ -40,11 +40,17 @@ from sipproxy.config import (
     read_toml,
 )
 from sipproxy.guard import BanList, ConnectionLimiter, RateLimiter, TrustedNetworks
-from sipproxy.location import location_from_spec, redacted_spec, redacted_text
+from sipproxy.location import (
+    LocationService,
+    location_from_spec,
+    redacted_spec,
+    redacted_text,
+)
 from sipproxy.logs import use_json_logs, use_text_logs
 from sipproxy.metrics import Metrics, Snapshot
+from sipproxy.office.model import Office
+from sipproxy.office.preferences import OfficePreferences
 from sipproxy.proxy.core import Proxy, ProxySettings
-from sipproxy.proxy.pbx import Office, OfficePreferences
 from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.resolver import make_resolver
 from sipproxy.tokenfile import TokenFileError, default_path, load_or_create
@@ -350,7 +356,10 @@ class SIPServerService(MultiService):
         if any(not spec.interface for spec in config.listen):
             hosts.update(_LOOPBACK)
         self.transports = Transports(reactor)
-        self.location = location_from_spec(config.location, reactor)
+        # One store, seen as bindings by the registrar and the proxy, and as
+        # run-time office settings by OfficePreferences.
+        store = location_from_spec(config.location, reactor)
+        self.location: LocationService = store
         # An IPv6 literal domain appears in URIs with brackets; both forms match.
         domains = frozenset(
             form
@@ -399,7 +408,7 @@ class SIPServerService(MultiService):
             )
         # Office PBX (issue 9): TOML defaults, run-time settings in the store.
         self.office = (
-            OfficePreferences(config.office, self.location)
+            OfficePreferences(config.office, store)
             if config.office is not None
             else None
         )

@@ -24,7 +24,7 @@ from sipproxy.guard import BanList
 from sipproxy.location import LocationService
 from sipproxy.location.memory import MemoryLocationService
 from sipproxy.metrics import Metrics, Snapshot
-from sipproxy.proxy.pbx import OfficePreferences
+from sipproxy.office.preferences import OfficePreferences
 from tests.location.examples import ALICE, BOB, binding
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using readBody:DeprecationWarning")

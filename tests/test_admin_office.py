@@ -16,7 +16,9 @@ import pytest_twisted
 from twisted.web.server import Site
 
 from sipproxy.admin import AdminAPI
-from sipproxy.proxy.pbx import OfficePreferences, parse_office
+from sipproxy.location.memory import MemoryLocationService
+from sipproxy.office.model import parse_office
+from sipproxy.office.preferences import OfficePreferences
 from tests.test_admin import TOKEN, FakeServer, Running, reactor
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using readBody:DeprecationWarning")
@@ -54,8 +56,9 @@ def serve(server: FakeServer) -> Iterator[Running]:
 
 @pytest.fixture
 def admin() -> Iterator[Running]:
-    server = FakeServer()
-    server.office = OfficePreferences(OFFICE, server.location)
+    server, store = FakeServer(), MemoryLocationService()
+    server.location = store
+    server.office = OfficePreferences(OFFICE, store)
     yield from serve(server)
 
 
@@ -65,7 +68,8 @@ def no_office() -> Iterator[Running]:
 
 
 async def stored(admin: Running, user: str) -> dict[str, Any]:
-    return await admin.server.location.preferences(user)
+    assert admin.server.office is not None
+    return await admin.server.office.store.preferences(user)
 
 
 ROUTES = [

@@ -83,3 +83,12 @@ def test_no_import_cycle_runs_through_auth() -> None:
     auth = sorted(name for name in graph if name.startswith("sipproxy.auth"))
     assert "sipproxy.auth.digest" in auth
     assert not [name for name in auth if name in reachable(graph, name)]
+
+
+@pytest.mark.parametrize("path", modules("office"), ids=lambda p: p.name)
+def test_office_never_imports_the_configuration(path: Path) -> None:
+    """config.py imports the office model, so the office must not import config.
+
+    The office raises ValueError; config wraps it in ConfigError (no cycle).
+    """
+    assert "sipproxy.config" not in imports_of(path), path

@@ -3,7 +3,9 @@
 A *binding* maps an address-of-record to one contact address, for a while
 (RFC 3261 §10, §10.3). The registrar decides what to store (its §10.3 rules are not
 here); this package only keeps bindings and answers lookups, through the
-:class:`LocationService` protocol, which every store implements:
+:class:`LocationService` protocol. Beside the bindings, each store keeps the
+office settings users change at run time (:class:`OfficePreferencesStore`);
+:class:`LocationStore` is both, which every store implements:
 
 - :class:`~sipproxy.location.memory.MemoryLocationService`: dicts, one process;
 - :class:`~sipproxy.location.sqlite.SQLiteLocationService`: one file, survives a
@@ -30,7 +32,9 @@ __all__ = [
     "Binding",
     "Flow",
     "LocationService",
+    "LocationStore",
     "LocationUnavailableError",
+    "OfficePreferencesStore",
     "location_from_spec",
     "sort_bindings",
 ]
@@ -181,21 +185,31 @@ class LocationService(Protocol):
         every binding to find the expired ones.
         """
 
-    async def preferences(self, user: str) -> dict[str, Any]:
-        """The per-user settings stored for ``user`` (forwarding, DND); {} if none.
-
-        Values are JSON types. Office PBX settings set at run time live here, in
-        the same database as the bindings, so a restart keeps them (issue 9).
-        """
-
-    async def set_preferences(self, user: str, prefs: Mapping[str, Any]) -> None:
-        """Replace everything stored for ``user`` with ``prefs``; {} deletes it."""
-
     async def close(self) -> None:
         """Release connections and threads; the store is unusable afterwards."""
 
 
-def location_from_spec(spec: str, reactor: Any) -> LocationService:
+class OfficePreferencesStore(Protocol):
+    """Per-user office settings set at run time: forwarding, do-not-disturb.
+
+    Not part of :class:`LocationService`: the registrar and the proxy never read
+    them; :class:`~sipproxy.office.preferences.OfficePreferences` does. Every
+    store implements both, keeping the settings in the same database as the
+    bindings, so a restart keeps them.
+    """
+
+    async def preferences(self, user: str) -> dict[str, Any]:
+        """The settings stored for ``user``; {} if none. Values are JSON types."""
+
+    async def set_preferences(self, user: str, prefs: Mapping[str, Any]) -> None:
+        """Replace everything stored for ``user`` with ``prefs``; {} deletes it."""
+
+
+class LocationStore(LocationService, OfficePreferencesStore, Protocol):
+    """What every store implements: bindings, and the office settings beside them."""
+
+
+def location_from_spec(spec: str, reactor: Any) -> LocationStore:
     """Make an unopened store from a configuration string.
 
     - ``memory:``
@@ -259,7 +273,7 @@ def redacted_text(text: str, spec: str) -> str:
     return text.replace(secret, "***") if secret else text
 
 
-def _redis_from_spec(spec: str, reactor: Any) -> LocationService:
+def _redis_from_spec(spec: str, reactor: Any) -> LocationStore:
     if not spec.lower().startswith("redis://"):
         raise _bad_spec(spec, "expected redis://HOST:PORT/DB")
     try:

@@ -24,7 +24,7 @@ _MIN_COMPACT = 1024
 
 
 class MemoryLocationService:
-    """A :class:`~sipproxy.location.LocationService` held in memory.
+    """A :class:`~sipproxy.location.LocationStore` held in memory.
 
     Nothing here waits, so each coroutine runs to completion in one step, which
     makes every ``update`` atomic in a single-threaded reactor.

@@ -121,7 +121,7 @@ return live
 
 
 class RedisLocationService:
-    """A :class:`~sipproxy.location.LocationService` in a Redis server.
+    """A :class:`~sipproxy.location.LocationStore` in a Redis server.
 
     :param prefix: starts every key, so several deployments can share a server.
     :param timeout: seconds to wait for the first connection, and for each

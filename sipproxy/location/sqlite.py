@@ -93,7 +93,7 @@ _BUSY_TIMEOUT = 10.0
 
 
 class SQLiteLocationService:
-    """A :class:`~sipproxy.location.LocationService` in an SQLite file.
+    """A :class:`~sipproxy.location.LocationStore` in an SQLite file.
 
     :param path: the database file, created if missing; relative paths are
         relative to the working directory at :meth:`open`.

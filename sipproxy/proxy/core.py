@@ -45,6 +45,7 @@ from sipproxy.auth.gate import (
 from sipproxy.config import DialRule
 from sipproxy.guard import BanList, TrustedNetworks, ban_line
 from sipproxy.location import Flow, LocationService
+from sipproxy.office.preferences import OfficePreferences
 from sipproxy.proxy.checks import (
     RejectedError,
     check_max_forwards,
@@ -65,9 +66,6 @@ from sipproxy.proxy.forking import (
 )
 from sipproxy.proxy.observer import ProxyObserver
 from sipproxy.proxy.office_calls import OfficeCalls
-from sipproxy.proxy.pbx import (
-    OfficePreferences,
-)
 from sipproxy.proxy.routing import (
     is_loop,
     loop_key,

@@ -1,4 +1,4 @@
-"""The office PBX's calls: the plan in pbx.py, executed through the forking hooks.
+"""Office calls: the plan of sipproxy/office/, executed through the forking hooks.
 
 A new INVITE to an extension, a ring group or a user with forwarding becomes an
 :class:`OfficeCall`. :meth:`OfficeCalls.begin` follows its plan until something
@@ -21,23 +21,21 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from sipproxy.location import LocationService
-from sipproxy.proxy import pbx
-from sipproxy.proxy.checks import RejectedError
-from sipproxy.proxy.flows import Pinned
-from sipproxy.proxy.forking import Destination, Forking, ResponseContext, synthesized
-from sipproxy.proxy.pbx import (
+from sipproxy.office.headers import diversion_headers, history_info_headers
+from sipproxy.office.model import Forwarding, Target
+from sipproxy.office.plan import (
+    AttemptOutcome,
     CallPlan,
     Forward,
-    Forwarding,
-    OfficePreferences,
     Refuse,
     Ring,
     Step,
-    Target,
-    diversion_headers,
-    history_info_headers,
     outcome_of,
 )
+from sipproxy.office.preferences import OfficePreferences
+from sipproxy.proxy.checks import RejectedError
+from sipproxy.proxy.flows import Pinned
+from sipproxy.proxy.forking import Destination, Forking, ResponseContext, synthesized
 from sipproxy.proxy.targets import TargetLookup
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.message import Request, Response
@@ -220,7 +218,7 @@ class OfficeCalls:
                 targets, status = [], rejection.status
             if targets:
                 return targets, step
-            step = call.plan.ended(pbx.Outcome.UNAVAILABLE)
+            step = call.plan.ended(AttemptOutcome.UNAVAILABLE)
 
     async def _targets(self, call: OfficeCall, ring: Ring) -> list[Destination]:
         if ring.uri is not None:

@@ -15,7 +15,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from sipproxy.location import LocationService
+from sipproxy.location import LocationStore
 from sipproxy.location.memory import MemoryLocationService
 from sipproxy.location.redis import RedisLocationService
 from sipproxy.location.sqlite import SQLiteLocationService
@@ -96,9 +96,9 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 @pytest_twisted.async_yield_fixture
 async def location(
     store_kind: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> AsyncIterator[LocationService]:
+) -> AsyncIterator[LocationStore]:
     """An opened store of each kind, closed after the test."""
-    store: LocationService
+    store: LocationStore
     if store_kind == "memory":
         store = MemoryLocationService()
     elif store_kind == "sqlite":

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest_twisted
 from twisted.internet import reactor
 
-from sipproxy.location import LocationService
+from sipproxy.location import LocationStore
 from sipproxy.location.sqlite import SQLiteLocationService
 from tests.location.conftest import redis_store
 from tests.location.examples import ALICE, binding
@@ -17,14 +17,14 @@ PREFS = {"busy": "sip:vm@127.0.0.1:5070", "no_answer_seconds": 12.5, "dnd": True
 
 
 @pytest_twisted.ensureDeferred
-async def test_nothing_stored_reads_as_empty(location: LocationService) -> None:
+async def test_nothing_stored_reads_as_empty(location: LocationStore) -> None:
     """A user nobody set anything for has no preferences."""
     assert await location.preferences("alice") == {}
 
 
 @pytest_twisted.ensureDeferred
 async def test_preferences_round_trip_with_their_types(
-    location: LocationService,
+    location: LocationStore,
 ) -> None:
     """Strings, numbers and booleans come back as they were stored."""
     await location.set_preferences("alice", PREFS)
@@ -33,7 +33,7 @@ async def test_preferences_round_trip_with_their_types(
 
 
 @pytest_twisted.ensureDeferred
-async def test_setting_replaces_and_empty_deletes(location: LocationService) -> None:
+async def test_setting_replaces_and_empty_deletes(location: LocationStore) -> None:
     """set_preferences replaces the whole entry; {} removes it."""
     await location.set_preferences("alice", PREFS)
     await location.set_preferences("alice", {"dnd": False})
@@ -44,7 +44,7 @@ async def test_setting_replaces_and_empty_deletes(location: LocationService) -> 
 
 @pytest_twisted.ensureDeferred
 async def test_a_returned_copy_does_not_change_the_store(
-    location: LocationService,
+    location: LocationStore,
 ) -> None:
     """Changing what was read changes nothing stored."""
     await location.set_preferences("alice", {"dnd": True})
@@ -55,7 +55,7 @@ async def test_a_returned_copy_does_not_change_the_store(
 
 @pytest_twisted.ensureDeferred
 async def test_preferences_and_bindings_do_not_touch(
-    location: LocationService,
+    location: LocationStore,
 ) -> None:
     """Removing a user's bindings keeps their preferences, and the reverse."""
     await location.update(ALICE, save=[binding("sip:a@192.0.2.1")], now=100)

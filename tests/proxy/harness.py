@@ -11,9 +11,10 @@ from sipproxy.auth.digest import Authenticator
 from sipproxy.config import DialRule
 from sipproxy.location import Binding, Flow
 from sipproxy.location.memory import MemoryLocationService
+from sipproxy.office.model import Office
+from sipproxy.office.preferences import OfficePreferences
 from sipproxy.proxy.core import Proxy, ProxySettings
 from sipproxy.proxy.observer import ProxyObserver
-from sipproxy.proxy.pbx import Office, OfficePreferences
 from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.sip.message import Request, Response
 from sipproxy.sip.parser import parse_message

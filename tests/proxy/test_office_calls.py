@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from urllib.parse import unquote
 
-from sipproxy.proxy.pbx import Office, parse_office
+from sipproxy.office.model import Office, parse_office
 from sipproxy.sip.message import Request, Response
 from tests.proxy.harness import ALICE, BOB, BOB2, Harness, answer, invite, run
 

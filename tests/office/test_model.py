@@ -1,51 +1,22 @@
-"""The office PBX configuration and call plan (issue 9), as values: no I/O."""
+"""The office configuration: TOML sections to an Office, names checked; no I/O."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import pytest
-from twisted.internet.defer import Deferred
 
 from sipproxy.config import ConfigError, build_config, read_toml
-from sipproxy.location.memory import MemoryLocationService
-from sipproxy.proxy.pbx import (
-    CallPlan,
-    Forward,
+from sipproxy.office.model import (
     Forwarding,
     GroupTarget,
-    Hop,
-    Office,
-    OfficePreferences,
-    Outcome,
-    Refuse,
-    Ring,
-    Target,
     UriTarget,
     UserTarget,
-    diversion_headers,
-    history_info_headers,
-    outcome_of,
     parse_office,
 )
-from tests.proxy.harness import run
-
-USERS = frozenset({"alice", "bob", "carol"})
-VM = "sip:vm@127.0.0.1:5070"
-BASE: dict[str, Any] = {
-    "extensions": {"101": "alice", "102": "bob"},
-    "groups": [{"number": "200", "name": "sales", "members": ["alice", "bob"]}],
-}
-
-
-def office(**extra: Any) -> Office:
-    return parse_office({**BASE, **extra}).with_users(USERS)
-
-
-# -- configuration ----------------------------------------------------------------
+from tests.office.examples import BASE, USERS, VM, office
 
 
 def test_toml_sections_become_an_office() -> None:
@@ -194,7 +165,7 @@ def test_bad_sections_are_refused_naming_the_entry(
 def test_group_forwarding_loop_through_a_group_number() -> None:
     """Forwarding alice -> 200 (group sales) -> alice is a loop too."""
     with pytest.raises(
-        ConfigError,
+        ValueError,
         match=re.escape("forwarding loop alice -> sales -> alice"),
     ):
         parse_office(
@@ -240,17 +211,17 @@ def test_group_forwarding_loop_through_a_group_number() -> None:
 def test_names_are_checked_against_the_users_file(
     values: dict[str, Any], message: str
 ) -> None:
-    with pytest.raises(ConfigError, match=re.escape(message)):
+    with pytest.raises(ValueError, match=re.escape(message)):
         parse_office(values).with_users(USERS)
 
 
 def test_a_number_that_is_also_a_user_name_is_refused() -> None:
     with pytest.raises(
-        ConfigError, match=re.escape("extensions: '101' is also a user name")
+        ValueError, match=re.escape("extensions: '101' is also a user name")
     ):
         parse_office({"extensions": {"101": "alice"}}).with_users(USERS | {"101"})
     with pytest.raises(
-        ConfigError, match=re.escape("groups: 's': number '200' is also a user name")
+        ValueError, match=re.escape("groups: 's': number '200' is also a user name")
     ):
         parse_office(
             {"groups": [{"number": "200", "name": "s", "members": ["alice"]}]}
@@ -266,176 +237,6 @@ def test_targets_resolve_to_users_groups_and_uris() -> None:
     assert o.destination("999") is None
     with pytest.raises(ValueError, match="no user"):
         o.target("999")
-
-
-# -- the plan ---------------------------------------------------------------------
-
-
-def test_outcomes_of_final_answers() -> None:
-    """486/600 busy; 408/480/503 unavailable; our timer no answer; else as is."""
-    assert outcome_of(486, rang_out=False) is Outcome.BUSY
-    assert outcome_of(600, rang_out=False) is Outcome.BUSY
-    for status in (408, 480, 503):
-        assert outcome_of(status, rang_out=False) is Outcome.UNAVAILABLE
-    assert outcome_of(487, rang_out=True) is Outcome.NO_ANSWER
-    assert outcome_of(603, rang_out=False) is None
-    assert outcome_of(403, rang_out=False) is None
-
-
-def test_user_rings_with_the_no_answer_timer_only_when_forwarding() -> None:
-    plan = CallPlan(office(), "example.test")
-    assert plan.enter(UserTarget("bob"), Forwarding()) == Ring(("bob",))
-    forwarding = Forwarding(no_answer=VM, no_answer_seconds=7)
-    assert plan.enter(UserTarget("bob"), forwarding) == Ring(("bob",), seconds=7)
-
-
-def test_unconditional_comes_before_dnd_and_ringing() -> None:
-    plan = CallPlan(office(), "example.test")
-    step = plan.enter(
-        UserTarget("bob"), Forwarding(unconditional="101", dnd=True, busy=VM)
-    )
-    assert step == Forward(UserTarget("alice"), Outcome.UNCONDITIONAL)
-
-
-def test_dnd_forwards_to_busy_else_refuses_486() -> None:
-    plan = CallPlan(office(), "example.test")
-    step = plan.enter(UserTarget("bob"), Forwarding(dnd=True, busy=VM))
-    assert step == Forward(UriTarget(VM), Outcome.DND)
-    assert plan.enter(UserTarget("bob"), Forwarding(dnd=True)) == Refuse(
-        486, "Busy Here"
-    )
-
-
-def test_busy_no_answer_unavailable_pick_their_targets() -> None:
-    forwarding = Forwarding(busy="101", no_answer=VM, unavailable="200")
-    cases: list[tuple[Outcome, Target]] = [
-        (Outcome.BUSY, UserTarget("alice")),
-        (Outcome.NO_ANSWER, UriTarget(VM)),
-        (Outcome.UNAVAILABLE, office().target("200")),
-    ]
-    for outcome, target in cases:
-        plan = CallPlan(office(), "example.test")
-        plan.enter(UserTarget("bob"), forwarding)
-        assert plan.ended(outcome) == Forward(target, outcome)
-
-
-def test_without_targets_the_answer_passes_up_or_is_480() -> None:
-    plan = CallPlan(office(), "example.test")
-    plan.enter(UserTarget("bob"), Forwarding())
-    assert plan.ended(Outcome.BUSY) is None
-    assert plan.ended(Outcome.UNAVAILABLE) is None
-    assert plan.ended(Outcome.NO_ANSWER) == Refuse(480, "Temporarily Unavailable")
-    assert plan.ended(None) is None
-
-
-def test_parallel_group_rings_everyone_newest_binding() -> None:
-    plan = CallPlan(office(), "example.test")
-    step = plan.enter(office().target("200"), Forwarding())
-    assert step == Ring(("alice", "bob"), seconds=20.0, newest_only=True, parallel=True)
-
-
-def test_sequential_group_hunts_then_forwards() -> None:
-    o = office(
-        groups=[
-            {"number": "300", "name": "hunt", "members": ["alice", "bob", "carol"],
-             "strategy": "sequential", "ring_seconds": 2},
-        ],
-    )  # fmt: skip
-    plan = CallPlan(o, "example.test")
-    group = o.target("300")
-    assert plan.enter(group, Forwarding(no_answer=VM)) == Ring(
-        ("alice",), seconds=2.0, newest_only=True
-    )
-    assert plan.ended(Outcome.BUSY) == Ring(("bob",), seconds=2.0, newest_only=True)
-    assert plan.ended(Outcome.NO_ANSWER) == Ring(
-        ("carol",), seconds=2.0, newest_only=True
-    )
-    # Someone rang out: the group as a whole was not answered.
-    assert plan.ended(Outcome.UNAVAILABLE) == Forward(UriTarget(VM), Outcome.NO_ANSWER)
-
-
-def test_depth_beyond_the_maximum_is_482() -> None:
-    o = office(**{"max-forward-depth": 2})
-    plan = CallPlan(o, "example.test")
-    plan.enter(UserTarget("alice"), Forwarding())
-    step = Forward(UserTarget("bob"), Outcome.UNCONDITIONAL)
-    assert plan.retarget(step) is None
-    assert plan.retarget(step) is None
-    assert plan.retarget(step) == Refuse(482, "Loop Detected")
-
-
-def test_diversion_newest_first_rfc_5806() -> None:
-    hops = [
-        Hop("sip:alice@example.test", Outcome.UNCONDITIONAL),
-        Hop("sip:bob@example.test", Outcome.BUSY),
-    ]
-    assert diversion_headers(hops) == [
-        "<sip:bob@example.test>;reason=user-busy;counter=1",
-        "<sip:alice@example.test>;reason=unconditional;counter=1",
-    ]
-
-
-def test_history_info_has_reason_cause_index_and_mp_rfc_7044() -> None:
-    hops = [Hop("sip:bob@example.test", Outcome.NO_ANSWER)]
-    values = history_info_headers(hops, VM)
-    assert values == [
-        "<sip:bob@example.test?Reason=SIP%3Bcause%3D408>;index=1",
-        f"<{VM};cause=408>;index=1.1;mp=1",
-    ]
-    assert unquote(values[0]).endswith("Reason=SIP;cause=408>;index=1")
-    assert history_info_headers([], VM) == []
-
-
-# -- run-time settings --------------------------------------------------------------
-
-
-def wait(coroutine: Any) -> Any:
-    return run(coroutine)
-
-
-def preferences(**extra: Any) -> tuple[OfficePreferences, MemoryLocationService]:
-    store = MemoryLocationService()
-    return OfficePreferences(office(**extra), store), store
-
-
-def test_stored_values_win_key_by_key_over_the_toml() -> None:
-    prefs, store = preferences(forward={"bob": {"busy": VM, "no_answer": VM}})
-    wait(prefs.set_forward("bob", "busy", "101"))
-    effective = wait(prefs.effective("bob"))
-    assert (effective.busy, effective.no_answer) == ("101", VM)
-    assert wait(store.preferences("bob")) == {"busy": "101"}
-    wait(prefs.set_forward("bob", "no_answer", ""))
-    assert wait(prefs.effective("bob")).no_answer == ""  # "" turns it off
-    assert wait(prefs.reset("bob")) == Forwarding(busy=VM, no_answer=VM)
-    assert wait(store.preferences("bob")) == {}
-
-
-def test_dnd_and_seconds_are_stored() -> None:
-    prefs, store = preferences()
-    assert wait(prefs.set_dnd("carol", True)).dnd is True
-    assert wait(prefs.set_no_answer_seconds("carol", 9)).no_answer_seconds == 9.0
-    assert wait(store.preferences("carol")) == {"dnd": True, "no_answer_seconds": 9.0}
-
-
-@pytest.mark.parametrize(
-    ("call", "message"),
-    [
-        (lambda p: p.set_forward("zed", "busy", VM), "'zed' is not a user"),
-        (lambda p: p.set_forward("bob", "sometimes", VM), "unknown forwarding"),
-        (lambda p: p.set_forward("bob", "busy", "999"), "no user, extension"),
-        (lambda p: p.set_dnd("zed", True), "'zed' is not a user"),
-        (lambda p: p.set_no_answer_seconds("bob", 0), "no_answer_seconds"),
-        (lambda p: p.set_forward("bob", "unconditional", "102"), "forwarding loop"),
-        (lambda p: p.set_forward("bob", "unconditional", "alice"), "forwarding loop"),
-    ],
-)
-def test_bad_settings_are_refused(call: Any, message: str) -> None:
-    prefs, store = preferences(forward={"alice": {"unconditional": "bob"}})
-    failures: list[Any] = []
-    Deferred.fromCoroutine(call(prefs)).addErrback(failures.append)
-    assert len(failures) == 1
-    assert message in str(failures[0].value)
-    assert wait(store.preferences("bob")) == {}
 
 
 def test_shipped_office_example_is_valid(tmp_path: Path) -> None:
@@ -458,7 +259,7 @@ def test_shipped_office_example_is_valid(tmp_path: Path) -> None:
 def test_a_loop_entered_from_outside_names_its_own_first_entry() -> None:
     """Chain carol -> alice -> bob -> alice: the message names the loop only."""
     with pytest.raises(
-        ConfigError,
+        ValueError,
         match=re.escape(
             "forward.alice.unconditional: forwarding loop alice -> bob -> alice"
         ),
