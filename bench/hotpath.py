@@ -27,9 +27,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from sipproxy.config import build_config
+from sipproxy.server import SIPServerService
 from sipproxy.sip.message import Request
 from sipproxy.sip.parser import parse_message
-from sipproxy.tap import SIPServerService
 from sipproxy.testing import FakeDatagramTransport
 from sipproxy.transport.udp import SIPDatagramProtocol
 

@@ -77,7 +77,7 @@ _JSON = "application/json"
 
 
 class AdminServer(Protocol):
-    """What the admin API needs from the running server (``tap.SIPServerService``)."""
+    """What the admin API needs from the running server (server.SIPServerService)."""
 
     location: LocationService
     bans: BanList

@@ -28,7 +28,7 @@ from sipproxy import tokenfile
 from sipproxy.admin import AdminAPI
 from sipproxy.config import ConfigError, UnixSocketSpec, build_config
 from sipproxy.ctl import _token, main
-from sipproxy.tap import SIPServerService
+from sipproxy.server import SIPServerService
 from sipproxy.testing import UDPMemoryReactor
 from sipproxy.tokenfile import TokenFileError, load_or_create, read_private
 

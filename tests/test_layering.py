@@ -49,3 +49,10 @@ def test_nothing_imports_tap() -> None:
     for path in PACKAGE.rglob("*.py"):
         if path.name != "tap.py":
             assert "sipproxy.tap" not in imports_of(path), path
+
+
+def test_only_tap_imports_the_wiring() -> None:
+    """server.py imports every layer; no layer imports it back (STYLE.md)."""
+    for path in PACKAGE.rglob("*.py"):
+        if path.relative_to(PACKAGE).as_posix() not in ("tap.py", "server.py"):
+            assert "sipproxy.server" not in imports_of(path), path

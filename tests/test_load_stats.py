@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from sipproxy.config import build_config, read_toml
+from sipproxy.server import SIPServerService
 from sipproxy.sip.parser import parse_message
-from sipproxy.tap import Options, SIPServerService
+from sipproxy.tap import Options
 from sipproxy.testing import UDPMemoryReactor
 from tests.transaction.support import UDP_PEER, TimedChannel, request
 
