@@ -6,13 +6,11 @@ tests start; it owns start-up, shutdown, reload and what the admin API asks.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import ipaddress
 import os
 import signal
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,13 +21,11 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from twisted.web.server import Site
 from typing_extensions import override
 
 from sipproxy import __version__
-from sipproxy.admin import AdminAPI
+from sipproxy.admin import AdminAPI, AdminSite
 from sipproxy.config import (
     Config,
     ConfigError,
@@ -48,6 +44,7 @@ from sipproxy.proxy.pbx import Office, OfficePreferences
 from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.resolver import make_resolver
 from sipproxy.tokenfile import TokenFileError, default_path, load_or_create
+from sipproxy.transport.listeners import host_port, listen_stream, listen_udp
 from sipproxy.transport.sender import Transports
 from sipproxy.transport.stream import SIPStreamFactory
 from sipproxy.transport.tls import TLSClient, credentials_of, server_options
@@ -191,18 +188,12 @@ class SIPServerService(MultiService):
 
     def _listen(self, spec: ListenSpec) -> IListeningPort:
         receiver = self.proxy.layer
+        shared = self.config.reuse_port
         if spec.transport == "udp":
             protocol = SIPDatagramProtocol(
                 receiver, self.config.max_message_size, admit=self._admit
             )
-            port: IListeningPort = (
-                _listen_shared(self._reactor, spec, protocol)
-                if self.config.reuse_port
-                else self._reactor.listenUDP(
-                    spec.port, protocol, interface=spec.interface, maxPacketSize=65535
-                )
-            )
-            _enlarge_receive_buffer(port)
+            port = listen_udp(self._reactor, spec, protocol, shared=shared)
             self.transports.add_udp(protocol)
             return port
         factory = self.stream_factories.setdefault(
@@ -218,23 +209,7 @@ class SIPServerService(MultiService):
         )
         factory.admit = self._admit
         factory.limit = self.connection_limit
-        if spec.transport == "tls":
-            # Checked by postOptions already; read again, as files may change.
-            options = server_options(
-                credentials_of(spec.options), spec.option("caCerts")
-            )
-            if self.config.reuse_port:
-                port = _listen_shared(
-                    self._reactor, spec, TLSMemoryBIOFactory(options, False, factory)
-                )
-            else:
-                port = self._reactor.listenSSL(
-                    spec.port, factory, options, interface=spec.interface
-                )
-        elif self.config.reuse_port:
-            port = _listen_shared(self._reactor, spec, factory)
-        else:
-            port = self._reactor.listenTCP(spec.port, factory, interface=spec.interface)
+        port = listen_stream(self._reactor, spec, factory, shared=shared)
         address = port.getHost()
         self.transports.add_stream(
             spec.transport,
@@ -289,7 +264,7 @@ class SIPServerService(MultiService):
 
     def _listen_admin(self, spec: ListenSpec | UnixSocketSpec) -> None:
         api = AdminAPI(self, token=self.admin_token, metrics=self.metrics)
-        site = _QuietSite(api)  # type: ignore[no-untyped-call]
+        site = AdminSite(api)  # type: ignore[no-untyped-call]
         site.noisy = False
         site.displayTracebacks = False
         try:
@@ -354,7 +329,7 @@ class SIPServerService(MultiService):
             "uptime": round(self.seconds() - self.started_at, 1),
             "domains": list(self.config.domains),
             "listeners": [
-                f"{spec.transport} {_hostport(port)}" for spec, port in self.ports
+                f"{spec.transport} {host_port(port)}" for spec, port in self.ports
             ],
             "admin": _admin_address(self.admin_port) if self.admin_port else None,
             "location": _redacted(self.config.location),
@@ -528,7 +503,7 @@ class SIPServerService(MultiService):
         # our garbage is short-lived messages, not cycles (bench/, issue 8).
         gc.set_threshold(50_000, 20, 20)
         where = ", ".join(
-            f"{spec.transport} {_hostport(port)}" for spec, port in self.ports
+            f"{spec.transport} {host_port(port)}" for spec, port in self.ports
         )
         self._purge = LoopingCall(self._purge_expired)
         self._purge.clock = self._reactor
@@ -614,30 +589,6 @@ def tls_client(config: Config) -> TLSClient | None:
     )
 
 
-def _enlarge_receive_buffer(port: IListeningPort) -> None:
-    """Let a burst (every phone re-registering after an outage) queue, not drop.
-
-    The default UDP receive buffer (~200 KB) fills within one garbage-collector
-    pause at a thousand requests a second; the kernel caps what we ask for at
-    net.core.rmem_max.
-    """
-    sock = getattr(port, "socket", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-
-
-class _QuietSite(Site):
-    """The admin API's site, without an access log.
-
-    A scrape every 15 s would bury the SIP log; the API logs its changes itself.
-    """
-
-    @override
-    def log(self, request: Any) -> None:
-        pass
-
-
 #: Config fields a reload applies (see SIPServerService.reload).
 _RELOADABLE = (
     "users", "nonce_lifetime", "dialplan", "outbound_proxy", "forking",
@@ -663,34 +614,6 @@ def _is_loopback(spec: ListenSpec) -> bool:
 def _redacted(location: str) -> str:
     """A location spec without its password (redis://:SECRET@host)."""
     return redacted_spec(location)
-
-
-def _listen_shared(reactor: Any, spec: ListenSpec, receiver: Any) -> IListeningPort:
-    """Listen with SO_REUSEPORT, so other processes may listen on the same port.
-
-    Twisted's listenUDP/listenTCP cannot set it before bind(), so the socket is
-    made here and handed to the reactor, which takes a duplicate of it.
-    """
-    interface = spec.interface or "0.0.0.0"
-    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
-    kind = socket.SOCK_DGRAM if spec.transport == "udp" else socket.SOCK_STREAM
-    try:
-        with socket.socket(family, kind) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if kind == socket.SOCK_STREAM:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((interface, spec.port))
-            sock.setblocking(False)
-            if kind == socket.SOCK_DGRAM:
-                return reactor.adoptDatagramPort(  # type: ignore[no-any-return]
-                    sock.fileno(), family, receiver, maxPacketSize=65535
-                )
-            sock.listen(int(spec.option("backlog") or 50))
-            return reactor.adoptStreamPort(  # type: ignore[no-any-return]
-                sock.fileno(), family, receiver
-            )
-    except OSError as error:
-        raise CannotListenError(interface, spec.port, error) from None
 
 
 def _first_listener(ports: list[tuple[ListenSpec, IListeningPort]]) -> str | None:
@@ -724,14 +647,7 @@ def _admin_address(port: IListeningPort) -> str:
     name = getattr(address, "name", None)
     if name is not None:
         return f"unix:{os.fsdecode(name)}"
-    return _hostport(port)
-
-
-def _hostport(port: IListeningPort) -> str:
-    address = port.getHost()
-    host = getattr(address, "host", "")
-    host = f"[{host}]" if ":" in host else host or "*"
-    return f"{host}:{getattr(address, 'port', '?')}"
+    return host_port(port)
 
 
 def build_server(
