@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sipproxy.guard import TrustedNetworks
+from sipproxy.options import OPTIONS
 
 if TYPE_CHECKING:
     from sipproxy.proxy.pbx import Office
@@ -302,47 +303,8 @@ class Config:
 MIN_TOKEN_LENGTH = 16
 
 
-# key -> (kind, accepted as list); kinds validated in _coerce.
-_KEYS: dict[str, str] = {
-    "domain": "hosts",
-    "listen": "listen",
-    "alias": "hosts",
-    "location": "location",
-    "dns": "dns",
-    "max-message-size": "size",
-    "tcp-idle-timeout": "seconds",
-    "max-connections": "count",
-    "message-timeout": "seconds",
-    "default-expires": "count",
-    "min-expires": "count",
-    "max-expires": "count",
-    "max-bindings": "count",
-    "max-pending": "count",
-    "max-pending-per-source": "count",
-    "forking": "forking",
-    "dialplan": "dialplan",
-    "outbound-proxy": "sip-uri",
-    "users": "path",
-    "nonce-lifetime": "seconds",
-    "rate-limit": "rate",
-    "rate-burst": "seconds",
-    "trusted": "networks",
-    "allow-destination": "networks",
-    "tls-verify": "yesno",
-    "tls-ca": "path",
-    # Office PBX sections (issue 9), validated together by pbx.parse_office.
-    "extensions": "office",
-    "groups": "office",
-    "forward": "office",
-    "max-forward-depth": "office",
-    "admin": "admin",
-    "admin-token": "token",
-    "admin-token-file": "path",
-    "log-format": "log-format",
-    "reuse-port": "flag",
-    "advertise": "sip-uri",
-    "secret-file": "path",
-}
+# key -> kind, validated in _coerce.
+_KEYS: dict[str, str] = {option.name: option.kind for option in OPTIONS}
 
 
 def read_toml(path: str) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from sipproxy.guard import BanList, ConnectionLimiter, RateLimiter, TrustedNetwo
 from sipproxy.htdigest import load_users
 from sipproxy.location import location_from_spec, redacted_spec, redacted_text
 from sipproxy.metrics import Metrics, Snapshot
+from sipproxy.options import RELOADABLE, RESTART_ONLY
 from sipproxy.proxy.core import Proxy, ProxySettings
 from sipproxy.proxy.pbx import Office, OfficePreferences
 from sipproxy.registrar import Registrar, RegistrarSettings
@@ -416,9 +417,9 @@ class SIPServerService(MultiService):
                 )
                 return {"reloaded": False, "error": f"office: {error}"}
         old = self.config
-        changed = [key for key in _RELOADABLE if getattr(old, key) != getattr(new, key)]
+        changed = [key for key in RELOADABLE if getattr(old, key) != getattr(new, key)]
         restart = [
-            key for key in _RESTART_ONLY if getattr(old, key) != getattr(new, key)
+            key for key in RESTART_ONLY if getattr(old, key) != getattr(new, key)
         ]
         if self.authenticator is None and new.users is not None:
             restart.append("users")
@@ -426,7 +427,7 @@ class SIPServerService(MultiService):
         if self.authenticator is not None and new.users is None:
             restart.append("users")
             changed = [key for key in changed if key != "users"]
-        kept = {key: getattr(old, key) for key in (*_RESTART_ONLY, *restart)}
+        kept = {key: getattr(old, key) for key in (*RESTART_ONLY, *restart)}
         self.config = dataclasses.replace(new, **kept)
         self._apply(self.config, users)
         if office is not None and self.office is not None:
@@ -587,21 +588,6 @@ def tls_client(config: Config) -> TLSClient | None:
     return TLSClient(
         verify=config.tls_verify, ca_file=config.tls_ca, credentials=credentials[0]
     )
-
-
-#: Config fields a reload applies (see SIPServerService.reload).
-_RELOADABLE = (
-    "users", "nonce_lifetime", "dialplan", "outbound_proxy", "forking",
-    "rate_limit", "rate_burst", "trusted", "default_expires", "min_expires",
-    "max_expires", "max_bindings", "allow_destination", "max_pending",
-    "max_pending_per_source",
-)  # fmt: skip
-#: Config fields only a restart changes: sockets, the store, the log set-up.
-_RESTART_ONLY = (
-    "domains", "aliases", "listen", "location", "dns", "max_message_size",
-    "tcp_idle_timeout", "admin", "admin_token", "admin_token_file", "log_format",
-    "reuse_port", "advertise", "secret_file", "max_connections", "message_timeout",
-)  # fmt: skip
 
 
 def _is_loopback(spec: ListenSpec) -> bool:

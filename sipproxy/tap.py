@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -21,6 +21,7 @@ from sipproxy.config import (
 from sipproxy.htdigest import load_users
 from sipproxy.location import location_from_spec
 from sipproxy.logs import use_json_logs, use_text_logs
+from sipproxy.options import OPTIONS, Option
 from sipproxy.server import build_server, read_secret, tls_client
 
 
@@ -35,170 +36,18 @@ class Options(usage.Options):
     )
     optParameters: Any = [
         ["config", "c", None, "TOML file with any of these options as keys."],
-        [
-            "max-message-size",
-            None,
-            None,
-            "Largest SIP message accepted, in bytes (default 65536).",
-        ],
-        [
-            "tcp-idle-timeout",
-            None,
-            None,
-            "Seconds after which a silent TCP connection is closed (default 600).",
-        ],
-        [
-            "max-connections",
-            None,
-            None,
-            "Inbound TCP/TLS connections open at once, all sources together; "
-            "beyond it new ones are closed at once (default 10000).",
-        ],
-        [
-            "message-timeout",
-            None,
-            None,
-            "Seconds a TCP/TLS client has to finish a message (headers and body) "
-            "once it started sending it; then it is disconnected (default 10).",
-        ],
-        [
-            "location",
-            None,
-            None,
-            "Where registrations live: memory: (default), sqlite:PATH or "
-            "redis://HOST:PORT/DB.",
-        ],
-        ["default-expires", None, None, "Registration lifetime if none asked (3600)."],
-        ["min-expires", None, None, "Shortest registration accepted, else 423 (60)."],
-        ["max-expires", None, None, "Longest registration granted (7200)."],
-        ["max-bindings", None, None, "Contacts per address-of-record (10)."],
-        [
-            "max-pending",
-            None,
-            None,
-            "Requests waiting for a final answer beyond which new ones get 503 "
-            "(50000).",
-        ],
-        [
-            "max-pending-per-source",
-            None,
-            None,
-            "Of those, what one address (IPv6: one /64) may hold (5000).",
-        ],
-        [
-            "users",
-            None,
-            None,
-            "Apache htdigest file (realm: the first --domain): REGISTER and calls "
-            "from our domains then need a password. Re-read on SIGHUP.",
-        ],
-        ["nonce-lifetime", None, None, "Seconds a Digest nonce stays fresh (300)."],
-        ["rate-limit", None, None, "Requests/s per source address; 0: off (100)."],
-        ["rate-burst", None, None, "Requests a source may send at once (600)."],
-        [
-            "forking",
-            None,
-            None,
-            "Several registered phones: sequential (newest first, default) or "
-            "parallel (all ring).",
-        ],
-        [
-            "tls-verify",
-            None,
-            None,
-            "Check the certificate of TLS servers we connect to: yes (default) or "
-            "no (insecure; logs a warning).",
-        ],
-        [
-            "tls-ca",
-            None,
-            None,
-            "PEM file of CAs trusted for TLS servers (default: the system's).",
-        ],
-        [
-            "admin",
-            None,
-            None,
-            "Admin HTTP API (JSON, /metrics, /health): tcp:8080 (loopback unless "
-            "interface= says otherwise; then admin-token(-file) is required) or "
-            "unix:/run/sipproxy/admin.sock[:mode=0600] (the file's permissions "
-            "decide who may use it).",
-        ],
-        [
-            "admin-token",
-            None,
-            None,
-            "Bearer token of the admin API; better: admin-token-file.",
-        ],
-        [
-            "admin-token-file",
-            None,
-            None,
-            "File holding the admin API's bearer token (one line; not readable by "
-            "others). Default on tcp: admin-token in $STATE_DIRECTORY (else var/), "
-            "made at first start.",
-        ],
-        ["log-format", None, None, "text (default) or json: one object per line."],
-        [
-            "advertise",
-            None,
-            None,
-            "This process's own SIP URI (a listener of its own, e.g. "
-            "sip:10.0.0.1:5071;transport=tcp): recorded with the bindings of its "
-            "TCP connections, so processes sharing the store route calls for those "
-            "phones through it (default: the first --listen).",
-        ],
-        [
-            "secret-file",
-            None,
-            None,
-            "File whose bytes key flow tokens and To tags; give every process of a "
-            "cluster the same file (default: random per start).",
-        ],
+        *([o.name, o.short, None, o.help] for o in OPTIONS if o.cli == "value"),
     ]
-    optFlags: Any = [
-        [
-            "reuse-port",
-            None,
-            "Let several processes listen on the same ports (SO_REUSEPORT); the "
-            "kernel spreads sources over them. Needs --advertise.",
-        ],
-    ]
+    optFlags: Any = [[o.name, o.short, o.help] for o in OPTIONS if o.cli == "flag"]
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        for key in ("domain", "listen", "alias", "dns", "trusted", "allow-destination"):
-            self[key] = []
+        for option in OPTIONS:
+            if option.cli == "list":
+                self[option.name] = []
         self.config: Config | None = None
         #: the command line's values, applied again over the file on reload
         self.cli_values: dict[str, Any] = {}
-
-    def opt_domain(self, value: str) -> None:
-        """SIP domain this server is responsible for (repeatable; default localhost)."""
-        self["domain"].append(value)
-
-    def opt_listen(self, value: str) -> None:
-        """Endpoint to listen on, e.g. tcp:5060:interface=127.0.0.1 (repeatable)."""
-        self["listen"].append(value)
-
-    def opt_alias(self, value: str) -> None:
-        """Another host name or address that means this server (repeatable)."""
-        self["alias"].append(value)
-
-    def opt_trusted(self, value: str) -> None:
-        """Network or address never rate limited or banned, e.g. an SBC (repeatable)."""
-        self["trusted"].append(value)
-
-    def opt_allow_destination(self, value: str) -> None:
-        """Internal network a request may name as its target (repeatable)."""
-        self["allow-destination"].append(value)
-
-    def opt_dns(self, value: str) -> None:
-        """DNS server for every lookup, IP[:PORT] (repeatable; default resolv.conf)."""
-        self["dns"].append(value)
-
-    opt_d = opt_domain
-    opt_l = opt_listen
 
     def opt_version(self) -> None:
         """Print the version and exit."""
@@ -216,42 +65,7 @@ class Options(usage.Options):
 
     @override
     def postOptions(self) -> None:
-        cli = {
-            key: self[key]
-            for key in (
-                "domain",
-                "listen",
-                "alias",
-                "dns",
-                "max-message-size",
-                "tcp-idle-timeout",
-                "max-connections",
-                "message-timeout",
-                "location",
-                "default-expires",
-                "min-expires",
-                "max-expires",
-                "max-bindings",
-                "max-pending",
-                "max-pending-per-source",
-                "forking",
-                "users",
-                "nonce-lifetime",
-                "rate-limit",
-                "rate-burst",
-                "trusted",
-                "allow-destination",
-                "tls-verify",
-                "tls-ca",
-                "admin",
-                "admin-token",
-                "admin-token-file",
-                "log-format",
-                "reuse-port",
-                "advertise",
-                "secret-file",
-            )
-        }
+        cli = {option.name: self[option.name] for option in OPTIONS if option.cli}
         self.cli_values = cli
         try:
             file_values = read_toml(self["config"]) if self["config"] else {}
@@ -284,6 +98,24 @@ class Options(usage.Options):
             parent["logger"] = use(
                 parent.get("logfile"), nodaemon=bool(parent.get("nodaemon"))
             )
+
+
+def _repeatable(option: Option) -> Callable[[Options, str], None]:
+    """``--NAME VALUE`` given several times: every value, in order."""
+
+    def add(self: Options, value: str) -> None:
+        self[option.name].append(value)
+
+    add.__doc__ = option.help
+    return add
+
+
+for _option in OPTIONS:
+    if _option.cli == "list":
+        _add = _repeatable(_option)
+        setattr(Options, f"opt_{_option.name.replace('-', '_')}", _add)
+        if _option.short:
+            setattr(Options, f"opt_{_option.short}", _add)
 
 
 def makeService(options: Options) -> IService:
