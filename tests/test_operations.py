@@ -17,7 +17,7 @@ from twisted.scripts._twistd_unix import ServerOptions
 from sipproxy import logs
 from sipproxy.config import ConfigError, ListenSpec, build_config, read_toml
 from sipproxy.logs import event_line, json_observer, text_observer
-from sipproxy.server import SIPServerService
+from sipproxy.server import build_server
 from sipproxy.tap import Options
 from sipproxy.testing import UDPMemoryReactor
 
@@ -274,7 +274,7 @@ def reactor() -> UDPMemoryReactor:
 def service(path: Path, reactor: Any, cli: dict[str, Any] | None = None) -> Any:
     cli = cli or {}
     config = build_config(read_toml(str(path)), cli)
-    return SIPServerService(config, reactor, config_path=str(path), cli_values=cli)
+    return build_server(config, reactor, config_path=str(path), cli_values=cli)
 
 
 BASE = """\
