@@ -33,13 +33,13 @@ from sipproxy.config import (
     UnixSocketSpec,
     build_config,
     read_toml,
+    reloaded,
 )
 from sipproxy.digest import Authenticator
 from sipproxy.guard import BanList, ConnectionLimiter, RateLimiter, TrustedNetworks
 from sipproxy.htdigest import load_users
 from sipproxy.location import location_from_spec, redacted_spec, redacted_text
 from sipproxy.metrics import Metrics, Snapshot
-from sipproxy.options import RELOADABLE, RESTART_ONLY
 from sipproxy.proxy.core import Proxy, ProxySettings
 from sipproxy.proxy.pbx import Office, OfficePreferences
 from sipproxy.registrar import Registrar, RegistrarSettings
@@ -416,19 +416,9 @@ class SIPServerService(MultiService):
                     e=error,
                 )
                 return {"reloaded": False, "error": f"office: {error}"}
-        old = self.config
-        changed = [key for key in RELOADABLE if getattr(old, key) != getattr(new, key)]
-        restart = [
-            key for key in RESTART_ONLY if getattr(old, key) != getattr(new, key)
-        ]
-        if self.authenticator is None and new.users is not None:
-            restart.append("users")
-            changed = [key for key in changed if key != "users"]
-        if self.authenticator is not None and new.users is None:
-            restart.append("users")
-            changed = [key for key in changed if key != "users"]
-        kept = {key: getattr(old, key) for key in (*RESTART_ONLY, *restart)}
-        self.config = dataclasses.replace(new, **kept)
+        self.config, changed, restart = reloaded(
+            self.config, new, authenticating=self.authenticator is not None
+        )
         self._apply(self.config, users)
         if office is not None and self.office is not None:
             self.office.office = office

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from sipproxy.config import Config
+from sipproxy.config import Config, build_config, reloaded
 from sipproxy.options import OPTIONS, RELOADABLE, RESTART_ONLY
 from sipproxy.tap import Options
 
@@ -52,3 +52,23 @@ def test_the_command_line_offers_the_table() -> None:
     }
     for option in OPTIONS:
         assert (option.name in long_names) == bool(option.cli), option.name
+
+
+def test_a_reload_applies_reloadable_fields_and_keeps_restart_only_ones() -> None:
+    old = build_config({}, {"listen": ["udp:5060"], "max-bindings": "5"})
+    new = build_config({}, {"listen": ["tcp:5070"], "max-bindings": "7"})
+    config, changed, restart = reloaded(old, new, authenticating=False)
+    assert (changed, restart) == (["max_bindings"], ["listen"])
+    assert config.max_bindings == 7
+    assert config.listen == old.listen
+
+
+def test_turning_authentication_on_or_off_needs_a_restart(tmp_path: Path) -> None:
+    users = tmp_path / "users"
+    users.write_text("")
+    without = build_config({}, {})
+    with_users = build_config({}, {"users": str(users)})
+    config, changed, restart = reloaded(without, with_users, authenticating=False)
+    assert (changed, restart, config.users) == ([], ["users"], None)
+    config, changed, restart = reloaded(with_users, without, authenticating=True)
+    assert (changed, restart, config.users) == ([], ["users"], str(users))
