@@ -27,9 +27,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from sipproxy.config import build_config
+from sipproxy.server import build_server
 from sipproxy.sip.message import Request
 from sipproxy.sip.parser import parse_message
-from sipproxy.tap import SIPServerService
 from sipproxy.testing import FakeDatagramTransport
 from sipproxy.transport.udp import SIPDatagramProtocol
 
@@ -143,7 +143,7 @@ def build() -> tuple[SIPDatagramProtocol, FakeDatagramTransport]:
     config = build_config(
         {}, {"domain": ["example.test"], "listen": ["udp:5060"], "rate-limit": "0"}
     )
-    service = SIPServerService(config, reactor)
+    service = build_server(config, reactor)
     protocol = SIPDatagramProtocol(
         service.proxy.layer, config.max_message_size, admit=service._admit
     )

@@ -21,6 +21,7 @@ from typing import Any
 
 from sipproxy.guard import TrustedNetworks
 from sipproxy.office.model import Office, parse_office
+from sipproxy.options import RELOADABLE, RESTART_ONLY
 
 #: What ``--listen`` defaults to when neither the file nor the command line names one.
 DEFAULT_LISTEN = ("udp:5060", "tcp:5060")
@@ -396,6 +397,25 @@ def build_config(
             f"({config.default_expires}) <= max-expires ({config.max_expires})"
         )
     return config
+
+
+def reloaded(
+    old: Config, new: Config, *, authenticating: bool
+) -> tuple[Config, list[str], list[str]]:
+    """What a reload makes of ``new``: the config to run, and the fields that differ.
+
+    Returns the config (restart-only fields keep their old values), the changed
+    fields a reload applies and those that need a restart. Turning authentication
+    on or off (``users`` given or not, as ``authenticating`` says today) is
+    restart-only too: the server has, or has not, an authenticator.
+    """
+    changed = [key for key in RELOADABLE if getattr(old, key) != getattr(new, key)]
+    restart = [key for key in RESTART_ONLY if getattr(old, key) != getattr(new, key)]
+    if authenticating != (new.users is not None):
+        restart.append("users")
+        changed = [key for key in changed if key != "users"]
+    kept = {key: getattr(old, key) for key in (*RESTART_ONLY, *restart)}
+    return replace(new, **kept), changed, restart
 
 
 def _as_list(key: str, value: Any) -> list[Any]:

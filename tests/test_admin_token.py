@@ -28,7 +28,7 @@ from sipproxy import tokenfile
 from sipproxy.admin import AdminAPI
 from sipproxy.config import ConfigError, UnixSocketSpec, build_config
 from sipproxy.ctl import _token, main
-from sipproxy.tap import SIPServerService
+from sipproxy.server import SIPServerService, build_server
 from sipproxy.testing import UDPMemoryReactor
 from sipproxy.tokenfile import TokenFileError, load_or_create, read_private
 
@@ -230,7 +230,7 @@ def start_service(
     config = build_config(
         {"domain": "example.test", "listen": "udp:5060", **values}, {}
     )
-    server = SIPServerService(config, reactor)
+    server = build_server(config, reactor)
     server.privilegedStartService()
     return server, reactor
 
@@ -297,7 +297,7 @@ def test_an_unusable_token_file_stops_the_start_before_anything_listens(
     reactor = UDPMemoryReactor()
     config = build_config({"listen": "udp:5060", "admin": "tcp:8080"}, {})
     with pytest.raises(SystemExit) as info:
-        SIPServerService(config, reactor).privilegedStartService()
+        build_server(config, reactor).privilegedStartService()
     assert str(info.value.code) == (
         f"sipproxy: error: admin token file {str(path)!r}: group or others may use "
         "it (mode 0644); chmod 600 it, or delete it to have a new one made"

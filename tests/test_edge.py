@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from sipproxy.config import build_config
 from sipproxy.location import LocationUnavailableError, redacted_spec, redacted_text
 from sipproxy.logs import JSONLineObserver, PrintableOutput, event_line, printable
-from sipproxy.tap import SIPServerService
+from sipproxy.server import SIPServerService, build_server
 from sipproxy.testing import UDPMemoryReactor
 
 SECRET_LOCATION = "redis://:secretpw@127.0.0.1:1/0"
@@ -36,7 +36,7 @@ def service(**values: Any) -> SIPServerService:
         },
         {},
     )
-    return SIPServerService(config, UDPMemoryReactor())
+    return build_server(config, UDPMemoryReactor())
 
 
 def test_a_trusted_network_is_never_rate_limited() -> None:

@@ -92,3 +92,10 @@ def test_office_never_imports_the_configuration(path: Path) -> None:
     The office raises ValueError; config wraps it in ConfigError (no cycle).
     """
     assert "sipproxy.config" not in imports_of(path), path
+
+
+def test_only_tap_imports_the_wiring() -> None:
+    """server.py imports every layer; no layer imports it back (STYLE.md)."""
+    for path in PACKAGE.rglob("*.py"):
+        if path.relative_to(PACKAGE).as_posix() not in ("tap.py", "server.py"):
+            assert "sipproxy.server" not in imports_of(path), path

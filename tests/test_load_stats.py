@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from sipproxy.config import build_config, read_toml
+from sipproxy.server import build_server
 from sipproxy.sip.parser import parse_message
-from sipproxy.tap import Options, SIPServerService
+from sipproxy.tap import Options
 from sipproxy.testing import UDPMemoryReactor
 from tests.transaction.support import UDP_PEER, TimedChannel, request
 
@@ -16,7 +17,7 @@ def test_stats_count_pending_and_completed_apart(tmp_path: Path) -> None:
     path = tmp_path / "sipproxy.toml"
     path.write_text('domain = ["example.test"]\nlisten = ["udp:5060"]\n')
     reactor = UDPMemoryReactor()
-    server = SIPServerService(
+    server = build_server(
         build_config(read_toml(str(path)), {}), reactor, config_path=str(path)
     )
     assert (server.stats()["pending"], server.stats()["completed"]) == (0, 0)
@@ -35,14 +36,14 @@ def test_max_pending_options_reach_the_proxy_and_reload(tmp_path: Path) -> None:
     options = Options()
     options.parseOptions(argv)
     assert options.config is not None
-    server = SIPServerService(
+    server = build_server(
         options.config, UDPMemoryReactor(), cli_values=options.cli_values
     )
     settings = server.proxy.settings
     assert (settings.max_pending, settings.max_pending_per_source) == (100, 10)
     path = tmp_path / "sipproxy.toml"
     path.write_text('domain = ["example.test"]\nlisten = ["udp:5060"]\n')
-    server = SIPServerService(
+    server = build_server(
         build_config(read_toml(str(path)), {}),
         UDPMemoryReactor(),
         config_path=str(path),

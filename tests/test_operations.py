@@ -17,7 +17,8 @@ from twisted.scripts._twistd_unix import ServerOptions
 from sipproxy import logs
 from sipproxy.config import ConfigError, ListenSpec, build_config, read_toml
 from sipproxy.logs import event_line, json_observer, text_observer
-from sipproxy.tap import Options, SIPServerService
+from sipproxy.server import build_server
+from sipproxy.tap import Options
 from sipproxy.testing import UDPMemoryReactor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -273,7 +274,7 @@ def reactor() -> UDPMemoryReactor:
 def service(path: Path, reactor: Any, cli: dict[str, Any] | None = None) -> Any:
     cli = cli or {}
     config = build_config(read_toml(str(path)), cli)
-    return SIPServerService(config, reactor, config_path=str(path), cli_values=cli)
+    return build_server(config, reactor, config_path=str(path), cli_values=cli)
 
 
 BASE = """\
@@ -416,8 +417,8 @@ def test_core_reports_through_hooks_not_libraries(path: Path) -> None:
         n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
     }
     for name in names:
-        assert not name.startswith(("twisted.web", "sipproxy.admin", "sipproxy.tap")), (
-            name
-        )
+        assert not name.startswith(
+            ("twisted.web", "sipproxy.admin", "sipproxy.tap", "sipproxy.server")
+        ), name
         if path.name != "metrics.py":
             assert not name.startswith(("prometheus_client", "sipproxy.metrics")), name

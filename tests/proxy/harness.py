@@ -38,7 +38,7 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 class Harness:
-    """The proxy wired as tap.py wires it, with every edge replaced by a fake."""
+    """The proxy wired as server.py wires it, with every edge replaced by a fake."""
 
     def __init__(
         self,

@@ -11,7 +11,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from sipproxy.config import build_config
-from sipproxy.tap import tls_client
+from sipproxy.server import tls_client
 from sipproxy.testing import UDPMemoryReactor
 from sipproxy.transport.peer import Channel, Peer
 from sipproxy.transport.sender import HANDSHAKE_TIMEOUT, Transports

@@ -1,0 +1,652 @@
+"""The one place the layers are wired: sockets, transports, core, store, admin API.
+
+``build_server(config, reactor)`` makes the service ``twistd sipproxy`` runs and the
+tests start; it owns start-up, shutdown, reload and what the admin API asks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import ipaddress
+import os
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from typing_extensions import override
+
+from sipproxy import __version__
+from sipproxy.admin import AdminAPI, AdminSite
+from sipproxy.auth.digest import Authenticator
+from sipproxy.auth.htdigest import load_users
+from sipproxy.config import (
+    Config,
+    ConfigError,
+    ListenSpec,
+    UnixSocketSpec,
+    build_config,
+    read_toml,
+    reloaded,
+)
+from sipproxy.guard import BanList, ConnectionLimiter, RateLimiter, TrustedNetworks
+from sipproxy.location import (
+    LocationService,
+    location_from_spec,
+    redacted_spec,
+    redacted_text,
+)
+from sipproxy.metrics import Metrics, Snapshot
+from sipproxy.office.model import Office
+from sipproxy.office.preferences import OfficePreferences
+from sipproxy.proxy.core import Proxy, ProxySettings
+from sipproxy.registrar import Registrar, RegistrarSettings
+from sipproxy.resolver import make_resolver
+from sipproxy.tokenfile import TokenFileError, default_path, load_or_create
+from sipproxy.transport.listeners import host_port, listen_stream, listen_udp
+from sipproxy.transport.sender import Transports
+from sipproxy.transport.stream import SIPStreamFactory
+from sipproxy.transport.tls import TLSClient, credentials_of, server_options
+from sipproxy.transport.udp import SIPDatagramProtocol
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class SIPServerService(MultiService):
+    """Listens on every configured address and hands messages to the core."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        *,
+        config_path: str | None = None,
+        cli_values: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.config = config
+        self._reactor = reactor
+        # Reload (SIGHUP, POST /reload) reads the file again under the same
+        # command line, which still wins.
+        self._config_path = config_path
+        self._cli_values = dict(cli_values or {})
+        self.started_at = reactor.seconds()
+        self.metrics = Metrics(self._snapshot)
+        self.admin_port: IListeningPort | None = None
+        #: what the admin API checks: configured, or kept in the state directory
+        self.admin_token = config.admin_token
+        self._open = False
+        self.ports: list[tuple[ListenSpec, IListeningPort]] = []
+        hosts = {*config.domains, *config.aliases}
+        hosts.update(spec.interface for spec in config.listen if spec.interface)
+        if any(not spec.interface for spec in config.listen):
+            hosts.update(_LOOPBACK)
+        self.transports = Transports(reactor)
+        # One store, seen as bindings by the registrar and the proxy, and as
+        # run-time office settings by OfficePreferences.
+        store = location_from_spec(config.location, reactor)
+        self.location: LocationService = store
+        # An IPv6 literal domain appears in URIs with brackets; both forms match.
+        domains = frozenset(
+            form
+            for domain in config.domains
+            for form in (domain, f"[{domain}]" if ":" in domain else domain)
+        )
+        self.registrar = Registrar(
+            self.location,
+            RegistrarSettings(
+                domains=domains,
+                default_expires=config.default_expires,
+                min_expires=config.min_expires,
+                max_expires=config.max_expires,
+                max_bindings=config.max_bindings,
+            ),
+        )
+        self.transports.tls = tls_client(config)
+        # With a tls: listener, DNS may pick TLS too (NAPTR/SRV "_sips._tcp").
+        uses_tls = self.transports.tls is not None
+        resolver = make_resolver(
+            config.dns,
+            reactor,
+            reactor,
+            transports=("udp", "tcp", "tls") if uses_tls else ("udp", "tcp"),
+        )
+        # Abuse defences (issue 5): a token bucket per source address and bans
+        # after failed authentications, both checked before any parsing.
+        self.rate_limiter = (
+            RateLimiter(config.rate_limit, config.rate_burst)
+            if config.rate_limit
+            else None
+        )
+        #: the --trusted networks: the one membership test ("ip in self.trusted")
+        #: for everything that treats a source as trusted; one object for the
+        #: process's life, reloaded in place (hand it out, don't copy it)
+        self.trusted = config.trusted_networks()
+        self.bans = BanList(exempt=self.trusted)
+        self.connection_limit = ConnectionLimiter(max_total=config.max_connections)
+        self.authenticator: Authenticator | None = None
+        if config.users is not None:
+            self.authenticator = Authenticator(
+                config.domains[0],
+                load_users(config.users, config.domains[0]),
+                os.urandom(32),
+                nonce_lifetime=config.nonce_lifetime,
+            )
+        # Office PBX (issue 9): TOML defaults, run-time settings in the store.
+        self.office = (
+            OfficePreferences(config.office, store)
+            if config.office is not None
+            else None
+        )
+        self.proxy = Proxy(
+            ProxySettings(
+                domains=domains,
+                local_hosts=frozenset(h.lower().strip("[]") for h in hosts),
+                local_ports=frozenset(spec.port for spec in config.listen),
+                forking=config.forking,
+                dialplan=config.dialplan,
+                outbound_proxy=config.outbound_proxy,
+                trusted=self.trusted,
+                allowed_destinations=TrustedNetworks(config.allow_destination),
+                max_pending=config.max_pending,
+                max_pending_per_source=config.max_pending_per_source,
+            ),
+            clock=reactor,
+            transports=self.transports,
+            location=self.location,
+            registrar=self.registrar,
+            resolve=resolver.resolve,
+            known_user=self._known_user,
+            auth=self.authenticator,
+            bans=self.bans,
+            office=self.office,
+            observer=self.metrics,
+            secret=read_secret(config.secret_file) or self._kept_secret(),
+        )
+        self.stream_factories: dict[str, SIPStreamFactory] = {}
+        self._purge: LoopingCall | None = None
+
+    @override
+    def privilegedStartService(self) -> None:
+        # A token file we cannot use stops the start before anything listens.
+        self.admin_token = self._admin_token()
+        # Bind here so that a port below 1024 works before twistd drops privileges.
+        for spec in self.config.listen:
+            try:
+                self.ports.append((spec, self._listen(spec)))
+            except CannotListenError as error:
+                # One line for the operator, not a traceback; nothing half-runs.
+                for _, port in self.ports:
+                    port.stopListening()
+                raise SystemExit(
+                    f"sipproxy: error: cannot listen on {spec}: {error.socketError}"
+                ) from None
+        if self.config.admin is not None:
+            self._listen_admin(self.config.admin)
+        self.proxy.instance = self.config.advertise or _first_listener(self.ports)
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+
+    def _listen(self, spec: ListenSpec) -> IListeningPort:
+        receiver = self.proxy.layer
+        shared = self.config.reuse_port
+        if spec.transport == "udp":
+            protocol = SIPDatagramProtocol(
+                receiver, self.config.max_message_size, admit=self._admit
+            )
+            port = listen_udp(self._reactor, spec, protocol, shared=shared)
+            self.transports.add_udp(protocol)
+            return port
+        factory = self.stream_factories.setdefault(
+            spec.transport,
+            SIPStreamFactory(
+                receiver,
+                self._reactor,
+                transport_name=spec.transport,
+                idle_timeout=self.config.tcp_idle_timeout,
+                message_timeout=self.config.message_timeout,
+                max_message_size=self.config.max_message_size,
+            ),
+        )
+        factory.admit = self._admit
+        factory.limit = self.connection_limit
+        port = listen_stream(self._reactor, spec, factory, shared=shared)
+        address = port.getHost()
+        self.transports.add_stream(
+            spec.transport,
+            factory,
+            getattr(address, "host", ""),
+            getattr(address, "port", 0),
+        )
+        return port
+
+    def _kept_secret(self) -> bytes | None:
+        """The key of dialog and flow tokens when no secret-file names one.
+
+        Kept in the state directory like the admin token, so that the calls
+        going on when the server restarts can still be hung up: their
+        Record-Route tokens are the only proof that they are ours (issue 13).
+        None (a random key, this run only) when the directory is not writable.
+        """
+        path = default_path(os.environ).with_name("dialog-secret")
+        try:
+            secret, _ = load_or_create(path)
+        except TokenFileError as error:
+            self.log.warn(
+                "dialog tokens are keyed for this run only, so calls in progress "
+                "cannot be ended through the proxy after a restart: {why}",
+                why=str(error).replace("admin token file", "secret file"),
+            )
+            return None
+        return secret.encode()
+
+    def _admin_token(self) -> str | None:
+        """The admin API's token; on tcp without one configured, the kept one.
+
+        A Unix socket needs none: its file mode decides who may connect.
+        """
+        admin = self.config.admin
+        if admin is None or self.config.admin_token is not None:
+            return self.config.admin_token
+        if isinstance(admin, UnixSocketSpec):
+            return None
+        path = default_path(os.environ)
+        try:
+            token, made = load_or_create(path)
+        except TokenFileError as error:
+            raise SystemExit(f"sipproxy: error: {error}") from None
+        if made:
+            self.log.info(
+                "admin API token written to {path} (mode 0600); sipproxy-ctl on "
+                "this host reads it",
+                path=str(path),
+            )
+        return token
+
+    def _listen_admin(self, spec: ListenSpec | UnixSocketSpec) -> None:
+        api = AdminAPI(self, token=self.admin_token, metrics=self.metrics)
+        site = AdminSite(api)  # type: ignore[no-untyped-call]
+        site.noisy = False
+        site.displayTracebacks = False
+        try:
+            if isinstance(spec, UnixSocketSpec):
+                self.admin_port = self._reactor.listenUNIX(
+                    spec.path,
+                    site,
+                    backlog=spec.backlog,
+                    mode=spec.mode,
+                    wantPID=spec.lockfile,
+                )
+            else:
+                self.admin_port = self._reactor.listenTCP(
+                    spec.port, site, interface=spec.interface
+                )
+        except CannotListenError as error:
+            for _, port in self.ports:
+                port.stopListening()
+            raise SystemExit(
+                f"sipproxy: error: cannot listen on admin {spec}: {error.socketError}"
+            ) from None
+
+    def _admit(self, source_ip: str) -> bool:
+        """Banned sources are ignored; one flooding source loses only its excess."""
+        if source_ip in self.trusted:
+            return True
+        now = self._reactor.seconds()
+        if self.bans.is_banned(source_ip, now):
+            self.metrics.dropped_banned()
+            return False
+        if self.rate_limiter is None or self.rate_limiter.allow(source_ip, now):
+            return True
+        self.metrics.rate_limited()
+        return False
+
+    def _known_user(self, aor: str) -> bool:
+        """Whether an AOR is a user of ours (no binding then means 480, not 404)."""
+        if self.authenticator is None:
+            return False
+        user = aor.partition(":")[2].rpartition("@")[0]
+        return user in self.authenticator.users
+
+    # -- what the admin API asks (sipproxy.admin.AdminServer) -------------------
+
+    def seconds(self) -> float:
+        """The current time, from the reactor."""
+        return float(self._reactor.seconds())
+
+    def health(self) -> str | None:
+        """None while listening with the store open; else why not."""
+        if not self._open:
+            return "location store not open" if self.ports else "not listening"
+        if not self.ports:
+            return "not listening"
+        return None
+
+    def info(self) -> dict[str, Any]:
+        """Version, uptime, listeners, store; JSON-ready."""
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime": round(self.seconds() - self.started_at, 1),
+            "domains": list(self.config.domains),
+            "listeners": [
+                f"{spec.transport} {host_port(port)}" for spec, port in self.ports
+            ],
+            "admin": _admin_address(self.admin_port) if self.admin_port else None,
+            "location": _redacted(self.config.location),
+            "users": self.config.users,
+            "forking": self.config.forking,
+            "dialplan_rules": len(self.config.dialplan),
+            "rate_limit": self.config.rate_limit,
+            "rate_burst": self.config.rate_burst,
+            "max_bindings": self.config.max_bindings,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Transactions, proxy contexts, connections, read now; JSON-ready."""
+        snapshot = self._snapshot()
+        return {
+            "transactions": dict(snapshot.transactions),
+            "proxy_contexts": snapshot.proxy_contexts,
+            "pending": snapshot.pending,
+            "completed": snapshot.completed,
+            "connections": dict(snapshot.connections),
+            "uptime": round(snapshot.uptime, 1),
+        }
+
+    def _snapshot(self) -> Snapshot:
+        now = self.seconds()
+        return Snapshot(
+            transactions=self.proxy.layer.counts(),
+            proxy_contexts=self.proxy.pending_contexts(),
+            pending=self.proxy.layer.pending(),
+            completed=self.proxy.layer.completed(),
+            connections={
+                name: len(factory.connections)
+                for name, factory in self.stream_factories.items()
+            },
+            bans=len(self.bans.bans(now)),
+            uptime=now - self.started_at,
+        )
+
+    def reload(self) -> dict[str, Any]:
+        """SIGHUP and POST /reload: apply the file's users, dial plan and limits.
+
+        Registrations, transactions and connections are untouched. A file that
+        does not validate changes nothing and the log says why. Options that only
+        a restart can change (addresses, store, admin API) are reported, not
+        applied.
+        """
+        try:
+            file_values = read_toml(self._config_path) if self._config_path else {}
+            new = build_config(file_values, self._cli_values)
+        except (ConfigError, ValueError, OSError) as error:
+            self.log.error(
+                "configuration not reloaded, keeping the old one: {why}", why=error
+            )
+            return {"reloaded": False, "error": str(error)}
+        users = None
+        if new.users is not None and self.authenticator is not None:
+            try:
+                users = load_users(new.users, new.domains[0])
+            except (ValueError, OSError) as error:
+                self.log.error(
+                    "users file not reloaded, keeping the old users (and the old "
+                    "configuration): {e}",
+                    e=error,
+                )
+                return {"reloaded": False, "error": f"users file: {error}"}
+        office = None
+        if self.office is not None:
+            # Issue 9: a server started with office sections reloads them too;
+            # forwarding and DND set at run time stay in the store and keep winning.
+            office = new.office or Office()
+            known = (
+                users
+                if users is not None
+                else getattr(self.authenticator, "users", None)
+            )
+            try:
+                if known is not None:
+                    office = office.with_users(frozenset(known))
+            except (ConfigError, ValueError) as error:
+                self.log.error(
+                    "office configuration not reloaded, keeping the old (and the "
+                    "old configuration): {e}",
+                    e=error,
+                )
+                return {"reloaded": False, "error": f"office: {error}"}
+        self.config, changed, restart = reloaded(
+            self.config, new, authenticating=self.authenticator is not None
+        )
+        self._apply(self.config, users)
+        if office is not None and self.office is not None:
+            self.office.office = office
+            self.log.info(
+                "office configuration reloaded: {n} extensions, {g} groups",
+                n=len(office.extensions),
+                g=len(office.groups),
+            )
+        option = [key.replace("_", "-") for key in changed]
+        needs_restart = sorted({key.replace("_", "-") for key in restart})
+        self.log.info(
+            "configuration reloaded; changed: {changed}",
+            changed=", ".join(option) or "nothing",
+        )
+        if needs_restart:
+            self.log.warn(
+                "configuration: {keys} changed but need a restart; not applied",
+                keys=", ".join(needs_restart),
+            )
+        return {"reloaded": True, "changed": option, "needs_restart": needs_restart}
+
+    def _apply(self, config: Config, users: Any) -> None:
+        """Put a reloaded config's run-time settings into the live objects."""
+        if users is not None and self.authenticator is not None:
+            self.authenticator.users = users
+            self.log.info("users file reloaded: {n} users", n=len(users.entries))
+        self.proxy.settings = dataclasses.replace(
+            self.proxy.settings,
+            forking=config.forking,
+            dialplan=config.dialplan,
+            outbound_proxy=config.outbound_proxy,
+            allowed_destinations=TrustedNetworks(config.allow_destination),
+            max_pending=config.max_pending,
+            max_pending_per_source=config.max_pending_per_source,
+        )
+        self.registrar.reconfigure(
+            default_expires=config.default_expires,
+            min_expires=config.min_expires,
+            max_expires=config.max_expires,
+            max_bindings=config.max_bindings,
+        )
+        if not config.rate_limit:
+            self.rate_limiter = None
+        elif self.rate_limiter is None:
+            self.rate_limiter = RateLimiter(config.rate_limit, config.rate_burst)
+        else:
+            # The buckets (who has spent what) stay; only the rules change.
+            self.rate_limiter.rate = config.rate_limit
+            self.rate_limiter.burst = config.rate_burst
+            self.rate_limiter.refill_time = config.rate_burst / config.rate_limit
+        self.trusted.reload(config.trusted)  # the same object everywhere
+        if self.authenticator is not None:
+            self.authenticator.nonce_lifetime = config.nonce_lifetime
+
+    @override
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        Deferred.fromCoroutine(self.location.open()).addCallbacks(
+            self._serving, self._cannot_open
+        )
+
+    def _serving(self, _: object) -> None:
+        self._open = True
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(
+                signal.SIGHUP,
+                lambda *_: self._reactor.callFromThread(self.reload),
+            )
+        # Everything built at start-up lives as long as the process: keep the
+        # collector from walking it again on every full collection.
+        gc.freeze()
+        # Young collections every 700 allocations cost a REGISTER burst dearly;
+        # our garbage is short-lived messages, not cycles (bench/, issue 8).
+        gc.set_threshold(50_000, 20, 20)
+        where = ", ".join(
+            f"{spec.transport} {host_port(port)}" for spec, port in self.ports
+        )
+        self._purge = LoopingCall(self._purge_expired)
+        self._purge.clock = self._reactor
+        self._purge.start(10.0, now=False)
+        public = [spec for spec in self.config.listen if not _is_loopback(spec)]
+        if self.authenticator is None and public:
+            # Without users nobody is authenticated, so nothing tells a caller
+            # from an attacker: fine on loopback or a closed LAN, not online.
+            self.log.warn(
+                "no users file: anyone who reaches {where} may register any "
+                "user of our domains and call anywhere; set users before "
+                "exposing the server",
+                where=", ".join(str(spec) for spec in public),
+            )
+        if self.transports.tls is not None and not self.transports.tls.verify:
+            self.log.warn(
+                "tls-verify is off: servers we connect to over TLS are not "
+                "authenticated, so anyone on the path can read and change calls"
+            )
+        self.log.info(
+            "sipproxy {version} serving {domains} on {where}; location {location}",
+            version=__version__,
+            domains=", ".join(self.config.domains),
+            where=where,
+            location=_redacted(self.config.location),
+        )
+
+    def _cannot_open(self, failure: Failure) -> None:
+        self.log.critical(
+            "sipproxy: error: cannot open location {location}: {why}",
+            location=_redacted(self.config.location),
+            why=redacted_text(failure.getErrorMessage(), self.config.location),
+        )
+        # Serving without a place to keep registrations would answer 500 to
+        # every phone; stop, and exit non-zero so systemd or the operator sees it.
+        self._reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        self._reactor.stop()
+
+    def _purge_expired(self) -> Deferred[object]:
+        def failed(failure: Failure) -> None:
+            self.log.warn(
+                "purging expired bindings failed: {why}", why=failure.getErrorMessage()
+            )
+
+        return Deferred.fromCoroutine(
+            self.location.purge(now=self._reactor.seconds())
+        ).addErrback(failed)
+
+    @override
+    def stopService(self) -> Any:
+        self._open = False
+        if self._purge is not None and self._purge.running:
+            self._purge.stop()
+        if self.admin_port is not None:
+            self.admin_port.stopListening()
+            self.admin_port = None
+        for _, port in self.ports:
+            port.stopListening()
+        for factory in self.stream_factories.values():
+            for connection in list(factory.connections.values()):
+                connection.transport.loseConnection()  # type: ignore[union-attr]
+        self.ports.clear()
+        super().stopService()  # type: ignore[no-untyped-call]
+        return Deferred.fromCoroutine(self.location.close())
+
+
+def tls_client(config: Config) -> TLSClient | None:
+    """How we open TLS connections, if any ``tls:`` listener is configured.
+
+    Each listener's key and certificate are read (and checked) here; the first
+    one's is also our client certificate, for servers that ask for one (mutual
+    TLS trunks). Without a TLS listener we neither accept nor open TLS: our Via
+    and Record-Route could name no TLS address.
+    """
+    tls = [spec for spec in config.listen if spec.transport == "tls"]
+    if not tls:
+        return None
+    credentials = [credentials_of(spec.options) for spec in tls]
+    for spec in tls:
+        server_options(credentials_of(spec.options), spec.option("caCerts"))
+    return TLSClient(
+        verify=config.tls_verify, ca_file=config.tls_ca, credentials=credentials[0]
+    )
+
+
+def _is_loopback(spec: ListenSpec) -> bool:
+    try:
+        return ipaddress.ip_address(spec.interface.strip("[]")).is_loopback
+    except ValueError:
+        return False  # no interface (all of them) or a name
+
+
+def _redacted(location: str) -> str:
+    """A location spec without its password (redis://:SECRET@host)."""
+    return redacted_spec(location)
+
+
+def _first_listener(ports: list[tuple[ListenSpec, IListeningPort]]) -> str | None:
+    """The first listener as a SIP URI, if it names one address (not a wildcard)."""
+    for spec, port in ports[:1]:
+        address = port.getHost()
+        host = getattr(address, "host", "")
+        if not host or host in ("0.0.0.0", "::"):
+            return None
+        host = f"[{host}]" if ":" in host else host
+        param = "" if spec.transport == "udp" else f";transport={spec.transport}"
+        return f"sip:{host}:{getattr(address, 'port', 5060)}{param}"
+    return None
+
+
+def read_secret(path: str | None) -> bytes | None:
+    """The bytes of ``secret-file`` (None if not given); ConfigError if unusable."""
+    if path is None:
+        return None
+    try:
+        secret = Path(path).read_bytes()
+    except OSError as error:
+        raise ConfigError(f"secret-file {path!r}: {error.strerror}") from None
+    if len(secret) < 16:
+        raise ConfigError(f"secret-file {path!r}: needs at least 16 bytes")
+    return secret
+
+
+def _admin_address(port: IListeningPort) -> str:
+    address = port.getHost()
+    name = getattr(address, "name", None)
+    if name is not None:
+        return f"unix:{os.fsdecode(name)}"
+    return host_port(port)
+
+
+def build_server(
+    config: Config,
+    reactor: Any,
+    *,
+    config_path: str | None = None,
+    cli_values: Mapping[str, Any] | None = None,
+) -> SIPServerService:
+    """Wire every layer for ``config`` on ``reactor``; nothing listens until started.
+
+    :param config_path: the TOML file a reload reads again.
+    :param cli_values: the command line's values, which win over the file on reload.
+    """
+    return SIPServerService(
+        config, reactor, config_path=config_path, cli_values=cli_values
+    )
