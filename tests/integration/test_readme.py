@@ -35,6 +35,15 @@ def readme_start_command() -> str:
     return commands[0]
 
 
+def readme_check_command() -> str:
+    """The README's check that the server answers: the shell block sending OPTIONS."""
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", text, re.DOTALL)
+    checks: list[str] = [b for b in blocks if "OPTIONS sip:example.test" in b]
+    assert len(checks) == 1, checks
+    return checks[0]
+
+
 def port_5060_free() -> bool:
     for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
         with socket.socket(socket.AF_INET, kind) as sock:
@@ -46,7 +55,7 @@ def port_5060_free() -> bool:
 
 
 def test_readme_start_command_serves_options_on_5060() -> None:
-    """`make run` starts the example configuration on 127.0.0.1:5060, UDP and TCP."""
+    """`make run` serves 127.0.0.1:5060 over UDP and TCP; the README's check sees it."""
     command = readme_start_command()
     assert command == "make run"
     if not port_5060_free():
@@ -73,6 +82,17 @@ def test_readme_start_command_serves_options_on_5060() -> None:
         assert status_of(answered) == 200
         tcp = options_request("sip:example.test", transport="TCP")
         assert status_of(tcp_exchange(tcp, 5060)) == 200
+        # The README's check works on a fresh Debian: python3, no nc.
+        check = readme_check_command()
+        assert not re.search(r"\bnc\b", check), check
+        result = subprocess.run(
+            ["sh", "-c", check],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert result.stdout.startswith("SIP/2.0 200 OK"), result
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:

@@ -271,7 +271,7 @@ def test_processes_share_one_port_and_reach_each_others_phones(
             own = free_port()
             args = [
                 "--reuse-port",
-                # Its own port first: it sends from it (README, "Scale-out").
+                # Its own port first: it sends from it (docs/scale-out.md).
                 *("--listen", f"udp:{own}:interface=127.0.0.1"),
                 *("--listen", f"udp:{shared}:interface=127.0.0.1"),
                 *("--listen", f"tcp:{shared}:interface=127.0.0.1"),

@@ -240,7 +240,7 @@ def test_targets_resolve_to_users_groups_and_uris() -> None:
 
 
 def test_shipped_office_example_is_valid(tmp_path: Path) -> None:
-    """etc/sipproxy-office.toml, as the README walks through it."""
+    """etc/sipproxy-office.toml, as docs/office.md walks through it."""
     example = read_toml(str(Path(__file__).parents[2] / "etc" / "sipproxy-office.toml"))
     # The token file names a real installation's; point it at a stand-in.
     token = tmp_path / "token"
