@@ -33,6 +33,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from bench.binding_memory import register_bytes
+from sipproxy.sip.addressing import Channel, Peer
 from sipproxy.sip.message import Request, Response
 from sipproxy.sip.parser import parse_message
 from sipproxy.transaction.layer import (
@@ -41,7 +42,6 @@ from sipproxy.transaction.layer import (
     ServerTransaction,
     TransactionLayer,
 )
-from sipproxy.transport.peer import Channel, Peer
 
 
 @implementer(IReactorTime)

@@ -20,7 +20,8 @@ if __package__ in (None, ""):  # run as bench/location_bench.py
 
 from twisted.internet import defer, task
 
-from sipproxy.location import Binding, Flow, LocationService, location_from_spec
+from sipproxy.location import Binding, Flow, LocationService
+from sipproxy.location.spec import location_from_spec
 
 AORS = 1000
 

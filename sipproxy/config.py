@@ -22,11 +22,12 @@ from typing import Any
 from sipproxy.guard import TrustedNetworks
 from sipproxy.office.model import Office, parse_office
 from sipproxy.options import RELOADABLE, RESTART_ONLY
+from sipproxy.sip.transports import KINDS, is_reliable, is_secure
 
 #: What ``--listen`` defaults to when neither the file nor the command line names one.
 DEFAULT_LISTEN = ("udp:5060", "tcp:5060")
 
-_TRANSPORTS = ("udp", "tcp", "tls")
+_TRANSPORTS = tuple(KINDS)
 _LISTEN_KEYWORDS = {
     "udp": {"interface"},
     "tcp": {"interface", "backlog"},
@@ -113,7 +114,7 @@ class ListenSpec:
                     ) from None
             else:
                 options.append((key, value))
-        if kind == "tls":
+        if is_secure(kind):
             given = {key for key, _ in options}
             if "privateKey" not in given:
                 raise ConfigError(f"listen {text!r}: tls needs privateKey=FILE")
@@ -122,7 +123,7 @@ class ListenSpec:
     @property
     def reliable(self) -> bool:
         """Stream transports deliver in order and need no retransmission (§17.1.1)."""
-        return self.transport != "udp"
+        return is_reliable(self.transport)
 
     def option(self, name: str) -> str | None:
         """The value of a keyword option such as ``certKey``."""

@@ -38,11 +38,12 @@ rate limited, never banned and never refused a connection (see each class).
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+
+from sipproxy.sip.addressing import canonical_ip, source_key
 
 __all__ = [
     "BanList",
@@ -54,47 +55,6 @@ __all__ = [
 ]
 
 _EPSILON = 1e-9
-
-#: IPv6 sources are grouped by this prefix (a subscriber's smallest allocation).
-IPV6_SOURCE_PREFIX = 64
-
-_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-@functools.lru_cache(maxsize=8192)
-def _address(text: str) -> _IPAddress | None:
-    """``text`` (brackets allowed) as an address, IPv4-mapped IPv6 as IPv4."""
-    try:
-        address = ipaddress.ip_address(text.strip("[]"))
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-def source_key(source_ip: str) -> str:
-    """The key a source is counted under: the IPv4 address, or an IPv6 /64.
-
-    ``"192.0.2.7"`` stays as it is; ``"2001:db8::1"`` and ``"2001:db8::2"`` both
-    give ``"2001:db8::/64"``; ``"::ffff:192.0.2.7"`` gives ``"192.0.2.7"``. Text
-    that is no address (a test's host name) is its own key. O(1) for IPv4; IPv6
-    parses are cached.
-    """
-    if ":" not in source_ip:
-        return source_ip
-    return _ipv6_key(source_ip)
-
-
-@functools.lru_cache(maxsize=8192)
-def _ipv6_key(source_ip: str) -> str:
-    address = _address(source_ip)
-    if address is None:
-        return source_ip
-    if isinstance(address, ipaddress.IPv4Address):
-        return str(address)
-    network = ipaddress.IPv6Network((address, IPV6_SOURCE_PREFIX), strict=False)
-    return str(network)
 
 
 class TrustedNetworks:
@@ -131,7 +91,7 @@ class TrustedNetworks:
         """Whether ``ip`` (an address string, brackets allowed) is trusted."""
         if not self._networks or not isinstance(ip, str):
             return False
-        address = _address(ip)
+        address = canonical_ip(ip)
         return address is not None and any(
             address in network for network in self._networks
         )

@@ -47,8 +47,9 @@ from twisted.internet.interfaces import IReactorTime, IResolver
 from twisted.logger import Logger
 from twisted.names import client, dns, error, hosts, resolve
 
+from sipproxy.sip.addressing import Peer
+from sipproxy.sip.transports import DEFAULT_PORTS, KINDS, TCP, TLS, UDP, is_secure
 from sipproxy.sip.uri import SipURI
-from sipproxy.transport.peer import DEFAULT_PORTS, Peer
 
 __all__ = ["DNS_TIMEOUT", "SIPResolver", "make_resolver"]
 
@@ -56,11 +57,11 @@ __all__ = ["DNS_TIMEOUT", "SIPResolver", "make_resolver"]
 DNS_TIMEOUT = (1, 3)
 
 #: NAPTR service fields and the transport each names (RFC 3263 §4.1, table 1).
-_NAPTR_SERVICES = {"sip+d2u": "udp", "sip+d2t": "tcp", "sips+d2t": "tls"}
+_NAPTR_SERVICES = {k.naptr_service: k.name for k in KINDS.values() if k.naptr_service}
 #: SRV owner-name prefixes (RFC 3263 §4.1: "_sips" is TLS over TCP).
-_SRV_PREFIXES = {"udp": "_sip._udp.", "tcp": "_sip._tcp.", "tls": "_sips._tcp."}
+_SRV_PREFIXES = {k.name: k.srv_prefix for k in KINDS.values() if k.srv_prefix}
 #: The order we try transports in when DNS states no preference.
-_PREFERENCE = ("udp", "tcp", "tls")
+_PREFERENCE = tuple(_SRV_PREFIXES)
 # The transport parameter values we understand; "sctp", "ws" and others we cannot send.
 _TRANSPORT_PARAMS = frozenset(_PREFERENCE)
 # Longest CNAME chain followed; resolvers usually give up near here too.
@@ -229,7 +230,7 @@ class SIPResolver:
         resolver: IResolver,
         clock: IReactorTime,
         *,
-        transports: Collection[str] = ("udp", "tcp"),
+        transports: Collection[str] = (UDP.name, TCP.name),
         max_cache: int = 10000,
         rng: Random | None = None,
         timeout: Sequence[float] = DNS_TIMEOUT,
@@ -294,7 +295,7 @@ class SIPResolver:
     def _allowed(self, secure: bool) -> tuple[str, ...]:
         # RFC 3261 §26.2.2: a SIPS URI is only ever reached over TLS, never less.
         if secure:
-            return tuple(t for t in self._transports if t == "tls")
+            return tuple(t for t in self._transports if is_secure(t))
         return self._transports
 
     async def _resolve(self, uri: SipURI, trace: _Trace) -> list[Peer]:
@@ -311,13 +312,13 @@ class SIPResolver:
             if explicit not in _TRANSPORT_PARAMS:
                 return []
             # RFC 3261 §26.2.2: transport=tcp on a SIPS URI means TLS over TCP.
-            if secure and explicit == "tcp":
-                explicit = "tls"
+            if secure and explicit == TCP.name:
+                explicit = TLS.name
             if explicit not in allowed:
                 return []
         # RFC 3263 §4.1: with no transport parameter, UDP for SIP, TLS for SIPS;
         # a proxy without UDP uses the first transport it has (any will do, §18.1).
-        default = explicit or ("udp" if "udp" in allowed else allowed[0])
+        default = explicit or (UDP.name if UDP.name in allowed else allowed[0])
         if _ip_literal(target):
             port = uri.port or DEFAULT_PORTS[default]
             return [Peer(default, target, port)]
@@ -668,7 +669,7 @@ def make_resolver(
     clock: IReactorTime,
     reactor: Any,
     *,
-    transports: Collection[str] = ("udp", "tcp"),
+    transports: Collection[str] = (UDP.name, TCP.name),
     resolv_conf: str = "/etc/resolv.conf",
     hosts_file: str | None = "/etc/hosts",
     rng: Random | None = None,

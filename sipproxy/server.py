@@ -38,18 +38,15 @@ from sipproxy.config import (
     reloaded,
 )
 from sipproxy.guard import BanList, ConnectionLimiter, RateLimiter, TrustedNetworks
-from sipproxy.location import (
-    LocationService,
-    location_from_spec,
-    redacted_spec,
-    redacted_text,
-)
+from sipproxy.location import LocationService
+from sipproxy.location.spec import location_from_spec, redacted_spec, redacted_text
 from sipproxy.metrics import Metrics, Snapshot
 from sipproxy.office.model import Office
 from sipproxy.office.preferences import OfficePreferences
 from sipproxy.proxy.core import Proxy, ProxySettings
 from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.resolver import make_resolver
+from sipproxy.sip.transports import KINDS, UDP, is_secure, kind_of
 from sipproxy.tokenfile import TokenFileError, default_path, load_or_create
 from sipproxy.transport.listeners import host_port, listen_stream, listen_udp
 from sipproxy.transport.sender import Transports
@@ -119,7 +116,9 @@ class SIPServerService(MultiService):
             config.dns,
             reactor,
             reactor,
-            transports=("udp", "tcp", "tls") if uses_tls else ("udp", "tcp"),
+            transports=tuple(
+                k.name for k in KINDS.values() if uses_tls or not k.secure
+            ),
         )
         # Abuse defences (issue 5): a token bucket per source address and bans
         # after failed authentications, both checked before any parsing.
@@ -199,7 +198,7 @@ class SIPServerService(MultiService):
     def _listen(self, spec: ListenSpec) -> IListeningPort:
         receiver = self.proxy.layer
         shared = self.config.reuse_port
-        if spec.transport == "udp":
+        if not spec.reliable:
             protocol = SIPDatagramProtocol(
                 receiver, self.config.max_message_size, admit=self._admit
             )
@@ -578,7 +577,7 @@ def tls_client(config: Config) -> TLSClient | None:
     TLS trunks). Without a TLS listener we neither accept nor open TLS: our Via
     and Record-Route could name no TLS address.
     """
-    tls = [spec for spec in config.listen if spec.transport == "tls"]
+    tls = [spec for spec in config.listen if is_secure(spec.transport)]
     if not tls:
         return None
     credentials = [credentials_of(spec.options) for spec in tls]
@@ -609,7 +608,8 @@ def _first_listener(ports: list[tuple[ListenSpec, IListeningPort]]) -> str | Non
         if not host or host in ("0.0.0.0", "::"):
             return None
         host = f"[{host}]" if ":" in host else host
-        param = "" if spec.transport == "udp" else f";transport={spec.transport}"
+        kind = kind_of(spec.transport)
+        param = "" if kind is UDP else f";transport={kind.uri_param}"
         return f"sip:{host}:{getattr(address, 'port', 5060)}{param}"
     return None
 

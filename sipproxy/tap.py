@@ -19,7 +19,7 @@ from sipproxy.config import (
     build_config,
     read_toml,
 )
-from sipproxy.location import location_from_spec
+from sipproxy.location.spec import location_from_spec
 from sipproxy.logs import use_json_logs, use_text_logs
 from sipproxy.options import OPTIONS, Option
 from sipproxy.server import build_server, read_secret, tls_client

@@ -11,7 +11,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.testing import MemoryReactorClock
 from zope.interface import implementer
 
-from sipproxy.transport.peer import Peer
+from sipproxy.sip.addressing import Peer
 
 
 def _address(kind: str, host: str, port: int) -> IPv4Address | IPv6Address:
@@ -87,6 +87,7 @@ class RecordingChannel:
 
     local: Peer = field(default_factory=lambda: Peer("udp", "127.0.0.1", 5060))
     sent: list[tuple[bytes, Peer]] = field(default_factory=list)
+    connection_id: str | None = None
 
     def send(self, data: bytes, peer: Peer) -> None:
         """Record one outgoing message."""

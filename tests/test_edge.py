@@ -19,7 +19,8 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 
 from sipproxy.config import build_config
-from sipproxy.location import LocationUnavailableError, redacted_spec, redacted_text
+from sipproxy.location import LocationUnavailableError
+from sipproxy.location.spec import redacted_spec, redacted_text
 from sipproxy.logs import JSONLineObserver, PrintableOutput, event_line, printable
 from sipproxy.server import SIPServerService, build_server
 from sipproxy.testing import UDPMemoryReactor

@@ -99,3 +99,31 @@ def test_only_tap_imports_the_wiring() -> None:
     for path in PACKAGE.rglob("*.py"):
         if path.relative_to(PACKAGE).as_posix() not in ("tap.py", "server.py"):
             assert "sipproxy.server" not in imports_of(path), path
+
+
+def test_no_import_cycle_anywhere() -> None:
+    """No module imports, even indirectly, a module that imports it back.
+
+    A cycle means two modules are one piece that pretends to be two; the house
+    reads top-down only when every arrow points one way.
+    """
+    graph = import_graph()
+    assert "sipproxy.proxy.core" in graph
+    assert not sorted(name for name in graph if name in reachable(graph, name))
+
+
+@pytest.mark.parametrize("path", modules("transaction"), ids=lambda p: p.name)
+def test_transactions_stand_on_the_wire_format_only(path: Path) -> None:
+    """transaction/ sits right above sip/: Peer and Channel come from there too."""
+    for name in imports_of(path):
+        if name.startswith("sipproxy"):
+            assert name.startswith(("sipproxy.sip", "sipproxy.transaction")), name
+
+
+@pytest.mark.parametrize("path", modules("transport"), ids=lambda p: p.name)
+def test_transports_never_import_the_core(path: Path) -> None:
+    """The Twisted edge hands messages up through a protocol; it imports no core."""
+    for name in imports_of(path):
+        assert not name.startswith(
+            ("sipproxy.proxy", "sipproxy.registrar", "sipproxy.transaction")
+        ), name

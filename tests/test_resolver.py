@@ -23,9 +23,9 @@ from twisted.logger import capturedLogs
 from twisted.names import authority, client, dns, server
 
 from sipproxy.resolver import SIPResolver, _order_services, _Service, make_resolver
+from sipproxy.sip.addressing import Peer
 from sipproxy.sip.uri import SipURI
 from sipproxy.testing import UDPMemoryReactor
-from sipproxy.transport.peer import Peer
 
 ZONE = "example.test"
 TTL = 60

@@ -75,21 +75,22 @@ from sipproxy.proxy.routing import (
     preprocess_routes,
 )
 from sipproxy.proxy.targets import TargetLookup, with_routes
+from sipproxy.sip.addressing import (
+    Channel,
+    Peer,
+    response_destination,
+    stamp_received,
+)
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.headers import Headers
 from sipproxy.sip.message import Request, Response, first_address, response_from_headers
+from sipproxy.sip.transports import UDP, is_reliable, kind_of
 from sipproxy.sip.uri import SipURI
 from sipproxy.sip.via import Via
 from sipproxy.transaction.layer import (
     ClientTransaction,
     ServerTransaction,
     TransactionLayer,
-)
-from sipproxy.transport.peer import (
-    Channel,
-    Peer,
-    response_destination,
-    stamp_received,
 )
 from sipproxy.transport.sender import Transports
 
@@ -476,7 +477,7 @@ class Proxy:
             local_port=channel.local.port,
             remote_host=peer.host,
             remote_port=peer.port,
-            connection_id=getattr(channel, "connection_id", None),
+            connection_id=channel.connection_id,
         )
         flow = self._with_owner(flow, peer)
         answer = await self._registrar.register(
@@ -656,8 +657,9 @@ class Proxy:
             peer, connection_id, self._secret, dialog=dialog, server_name=server_name
         )
         user = f"{token}@"
-        param = "" if peer.transport == "udp" else f";transport={peer.transport}"
-        if secure and peer.transport == "tls":
+        kind = kind_of(peer.transport)
+        param = "" if kind is UDP else f";transport={kind.uri_param}"
+        if secure and kind.secure:
             # §16.6 step 4: for a SIPS Request-URI "the URI placed into the
             # Record-Route header field MUST be a SIPS URI".
             return f"<sips:{user}{host}:{port};lr>"
@@ -856,7 +858,7 @@ class Proxy:
         user part: another process that finds the binding sends the request to
         that URI as a Route, and this process delivers it on the connection.
         """
-        if self.instance is None or flow.transport == "udp":
+        if self.instance is None or not is_reliable(flow.transport):
             return flow
         where = _owner_address(self.instance)
         if where is None:
@@ -883,7 +885,7 @@ class Proxy:
         Then the Request-URI (the phone's Contact) is the only address left, as
         in _targets_for_binding for a binding of our own.
         """
-        if flow is None or flow[0].transport == "udp":
+        if flow is None or not flow[0].reliable:
             return flow
         return flow if self._transports.connection(flow[1]) is not None else None
 

@@ -21,7 +21,7 @@ import base64
 import hashlib
 import hmac
 
-from sipproxy.transport.peer import Peer
+from sipproxy.sip.addressing import Peer
 
 _SIG = 10  # bytes of HMAC kept: 80 bits against forgery, short Route headers
 

@@ -30,6 +30,7 @@ from typing import Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from sipproxy.sip.addressing import Channel, Peer, response_destination
 from sipproxy.sip.headers import Headers
 from sipproxy.sip.message import Request, Response
 from sipproxy.sip.via import Via
@@ -39,7 +40,6 @@ from sipproxy.transaction.layer import (
     TransactionLayer,
 )
 from sipproxy.transaction.timers import Timers
-from sipproxy.transport.peer import Channel, Peer, response_destination
 from sipproxy.transport.sender import Transports
 
 #: §16.6 step 11: "Timer C MUST be set [...] greater than 3 minutes".

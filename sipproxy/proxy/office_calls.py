@@ -37,11 +37,11 @@ from sipproxy.proxy.checks import RejectedError
 from sipproxy.proxy.flows import Pinned
 from sipproxy.proxy.forking import Destination, Forking, ResponseContext, synthesized
 from sipproxy.proxy.targets import TargetLookup
+from sipproxy.sip.addressing import Channel, Peer
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.message import Request, Response
 from sipproxy.sip.uri import SipURI
 from sipproxy.transaction.layer import ServerTransaction
-from sipproxy.transport.peer import Channel, Peer
 
 
 class OfficeSettings(Protocol):

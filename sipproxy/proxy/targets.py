@@ -25,10 +25,11 @@ from sipproxy.proxy.checks import RejectedError
 from sipproxy.proxy.flows import Pinned
 from sipproxy.proxy.forking import Destination
 from sipproxy.proxy.routing import next_hop
+from sipproxy.sip.addressing import Peer, ip_of, same_address
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.message import Request
+from sipproxy.sip.transports import TLS, UDP, by_uri_param, is_reliable, is_secure
 from sipproxy.sip.uri import SipURI
-from sipproxy.transport.peer import Peer, ip_of, same_address
 from sipproxy.transport.sender import Transports
 
 
@@ -138,7 +139,7 @@ class TargetLookup:
             return [Destination(copy, direct)]
         peer = Peer(flow.transport, flow.remote_host, flow.remote_port)
         if (
-            flow.transport != "udp"
+            is_reliable(flow.transport)
             and self._transports.connection(flow.connection_id) is None
         ):
             # The phone's connection is gone; its source port was ephemeral, so
@@ -199,9 +200,9 @@ class TargetLookup:
         server has no TLS at all (it cannot handle SIPS), else 480 (the callee
         has no secure way to be reached now).
         """
-        secure = [t for t in targets if t.peer.transport == "tls"]
+        secure = [t for t in targets if is_secure(t.peer.transport)]
         if not secure:
-            if not self._transports.supports("tls"):
+            if not self._transports.supports(TLS.name):
                 raise RejectedError(416)
             raise RejectedError(480, "No TLS Path To Target")
         return secure
@@ -217,7 +218,7 @@ class TargetLookup:
 
     def _held_elsewhere(self, flow: Flow) -> bool:
         """Whether another process holds this binding's connection."""
-        if flow.owner is None or flow.transport == "udp":
+        if flow.owner is None or not is_reliable(flow.transport):
             return False
         try:
             owner = SipURI.parse(flow.owner)
@@ -268,7 +269,7 @@ def _direct_contact(binding: Binding) -> Peer | None:
     or a SIPp instance registering on behalf of another port of its own host).
     """
     flow = binding.flow
-    if flow.transport != "udp" or binding.reg_id is not None:
+    if flow.transport != UDP.name or binding.reg_id is not None:
         return None
     try:
         uri = SipURI.parse(binding.contact)
@@ -277,20 +278,21 @@ def _direct_contact(binding: Binding) -> Peer | None:
     host = uri.host.strip("[]")
     if not _is_ip(host) or not same_address(host, flow.remote_host):
         return None
-    transport = (uri.transport or "udp").lower()
-    if transport != "udp":
+    transport = (uri.transport or UDP.uri_param).lower()
+    if by_uri_param(transport) is not UDP:
         return None
-    return Peer("udp", flow.remote_host, uri.port or 5060)
+    return Peer(UDP.name, flow.remote_host, uri.port or UDP.default_port)
 
 
 def _peer_of(uri: SipURI) -> Peer:
     """RFC 3261 §19.1.2 defaults for an IP-addressed URI."""
-    transport = (
-        uri.transport or ("tls" if uri.scheme.lower() == "sips" else "udp")
-    ).lower()
+    implied = TLS if uri.scheme.lower() == "sips" else UDP
+    named = uri.transport.lower() if uri.transport else implied.uri_param
+    kind = by_uri_param(named)
     host = (uri.param("maddr") or uri.host).strip("[]")
-    default = 5061 if transport == "tls" else 5060
-    return Peer(transport, host, uri.port or default)
+    if kind is None:  # one we do not carry keeps its name: nothing sends to it
+        return Peer(named, host, uri.port or UDP.default_port)
+    return Peer(kind.name, host, uri.port or kind.default_port)
 
 
 def _is_internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:

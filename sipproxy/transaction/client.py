@@ -24,12 +24,12 @@ from typing import Any, ClassVar, Protocol
 
 from twisted.internet.interfaces import IReactorTime
 
+from sipproxy.sip.addressing import Channel, Peer
 from sipproxy.sip.headers import Header, Headers, split_values
 from sipproxy.sip.message import Request, Response
 from sipproxy.transaction.keys import ClientKey, client_key
 from sipproxy.transaction.state import State, TransactionMachine
 from sipproxy.transaction.timers import Timers
-from sipproxy.transport.peer import Channel, Peer
 
 __all__ = [
     "ClientInviteTransaction",

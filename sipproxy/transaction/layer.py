@@ -61,7 +61,7 @@ from typing import Protocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from sipproxy.guard import source_key
+from sipproxy.sip.addressing import Channel, Peer, source_key, stamp_received
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.message import Request, Response
 from sipproxy.sip.parser import validate_request, validate_response
@@ -83,7 +83,6 @@ from sipproxy.transaction.server import (
 )
 from sipproxy.transaction.state import State
 from sipproxy.transaction.timers import Timers
-from sipproxy.transport.peer import Channel, Peer, stamp_received
 
 __all__ = [
     "MAX_COMPLETED",

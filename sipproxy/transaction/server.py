@@ -27,13 +27,13 @@ from typing import Any, ClassVar
 
 from twisted.internet.interfaces import IReactorTime
 
+from sipproxy.sip.addressing import Channel, Peer, response_destination
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.headers import Headers
 from sipproxy.sip.message import Request, Response
 from sipproxy.transaction.keys import BranchKey, ServerKey, server_key
 from sipproxy.transaction.state import State, TransactionMachine
 from sipproxy.transaction.timers import Timers
-from sipproxy.transport.peer import Channel, Peer, response_destination
 
 __all__ = ["TRYING_DELAY", "ServerInviteTransaction", "ServerNonInviteTransaction"]
 

@@ -15,6 +15,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from sipproxy.sip.transports import kind_of
 from sipproxy.transport.tls import credentials_of, server_options
 
 #: what the kernel is asked for as a UDP socket's receive buffer (capped by
@@ -64,7 +65,7 @@ def listen_stream(
     reactor: Any, endpoint: Endpoint, factory: Any, *, shared: bool
 ) -> IListeningPort:
     """A TCP port, or a TLS one with the endpoint's key and certificate."""
-    if endpoint.transport == "tls":
+    if kind_of(endpoint.transport).secure:
         # Checked when the options were parsed; read again, as files may change.
         options = server_options(
             credentials_of(endpoint.options), endpoint.option("caCerts")
@@ -91,7 +92,8 @@ def listen_shared(reactor: Any, endpoint: Endpoint, receiver: Any) -> IListening
     """
     interface = endpoint.interface or "0.0.0.0"
     family = socket.AF_INET6 if ":" in interface else socket.AF_INET
-    kind = socket.SOCK_DGRAM if endpoint.transport == "udp" else socket.SOCK_STREAM
+    reliable = kind_of(endpoint.transport).reliable
+    kind = socket.SOCK_STREAM if reliable else socket.SOCK_DGRAM
     try:
         with socket.socket(family, kind) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

@@ -32,7 +32,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
-from sipproxy.transport.peer import Peer
+from sipproxy.sip.addressing import Peer
+from sipproxy.sip.transports import KINDS, TCP, UDP
 from sipproxy.transport.stream import SIPStreamFactory, SIPStreamProtocol
 from sipproxy.transport.tls import ClientConnector, TLSClient, is_ip
 from sipproxy.transport.udp import SIPDatagramProtocol
@@ -129,7 +130,7 @@ class Transports:
         self._udp.append(protocol)
         local = protocol.local
         self._listening.setdefault(
-            ("udp", _family(local.host or "0.0.0.0")), (local.host, local.port)
+            (UDP.name, _family(local.host or "0.0.0.0")), (local.host, local.port)
         )
 
     def add_stream(
@@ -143,7 +144,7 @@ class Transports:
 
     def supports(self, transport: str) -> bool:
         """Whether we can send over ``transport`` at all."""
-        if transport == "udp":
+        if transport == UDP.name:
             return bool(self._udp)
         return transport in self._stream
 
@@ -204,7 +205,7 @@ class Transports:
         :param server_name: TLS: the host the certificate must name (RFC 5922
             §4: the host of the URI we resolved); default: the peer's address.
         """
-        if peer.transport == "udp":
+        if peer.transport == UDP.name:
             return self._send_udp(data, peer, on_error)
         flow = self.connection(connection_id)
         if flow is not None:
@@ -213,7 +214,7 @@ class Transports:
         factory = self._stream.get(peer.transport)
         if factory is None:
             return self._fail(on_error, f"no {peer.transport} transport configured")
-        name = server_name if peer.transport == "tls" else None
+        name = server_name if _secure(peer.transport) else None
         if name is not None and is_ip(name):
             name = None
         key = (peer, name)
@@ -247,7 +248,7 @@ class Transports:
         on_error: ErrorCallback | None,
     ) -> None:
         peer, name = key
-        if peer.transport == "tls":
+        if _secure(peer.transport):
             if self.tls is None:
                 self._fail(on_error, "no TLS client configured")
                 return
@@ -260,7 +261,7 @@ class Transports:
                 connector,
                 timeout=10,
             )
-        elif peer.transport == "tcp":
+        elif peer.transport == TCP.name:
             pending = self._pending[key] = _Pending()
             self._reactor.connectTCP(
                 peer.host, peer.port, _OutboundFactory(self, factory, key), timeout=10
@@ -322,3 +323,8 @@ def _tls_error(reason: Failure) -> str:
         if isinstance(last, tuple) and len(last) == 3:
             return str(last[2])
     return reason.getErrorMessage()
+
+
+def _secure(transport: str) -> bool:
+    kind = KINDS.get(transport)
+    return kind is not None and kind.secure

@@ -35,9 +35,11 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from sipproxy.guard import ConnectionLimiter
+from sipproxy.sip.addressing import Peer
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.parser import Keepalive, StreamFramer, parse_message
-from sipproxy.transport.peer import MessageReceiver, Peer
+from sipproxy.sip.transports import TCP, kind_of
+from sipproxy.transport.receiver import MessageReceiver
 
 _ids = itertools.count(1)
 
@@ -94,7 +96,7 @@ class SIPStreamProtocol(Protocol):
         self._idle = self._factory.clock.callLater(
             self._factory.idle_timeout, self._timed_out
         )
-        if self.inbound and name == "tls":
+        if self.inbound and kind_of(name).secure:
             # A TLS handshake trickled a byte at a time holds a connection as
             # well as a trickled message does: it gets the same deadline.
             self._awaiting_handshake = True
@@ -244,7 +246,7 @@ class SIPStreamFactory(Factory):
         receiver: MessageReceiver,
         clock: IReactorTime,
         *,
-        transport_name: str = "tcp",
+        transport_name: str = TCP.name,
         idle_timeout: float = 600.0,
         message_timeout: float = 10.0,
         max_message_size: int = 65536,

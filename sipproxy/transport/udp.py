@@ -8,9 +8,11 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from typing_extensions import override
 
+from sipproxy.sip.addressing import Peer
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.parser import parse_message
-from sipproxy.transport.peer import MessageReceiver, Peer
+from sipproxy.sip.transports import UDP
+from sipproxy.transport.receiver import MessageReceiver
 
 
 class SIPDatagramProtocol(DatagramProtocol):
@@ -18,6 +20,8 @@ class SIPDatagramProtocol(DatagramProtocol):
 
     log = Logger()
     noisy = False  # the service logs one line listing every listener
+    #: A socket is no connection: flows through it name none (RFC 5626).
+    connection_id: str | None = None
 
     def __init__(
         self,
@@ -34,7 +38,7 @@ class SIPDatagramProtocol(DatagramProtocol):
         self._receiver = receiver
         self._max_size = max_message_size
         self._admit = admit
-        self._local = Peer("udp", "", 0)
+        self._local = Peer(UDP.name, "", 0)
 
     @property
     def local(self) -> Peer:
@@ -44,13 +48,13 @@ class SIPDatagramProtocol(DatagramProtocol):
     @override
     def startProtocol(self) -> None:
         address = self.transport.getHost()  # type: ignore[union-attr]
-        self._local = Peer("udp", address.host, address.port)
+        self._local = Peer(UDP.name, address.host, address.port)
 
     @override
     def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         if self._admit is not None and not self._admit(addr[0]):
             return
-        peer = Peer("udp", addr[0], addr[1])
+        peer = Peer(UDP.name, addr[0], addr[1])
         if len(datagram) <= 4 and not datagram.strip(b"\r\n"):
             # RFC 5626 §3.5.1 keepalives over UDP are STUN; a bare CRLF is what
             # many phones send instead. Neither is a message; say nothing.

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from twisted.internet import reactor
 
-from sipproxy.location import location_from_spec
 from sipproxy.location.memory import MemoryLocationService
 from sipproxy.location.redis import RedisLocationService
+from sipproxy.location.spec import location_from_spec
 from sipproxy.location.sqlite import SQLiteLocationService
 from tests.location.examples import binding
 

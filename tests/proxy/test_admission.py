@@ -16,9 +16,9 @@ from sipproxy.guard import TrustedNetworks
 from sipproxy.location import Binding
 from sipproxy.location.memory import MemoryLocationService
 from sipproxy.registrar import Registrar, RegistrarSettings
+from sipproxy.sip.addressing import Peer
 from sipproxy.sip.message import Request, Response
 from sipproxy.testing import UDPMemoryReactor
-from sipproxy.transport.peer import Peer
 from tests.proxy import harness
 from tests.proxy.harness import ALICE, BOB, Harness, answer, invite
 from tests.transaction.support import SortedCalls

@@ -11,8 +11,8 @@ from sipproxy.auth.digest import Authenticator
 from sipproxy.auth.htdigest import UserDB
 from sipproxy.location import Binding, Flow
 from sipproxy.proxy.flows import encode_flow
+from sipproxy.sip.addressing import Peer
 from sipproxy.sip.message import Request, Response
-from sipproxy.transport.peer import Peer
 from tests.proxy.harness import ALICE, BOB, PROXY, Harness, invite, run
 
 OWNER = ("192.0.2.50", 5071)

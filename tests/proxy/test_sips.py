@@ -6,9 +6,9 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from sipproxy.location import Binding, Flow
+from sipproxy.sip.addressing import Channel, Peer
 from sipproxy.sip.message import Request, Response
 from sipproxy.sip.parser import parse_message
-from sipproxy.transport.peer import Channel, Peer
 from sipproxy.transport.stream import SIPStreamFactory, SIPStreamProtocol
 from tests.proxy.harness import ALICE, BOB, Harness, invite, run
 

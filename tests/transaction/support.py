@@ -10,10 +10,10 @@ from typing import Any
 from twisted.internet.base import DelayedCall
 from twisted.internet.task import Clock
 
+from sipproxy.sip.addressing import Channel, Peer
 from sipproxy.sip.message import Request, Response
 from sipproxy.sip.parser import parse_message
 from sipproxy.transaction.state import State
-from sipproxy.transport.peer import Channel, Peer
 
 UDP_PEER = Peer("udp", "192.0.2.10", 5060)
 TCP_PEER = Peer("tcp", "192.0.2.10", 40123)
@@ -138,6 +138,7 @@ class TimedChannel:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.local = Peer("udp", "192.0.2.1", 5060)
+        self.connection_id: str | None = None
         self.sent: list[tuple[float, bytes, Peer]] = []
 
     def send(self, data: bytes, peer: Peer) -> None:

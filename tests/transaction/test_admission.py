@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from sipproxy.sip.addressing import Peer
 from sipproxy.sip.message import Request
 from sipproxy.transaction.layer import (
     MAX_COMPLETED,
     State,
     TransactionLayer,
 )
-from sipproxy.transport.peer import Peer
 
 from .support import (
     TCP_PEER,

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
+from sipproxy.sip.addressing import Peer
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.message import Request, Response
 from sipproxy.sip.parser import parse_message
@@ -19,7 +20,6 @@ from sipproxy.transaction.layer import (
     State,
     TransactionLayer,
 )
-from sipproxy.transport.peer import Peer
 
 from .support import (
     TCP_PEER,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
+from sipproxy.sip.addressing import Peer
 from sipproxy.sip.message import Request
 from sipproxy.transaction.server import (
     TRYING_DELAY,
@@ -12,7 +13,6 @@ from sipproxy.transaction.server import (
     ServerNonInviteTransaction,
 )
 from sipproxy.transaction.state import State
-from sipproxy.transport.peer import Peer
 
 from .support import (
     TCP_PEER,

@@ -12,8 +12,8 @@ from twisted.python.failure import Failure
 
 from sipproxy.config import build_config
 from sipproxy.server import tls_client
+from sipproxy.sip.addressing import Channel, Peer
 from sipproxy.testing import UDPMemoryReactor
-from sipproxy.transport.peer import Channel, Peer
 from sipproxy.transport.sender import HANDSHAKE_TIMEOUT, Transports
 from sipproxy.transport.stream import SIPStreamFactory, SIPStreamProtocol
 from sipproxy.transport.tls import ClientConnector, TLSClient

@@ -8,8 +8,8 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 
 from sipproxy.guard import BanList, ConnectionLimiter, RateLimiter
+from sipproxy.sip.addressing import Channel, Peer
 from sipproxy.testing import FakeDatagramTransport
-from sipproxy.transport.peer import Channel, Peer
 from sipproxy.transport.stream import SIPStreamFactory, SIPStreamProtocol
 from sipproxy.transport.udp import SIPDatagramProtocol
 

@@ -1,6 +1,8 @@
 """Who sent a message, over what, and where its responses go (RFC 3261 §18.2).
 
-Pure functions over values: the Twisted protocols in this package call them.
+Pure values and functions, below the transaction layer and the transports: the
+Twisted protocols in :mod:`sipproxy.transport` make Peers and Channels, every
+layer above reads them.
 """
 
 from __future__ import annotations
@@ -13,24 +15,35 @@ from typing import Protocol
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.headers import Headers
 from sipproxy.sip.message import kept_view, parse_top_via
+from sipproxy.sip.transports import DEFAULT_PORTS, is_reliable
 from sipproxy.sip.via import Via
 
-#: RFC 3261 §19.1.2: the port when a sent-by names none.
-DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
+__all__ = [
+    "DEFAULT_PORTS",
+    "IPV6_SOURCE_PREFIX",
+    "Channel",
+    "Peer",
+    "canonical_ip",
+    "ip_of",
+    "response_destination",
+    "same_address",
+    "source_key",
+    "stamp_received",
+]
 
 
 @dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
 class Peer:
     """The far end of a message as the socket saw it."""
 
-    transport: str  # "udp" | "tcp" | "tls"
+    transport: str  # a name in sip.transports.KINDS
     host: str
     port: int
 
     @property
     def reliable(self) -> bool:
         """Stream transports neither lose nor reorder (RFC 3261 §17.1.1.2)."""
-        return self.transport != "udp"
+        return is_reliable(self.transport)
 
 
 class Channel(Protocol):
@@ -44,18 +57,12 @@ class Channel(Protocol):
     def local(self) -> Peer:
         """Our own address on this channel (transport, host, port)."""
 
+    @property
+    def connection_id(self) -> str | None:
+        """The connection's name for flows (RFC 5626); None for a datagram socket."""
+
     def send(self, data: bytes, peer: Peer) -> None:
         """Write one whole message."""
-
-
-class MessageReceiver(Protocol):
-    """The layer above the transports: it gets every parsed message."""
-
-    def message_received(self, message: object, peer: Peer, channel: Channel) -> None:
-        """A parsed Request or Response arrived from ``peer`` on ``channel``."""
-
-    def message_invalid(self, error: Exception, peer: Peer, channel: Channel) -> None:
-        """Bytes from ``peer`` did not parse (``error`` is a ParseError)."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -69,6 +76,46 @@ def ip_of(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return ipaddress.ip_address(text.strip("[]"))
     except ValueError:
         return None
+
+
+#: IPv6 sources are grouped by this prefix (a subscriber's smallest allocation).
+IPV6_SOURCE_PREFIX = 64
+
+
+@functools.lru_cache(maxsize=8192)
+def canonical_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``text`` (brackets allowed) as an address, IPv4-mapped IPv6 as IPv4."""
+    try:
+        address = ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def source_key(source_ip: str) -> str:
+    """The key a source is counted under: the IPv4 address, or an IPv6 /64.
+
+    ``"192.0.2.7"`` stays as it is; ``"2001:db8::1"`` and ``"2001:db8::2"`` both
+    give ``"2001:db8::/64"``; ``"::ffff:192.0.2.7"`` gives ``"192.0.2.7"``. Text
+    that is no address (a test's host name) is its own key. O(1) for IPv4; IPv6
+    parses are cached.
+    """
+    if ":" not in source_ip:
+        return source_ip
+    return _ipv6_key(source_ip)
+
+
+@functools.lru_cache(maxsize=8192)
+def _ipv6_key(source_ip: str) -> str:
+    address = canonical_ip(source_ip)
+    if address is None:
+        return source_ip
+    if isinstance(address, ipaddress.IPv4Address):
+        return str(address)
+    network = ipaddress.IPv6Network((address, IPV6_SOURCE_PREFIX), strict=False)
+    return str(network)
 
 
 def same_address(a: str, b: str) -> bool:

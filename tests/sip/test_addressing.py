@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from sipproxy.sip.addressing import Peer, response_destination, stamp_received
 from sipproxy.sip.headers import Headers
 from sipproxy.sip.via import Via
-from sipproxy.transport.peer import Peer, response_destination, stamp_received
 
 UDP_PEER = Peer("udp", "192.0.2.7", 40123)
 

@@ -1,0 +1,75 @@
+"""The transport kinds SIP runs over, described once.
+
+Every module that needs to know whether a transport is reliable, what its Via
+token or default port is, or how a URI names it asks this registry instead of
+comparing strings of its own; a new kind (WebSocket, RFC 7118) is one entry here
+plus the module that carries its bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class TransportKind:
+    """What the rest of the server needs to know about one transport."""
+
+    #: Our own name for it, lower case: ``Peer.transport``, flows, ``--listen``.
+    name: str
+    #: The token in a Via sent-protocol, ``SIP/2.0/<token>`` (RFC 3261 §20.42).
+    via_token: str
+    #: The port when a URI or Via names none (RFC 3261 §19.1.2).
+    default_port: int
+    #: Neither loses nor reorders: no retransmission timers (§17.1.1.2).
+    reliable: bool
+    #: Encrypted and authenticated; what a SIPS URI requires (§26.2).
+    secure: bool
+    #: The ``transport=`` URI parameter value that selects it (§19.1.1).
+    uri_param: str
+    #: The NAPTR service field that names it (RFC 3263 §4.1); "" if none.
+    naptr_service: str = ""
+    #: The SRV owner-name prefix to look it up under (RFC 3263 §4.1); "" if none.
+    srv_prefix: str = ""
+
+
+UDP = TransportKind("udp", "UDP", 5060, False, False, "udp", "sip+d2u", "_sip._udp.")
+TCP = TransportKind("tcp", "TCP", 5060, True, False, "tcp", "sip+d2t", "_sip._tcp.")
+# RFC 3263 §4.1: "_sips" is TLS over TCP.
+TLS = TransportKind("tls", "TLS", 5061, True, True, "tls", "sips+d2t", "_sips._tcp.")
+
+#: Every kind by its name. Order is preference when nothing else decides.
+KINDS: dict[str, TransportKind] = {kind.name: kind for kind in (UDP, TCP, TLS)}
+
+#: RFC 3261 §19.1.2: the port when a sent-by or URI names none.
+DEFAULT_PORTS: dict[str, int] = {name: k.default_port for name, k in KINDS.items()}
+
+_BY_VIA_TOKEN = {kind.via_token.upper(): kind for kind in KINDS.values()}
+_BY_URI_PARAM = {kind.uri_param: kind for kind in KINDS.values()}
+
+
+def kind_of(name: str) -> TransportKind:
+    """The kind called ``name`` (as in ``Peer.transport``); KeyError if none."""
+    return KINDS[name.lower()]
+
+
+def by_via_token(token: str) -> TransportKind | None:
+    """The kind a Via's transport token names, or None for one we do not carry."""
+    return _BY_VIA_TOKEN.get(token.upper())
+
+
+def by_uri_param(value: str) -> TransportKind | None:
+    """The kind a URI's ``transport=`` selects, or None for one we do not carry."""
+    return _BY_URI_PARAM.get(value.lower())
+
+
+def is_secure(name: str) -> bool:
+    """Whether the transport called ``name`` is encrypted (unknown: no)."""
+    kind = KINDS.get(name)
+    return kind is not None and kind.secure
+
+
+def is_reliable(name: str) -> bool:
+    """Whether the transport called ``name`` is a stream (unknown: datagram)."""
+    kind = KINDS.get(name)
+    return kind is not None and kind.reliable
