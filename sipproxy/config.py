@@ -19,9 +19,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sipproxy.auth.ha1 import ALGORITHMS
 from sipproxy.guard import TrustedNetworks
 from sipproxy.office.model import Office, parse_office
-from sipproxy.options import RELOADABLE, RESTART_ONLY
+from sipproxy.options import OPTIONS, RELOADABLE, RESTART_ONLY
 from sipproxy.sip.transports import KINDS, is_reliable, is_secure
 
 #: What ``--listen`` defaults to when neither the file nor the command line names one.
@@ -254,6 +255,10 @@ class Config:
     users: str | None = None
     #: seconds a Digest nonce stays fresh; after it, a correct answer gets stale=true
     nonce_lifetime: float = 300.0
+    #: offered in this order (RFC 8760). SHA-256 is opt-in: UAs on libre 1.x
+    #: (baresip) and many desk phones abandon a challenge when any of its
+    #: WWW-Authenticate values names an algorithm they lack, even beside MD5.
+    digest_algorithms: tuple[str, ...] = ("MD5",)
     #: requests per second per source address (token bucket); 0 turns it off
     rate_limit: float = 100.0
     #: requests a source may send at once before the rate applies
@@ -302,47 +307,8 @@ class Config:
 MIN_TOKEN_LENGTH = 16
 
 
-# key -> (kind, accepted as list); kinds validated in _coerce.
-_KEYS: dict[str, str] = {
-    "domain": "hosts",
-    "listen": "listen",
-    "alias": "hosts",
-    "location": "location",
-    "dns": "dns",
-    "max-message-size": "size",
-    "tcp-idle-timeout": "seconds",
-    "max-connections": "count",
-    "message-timeout": "seconds",
-    "default-expires": "count",
-    "min-expires": "count",
-    "max-expires": "count",
-    "max-bindings": "count",
-    "max-pending": "count",
-    "max-pending-per-source": "count",
-    "forking": "forking",
-    "dialplan": "dialplan",
-    "outbound-proxy": "sip-uri",
-    "users": "path",
-    "nonce-lifetime": "seconds",
-    "rate-limit": "rate",
-    "rate-burst": "seconds",
-    "trusted": "networks",
-    "allow-destination": "networks",
-    "tls-verify": "yesno",
-    "tls-ca": "path",
-    # Office PBX sections, validated together by office.model.parse_office.
-    "extensions": "office",
-    "groups": "office",
-    "forward": "office",
-    "max-forward-depth": "office",
-    "admin": "admin",
-    "admin-token": "token",
-    "admin-token-file": "path",
-    "log-format": "log-format",
-    "reuse-port": "flag",
-    "advertise": "sip-uri",
-    "secret-file": "path",
-}
+# key -> kind, validated in _coerce.
+_KEYS: dict[str, str] = {option.name: option.kind for option in OPTIONS}
 
 
 def read_toml(path: str) -> dict[str, Any]:
@@ -446,6 +412,15 @@ def _coerce(key: str, value: Any) -> Any:
         return tuple(
             _host_port(text, 53, f"dns {text!r}") for text in _as_list(key, value)
         )
+    if kind == "digest-algorithms":
+        names = tuple(name.upper() for name in _as_list(key, value))
+        unknown = [name for name in names if name not in ALGORITHMS]
+        if unknown or not names or len(set(names)) != len(names):
+            raise ConfigError(
+                f"{key} = {value!r}: expected distinct names among "
+                f"{', '.join(ALGORITHMS)}, most preferred first"
+            )
+        return names
     if kind == "path":
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key} = {value!r}: expected a file name")

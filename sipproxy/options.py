@@ -102,6 +102,13 @@ OPTIONS: tuple[Option, ...] = (
         reload="apply",
     ),
     Option(
+        "digest-algorithms",
+        "digest-algorithms",
+        "Digest algorithms challenges offer, most preferred first: MD5, "
+        "SHA-256 (repeatable; default MD5 only, which every phone answers).",
+        cli="list",
+    ),
+    Option(
         "nonce-lifetime",
         "seconds",
         "Seconds a Digest nonce stays fresh (300).",

@@ -140,6 +140,7 @@ class SIPServerService(MultiService):
                 load_users(config.users, config.domains[0]),
                 os.urandom(32),
                 nonce_lifetime=config.nonce_lifetime,
+                algorithms=config.digest_algorithms,
             )
         # Office PBX (issue 9): TOML defaults, run-time settings in the store.
         self.office = (

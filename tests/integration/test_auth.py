@@ -27,13 +27,13 @@ REALM = "example.test"
 _numbers = iter(range(1, 1_000_000))
 
 
-def serve(tmp_path: Path, users: Path) -> RunningServer:
+def serve(tmp_path: Path, users: Path, *extra: str) -> RunningServer:
     """Sipproxy for example.test with ``users`` and default limits, UDP only."""
     port = free_port()
     return start_twistd(
         [
             "--domain", REALM, "--users", str(users),
-            "--listen", f"udp:{port}:interface=127.0.0.1",
+            "--listen", f"udp:{port}:interface=127.0.0.1", *extra,
         ],
         port,
         tmp_path / "twistd.log",
@@ -139,13 +139,29 @@ def register(
 
 
 def test_register_is_challenged_then_accepted(auth_server: RunningServer) -> None:
-    """401 offers SHA-256 first and MD5, qop=auth; the right password gets 200."""
+    """401 offers MD5 by default, qop=auth; the right password gets 200."""
     first, second = register(auth_server.port, "alice", "wonderland")
     assert status_of(first) == 401
     challenges = challenge_params(first, "WWW-Authenticate")
-    assert [c["algorithm"] for c in challenges] == ["SHA-256", "MD5"]
+    assert [c["algorithm"] for c in challenges] == ["MD5"]
     assert all(c["qop"] == "auth" and c["realm"] == REALM for c in challenges)
     assert status_of(second) == 200
+
+
+def test_sha256_is_offered_first_when_configured(tmp_path: Path) -> None:
+    """--digest-algorithms SHA-256 MD5: both, SHA-256 first (RFC 8760); it works."""
+    users = tmp_path / "users.htdigest"
+    write_user(users, "alice", REALM, "wonderland")
+    server = serve(
+        tmp_path, users, "--digest-algorithms", "SHA-256", "--digest-algorithms", "MD5"
+    )
+    try:
+        first, second = register(server.port, "alice", "wonderland")
+    finally:
+        stop(server.process)
+    challenges = challenge_params(first, "WWW-Authenticate")
+    assert [c["algorithm"] for c in challenges] == ["SHA-256", "MD5"]
+    assert status_of(second) == 200  # answered with the first, SHA-256
 
 
 def test_wrong_password_and_unknown_user_look_the_same(

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import RunningServer, require_tool
+from sipproxy.auth.htdigest import write_user
+from tests.integration.conftest import (
+    RunningServer,
+    free_port,
+    require_tool,
+    start_twistd,
+    stop,
+)
 from tests.integration.softphone import Baresip
 
 pytestmark = pytest.mark.integration
@@ -88,3 +95,47 @@ def test_two_softphones_call_through_the_proxy(
     alice.wait_event("CALL_CLOSED")
     closed = bob.wait_event("CALL_CLOSED")
     assert closed["id"] == incoming["id"]
+
+
+def test_softphones_authenticate_against_a_users_file_of_sipproxy_passwd(
+    tmp_path: Path, softphone: Softphones
+) -> None:
+    """The README's walk-through: users made by ``sipproxy-passwd``, two baresips.
+
+    ``sipproxy-passwd`` stores an MD5 and a SHA-256 HA1. Widely deployed UAs
+    (baresip 1.x on libre, many desk phones) give up on the whole challenge when
+    any WWW-Authenticate names an algorithm they lack, even beside an MD5 one;
+    by default the server offers MD5 only, so they register and call.
+    """
+    users = tmp_path / "users.htdigest"
+    write_user(users, "alice", "example.test", "alice-secret")
+    write_user(users, "bob", "example.test", "bob-secret")
+    port = free_port()
+    server = start_twistd(
+        [
+            "--domain", "example.test", "--users", str(users),
+            "--listen", f"udp:{port}:interface=127.0.0.1",
+        ],
+        port,
+        tmp_path / "twistd.log",
+    )  # fmt: skip
+    try:
+        outbound = f'outbound="sip:127.0.0.1:{port}"'
+        alice = softphone(
+            "alice",
+            f"<sip:alice@example.test>;auth_pass=alice-secret;{outbound};regint=600",
+        )
+        bob = softphone(
+            "bob", f"<sip:bob@example.test>;auth_pass=bob-secret;{outbound};regint=600"
+        )
+        alice.register_ok()
+        bob.register_ok()
+        alice.dial("sip:bob@example.test")
+        incoming = bob.wait_event("CALL_INCOMING")
+        assert incoming["peeruri"] == "sip:alice@example.test"
+        bob.accept()
+        alice.wait_event("CALL_ESTABLISHED", fail_on={"CALL_CLOSED"})
+        alice.hangup()
+        bob.wait_event("CALL_CLOSED")
+    finally:
+        stop(server.process)
