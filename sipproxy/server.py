@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import ipaddress
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +38,18 @@ from sipproxy.config import (
     reloaded,
 )
 from sipproxy.guard import BanList, ConnectionLimiter, RateLimiter, TrustedNetworks
-from sipproxy.location import LocationService
+from sipproxy.location import LocationService, LocationStore
 from sipproxy.location.spec import location_from_spec, redacted_spec, redacted_text
 from sipproxy.metrics import Metrics, Snapshot
 from sipproxy.office.model import Office
 from sipproxy.office.preferences import OfficePreferences
 from sipproxy.proxy.core import Proxy, ProxySettings
+from sipproxy.proxy.observer import ProxyObserver
 from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.resolver import make_resolver
+from sipproxy.sip.addressing import Peer, ip_of
 from sipproxy.sip.transports import KINDS, UDP, is_secure, kind_of
+from sipproxy.sip.uri import SipURI
 from sipproxy.tokenfile import TokenFileError, default_path, load_or_create
 from sipproxy.transport.listeners import host_port, listen_stream, listen_udp
 from sipproxy.transport.sender import Transports
@@ -84,44 +87,13 @@ class SIPServerService(MultiService):
         self.admin_token = config.admin_token
         self._open = False
         self.ports: list[tuple[ListenSpec, IListeningPort]] = []
-        hosts = {*config.domains, *config.aliases}
-        hosts.update(spec.interface for spec in config.listen if spec.interface)
-        if any(not spec.interface for spec in config.listen):
-            hosts.update(_LOOPBACK)
-        self.transports = Transports(reactor)
         # One store, seen as bindings by the registrar and the proxy, and as
         # run-time office settings by OfficePreferences.
         store = location_from_spec(config.location, reactor)
         self.location: LocationService = store
-        # An IPv6 literal domain appears in URIs with brackets; both forms match.
-        domains = frozenset(
-            form
-            for domain in config.domains
-            for form in (domain, f"[{domain}]" if ":" in domain else domain)
-        )
-        self.registrar = Registrar(
-            self.location,
-            RegistrarSettings(
-                domains=domains,
-                default_expires=config.default_expires,
-                min_expires=config.min_expires,
-                max_expires=config.max_expires,
-                max_bindings=config.max_bindings,
-            ),
-        )
-        self.transports.tls = tls_client(config)
-        # With a tls: listener, DNS may pick TLS too (NAPTR/SRV "_sips._tcp").
-        uses_tls = self.transports.tls is not None
-        resolver = make_resolver(
-            config.dns,
-            reactor,
-            reactor,
-            transports=tuple(
-                k.name for k in KINDS.values() if uses_tls or not k.secure
-            ),
-        )
-        # Abuse defences (issue 5): a token bucket per source address and bans
-        # after failed authentications, both checked before any parsing.
+        # Abuse defences: a token bucket per source address and bans after
+        # failed authentications, both checked before any parsing, so that a
+        # flood costs us no more than reading it.
         self.rate_limiter = (
             RateLimiter(config.rate_limit, config.rate_burst)
             if config.rate_limit
@@ -141,37 +113,24 @@ class SIPServerService(MultiService):
                 os.urandom(32),
                 nonce_lifetime=config.nonce_lifetime,
             )
-        # Office PBX (issue 9): TOML defaults, run-time settings in the store.
-        self.office = (
-            OfficePreferences(config.office, store)
-            if config.office is not None
-            else None
+        resolver = make_resolver(
+            config.dns, reactor, reactor, transports=sendable_transports(config)
         )
-        self.proxy = Proxy(
-            ProxySettings(
-                domains=domains,
-                local_hosts=frozenset(h.lower().strip("[]") for h in hosts),
-                local_ports=frozenset(spec.port for spec in config.listen),
-                forking=config.forking,
-                dialplan=config.dialplan,
-                outbound_proxy=config.outbound_proxy,
-                trusted=self.trusted,
-                allowed_destinations=TrustedNetworks(config.allow_destination),
-                max_pending=config.max_pending,
-                max_pending_per_source=config.max_pending_per_source,
-            ),
-            clock=reactor,
-            transports=self.transports,
-            location=self.location,
-            registrar=self.registrar,
+        core = build_core(
+            config,
+            reactor,
+            location=store,
+            authenticator=self.authenticator,
             resolve=resolver.resolve,
-            known_user=self._known_user,
-            auth=self.authenticator,
+            trusted=self.trusted,
             bans=self.bans,
-            office=self.office,
             observer=self.metrics,
             secret=read_secret(config.secret_file) or self._kept_secret(),
         )
+        self.transports = core.transports
+        self.registrar = core.registrar
+        self.office = core.office
+        self.proxy = core.proxy
         self.stream_factories: dict[str, SIPStreamFactory] = {}
         self._purge: LoopingCall | None = None
 
@@ -308,13 +267,6 @@ class SIPServerService(MultiService):
             return True
         self.metrics.rate_limited()
         return False
-
-    def _known_user(self, aor: str) -> bool:
-        """Whether an AOR is a user of ours (no binding then means 480, not 404)."""
-        if self.authenticator is None:
-            return False
-        user = aor.partition(":")[2].rpartition("@")[0]
-        return user in self.authenticator.users
 
     # -- what the admin API asks (sipproxy.admin.AdminServer) -------------------
 
@@ -569,6 +521,129 @@ class SIPServerService(MultiService):
         return Deferred.fromCoroutine(self.location.close())
 
 
+@dataclass(frozen=True, slots=True)
+class Core:
+    """The layers between the sockets and the store, wired; nothing listens yet."""
+
+    #: the way out: sockets are added as listeners open
+    transports: Transports
+    registrar: Registrar
+    #: extensions, ring groups and run-time forwarding; None without an office
+    office: OfficePreferences | None
+    #: the transaction user; ``proxy.layer`` is what listeners hand messages to
+    proxy: Proxy
+
+
+def build_core(
+    config: Config,
+    reactor: Any,
+    *,
+    location: LocationStore,
+    authenticator: Authenticator | None = None,
+    resolve: Callable[[SipURI], Awaitable[list[Peer]]] | None = None,
+    known_user: Callable[[str], bool] | None = None,
+    trusted: TrustedNetworks | None = None,
+    bans: BanList | None = None,
+    observer: ProxyObserver | None = None,
+    secret: bytes | None = None,
+    registers: bool = True,
+) -> Core:
+    """Wire the core for ``config``: the one place it is built, server or test.
+
+    Everything that touches the world comes in: the reactor (clock, outbound
+    connections), the store, DNS, and the policy objects the listeners share.
+
+    :param reactor: time for every timer; outbound TCP and TLS connect through it.
+    :param location: the store, already made (not necessarily open).
+    :param authenticator: digest authentication; None: nobody is challenged.
+    :param resolve: RFC 3263 lookup of targets outside our domains; None: none.
+    :param known_user: whether an AOR is a user of ours (no binding then means
+        480, not 404); default: a user in ``authenticator``'s users file now.
+    :param trusted: the --trusted networks object the listeners also ask;
+        default: a new one from ``config``.
+    :param bans: where failed authentications ban sources; None: no bans.
+    :param observer: told what the proxy decides (metrics); None: nobody.
+    :param secret: keys dialog and flow tokens; None: random for this run.
+    :param registers: False: the proxy forwards REGISTER like any request
+        instead of answering it with the registrar.
+    """
+    domains = frozenset(
+        # An IPv6 literal domain appears in URIs with brackets; both forms match.
+        form
+        for domain in config.domains
+        for form in (domain, f"[{domain}]" if ":" in domain else domain)
+    )
+    hosts = {*config.domains, *config.aliases}
+    hosts.update(spec.interface for spec in config.listen if spec.interface)
+    if any(not spec.interface for spec in config.listen):
+        hosts.update(_LOOPBACK)
+    registrar = Registrar(
+        location,
+        RegistrarSettings(
+            domains=domains,
+            default_expires=config.default_expires,
+            min_expires=config.min_expires,
+            max_expires=config.max_expires,
+            max_bindings=config.max_bindings,
+        ),
+    )
+    # Office PBX: TOML defaults, run-time settings (forwarding, DND) in the store.
+    office = (
+        OfficePreferences(config.office, location)
+        if config.office is not None
+        else None
+    )
+    transports = Transports(reactor, tls=tls_client(config))
+    proxy = Proxy(
+        ProxySettings(
+            domains=domains,
+            local_hosts=frozenset(h.lower().strip("[]") for h in hosts),
+            local_ports=frozenset(spec.port for spec in config.listen),
+            forking=config.forking,
+            dialplan=config.dialplan,
+            outbound_proxy=config.outbound_proxy,
+            trusted=trusted if trusted is not None else config.trusted_networks(),
+            allowed_destinations=TrustedNetworks(config.allow_destination),
+            max_pending=config.max_pending,
+            max_pending_per_source=config.max_pending_per_source,
+        ),
+        clock=reactor,
+        transports=transports,
+        location=location,
+        registrar=registrar if registers else None,
+        resolve=resolve,
+        known_user=known_user or _users_of(authenticator),
+        auth=authenticator,
+        bans=bans,
+        office=office,
+        observer=observer,
+        secret=secret,
+    )
+    return Core(transports, registrar, office, proxy)
+
+
+def _users_of(authenticator: Authenticator | None) -> Callable[[str], bool]:
+    """Whether an AOR's user is in the users file (as reloaded, when asked)."""
+
+    def known(aor: str) -> bool:
+        if authenticator is None:
+            return False
+        user = aor.partition(":")[2].rpartition("@")[0]
+        return user in authenticator.users
+
+    return known
+
+
+def sendable_transports(config: Config) -> tuple[str, ...]:
+    """The transports DNS may pick (RFC 3263): TLS too only with a tls: listener.
+
+    Without one we have no TLS client (:func:`tls_client`), and a target
+    reached over TLS could not be told where to answer.
+    """
+    uses_tls = any(is_secure(spec.transport) for spec in config.listen)
+    return tuple(k.name for k in KINDS.values() if uses_tls or not k.secure)
+
+
 def tls_client(config: Config) -> TLSClient | None:
     """How we open TLS connections, if any ``tls:`` listener is configured.
 
@@ -589,10 +664,8 @@ def tls_client(config: Config) -> TLSClient | None:
 
 
 def _is_loopback(spec: ListenSpec) -> bool:
-    try:
-        return ipaddress.ip_address(spec.interface.strip("[]")).is_loopback
-    except ValueError:
-        return False  # no interface (all of them) or a name
+    address = ip_of(spec.interface)  # None: no interface (all of them)
+    return address is not None and address.is_loopback
 
 
 def _redacted(location: str) -> str:

@@ -114,7 +114,11 @@ class Transports:
 
     log = Logger()
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, *, tls: TLSClient | None = None) -> None:
+        """Nothing is sent until sockets are added.
+
+        :param tls: how TLS connections are opened; None: no outbound TLS.
+        """
         self._reactor = reactor
         self._udp: list[SIPDatagramProtocol] = []
         self._stream: dict[str, SIPStreamFactory] = {}
@@ -122,8 +126,7 @@ class Transports:
         self._listening: dict[tuple[str, int], tuple[str, int]] = {}
         self._pending: dict[_Key, _Pending] = {}
         self._route_cache: dict[str, str] = {}
-        #: how TLS connections are opened; None: no outbound TLS
-        self.tls: TLSClient | None = None
+        self.tls = tls
 
     def add_udp(self, protocol: SIPDatagramProtocol) -> None:
         """Register a bound UDP socket."""
