@@ -12,7 +12,6 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -26,31 +25,29 @@ from typing_extensions import override
 
 from sipproxy import __version__
 from sipproxy.admin import AdminAPI, AdminSite
+from sipproxy.admission import Admission
 from sipproxy.auth.digest import Authenticator
-from sipproxy.auth.htdigest import load_users
+from sipproxy.auth.htdigest import UserDB, load_users
 from sipproxy.config import (
     Config,
-    ConfigError,
     ListenSpec,
     UnixSocketSpec,
-    build_config,
-    read_toml,
     reloaded,
 )
-from sipproxy.guard import BanList, ConnectionLimiter, RateLimiter, TrustedNetworks
+from sipproxy.guard import BanList, ConnectionLimiter, TrustedNetworks
+from sipproxy.keys import admin_token, kept_secret, read_secret
 from sipproxy.location import LocationService, LocationStore
 from sipproxy.location.spec import location_from_spec, redacted_spec, redacted_text
 from sipproxy.metrics import Metrics, Snapshot
-from sipproxy.office.model import Office
 from sipproxy.office.preferences import OfficePreferences
 from sipproxy.proxy.core import Proxy, ProxySettings
 from sipproxy.proxy.observer import ProxyObserver
 from sipproxy.registrar import Registrar, RegistrarSettings
+from sipproxy.reload import NewSettings, read_again
 from sipproxy.resolver import make_resolver
 from sipproxy.sip.addressing import Peer, ip_of
 from sipproxy.sip.transports import KINDS, UDP, is_secure, kind_of
 from sipproxy.sip.uri import SipURI
-from sipproxy.tokenfile import TokenFileError, default_path, load_or_create
 from sipproxy.transport.listeners import host_port, listen_stream, listen_udp
 from sipproxy.transport.sender import Transports
 from sipproxy.transport.stream import SIPStreamFactory
@@ -91,19 +88,10 @@ class SIPServerService(MultiService):
         # run-time office settings by OfficePreferences.
         store = location_from_spec(config.location, reactor)
         self.location: LocationService = store
-        # Abuse defences: a token bucket per source address and bans after
-        # failed authentications, both checked before any parsing, so that a
-        # flood costs us no more than reading it.
-        self.rate_limiter = (
-            RateLimiter(config.rate_limit, config.rate_burst)
-            if config.rate_limit
-            else None
-        )
-        #: the --trusted networks: the one membership test ("ip in self.trusted")
-        #: for everything that treats a source as trusted; one object for the
-        #: process's life, reloaded in place (hand it out, don't copy it)
-        self.trusted = config.trusted_networks()
-        self.bans = BanList(exempt=self.trusted)
+        self.admission = Admission(config, reactor, self.metrics)
+        # The same objects as admission's: the admin API lists and lifts bans.
+        self.trusted = self.admission.trusted
+        self.bans = self.admission.bans
         self.connection_limit = ConnectionLimiter(max_total=config.max_connections)
         self.authenticator: Authenticator | None = None
         if config.users is not None:
@@ -125,7 +113,7 @@ class SIPServerService(MultiService):
             trusted=self.trusted,
             bans=self.bans,
             observer=self.metrics,
-            secret=read_secret(config.secret_file) or self._kept_secret(),
+            secret=read_secret(config.secret_file) or kept_secret(self.log),
         )
         self.transports = core.transports
         self.registrar = core.registrar
@@ -137,7 +125,7 @@ class SIPServerService(MultiService):
     @override
     def privilegedStartService(self) -> None:
         # A token file we cannot use stops the start before anything listens.
-        self.admin_token = self._admin_token()
+        self.admin_token = admin_token(self.config, self.log)
         # Bind here so that a port below 1024 works before twistd drops privileges.
         for spec in self.config.listen:
             try:
@@ -159,7 +147,7 @@ class SIPServerService(MultiService):
         shared = self.config.reuse_port
         if not spec.reliable:
             protocol = SIPDatagramProtocol(
-                receiver, self.config.max_message_size, admit=self._admit
+                receiver, self.config.max_message_size, admit=self.admission.admit
             )
             port = listen_udp(self._reactor, spec, protocol, shared=shared)
             self.transports.add_udp(protocol)
@@ -175,7 +163,7 @@ class SIPServerService(MultiService):
                 max_message_size=self.config.max_message_size,
             ),
         )
-        factory.admit = self._admit
+        factory.admit = self.admission.admit
         factory.limit = self.connection_limit
         port = listen_stream(self._reactor, spec, factory, shared=shared)
         address = port.getHost()
@@ -186,49 +174,6 @@ class SIPServerService(MultiService):
             getattr(address, "port", 0),
         )
         return port
-
-    def _kept_secret(self) -> bytes | None:
-        """The key of dialog and flow tokens when no secret-file names one.
-
-        Kept in the state directory like the admin token, so that the calls
-        going on when the server restarts can still be hung up: their
-        Record-Route tokens are the only proof that they are ours (issue 13).
-        None (a random key, this run only) when the directory is not writable.
-        """
-        path = default_path(os.environ).with_name("dialog-secret")
-        try:
-            secret, _ = load_or_create(path)
-        except TokenFileError as error:
-            self.log.warn(
-                "dialog tokens are keyed for this run only, so calls in progress "
-                "cannot be ended through the proxy after a restart: {why}",
-                why=str(error).replace("admin token file", "secret file"),
-            )
-            return None
-        return secret.encode()
-
-    def _admin_token(self) -> str | None:
-        """The admin API's token; on tcp without one configured, the kept one.
-
-        A Unix socket needs none: its file mode decides who may connect.
-        """
-        admin = self.config.admin
-        if admin is None or self.config.admin_token is not None:
-            return self.config.admin_token
-        if isinstance(admin, UnixSocketSpec):
-            return None
-        path = default_path(os.environ)
-        try:
-            token, made = load_or_create(path)
-        except TokenFileError as error:
-            raise SystemExit(f"sipproxy: error: {error}") from None
-        if made:
-            self.log.info(
-                "admin API token written to {path} (mode 0600); sipproxy-ctl on "
-                "this host reads it",
-                path=str(path),
-            )
-        return token
 
     def _listen_admin(self, spec: ListenSpec | UnixSocketSpec) -> None:
         api = AdminAPI(self, token=self.admin_token, metrics=self.metrics)
@@ -255,19 +200,6 @@ class SIPServerService(MultiService):
                 f"sipproxy: error: cannot listen on admin {spec}: {error.socketError}"
             ) from None
 
-    def _admit(self, source_ip: str) -> bool:
-        """Banned sources are ignored; one flooding source loses only its excess."""
-        if source_ip in self.trusted:
-            return True
-        now = self._reactor.seconds()
-        if self.bans.is_banned(source_ip, now):
-            self.metrics.dropped_banned()
-            return False
-        if self.rate_limiter is None or self.rate_limiter.allow(source_ip, now):
-            return True
-        self.metrics.rate_limited()
-        return False
-
     # -- what the admin API asks (sipproxy.admin.AdminServer) -------------------
 
     def seconds(self) -> float:
@@ -293,7 +225,7 @@ class SIPServerService(MultiService):
                 f"{spec.transport} {host_port(port)}" for spec, port in self.ports
             ],
             "admin": _admin_address(self.admin_port) if self.admin_port else None,
-            "location": _redacted(self.config.location),
+            "location": redacted_spec(self.config.location),
             "users": self.config.users,
             "forking": self.config.forking,
             "dialplan_rules": len(self.config.dialplan),
@@ -337,45 +269,16 @@ class SIPServerService(MultiService):
         a restart can change (addresses, store, admin API) are reported, not
         applied.
         """
-        try:
-            file_values = read_toml(self._config_path) if self._config_path else {}
-            new = build_config(file_values, self._cli_values)
-        except (ConfigError, ValueError, OSError) as error:
-            self.log.error(
-                "configuration not reloaded, keeping the old one: {why}", why=error
-            )
-            return {"reloaded": False, "error": str(error)}
-        users = None
-        if new.users is not None and self.authenticator is not None:
-            try:
-                users = load_users(new.users, new.domains[0])
-            except (ValueError, OSError) as error:
-                self.log.error(
-                    "users file not reloaded, keeping the old users (and the old "
-                    "configuration): {e}",
-                    e=error,
-                )
-                return {"reloaded": False, "error": f"users file: {error}"}
-        office = None
-        if self.office is not None:
-            # Issue 9: a server started with office sections reloads them too;
-            # forwarding and DND set at run time stay in the store and keep winning.
-            office = new.office or Office()
-            known = (
-                users
-                if users is not None
-                else getattr(self.authenticator, "users", None)
-            )
-            try:
-                if known is not None:
-                    office = office.with_users(frozenset(known))
-            except (ConfigError, ValueError) as error:
-                self.log.error(
-                    "office configuration not reloaded, keeping the old (and the "
-                    "old configuration): {e}",
-                    e=error,
-                )
-                return {"reloaded": False, "error": f"office: {error}"}
+        read = read_again(
+            self._config_path,
+            self._cli_values,
+            authenticator=self.authenticator,
+            with_office=self.office is not None,
+            log=self.log,
+        )
+        if not isinstance(read, NewSettings):
+            return read
+        new, users, office = read.config, read.users, read.office
         self.config, changed, restart = reloaded(
             self.config, new, authenticating=self.authenticator is not None
         )
@@ -400,7 +303,7 @@ class SIPServerService(MultiService):
             )
         return {"reloaded": True, "changed": option, "needs_restart": needs_restart}
 
-    def _apply(self, config: Config, users: Any) -> None:
+    def _apply(self, config: Config, users: UserDB | None) -> None:
         """Put a reloaded config's run-time settings into the live objects."""
         if users is not None and self.authenticator is not None:
             self.authenticator.users = users
@@ -420,16 +323,7 @@ class SIPServerService(MultiService):
             max_expires=config.max_expires,
             max_bindings=config.max_bindings,
         )
-        if not config.rate_limit:
-            self.rate_limiter = None
-        elif self.rate_limiter is None:
-            self.rate_limiter = RateLimiter(config.rate_limit, config.rate_burst)
-        else:
-            # The buckets (who has spent what) stay; only the rules change.
-            self.rate_limiter.rate = config.rate_limit
-            self.rate_limiter.burst = config.rate_burst
-            self.rate_limiter.refill_time = config.rate_burst / config.rate_limit
-        self.trusted.reload(config.trusted)  # the same object everywhere
+        self.admission.reconfigure(config)
         if self.authenticator is not None:
             self.authenticator.nonce_lifetime = config.nonce_lifetime
 
@@ -451,7 +345,7 @@ class SIPServerService(MultiService):
         # collector from walking it again on every full collection.
         gc.freeze()
         # Young collections every 700 allocations cost a REGISTER burst dearly;
-        # our garbage is short-lived messages, not cycles (bench/, issue 8).
+        # our garbage is short-lived messages, not cycles (docs/performance.md).
         gc.set_threshold(50_000, 20, 20)
         where = ", ".join(
             f"{spec.transport} {host_port(port)}" for spec, port in self.ports
@@ -479,13 +373,13 @@ class SIPServerService(MultiService):
             version=__version__,
             domains=", ".join(self.config.domains),
             where=where,
-            location=_redacted(self.config.location),
+            location=redacted_spec(self.config.location),
         )
 
     def _cannot_open(self, failure: Failure) -> None:
         self.log.critical(
             "sipproxy: error: cannot open location {location}: {why}",
-            location=_redacted(self.config.location),
+            location=redacted_spec(self.config.location),
             why=redacted_text(failure.getErrorMessage(), self.config.location),
         )
         # Serving without a place to keep registrations would answer 500 to
@@ -668,11 +562,6 @@ def _is_loopback(spec: ListenSpec) -> bool:
     return address is not None and address.is_loopback
 
 
-def _redacted(location: str) -> str:
-    """A location spec without its password (redis://:SECRET@host)."""
-    return redacted_spec(location)
-
-
 def _first_listener(ports: list[tuple[ListenSpec, IListeningPort]]) -> str | None:
     """The first listener as a SIP URI, if it names one address (not a wildcard)."""
     for spec, port in ports[:1]:
@@ -685,19 +574,6 @@ def _first_listener(ports: list[tuple[ListenSpec, IListeningPort]]) -> str | Non
         param = "" if kind is UDP else f";transport={kind.uri_param}"
         return f"sip:{host}:{getattr(address, 'port', 5060)}{param}"
     return None
-
-
-def read_secret(path: str | None) -> bytes | None:
-    """The bytes of ``secret-file`` (None if not given); ConfigError if unusable."""
-    if path is None:
-        return None
-    try:
-        secret = Path(path).read_bytes()
-    except OSError as error:
-        raise ConfigError(f"secret-file {path!r}: {error.strerror}") from None
-    if len(secret) < 16:
-        raise ConfigError(f"secret-file {path!r}: needs at least 16 bytes")
-    return secret
 
 
 def _admin_address(port: IListeningPort) -> str:

@@ -19,10 +19,11 @@ from sipproxy.config import (
     build_config,
     read_toml,
 )
+from sipproxy.keys import read_secret
 from sipproxy.location.spec import location_from_spec
 from sipproxy.logs import use_json_logs, use_text_logs
 from sipproxy.options import OPTIONS, Option
-from sipproxy.server import build_server, read_secret, tls_client
+from sipproxy.server import build_server, tls_client
 
 
 class Options(usage.Options):
