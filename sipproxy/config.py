@@ -78,7 +78,8 @@ class Config:
     #: bindings one AOR may have; beyond it the oldest is evicted
     max_bindings: int = 10
     #: requests waiting for a final answer beyond which new ones get 503
-    #: (answered ones kept for retransmissions do not count; issue 13)
+    #: (answered ones kept for retransmissions cost memory, not work: they do
+    #: not count)
     max_pending: int = 50_000
     #: of those, how many one source (IPv4 address, IPv6 /64) may hold
     max_pending_per_source: int = 5_000
@@ -105,7 +106,7 @@ class Config:
     tls_verify: bool = True
     #: PEM file of CAs trusted for servers we connect to; None: the system's
     tls_ca: str | None = None
-    #: office PBX: extensions, ring groups, forwarding (issue 9); None: none
+    #: office PBX: extensions, ring groups, forwarding; None: none
     office: Office | None = None
     #: the admin HTTP API's address: tcp (loopback unless an interface is given)
     #: or a unix socket
@@ -118,10 +119,11 @@ class Config:
     #: "text" (twistd's lines) or "json" (one object per line, for log shippers)
     log_format: str = "text"
 
-    #: several processes share each listening port (SO_REUSEPORT, issue 8)
+    #: several processes share each listening port (SO_REUSEPORT), to use more
+    #: than one CPU
     reuse_port: bool = False
     #: this process's own SIP URI, recorded in the bindings of connections it
-    #: holds so other processes sharing the store route through it (issue 8)
+    #: holds so other processes sharing the store route through it
     advertise: str | None = None
     #: file whose bytes key flow tokens and To tags: the same file for every
     #: process of a cluster, so each understands the others' Record-Routes

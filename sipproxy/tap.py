@@ -76,7 +76,8 @@ class Options(usage.Options):
             if self.config.users is not None:
                 users = load_users(self.config.users, self.config.domains[0])
                 if self.config.office is not None:
-                    # Issue 9: members, extensions and forwarding must name users.
+                    # Members, extensions and forwarding must name users that exist:
+                    # a typo would otherwise ring nobody, silently.
                     self.config = replace(
                         self.config,
                         office=self.config.office.with_users(frozenset(users)),

@@ -32,10 +32,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
-from sipproxy.sip.addressing import Peer
+from sipproxy.sip.addressing import Peer, ip_of
 from sipproxy.sip.transports import KINDS, TCP, UDP
 from sipproxy.transport.stream import SIPStreamFactory, SIPStreamProtocol
-from sipproxy.transport.tls import ClientConnector, TLSClient, is_ip
+from sipproxy.transport.tls import ClientConnector, TLSClient
 from sipproxy.transport.udp import SIPDatagramProtocol
 
 ErrorCallback = Callable[[str], None]
@@ -218,7 +218,7 @@ class Transports:
         if factory is None:
             return self._fail(on_error, f"no {peer.transport} transport configured")
         name = server_name if _secure(peer.transport) else None
-        if name is not None and is_ip(name):
+        if name is not None and ip_of(name) is not None:
             name = None
         key = (peer, name)
         pending = self._pending.get(key)
