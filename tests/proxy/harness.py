@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
 from dataclasses import replace
-from typing import Any, TypeVar
-
-from twisted.internet.defer import Deferred
 
 from sipproxy.auth.digest import Authenticator
 from sipproxy.config import Config, DialRule, ListenSpec
@@ -19,21 +15,13 @@ from sipproxy.server import build_core
 from sipproxy.sip.message import Request, Response
 from sipproxy.sip.parser import parse_message
 from sipproxy.testing import FakeDatagramTransport, UDPMemoryReactor
+from sipproxy.testing import run as run
 from sipproxy.transport.udp import SIPDatagramProtocol
 
-T = TypeVar("T")
 PROXY = ("127.0.0.1", 5060)
 ALICE = ("192.0.2.10", 5070)
 BOB = ("192.0.2.20", 5062)
 BOB2 = ("192.0.2.21", 5064)
-
-
-def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine that never waits on real I/O (the memory store) to its end."""
-    results: list[T] = []
-    Deferred.fromCoroutine(coroutine).addCallback(results.append)
-    assert results, "the coroutine waited on something"
-    return results[0]
 
 
 class Harness:
