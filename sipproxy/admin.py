@@ -12,8 +12,8 @@ route is one :meth:`AdminAPI.add_route` call::
 
 Every request but ``GET /health`` needs ``Authorization: Bearer TOKEN`` (compared in
 constant time). Without it the answer is 401 and says nothing more, not even
-whether the path exists: the API can list, remove and forward every user's calls
-(issue 13). The service always gives a token on tcp (configured, or kept in its
+whether the path exists: the API can list, remove and forward every user's calls.
+The service always gives a token on tcp (configured, or kept in its
 state directory, see ``sipproxy/tokenfile.py``); on a Unix socket the socket
 file's permissions are the check and the token is optional. The routes:
 
@@ -26,7 +26,7 @@ file's permissions are the check and the token is optional. The routes:
 - ``GET /bans``; ``DELETE /bans/{address}``: lift a ban;
 - ``POST /reload``: what SIGHUP does (users, dial plan, limits);
 - ``GET /users/{name}/forward``: the user's effective forwarding and
-  do-not-disturb, and which keys were set at run time (issue 9);
+  do-not-disturb, and which keys were set at run time;
 - ``PUT /users/{name}/forward/{kind}`` with ``{"target": "sip:..."}``: set the
   busy, no_answer, unavailable or unconditional forwarding (``""`` clears it;
   no_answer also takes ``"seconds"``);
@@ -77,7 +77,7 @@ class AdminServer(Protocol):
 
     location: LocationService
     bans: BanList
-    #: run-time forwarding and DND (issue 9); None: no office sections
+    #: run-time forwarding and DND; None: no office sections
     office: OfficePreferences | None
 
     def seconds(self) -> float:
@@ -360,7 +360,7 @@ class AdminAPI(Resource):
             bindings += len(await location.bindings(aor, now=now))
         return len(aors), bindings
 
-    # -- office forwarding and do-not-disturb (issue 9) ------------------------
+    # -- office forwarding and do-not-disturb ----------------------------------
 
     async def _show_forward(self, call: Call) -> Reply:
         office, name = self._office_user(call)

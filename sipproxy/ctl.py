@@ -43,7 +43,7 @@ from sipproxy.tokenfile import candidates
 __all__ = ["CtlError", "main"]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-#: the forwardings ``forward USER KIND TARGET`` sets (issue 9)
+#: the forwardings ``forward USER KIND TARGET`` sets (the office's call forwarding)
 FORWARD_KINDS = ("unconditional", "busy", "no_answer", "unavailable")
 
 

@@ -16,7 +16,7 @@ Whatever the format, the lines are always valid UTF-8. Header values keep bytes
 that are not UTF-8 as lone surrogates (``surrogateescape``, so that forwarding
 restores them); written as they are, they make the encoder raise, and Twisted then
 disables the observer for good: every later line, ban lines for fail2ban
-included, is lost (issue 13). :func:`printable` turns each such byte into a
+included, is lost. :func:`printable` turns each such byte into a
 ``\xNN`` escape (``backslashreplace``) on the way out: in every JSON value, and in
 every line of the text format, which ``--log-format text`` routes through
 :func:`text_observer` for that reason.

@@ -17,7 +17,7 @@ class Option:
 
     #: the TOML key and the long command-line option
     name: str
-    #: how the value is checked (``config._coerce``)
+    #: how the value is checked (``config_values.coerce``)
     kind: str
     #: the command line's help
     help: str

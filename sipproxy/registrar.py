@@ -26,7 +26,9 @@ and echoed in the 200 when the phone said ``Supported: path``) and ``outbound``
 a binding is keyed by instance and reg-id, so a REGISTER over a new flow
 replaces the old one, and the 200 says ``Require: outbound``).
 
-Authentication (§10.3 steps 3 and 4) is not done yet: TODO(issue 5).
+Authentication (§10.3 steps 3 and 4) happens before a REGISTER gets here: the
+proxy's auth gate (``sipproxy.auth.gate``) challenges it and checks that the user
+may change the AOR, when a users file is configured.
 """
 
 from __future__ import annotations
@@ -182,9 +184,9 @@ def decide_registration(request: Request, settings: RegistrarSettings) -> Regist
     ]
     if unknown:
         raise RegisterRefusedError(420, None, (("Unsupported", ", ".join(unknown)),))
-    # Steps 3 and 4: authenticate, then check that the user may change this AOR.
-    # TODO(issue 5): digest authentication goes here; until then anyone may
-    # register any AOR of our domains, including a third party's (From != To).
+    # Steps 3 and 4 (authenticate, may this user change this AOR) were done by
+    # the auth gate before the request got here; without a users file anyone
+    # may register any AOR of our domains, including a third party's.
     aor = _address_of_record(request, settings)
     try:
         call_id = request.call_id

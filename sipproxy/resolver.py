@@ -16,16 +16,17 @@ injected clock; NXDOMAIN and empty answers by their SOA (RFC 2308 §5), failures
 (timeout, SERVFAIL, refused) for ``failure_ttl`` seconds (RFC 2308 §7), so a dead
 DNS server costs one timeout per name and period rather than one per call. The
 cache keeps at most ``max_cache`` answers, dropping the least recently used,
-among those asked for only once first (see :class:`_AnswerCache`).
+among those asked for only once first (see :class:`sipproxy.dnsrecords.AnswerCache`).
 A query already on its way is shared by every lookup that needs the same answer.
 A lookup that fails is an empty list: resolve() never raises, and logs once.
 
 Limits. RFC 3263 bounds nothing, and the domain being looked up is chosen by
 whoever wrote the Request-URI: one INVITE to a domain publishing 50 NAPTR
 records, each to 50 SRV records, once cost 5,051 queries and 2,500 destinations
-(issue 13, item 11). So each resolve() uses at most ``_MAX_POINTERS`` NAPTR
-records, ``_MAX_SERVICES`` SRV records per name and ``_MAX_ADDRESSES`` A (and
-AAAA) records per name, always the ones the RFCs prefer; sends at most
+in one proxy, before these limits. So each resolve() uses at most
+``_MAX_POINTERS`` NAPTR records, and of each answer only what
+:mod:`sipproxy.dnsrecords` keeps (``MAX_SERVICES`` SRV records, ``MAX_ADDRESSES``
+A and AAAA records per name), always the ones the RFCs prefer; sends at most
 ``_MAX_QUERIES`` queries, ``_IN_FLIGHT`` at a time, one level at a time (NAPTR,
 then SRV, then addresses in the order they will be tried); and returns at most
 ``_MAX_PEERS`` destinations, which the proxy tries one after another. A lookup
@@ -35,7 +36,6 @@ per ``_CAP_LOG_INTERVAL``).
 
 from __future__ import annotations
 
-import ipaddress
 from collections import OrderedDict
 from collections.abc import Collection, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +47,20 @@ from twisted.internet.interfaces import IReactorTime, IResolver
 from twisted.logger import Logger
 from twisted.names import client, dns, error, hosts, resolve
 
-from sipproxy.sip.addressing import Peer
+from sipproxy.dnsrecords import (
+    MAX_CNAMES,
+    MAX_TTL,
+    AnswerCache,
+    Entry,
+    Pointer,
+    cname_chain,
+    convert,
+    dns_text,
+    keep,
+    negative_ttl,
+    srv_targets,
+)
+from sipproxy.sip.addressing import Peer, ip_of
 from sipproxy.sip.transports import DEFAULT_PORTS, KINDS, TCP, TLS, UDP, is_secure
 from sipproxy.sip.uri import SipURI
 
@@ -64,9 +77,6 @@ _SRV_PREFIXES = {k.name: k.srv_prefix for k in KINDS.values() if k.srv_prefix}
 _PREFERENCE = tuple(_SRV_PREFIXES)
 # The transport parameter values we understand; "sctp", "ws" and others we cannot send.
 _TRANSPORT_PARAMS = frozenset(_PREFERENCE)
-# Longest CNAME chain followed; resolvers usually give up near here too.
-_MAX_CNAMES = 8
-
 # Limits per resolve() call (see the module docstring). RFC 3263 gives none;
 # these follow what SIP stacks ship with and leave room for any real domain.
 #: NAPTR records followed, best order and preference first. A real domain
@@ -74,14 +84,6 @@ _MAX_CNAMES = 8
 #: the services one order can offer; Kamailio keeps track of at most 32
 #: (MAX_NAPTR_RRS) but also tries them one at a time, on failure.
 _MAX_POINTERS = 4
-#: SRV records used per SRV name, in RFC 2782 order: a primary and backups per
-#: transport. PJSIP stops at 8 addresses per SRV answer (PJ_DNS_SRV_MAX_ADDR);
-#: six servers of one service are more than any operator lists for failover.
-_MAX_SERVICES = 6
-#: A records, and AAAA records, used per name. PJSIP keeps 8 per A answer
-#: (PJ_DNS_MAX_IP_IN_A_REC); with at most 8 destinations in all, 4 of each
-#: family per name leaves room for a second SRV target to be tried.
-_MAX_ADDRESSES = 4
 #: DNS queries sent per lookup, CNAME hops included. A lookup of a real domain
 #: takes 1 NAPTR, up to 3 SRV and 2 per SRV target (A, AAAA): about 9 to 13.
 _MAX_QUERIES = 16
@@ -92,102 +94,12 @@ _MAX_PEERS = 8
 #: Queries of one lookup waiting for their answer at the same time: enough for
 #: the SRV queries of all NAPTR records we follow, or A and AAAA of two targets.
 _IN_FLIGHT = 4
-#: Records of one answer kept in the cache, the preferred ones: more than the
-#: per-lookup caps use, so that SRV weights and SIPS filtering still see a whole
-#: group, but bounded so a 64 KiB TCP answer cannot fill memory (Kamailio's SRV
-#: weighting also looks at no more than 32 records of a priority group).
-_MAX_KEPT = 32
 #: Seconds between two log lines about the same domain reaching the query cap.
 _CAP_LOG_INTERVAL = 3600.0
 #: Domains remembered for that rate limit; the oldest is forgotten first.
 _CAP_LOG_NAMES = 1024
-# Cap for any TTL: a record that claims to live for years is re-checked daily.
-_MAX_TTL = 86400.0
-
 _T = TypeVar("_T")
 _Answers = tuple[list[dns.RRHeader], list[dns.RRHeader], list[dns.RRHeader]]
-
-
-@dataclass(frozen=True, slots=True)
-class _Pointer:
-    """The part of a NAPTR record RFC 3263 §4.1 uses."""
-
-    order: int
-    preference: int
-    flags: str
-    service: str
-    replacement: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Service:
-    """An SRV record (RFC 2782)."""
-
-    priority: int
-    weight: int
-    port: int
-    target: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    """A cached answer: the records (possibly none) and when they go stale."""
-
-    records: tuple[Any, ...]
-    expires_at: float
-
-
-class _AnswerCache:
-    """DNS answers by (name, type), at most ``size`` of them, in two LRU parts.
-
-    A new answer enters on probation; asked for again while fresh, it moves to
-    the protected part (at most 80 % of ``size``). When full, the least recently
-    used answer on probation goes first. A domain with thousands of names, each
-    looked up once, so only churns the probationary part: the trunks and domains
-    the proxy calls every day stay (segmented LRU, as in Karedla et al., 1994).
-    """
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._protected_size = size * 4 // 5
-        self._probation: OrderedDict[tuple[str, int], _Entry] = OrderedDict()
-        self._protected: OrderedDict[tuple[str, int], _Entry] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._probation) + len(self._protected)
-
-    def entries(self) -> list[_Entry]:
-        """Every answer held, fresh or not."""
-        return [*self._probation.values(), *self._protected.values()]
-
-    def get(self, key: tuple[str, int], now: float) -> tuple[Any, ...] | None:
-        """The records of a fresh answer for ``key``, or None (then forgotten)."""
-        entry = self._protected.get(key)
-        if entry is not None:
-            if now < entry.expires_at:
-                self._protected.move_to_end(key)
-                return entry.records
-            del self._protected[key]
-            return None
-        entry = self._probation.pop(key, None)
-        if entry is None or now >= entry.expires_at:
-            return None
-        self._protected[key] = entry
-        if len(self._protected) > self._protected_size:
-            demoted, oldest = self._protected.popitem(last=False)
-            self._probation[demoted] = oldest
-        return entry.records
-
-    def put(self, key: tuple[str, int], entry: _Entry) -> None:
-        """Hold ``entry`` on probation, dropping the least valuable beyond ``size``."""
-        self._protected.pop(key, None)
-        self._probation[key] = entry
-        self._probation.move_to_end(key)
-        while len(self) > self._size:
-            if self._probation:
-                self._probation.popitem(last=False)
-            else:
-                self._protected.popitem(last=False)
 
 
 @dataclass(slots=True)
@@ -244,7 +156,7 @@ class SIPResolver:
         # IResolver declares whole seconds, but twisted.names takes any number.
         self._timeout = cast(tuple[int, ...], tuple(timeout))
         self._failure_ttl = failure_ttl
-        self._cache = _AnswerCache(max_cache)
+        self._cache = AnswerCache(max_cache)
         # Queries on their way, and who else waits for each answer.
         self._pending: dict[tuple[str, int], list[Deferred[tuple[Any, ...]]]] = {}
         # When each domain last logged reaching the query cap.
@@ -319,7 +231,7 @@ class SIPResolver:
         # RFC 3263 §4.1: with no transport parameter, UDP for SIP, TLS for SIPS;
         # a proxy without UDP uses the first transport it has (any will do, §18.1).
         default = explicit or (UDP.name if UDP.name in allowed else allowed[0])
-        if _ip_literal(target):
+        if ip_of(target) is not None:
             port = uri.port or DEFAULT_PORTS[default]
             return [Peer(default, target, port)]
         if uri.port is not None:
@@ -332,7 +244,7 @@ class SIPResolver:
             )
             if services:
                 return await self._peers_of(
-                    _targets(explicit, services, self._rng), trace
+                    srv_targets(explicit, services, self._rng), trace
                 )
             return await self._address_peers(
                 target, explicit, DEFAULT_PORTS[explicit], trace
@@ -349,7 +261,7 @@ class SIPResolver:
             targets = [
                 target
                 for transport, services in zip(allowed, found, strict=True)
-                for target in _targets(transport, services, self._rng)
+                for target in srv_targets(transport, services, self._rng)
             ]
             return await self._peers_of(targets, trace)
         # RFC 3263 §4.2: "If no SRV records were found, the client performs an A or
@@ -385,7 +297,7 @@ class SIPResolver:
         targets = [
             target
             for p, services in zip(chosen, found, strict=True)
-            for target in _targets(_NAPTR_SERVICES[p.service], services, self._rng)
+            for target in srv_targets(_NAPTR_SERVICES[p.service], services, self._rng)
         ]
         return await self._peers_of(targets, trace)
 
@@ -417,7 +329,7 @@ class SIPResolver:
         self, name: str, transport: str, port: int, trace: _Trace
     ) -> list[Peer]:
         """One destination per A then AAAA record of ``name``."""
-        if _ip_literal(name):  # an SRV target should not be one, but some are
+        if ip_of(name) is not None:  # an SRV target should not be one, but some are
             return [Peer(transport, name, port)]
         found = await _gather(
             [self._query(name, dns.A, trace), self._query(name, dns.AAAA, trace)]
@@ -429,8 +341,9 @@ class SIPResolver:
     async def _query(self, name: str, kind: int, trace: _Trace) -> tuple[Any, ...]:
         """The records of type ``kind`` at ``name``, from the cache or from DNS.
 
-        At most :data:`_MAX_KEPT` records, the preferred ones (see :func:`_keep`);
-        none, without asking, once ``trace`` has spent its queries.
+        At most ``MAX_KEPT`` records, the preferred ones (see
+        :func:`sipproxy.dnsrecords.keep`); none, without asking, once ``trace``
+        has spent its queries.
         """
         key = (name.lower().rstrip("."), kind)
         cached = self._cache.get(key, self._clock.seconds())
@@ -453,10 +366,10 @@ class SIPResolver:
                 answer.errback(failure)
             raise
         del self._pending[key]
-        records = _keep(kind, found)
+        records = keep(kind, found)
         if ttl > 0:
-            expires_at = self._clock.seconds() + min(ttl, _MAX_TTL)
-            self._cache.put(key, _Entry(records, expires_at))
+            expires_at = self._clock.seconds() + min(ttl, MAX_TTL)
+            self._cache.put(key, Entry(records, expires_at))
         for answer in waiting:
             answer.callback(records)
         return records
@@ -466,8 +379,8 @@ class SIPResolver:
     ) -> tuple[tuple[Any, ...], float]:
         """Ask DNS; return the records (CNAMEs followed) and how long to keep them."""
         query_name = name
-        ttl = _MAX_TTL
-        for _ in range(_MAX_CNAMES):
+        ttl = MAX_TTL
+        for _ in range(MAX_CNAMES):
             try:
                 answers, authority, _additional = cast(
                     _Answers,
@@ -478,175 +391,39 @@ class SIPResolver:
             except error.DNSNameError as failure:
                 # NXDOMAIN is an answer, not a failure: cache it, do not log it.
                 message = failure.args[0] if failure.args else None
-                return (), min(ttl, _negative_ttl(getattr(message, "authority", [])))
+                return (), min(ttl, negative_ttl(getattr(message, "authority", [])))
             except Exception as failure:
                 label = dns.QUERY_TYPES.get(kind, str(kind))
                 trace.failures.append(f"{label} {name}: {_describe(failure)}")
                 return (), self._failure_ttl
-            names, chain_ttl, last = _cname_chain(query_name, answers)
+            names, chain_ttl, last = cname_chain(query_name, answers)
             ttl = min(ttl, chain_ttl)
             found = [
                 rr
                 for rr in answers
-                if rr.type == kind and _text(rr.name.name).lower() in names
+                if rr.type == kind and dns_text(rr.name.name).lower() in names
             ]
             if found:
                 ttl = min([ttl, *(float(rr.ttl) for rr in found)])
-                return tuple(_convert(rr.payload) for rr in found), ttl
+                return tuple(convert(rr.payload) for rr in found), ttl
             if last == query_name.lower().rstrip("."):
-                return (), min(ttl, _negative_ttl(authority))
+                return (), min(ttl, negative_ttl(authority))
             # The server gave the alias but not its records: ask for the target,
             # which is one more query of this lookup.
             if not trace.spend():
                 return (), 0.0
             query_name = last
-        trace.failures.append(f"{name}: CNAME chain longer than {_MAX_CNAMES}")
+        trace.failures.append(f"{name}: CNAME chain longer than {MAX_CNAMES}")
         return (), self._failure_ttl
 
 
-def _cname_chain(name: str, answers: list[dns.RRHeader]) -> tuple[set[str], float, str]:
-    """The names ``name`` aliases to within ``answers``, their least TTL, the last."""
-    last = name.lower().rstrip(".")
-    names = {last}
-    ttl = _MAX_TTL
-    aliases: dict[str, tuple[float, str]] = {}
-    for rr in answers:
-        if rr.type == dns.CNAME and isinstance(rr.payload, dns.Record_CNAME):
-            target = _text(rr.payload.name.name).lower()
-            aliases[_text(rr.name.name).lower()] = (float(rr.ttl), target)
-    while last in aliases and len(names) <= _MAX_CNAMES:
-        alias_ttl, last = aliases[last]
-        ttl = min(ttl, alias_ttl)
-        if last in names:
-            break
-        names.add(last)
-    return names, ttl, last
-
-
-def _negative_ttl(authority: Sequence[dns.RRHeader]) -> float:
-    """How long a "no such record" answer may be cached (RFC 2308 §5).
-
-    The least of the SOA record's TTL and its MINIMUM field; without an SOA the
-    answer "SHOULD NOT be cached" (RFC 2308 §5), so zero.
-    """
-    for rr in authority:
-        if rr.type == dns.SOA and isinstance(rr.payload, dns.Record_SOA):
-            return float(min(rr.ttl, rr.payload.minimum))
-    return 0.0
-
-
-def _convert(payload: Any) -> Any:
-    """A twisted.names record as the small value the resolver works with."""
-    if isinstance(payload, dns.Record_A):
-        return payload.dottedQuad()
-    if isinstance(payload, dns.Record_AAAA):
-        return str(ipaddress.IPv6Address(payload.address))
-    if isinstance(payload, dns.Record_SRV):
-        return _Service(
-            payload.priority,
-            payload.weight,
-            payload.port,
-            _text(payload.target.name).rstrip("."),
-        )
-    if isinstance(payload, dns.Record_NAPTR):
-        return _Pointer(
-            payload.order,
-            payload.preference,
-            _text(payload.flags.string).lower(),
-            _text(payload.service.string).lower(),
-            _text(payload.replacement.name),
-        )
-    return payload
-
-
-def _keep(kind: int, records: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The records of one answer worth keeping, preferred first.
-
-    Addresses: the first :data:`_MAX_ADDRESSES` (DNS sets no order among them).
-    NAPTR: by order then preference (RFC 3403 §4.1); SRV: by priority (RFC 2782),
-    whole priority groups where they fit; :data:`_MAX_KEPT` of either.
-    """
-    if kind in (dns.A, dns.AAAA):
-        return records[:_MAX_ADDRESSES]
-    if len(records) <= _MAX_KEPT:
-        return records
-    if kind == dns.NAPTR:
-        return tuple(sorted(records, key=_naptr_rank)[:_MAX_KEPT])
-    if kind == dns.SRV:
-        return tuple(sorted(records, key=_srv_rank)[:_MAX_KEPT])
-    return records[:_MAX_KEPT]
-
-
-def _naptr_rank(pointer: Any) -> tuple[int, int]:
-    if isinstance(pointer, _Pointer):
-        return (pointer.order, pointer.preference)
-    return (65536, 65536)
-
-
-def _srv_rank(service: Any) -> int:
-    return service.priority if isinstance(service, _Service) else 65536
-
-
-def _targets(
-    transport: str, services: tuple[Any, ...], rng: Random
-) -> list[tuple[str, str, int]]:
-    """The first :data:`_MAX_SERVICES` SRV targets in RFC 2782 order."""
-    # RFC 2782: a target of "." means "decidedly not available at this domain".
-    usable = tuple(s for s in services if isinstance(s, _Service) and s.target)
-    ordered = _order_services(usable, rng, limit=_MAX_SERVICES)
-    return [(transport, s.target, s.port) for s in ordered]
-
-
-def _order_services(
-    services: tuple[Any, ...], rng: Random, limit: int | None = None
-) -> list[_Service]:
-    """SRV records in the order to try them (RFC 2782, "Usage rules").
-
-    Lowest priority first; within a priority, repeatedly pick one at random with
-    probability proportional to its weight, zero-weight records placed first so
-    that they are chosen only rarely. With ``limit``, only the first ``limit``.
-    """
-    records = [s for s in services if isinstance(s, _Service)]
-    wanted = len(records) if limit is None else limit
-    ordered: list[_Service] = []
-    for priority in sorted({s.priority for s in records}):
-        if len(ordered) >= wanted:
-            break
-        group = sorted((s for s in records if s.priority == priority), key=_weighted)
-        while group and len(ordered) < wanted:
-            pick = rng.randint(0, sum(s.weight for s in group))
-            index = 0
-            running = group[0].weight
-            while running < pick:
-                index += 1
-                running += group[index].weight
-            ordered.append(group.pop(index))
-    return ordered
-
-
-def _weighted(service: _Service) -> bool:
-    return service.weight != 0
-
-
-def _preference(pointer: _Pointer) -> int:
+def _preference(pointer: Pointer) -> int:
     return pointer.preference
-
-
-def _ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _unique(peers: Iterable[Peer]) -> list[Peer]:
     """``peers`` without repeats, first occurrence kept."""
     return list(dict.fromkeys(peers))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("ascii", "replace") if isinstance(value, bytes) else value
 
 
 def _describe(failure: Exception) -> str:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import ipaddress
 import os
 import signal
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -26,28 +25,29 @@ from typing_extensions import override
 
 from sipproxy import __version__
 from sipproxy.admin import AdminAPI, AdminSite
+from sipproxy.admission import Admission
 from sipproxy.auth.digest import Authenticator
-from sipproxy.auth.htdigest import load_users
+from sipproxy.auth.htdigest import UserDB, load_users
 from sipproxy.config import (
     Config,
-    ConfigError,
     ListenSpec,
     UnixSocketSpec,
-    build_config,
-    read_toml,
     reloaded,
 )
-from sipproxy.guard import BanList, ConnectionLimiter, RateLimiter, TrustedNetworks
-from sipproxy.location import LocationService
+from sipproxy.guard import BanList, ConnectionLimiter, TrustedNetworks
+from sipproxy.keys import admin_token, kept_secret, read_secret
+from sipproxy.location import LocationService, LocationStore
 from sipproxy.location.spec import location_from_spec, redacted_spec, redacted_text
 from sipproxy.metrics import Metrics, Snapshot
-from sipproxy.office.model import Office
 from sipproxy.office.preferences import OfficePreferences
 from sipproxy.proxy.core import Proxy, ProxySettings
+from sipproxy.proxy.observer import ProxyObserver
 from sipproxy.registrar import Registrar, RegistrarSettings
+from sipproxy.reload import NewSettings, read_again
 from sipproxy.resolver import make_resolver
+from sipproxy.sip.addressing import Peer, ip_of
 from sipproxy.sip.transports import KINDS, UDP, is_secure, kind_of
-from sipproxy.tokenfile import TokenFileError, default_path, load_or_create
+from sipproxy.sip.uri import SipURI
 from sipproxy.transport.listeners import host_port, listen_stream, listen_udp
 from sipproxy.transport.sender import Transports
 from sipproxy.transport.stream import SIPStreamFactory
@@ -84,54 +84,14 @@ class SIPServerService(MultiService):
         self.admin_token = config.admin_token
         self._open = False
         self.ports: list[tuple[ListenSpec, IListeningPort]] = []
-        hosts = {*config.domains, *config.aliases}
-        hosts.update(spec.interface for spec in config.listen if spec.interface)
-        if any(not spec.interface for spec in config.listen):
-            hosts.update(_LOOPBACK)
-        self.transports = Transports(reactor)
         # One store, seen as bindings by the registrar and the proxy, and as
         # run-time office settings by OfficePreferences.
         store = location_from_spec(config.location, reactor)
         self.location: LocationService = store
-        # An IPv6 literal domain appears in URIs with brackets; both forms match.
-        domains = frozenset(
-            form
-            for domain in config.domains
-            for form in (domain, f"[{domain}]" if ":" in domain else domain)
-        )
-        self.registrar = Registrar(
-            self.location,
-            RegistrarSettings(
-                domains=domains,
-                default_expires=config.default_expires,
-                min_expires=config.min_expires,
-                max_expires=config.max_expires,
-                max_bindings=config.max_bindings,
-            ),
-        )
-        self.transports.tls = tls_client(config)
-        # With a tls: listener, DNS may pick TLS too (NAPTR/SRV "_sips._tcp").
-        uses_tls = self.transports.tls is not None
-        resolver = make_resolver(
-            config.dns,
-            reactor,
-            reactor,
-            transports=tuple(
-                k.name for k in KINDS.values() if uses_tls or not k.secure
-            ),
-        )
-        # Abuse defences (issue 5): a token bucket per source address and bans
-        # after failed authentications, both checked before any parsing.
-        self.rate_limiter = (
-            RateLimiter(config.rate_limit, config.rate_burst)
-            if config.rate_limit
-            else None
-        )
-        #: the --trusted networks: the one membership test ("ip in self.trusted")
-        #: for everything that treats a source as trusted; one object for the
-        #: process's life, reloaded in place (hand it out, don't copy it)
-        self.trusted = config.trusted_networks()
-        self.bans = BanList(exempt=self.trusted)
+        self.admission = Admission(config, reactor, self.metrics)
+        # The same objects as admission's: the admin API lists and lifts bans.
+        self.trusted = self.admission.trusted
+        self.bans = self.admission.bans
         self.connection_limit = ConnectionLimiter(max_total=config.max_connections)
         self.authenticator: Authenticator | None = None
         if config.users is not None:
@@ -142,44 +102,31 @@ class SIPServerService(MultiService):
                 nonce_lifetime=config.nonce_lifetime,
                 algorithms=config.digest_algorithms,
             )
-        # Office PBX (issue 9): TOML defaults, run-time settings in the store.
-        self.office = (
-            OfficePreferences(config.office, store)
-            if config.office is not None
-            else None
+        resolver = make_resolver(
+            config.dns, reactor, reactor, transports=sendable_transports(config)
         )
-        self.proxy = Proxy(
-            ProxySettings(
-                domains=domains,
-                local_hosts=frozenset(h.lower().strip("[]") for h in hosts),
-                local_ports=frozenset(spec.port for spec in config.listen),
-                forking=config.forking,
-                dialplan=config.dialplan,
-                outbound_proxy=config.outbound_proxy,
-                trusted=self.trusted,
-                allowed_destinations=TrustedNetworks(config.allow_destination),
-                max_pending=config.max_pending,
-                max_pending_per_source=config.max_pending_per_source,
-            ),
-            clock=reactor,
-            transports=self.transports,
-            location=self.location,
-            registrar=self.registrar,
+        core = build_core(
+            config,
+            reactor,
+            location=store,
+            authenticator=self.authenticator,
             resolve=resolver.resolve,
-            known_user=self._known_user,
-            auth=self.authenticator,
+            trusted=self.trusted,
             bans=self.bans,
-            office=self.office,
             observer=self.metrics,
-            secret=read_secret(config.secret_file) or self._kept_secret(),
+            secret=read_secret(config.secret_file) or kept_secret(self.log),
         )
+        self.transports = core.transports
+        self.registrar = core.registrar
+        self.office = core.office
+        self.proxy = core.proxy
         self.stream_factories: dict[str, SIPStreamFactory] = {}
         self._purge: LoopingCall | None = None
 
     @override
     def privilegedStartService(self) -> None:
         # A token file we cannot use stops the start before anything listens.
-        self.admin_token = self._admin_token()
+        self.admin_token = admin_token(self.config, self.log)
         # Bind here so that a port below 1024 works before twistd drops privileges.
         for spec in self.config.listen:
             try:
@@ -201,7 +148,7 @@ class SIPServerService(MultiService):
         shared = self.config.reuse_port
         if not spec.reliable:
             protocol = SIPDatagramProtocol(
-                receiver, self.config.max_message_size, admit=self._admit
+                receiver, self.config.max_message_size, admit=self.admission.admit
             )
             port = listen_udp(self._reactor, spec, protocol, shared=shared)
             self.transports.add_udp(protocol)
@@ -217,7 +164,7 @@ class SIPServerService(MultiService):
                 max_message_size=self.config.max_message_size,
             ),
         )
-        factory.admit = self._admit
+        factory.admit = self.admission.admit
         factory.limit = self.connection_limit
         port = listen_stream(self._reactor, spec, factory, shared=shared)
         address = port.getHost()
@@ -228,49 +175,6 @@ class SIPServerService(MultiService):
             getattr(address, "port", 0),
         )
         return port
-
-    def _kept_secret(self) -> bytes | None:
-        """The key of dialog and flow tokens when no secret-file names one.
-
-        Kept in the state directory like the admin token, so that the calls
-        going on when the server restarts can still be hung up: their
-        Record-Route tokens are the only proof that they are ours (issue 13).
-        None (a random key, this run only) when the directory is not writable.
-        """
-        path = default_path(os.environ).with_name("dialog-secret")
-        try:
-            secret, _ = load_or_create(path)
-        except TokenFileError as error:
-            self.log.warn(
-                "dialog tokens are keyed for this run only, so calls in progress "
-                "cannot be ended through the proxy after a restart: {why}",
-                why=str(error).replace("admin token file", "secret file"),
-            )
-            return None
-        return secret.encode()
-
-    def _admin_token(self) -> str | None:
-        """The admin API's token; on tcp without one configured, the kept one.
-
-        A Unix socket needs none: its file mode decides who may connect.
-        """
-        admin = self.config.admin
-        if admin is None or self.config.admin_token is not None:
-            return self.config.admin_token
-        if isinstance(admin, UnixSocketSpec):
-            return None
-        path = default_path(os.environ)
-        try:
-            token, made = load_or_create(path)
-        except TokenFileError as error:
-            raise SystemExit(f"sipproxy: error: {error}") from None
-        if made:
-            self.log.info(
-                "admin API token written to {path} (mode 0600); sipproxy-ctl on "
-                "this host reads it",
-                path=str(path),
-            )
-        return token
 
     def _listen_admin(self, spec: ListenSpec | UnixSocketSpec) -> None:
         api = AdminAPI(self, token=self.admin_token, metrics=self.metrics)
@@ -297,26 +201,6 @@ class SIPServerService(MultiService):
                 f"sipproxy: error: cannot listen on admin {spec}: {error.socketError}"
             ) from None
 
-    def _admit(self, source_ip: str) -> bool:
-        """Banned sources are ignored; one flooding source loses only its excess."""
-        if source_ip in self.trusted:
-            return True
-        now = self._reactor.seconds()
-        if self.bans.is_banned(source_ip, now):
-            self.metrics.dropped_banned()
-            return False
-        if self.rate_limiter is None or self.rate_limiter.allow(source_ip, now):
-            return True
-        self.metrics.rate_limited()
-        return False
-
-    def _known_user(self, aor: str) -> bool:
-        """Whether an AOR is a user of ours (no binding then means 480, not 404)."""
-        if self.authenticator is None:
-            return False
-        user = aor.partition(":")[2].rpartition("@")[0]
-        return user in self.authenticator.users
-
     # -- what the admin API asks (sipproxy.admin.AdminServer) -------------------
 
     def seconds(self) -> float:
@@ -342,7 +226,7 @@ class SIPServerService(MultiService):
                 f"{spec.transport} {host_port(port)}" for spec, port in self.ports
             ],
             "admin": _admin_address(self.admin_port) if self.admin_port else None,
-            "location": _redacted(self.config.location),
+            "location": redacted_spec(self.config.location),
             "users": self.config.users,
             "forking": self.config.forking,
             "dialplan_rules": len(self.config.dialplan),
@@ -386,45 +270,16 @@ class SIPServerService(MultiService):
         a restart can change (addresses, store, admin API) are reported, not
         applied.
         """
-        try:
-            file_values = read_toml(self._config_path) if self._config_path else {}
-            new = build_config(file_values, self._cli_values)
-        except (ConfigError, ValueError, OSError) as error:
-            self.log.error(
-                "configuration not reloaded, keeping the old one: {why}", why=error
-            )
-            return {"reloaded": False, "error": str(error)}
-        users = None
-        if new.users is not None and self.authenticator is not None:
-            try:
-                users = load_users(new.users, new.domains[0])
-            except (ValueError, OSError) as error:
-                self.log.error(
-                    "users file not reloaded, keeping the old users (and the old "
-                    "configuration): {e}",
-                    e=error,
-                )
-                return {"reloaded": False, "error": f"users file: {error}"}
-        office = None
-        if self.office is not None:
-            # Issue 9: a server started with office sections reloads them too;
-            # forwarding and DND set at run time stay in the store and keep winning.
-            office = new.office or Office()
-            known = (
-                users
-                if users is not None
-                else getattr(self.authenticator, "users", None)
-            )
-            try:
-                if known is not None:
-                    office = office.with_users(frozenset(known))
-            except (ConfigError, ValueError) as error:
-                self.log.error(
-                    "office configuration not reloaded, keeping the old (and the "
-                    "old configuration): {e}",
-                    e=error,
-                )
-                return {"reloaded": False, "error": f"office: {error}"}
+        read = read_again(
+            self._config_path,
+            self._cli_values,
+            authenticator=self.authenticator,
+            with_office=self.office is not None,
+            log=self.log,
+        )
+        if not isinstance(read, NewSettings):
+            return read
+        new, users, office = read.config, read.users, read.office
         self.config, changed, restart = reloaded(
             self.config, new, authenticating=self.authenticator is not None
         )
@@ -449,7 +304,7 @@ class SIPServerService(MultiService):
             )
         return {"reloaded": True, "changed": option, "needs_restart": needs_restart}
 
-    def _apply(self, config: Config, users: Any) -> None:
+    def _apply(self, config: Config, users: UserDB | None) -> None:
         """Put a reloaded config's run-time settings into the live objects."""
         if users is not None and self.authenticator is not None:
             self.authenticator.users = users
@@ -469,16 +324,7 @@ class SIPServerService(MultiService):
             max_expires=config.max_expires,
             max_bindings=config.max_bindings,
         )
-        if not config.rate_limit:
-            self.rate_limiter = None
-        elif self.rate_limiter is None:
-            self.rate_limiter = RateLimiter(config.rate_limit, config.rate_burst)
-        else:
-            # The buckets (who has spent what) stay; only the rules change.
-            self.rate_limiter.rate = config.rate_limit
-            self.rate_limiter.burst = config.rate_burst
-            self.rate_limiter.refill_time = config.rate_burst / config.rate_limit
-        self.trusted.reload(config.trusted)  # the same object everywhere
+        self.admission.reconfigure(config)
         if self.authenticator is not None:
             self.authenticator.nonce_lifetime = config.nonce_lifetime
 
@@ -500,7 +346,7 @@ class SIPServerService(MultiService):
         # collector from walking it again on every full collection.
         gc.freeze()
         # Young collections every 700 allocations cost a REGISTER burst dearly;
-        # our garbage is short-lived messages, not cycles (bench/, issue 8).
+        # our garbage is short-lived messages, not cycles (docs/performance.md).
         gc.set_threshold(50_000, 20, 20)
         where = ", ".join(
             f"{spec.transport} {host_port(port)}" for spec, port in self.ports
@@ -528,13 +374,13 @@ class SIPServerService(MultiService):
             version=__version__,
             domains=", ".join(self.config.domains),
             where=where,
-            location=_redacted(self.config.location),
+            location=redacted_spec(self.config.location),
         )
 
     def _cannot_open(self, failure: Failure) -> None:
         self.log.critical(
             "sipproxy: error: cannot open location {location}: {why}",
-            location=_redacted(self.config.location),
+            location=redacted_spec(self.config.location),
             why=redacted_text(failure.getErrorMessage(), self.config.location),
         )
         # Serving without a place to keep registrations would answer 500 to
@@ -570,6 +416,129 @@ class SIPServerService(MultiService):
         return Deferred.fromCoroutine(self.location.close())
 
 
+@dataclass(frozen=True, slots=True)
+class Core:
+    """The layers between the sockets and the store, wired; nothing listens yet."""
+
+    #: the way out: sockets are added as listeners open
+    transports: Transports
+    registrar: Registrar
+    #: extensions, ring groups and run-time forwarding; None without an office
+    office: OfficePreferences | None
+    #: the transaction user; ``proxy.layer`` is what listeners hand messages to
+    proxy: Proxy
+
+
+def build_core(
+    config: Config,
+    reactor: Any,
+    *,
+    location: LocationStore,
+    authenticator: Authenticator | None = None,
+    resolve: Callable[[SipURI], Awaitable[list[Peer]]] | None = None,
+    known_user: Callable[[str], bool] | None = None,
+    trusted: TrustedNetworks | None = None,
+    bans: BanList | None = None,
+    observer: ProxyObserver | None = None,
+    secret: bytes | None = None,
+    registers: bool = True,
+) -> Core:
+    """Wire the core for ``config``: the one place it is built, server or test.
+
+    Everything that touches the world comes in: the reactor (clock, outbound
+    connections), the store, DNS, and the policy objects the listeners share.
+
+    :param reactor: time for every timer; outbound TCP and TLS connect through it.
+    :param location: the store, already made (not necessarily open).
+    :param authenticator: digest authentication; None: nobody is challenged.
+    :param resolve: RFC 3263 lookup of targets outside our domains; None: none.
+    :param known_user: whether an AOR is a user of ours (no binding then means
+        480, not 404); default: a user in ``authenticator``'s users file now.
+    :param trusted: the --trusted networks object the listeners also ask;
+        default: a new one from ``config``.
+    :param bans: where failed authentications ban sources; None: no bans.
+    :param observer: told what the proxy decides (metrics); None: nobody.
+    :param secret: keys dialog and flow tokens; None: random for this run.
+    :param registers: False: the proxy forwards REGISTER like any request
+        instead of answering it with the registrar.
+    """
+    domains = frozenset(
+        # An IPv6 literal domain appears in URIs with brackets; both forms match.
+        form
+        for domain in config.domains
+        for form in (domain, f"[{domain}]" if ":" in domain else domain)
+    )
+    hosts = {*config.domains, *config.aliases}
+    hosts.update(spec.interface for spec in config.listen if spec.interface)
+    if any(not spec.interface for spec in config.listen):
+        hosts.update(_LOOPBACK)
+    registrar = Registrar(
+        location,
+        RegistrarSettings(
+            domains=domains,
+            default_expires=config.default_expires,
+            min_expires=config.min_expires,
+            max_expires=config.max_expires,
+            max_bindings=config.max_bindings,
+        ),
+    )
+    # Office PBX: TOML defaults, run-time settings (forwarding, DND) in the store.
+    office = (
+        OfficePreferences(config.office, location)
+        if config.office is not None
+        else None
+    )
+    transports = Transports(reactor, tls=tls_client(config))
+    proxy = Proxy(
+        ProxySettings(
+            domains=domains,
+            local_hosts=frozenset(h.lower().strip("[]") for h in hosts),
+            local_ports=frozenset(spec.port for spec in config.listen),
+            forking=config.forking,
+            dialplan=config.dialplan,
+            outbound_proxy=config.outbound_proxy,
+            trusted=trusted if trusted is not None else config.trusted_networks(),
+            allowed_destinations=TrustedNetworks(config.allow_destination),
+            max_pending=config.max_pending,
+            max_pending_per_source=config.max_pending_per_source,
+        ),
+        clock=reactor,
+        transports=transports,
+        location=location,
+        registrar=registrar if registers else None,
+        resolve=resolve,
+        known_user=known_user or _users_of(authenticator),
+        auth=authenticator,
+        bans=bans,
+        office=office,
+        observer=observer,
+        secret=secret,
+    )
+    return Core(transports, registrar, office, proxy)
+
+
+def _users_of(authenticator: Authenticator | None) -> Callable[[str], bool]:
+    """Whether an AOR's user is in the users file (as reloaded, when asked)."""
+
+    def known(aor: str) -> bool:
+        if authenticator is None:
+            return False
+        user = aor.partition(":")[2].rpartition("@")[0]
+        return user in authenticator.users
+
+    return known
+
+
+def sendable_transports(config: Config) -> tuple[str, ...]:
+    """The transports DNS may pick (RFC 3263): TLS too only with a tls: listener.
+
+    Without one we have no TLS client (:func:`tls_client`), and a target
+    reached over TLS could not be told where to answer.
+    """
+    uses_tls = any(is_secure(spec.transport) for spec in config.listen)
+    return tuple(k.name for k in KINDS.values() if uses_tls or not k.secure)
+
+
 def tls_client(config: Config) -> TLSClient | None:
     """How we open TLS connections, if any ``tls:`` listener is configured.
 
@@ -590,15 +559,8 @@ def tls_client(config: Config) -> TLSClient | None:
 
 
 def _is_loopback(spec: ListenSpec) -> bool:
-    try:
-        return ipaddress.ip_address(spec.interface.strip("[]")).is_loopback
-    except ValueError:
-        return False  # no interface (all of them) or a name
-
-
-def _redacted(location: str) -> str:
-    """A location spec without its password (redis://:SECRET@host)."""
-    return redacted_spec(location)
+    address = ip_of(spec.interface)  # None: no interface (all of them)
+    return address is not None and address.is_loopback
 
 
 def _first_listener(ports: list[tuple[ListenSpec, IListeningPort]]) -> str | None:
@@ -613,19 +575,6 @@ def _first_listener(ports: list[tuple[ListenSpec, IListeningPort]]) -> str | Non
         param = "" if kind is UDP else f";transport={kind.uri_param}"
         return f"sip:{host}:{getattr(address, 'port', 5060)}{param}"
     return None
-
-
-def read_secret(path: str | None) -> bytes | None:
-    """The bytes of ``secret-file`` (None if not given); ConfigError if unusable."""
-    if path is None:
-        return None
-    try:
-        secret = Path(path).read_bytes()
-    except OSError as error:
-        raise ConfigError(f"secret-file {path!r}: {error.strerror}") from None
-    if len(secret) < 16:
-        raise ConfigError(f"secret-file {path!r}: needs at least 16 bytes")
-    return secret
 
 
 def _admin_address(port: IListeningPort) -> str:

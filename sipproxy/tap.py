@@ -19,10 +19,11 @@ from sipproxy.config import (
     build_config,
     read_toml,
 )
+from sipproxy.keys import read_secret
 from sipproxy.location.spec import location_from_spec
 from sipproxy.logs import use_json_logs, use_text_logs
 from sipproxy.options import OPTIONS, Option
-from sipproxy.server import build_server, read_secret, tls_client
+from sipproxy.server import build_server, tls_client
 
 
 class Options(usage.Options):
@@ -75,7 +76,8 @@ class Options(usage.Options):
             if self.config.users is not None:
                 users = load_users(self.config.users, self.config.domains[0])
                 if self.config.office is not None:
-                    # Issue 9: members, extensions and forwarding must name users.
+                    # Members, extensions and forwarding must name users that exist:
+                    # a typo would otherwise ring nobody, silently.
                     self.config = replace(
                         self.config,
                         office=self.config.office.with_users(frozenset(users)),

@@ -1,17 +1,29 @@
-"""Fakes shared by the tests: the UDP side MemoryReactorClock lacks, and recorders."""
+"""Fakes shared by the tests: the UDP side MemoryReactorClock lacks, recorders, run."""
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.testing import MemoryReactorClock
 from zope.interface import implementer
 
 from sipproxy.sip.addressing import Peer
+
+_T = TypeVar("_T")
+
+
+def run(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """Run a coroutine that never waits on real I/O (the memory store) to its end."""
+    results: list[_T] = []
+    Deferred.fromCoroutine(coroutine).addCallback(results.append)
+    assert results, "the coroutine waited on something"
+    return results[0]
 
 
 def _address(kind: str, host: str, port: int) -> IPv4Address | IPv6Address:

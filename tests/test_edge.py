@@ -44,18 +44,18 @@ def test_a_trusted_network_is_never_rate_limited() -> None:
     """--trusted names networks; the transports ask the same object as the bans."""
     server = service(**{"trusted": ["198.51.100.0/24"], "rate-burst": 1})
     assert server.bans.exempt is server.trusted
-    assert all(server._admit("198.51.100.77") for _ in range(10))
-    assert server._admit("192.0.2.1")
-    assert not server._admit("192.0.2.1")
+    assert all(server.admission.admit("198.51.100.77") for _ in range(10))
+    assert server.admission.admit("192.0.2.1")
+    assert not server.admission.admit("192.0.2.1")
 
 
 def test_ipv6_sources_are_rate_limited_per_64() -> None:
     """Issue 13: a /64 is one source; rotating addresses buys nothing."""
     server = service(**{"rate-burst": 2})
-    assert server._admit("2001:db8::1")
-    assert server._admit("2001:db8::2")
-    assert not server._admit("2001:db8::3")
-    assert server._admit("2001:db8:0:1::1")
+    assert server.admission.admit("2001:db8::1")
+    assert server.admission.admit("2001:db8::2")
+    assert not server.admission.admit("2001:db8::3")
+    assert server.admission.admit("2001:db8:0:1::1")
 
 
 def test_stream_listeners_get_the_caps_and_the_deadline() -> None:

@@ -289,7 +289,7 @@ def test_reload_applies_limits_and_dial_plan(tmp_path: Path, reactor: Any) -> No
     path = tmp_path / "sipproxy.toml"
     path.write_text(BASE)
     server = service(path, reactor)
-    limiter = server.rate_limiter
+    limiter = server.admission.rate_limiter
     path.write_text(
         BASE.replace("max-bindings = 10", "max-bindings = 2").replace(
             "rate-limit = 100", "rate-limit = 5\nrate-burst = 20"
@@ -308,9 +308,9 @@ def test_reload_applies_limits_and_dial_plan(tmp_path: Path, reactor: Any) -> No
     assert server.proxy.settings.dialplan == server.config.dialplan
     assert len(server.proxy.settings.dialplan) == 1
     # The same limiter: who has spent what is kept; the rules changed.
-    assert server.rate_limiter is limiter
+    assert server.admission.rate_limiter is limiter
     assert (limiter.rate, limiter.burst) == (5.0, 20.0)
-    assert server._admit("192.0.2.50")
+    assert server.admission.admit("192.0.2.50")
     assert [str(net) for net in server.bans.exempt] == ["192.0.2.50/32"]
     assert server.bans.exempt is server.trusted
     texts = [formatEvent(e) for e in events]
@@ -383,11 +383,11 @@ def test_rate_limit_zero_turns_the_limiter_off_and_back_on(
     server = service(path, reactor)
     path.write_text(BASE.replace("rate-limit = 100", "rate-limit = 0"))
     server.reload()
-    assert server.rate_limiter is None
+    assert server.admission.rate_limiter is None
     path.write_text(BASE)
     server.reload()
-    assert server.rate_limiter is not None
-    assert server.rate_limiter.rate == 100.0
+    assert server.admission.rate_limiter is not None
+    assert server.admission.rate_limiter.rate == 100.0
 
 
 # -- layering: the core knows nothing of metrics or HTTP ---------------------

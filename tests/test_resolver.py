@@ -22,7 +22,8 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.names import authority, client, dns, server
 
-from sipproxy.resolver import SIPResolver, _order_services, _Service, make_resolver
+from sipproxy.dnsrecords import Service, order_services
+from sipproxy.resolver import SIPResolver, make_resolver
 from sipproxy.sip.addressing import Peer
 from sipproxy.sip.uri import SipURI
 from sipproxy.testing import UDPMemoryReactor
@@ -398,13 +399,13 @@ def test_srv_weight_selection_follows_rfc_2782() -> None:
             self.bounds.append(b)
             return self.picks.pop(0)
 
-    w0 = _Service(1, 0, 5060, "w0")
-    w10 = _Service(1, 10, 5060, "w10")
-    w30 = _Service(1, 30, 5060, "w30")
-    low = _Service(2, 5, 5060, "low")
+    w0 = Service(1, 0, 5060, "w0")
+    w10 = Service(1, 10, 5060, "w10")
+    w30 = Service(1, 30, 5060, "w30")
+    low = Service(2, 5, 5060, "low")
     rng = Scripted([11, 0, 0, 0])
     # Running sums 0 (w0), 10 (w10), 40 (w30): 11 picks w30; then w0, w10, low.
-    assert _order_services((w10, low, w30, w0), rng) == [w30, w0, w10, low]
+    assert order_services((w10, low, w30, w0), rng) == [w30, w0, w10, low]
     assert rng.bounds == [40, 10, 10, 5]
 
 

@@ -66,7 +66,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import os
 import re
 import struct
@@ -77,6 +76,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from sipproxy.auth.ha1 import ALGORITHMS, encode_utf8, hash_hex
+from sipproxy.sip.addressing import source_network
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.uri import parse_uri
 
@@ -212,15 +212,12 @@ def source_key(source: str | None) -> bytes:
     if source is None:
         return b""
     text = source.strip("[]").partition("%")[0]
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
+    network = source_network(text)
+    if network is None:
         return b"n" + encode_utf8(text.lower())
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return b"4" + address.ipv4_mapped.packed
-        return b"6" + address.packed[:8]
-    return b"4" + address.packed
+    # The guard's source (sip.addressing) as bytes: family, then the prefix.
+    family = b"4" if network.version == 4 else b"6"
+    return family + network.network_address.packed[: network.prefixlen // 8]
 
 
 def same_resource(digest_uri: str, request_uri: str) -> bool:

@@ -9,8 +9,8 @@ Theory of operation. Keys, under a configurable prefix ``P`` (``sipproxy:``):
   if nobody ever purges.
 - ``P aors``, a sorted set: member = aor, score = its latest ``expires_at``;
   :meth:`RedisLocationService.aors` reads the members scored after ``now``.
-- ``P prefs:<user>``, a string: the user's preferences as JSON (issue 9: call
-  forwarding and do-not-disturb), with no TTL.
+- ``P prefs:<user>``, a string: the user's preferences as JSON (call
+  forwarding and do-not-disturb set at run time), with no TTL.
 - ``P due``, a sorted set: member = aor, score = its earliest ``expires_at``;
   :meth:`RedisLocationService.purge` visits only the members scored up to ``now``.
 

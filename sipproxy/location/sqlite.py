@@ -48,7 +48,7 @@ SCHEMA_VERSION = 2
 
 
 def _add_preferences(db: sqlite3.Connection) -> None:
-    """Version 2: per-user preferences (forwarding, DND; issue 9), JSON per user."""
+    """Version 2: per-user preferences (run-time forwarding, DND), JSON per user."""
     db.execute("CREATE TABLE preference (user TEXT PRIMARY KEY, prefs TEXT NOT NULL)")
 
 

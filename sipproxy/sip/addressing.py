@@ -28,6 +28,7 @@ __all__ = [
     "response_destination",
     "same_address",
     "source_key",
+    "source_network",
     "stamp_received",
 ]
 
@@ -109,13 +110,31 @@ def source_key(source_ip: str) -> str:
 
 @functools.lru_cache(maxsize=8192)
 def _ipv6_key(source_ip: str) -> str:
-    address = canonical_ip(source_ip)
-    if address is None:
+    network = source_network(source_ip)
+    if network is None:
         return source_ip
-    if isinstance(address, ipaddress.IPv4Address):
-        return str(address)
-    network = ipaddress.IPv6Network((address, IPV6_SOURCE_PREFIX), strict=False)
+    if isinstance(network, ipaddress.IPv4Network):
+        return str(network.network_address)
     return str(network)
+
+
+@functools.lru_cache(maxsize=8192)
+def source_network(
+    text: str,
+) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """The one definition of a source: an IPv4 address (a /32), or an IPv6 /64.
+
+    ``text`` may have brackets; an IPv4-mapped IPv6 address is its IPv4 address.
+    None when ``text`` is no address. One IPv6 subscriber is given a /64 or more
+    and may send from any address in it, so counting, banning and binding
+    nonces by anything smaller would let it count as many.
+    """
+    address = canonical_ip(text)
+    if address is None:
+        return None
+    if isinstance(address, ipaddress.IPv4Address):
+        return ipaddress.IPv4Network(address)
+    return ipaddress.IPv6Network((address, IPV6_SOURCE_PREFIX), strict=False)
 
 
 def same_address(a: str, b: str) -> bool:

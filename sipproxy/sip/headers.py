@@ -10,7 +10,7 @@ The values of the wire format (these classes, URIs, Via, messages, peers and
 transaction keys) are immutable by convention: edits return copies, and nothing
 assigns to a field after construction. They are not ``frozen`` dataclasses because
 a frozen dataclass sets each field through ``object.__setattr__``, about 1 µs per
-object, and a REGISTER makes some sixty of them (bench/hotpath.py, issue 8).
+object, and a REGISTER makes some sixty of them (bench/hotpath.py).
 ``unsafe_hash`` keeps them hashable by value, as frozen ones were.
 """
 

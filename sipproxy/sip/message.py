@@ -186,7 +186,7 @@ def kept_view(field: Header, parse: Callable[[str], _V]) -> _V:
             view = parse(field.value)
         except ParseError as error:
             # Kept too: validation, the 400 and its addressing all read the top
-            # Via, and a hostile one must cost one parse, not three (issue 13).
+            # Via, and a hostile one must cost one parse, not three.
             field.remember(_Unparseable(error.reason))
             raise
         field.remember(view)

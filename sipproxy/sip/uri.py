@@ -85,7 +85,7 @@ def is_ipv6_reference(host: str) -> bool:
 
     Linear in ``len(host)``: a regex that checks the form (``[`` then thousands of
     colons) costs quadratic time on hostile input, one datagram stalling the
-    server (issue 13); ``ipaddress`` decides instead, after a length cap. RFC 5118
+    server; ``ipaddress`` decides instead, after a length cap. RFC 5118
     §4.10 asks to tolerate the three-colon form the RFC 3261 ABNF allows
     (``[2001:db8:::192.0.2.1]``), which RFC 4291 does not.
     """

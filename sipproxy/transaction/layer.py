@@ -19,7 +19,8 @@ Transactions remove themselves from the tables when they terminate, through the
 callback the layer gives them; the tables are edited only by identity, so a TU
 that responds, or a timer that fires, in the middle of any of this is safe.
 
-Work and memory are counted apart (issue 13, item 7):
+Work and memory are counted apart, so that answered requests kept only for
+retransmissions never make the server refuse new work:
 
 * **In flight**: server transactions still waiting for the TU's final answer
   (non-INVITE Trying or Proceeding, INVITE Proceeding), which includes every

@@ -131,7 +131,7 @@ class ServerInviteTransaction(_ServerTransaction):
 
         :param retransmit: False for a non-2xx final response that goes out once
             over UDP: no Timer G. For a challenge or refusal to a sender that
-            proved nothing (issue 13): each Timer G resend is a datagram to an
+            proved nothing: each Timer G resend is a datagram to an
             address that may be spoofed, ten for one INVITE. Reliability is kept
             by the client instead: a UAC that has had no response keeps
             retransmitting its INVITE (Timer A, §17.1.1.2), and each
@@ -266,7 +266,8 @@ class ServerNonInviteTransaction(_ServerTransaction):
         # For Timer J (32 s over UDP) only the response's bytes are needed, for
         # retransmissions; the parsed request and response go (the request keeps
         # its start line). At a thousand requests a second these transactions
-        # are most of the live heap every full collection walks (issue 8).
+        # are most of the live heap every full collection walks
+        # (docs/performance.md).
         self.request = Request(self.request.method, self.request.uri, _NO_FIELDS)
         self._last = None
         self._arm("J", self._timers.timer_j, self._terminate)

@@ -32,10 +32,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
-from sipproxy.sip.addressing import Peer
+from sipproxy.sip.addressing import Peer, ip_of
 from sipproxy.sip.transports import KINDS, TCP, UDP
 from sipproxy.transport.stream import SIPStreamFactory, SIPStreamProtocol
-from sipproxy.transport.tls import ClientConnector, TLSClient, is_ip
+from sipproxy.transport.tls import ClientConnector, TLSClient
 from sipproxy.transport.udp import SIPDatagramProtocol
 
 ErrorCallback = Callable[[str], None]
@@ -114,7 +114,11 @@ class Transports:
 
     log = Logger()
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, *, tls: TLSClient | None = None) -> None:
+        """Nothing is sent until sockets are added.
+
+        :param tls: how TLS connections are opened; None: no outbound TLS.
+        """
         self._reactor = reactor
         self._udp: list[SIPDatagramProtocol] = []
         self._stream: dict[str, SIPStreamFactory] = {}
@@ -122,8 +126,7 @@ class Transports:
         self._listening: dict[tuple[str, int], tuple[str, int]] = {}
         self._pending: dict[_Key, _Pending] = {}
         self._route_cache: dict[str, str] = {}
-        #: how TLS connections are opened; None: no outbound TLS
-        self.tls: TLSClient | None = None
+        self.tls = tls
 
     def add_udp(self, protocol: SIPDatagramProtocol) -> None:
         """Register a bound UDP socket."""
@@ -215,7 +218,7 @@ class Transports:
         if factory is None:
             return self._fail(on_error, f"no {peer.transport} transport configured")
         name = server_name if _secure(peer.transport) else None
-        if name is not None and is_ip(name):
+        if name is not None and ip_of(name) is not None:
             name = None
         key = (peer, name)
         pending = self._pending.get(key)

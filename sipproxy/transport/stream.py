@@ -126,7 +126,7 @@ class SIPStreamProtocol(Protocol):
         admit = self._factory.admit
         items = self._framer.feed(data)
         for item in items:
-            # Per message, not per read (issue 13): one write can carry thousands
+            # Per message, not per read: one write can carry thousands
             # of pipelined requests, and a ban earned by one of them must stop
             # the next.
             if admit is not None and not admit(self.peer.host):

@@ -16,7 +16,6 @@ Nothing here touches a socket: Twisted's TLS protocol drives the handshake.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,8 @@ from twisted.internet._sslverify import OpenSSLAcceptableCiphers
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import CertificateOptions, TLSVersion
 from zope.interface import implementer
+
+from sipproxy.sip.addressing import ip_of
 
 #: Forward secrecy and authenticated encryption only (TLS 1.3 suites are
 #: always these); no RSA key exchange, no CBC, no SHA-1 MACs. (Twisted exports
@@ -165,15 +166,6 @@ def server_options(
     return options
 
 
-def is_ip(host: str) -> bool:
-    """Whether ``host`` is an IP literal (brackets allowed)."""
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
 def identity_mismatch(certificate: x509.Certificate, name: str) -> str | None:
     """Why ``certificate`` does not prove the server is ``name``; None if it does.
 
@@ -194,7 +186,7 @@ def identity_mismatch(certificate: x509.Certificate, name: str) -> str | None:
         if not (isinstance(p, DNSPattern) and p.pattern.startswith(b"*."))
     ]
     candidates: list[ServiceID]
-    if is_ip(host):
+    if ip_of(host) is not None:
         candidates = [IPAddress_ID(host)]
     else:
         try:
@@ -272,7 +264,7 @@ class ClientConnector:
         """A client-side connection; SNI names the server unless it is an address."""
         connection = SSL.Connection(self._context, None)
         connection.set_app_data(tlsProtocol)
-        if not is_ip(self.server_name):
+        if ip_of(self.server_name) is None:
             connection.set_tlsext_host_name(self.server_name.encode("idna"))
         connection.set_connect_state()
         return connection

@@ -19,15 +19,9 @@ from sipproxy.location import LocationStore
 from sipproxy.location.memory import MemoryLocationService
 from sipproxy.location.redis import RedisLocationService
 from sipproxy.location.sqlite import SQLiteLocationService
+from tests.support import free_port
 
 STORES = ["memory", "sqlite", "redis"]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
@@ -56,7 +50,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         if os.environ.get("CI") == "true":
             pytest.fail("redis-server is not on PATH, and CI=true forbids skipping")
         pytest.skip("redis-server is not on PATH")
-    port = _free_port()
+    port = free_port()
     directory = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(
         [

@@ -11,8 +11,9 @@ from twisted.internet import reactor, task
 
 from sipproxy.location import LocationUnavailableError
 from sipproxy.location.redis import RedisLocationService
-from tests.location.conftest import _free_port, redis_store
+from tests.location.conftest import redis_store
 from tests.location.examples import ALICE, BOB, binding
+from tests.support import free_port
 
 
 @pytest_twisted.ensureDeferred
@@ -90,7 +91,7 @@ async def test_ttl_comes_from_the_callers_clock(
 @pytest_twisted.ensureDeferred
 async def test_a_server_that_is_down_fails_open_clearly() -> None:
     """With nothing listening, open() raises within its timeout, naming the URL."""
-    port = _free_port()
+    port = free_port()
     store = RedisLocationService(port=port, timeout=0.5, reactor=reactor)
     with pytest.raises(
         LocationUnavailableError, match=re.escape(f"redis://127.0.0.1:{port}/0")

@@ -2,43 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
-from typing import Any, TypeVar
-
-from twisted.internet.defer import Deferred
+from dataclasses import replace
 
 from sipproxy.auth.digest import Authenticator
-from sipproxy.config import DialRule
+from sipproxy.config import Config, DialRule, ListenSpec
 from sipproxy.location import Binding, Flow
 from sipproxy.location.memory import MemoryLocationService
 from sipproxy.office.model import Office
-from sipproxy.office.preferences import OfficePreferences
-from sipproxy.proxy.core import Proxy, ProxySettings
 from sipproxy.proxy.observer import ProxyObserver
-from sipproxy.registrar import Registrar, RegistrarSettings
+from sipproxy.registrar import RegistrarSettings
+from sipproxy.server import build_core
 from sipproxy.sip.message import Request, Response
 from sipproxy.sip.parser import parse_message
 from sipproxy.testing import FakeDatagramTransport, UDPMemoryReactor
-from sipproxy.transport.sender import Transports
+from sipproxy.testing import run as run
 from sipproxy.transport.udp import SIPDatagramProtocol
 
-T = TypeVar("T")
 PROXY = ("127.0.0.1", 5060)
 ALICE = ("192.0.2.10", 5070)
 BOB = ("192.0.2.20", 5062)
 BOB2 = ("192.0.2.21", 5064)
 
 
-def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine that never waits on real I/O (the memory store) to its end."""
-    results: list[T] = []
-    Deferred.fromCoroutine(coroutine).addCallback(results.append)
-    assert results, "the coroutine waited on something"
-    return results[0]
-
-
 class Harness:
-    """The proxy wired as server.py wires it, with every edge replaced by a fake."""
+    """The proxy wired by server.build_core, with every edge replaced by a fake."""
 
     def __init__(
         self,
@@ -59,28 +46,38 @@ class Harness:
         :param auth: digest authentication is on, with this authenticator.
         """
         self.clock = UDPMemoryReactor()
-        self.transports = Transports(self.clock)
         self.location = MemoryLocationService()
         run(self.location.open())
-        self.proxy = Proxy(
-            ProxySettings(
-                domains=frozenset({"example.test"}),
-                local_hosts=frozenset({"example.test", "127.0.0.1"}),
-                local_ports=frozenset({5060}),
-                forking=forking,
-                dialplan=dialplan,
-                outbound_proxy=outbound_proxy,
-            ),
-            clock=self.clock,
-            transports=self.transports,
-            location=self.location,
-            registrar=Registrar(self.location, registrar) if registrar else None,
-            auth=auth,
-            known_user=lambda aor: aor in known_users,
-            secret=b"s" * 32,
-            office=OfficePreferences(office, self.location) if office else None,
-            observer=observer,
+        config = Config(
+            domains=("example.test",),
+            listen=(ListenSpec("udp", 5060, "127.0.0.1"),),
+            forking=forking,
+            dialplan=dialplan,
+            outbound_proxy=outbound_proxy,
+            office=office,
         )
+        if registrar is not None:
+            # The registrar's domains are the config's: one list of our domains.
+            assert registrar.domains == frozenset(config.domains), registrar
+            config = replace(
+                config,
+                default_expires=registrar.default_expires,
+                min_expires=registrar.min_expires,
+                max_expires=registrar.max_expires,
+                max_bindings=registrar.max_bindings,
+            )
+        core = build_core(
+            config,
+            self.clock,
+            location=self.location,
+            authenticator=auth,
+            known_user=lambda aor: aor in known_users,
+            observer=observer,
+            secret=b"s" * 32,
+            registers=registrar is not None,
+        )
+        self.transports = core.transports
+        self.proxy = core.proxy
         self.udp = SIPDatagramProtocol(self.proxy.layer)
         self.socket: FakeDatagramTransport = self.clock.listenUDP(
             5060, self.udp, interface="127.0.0.1"

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
 from itertools import count
-from typing import Any, TypeVar
-
-from twisted.internet.defer import Deferred
+from typing import Any
 
 from sipproxy.location import Binding, Flow, LocationService
 from sipproxy.location.memory import MemoryLocationService
 from sipproxy.registrar import Registrar, RegistrarAnswer, RegistrarSettings
 from sipproxy.sip.message import Request
 from sipproxy.sip.parser import parse_message
-
-T = TypeVar("T")
+from sipproxy.testing import run as run
 
 DOMAIN = "example.com"
 ALICE = "sip:alice@example.com"
@@ -25,14 +21,6 @@ TCP_FLOW = Flow("tcp", "192.0.2.1", 5060, "203.0.113.9", 52000, connection_id="c
 SETTINGS = RegistrarSettings(domains=frozenset({DOMAIN}))
 
 _branches = count(1)
-
-
-def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine that never waits on real I/O (the memory store) to its end."""
-    results: list[T] = []
-    Deferred.fromCoroutine(coroutine).addCallback(results.append)
-    assert results, "the coroutine waited on something"
-    return results[0]
 
 
 def register_request(

@@ -37,11 +37,10 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
 
 def transports(ca: TestCA | None) -> tuple[Transports, UDPMemoryReactor]:
     reactor = UDPMemoryReactor()
-    sender = Transports(reactor)
+    tls = TLSClient(ca_file=str(ca.cert_path)) if ca is not None else None
+    sender = Transports(reactor, tls=tls)
     factory = SIPStreamFactory(Sink(), reactor, transport_name="tls")
     sender.add_stream("tls", factory, "127.0.0.1", 5061)
-    if ca is not None:
-        sender.tls = TLSClient(ca_file=str(ca.cert_path))
     return sender, reactor
 
 
