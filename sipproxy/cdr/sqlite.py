@@ -35,7 +35,7 @@ from sipproxy.cdr import CallRecordUnavailableError
 from sipproxy.cdr.record import CallRecord, user_part
 from sipproxy.cdr.worker import WorkerThread
 
-__all__ = ["SCHEMA_VERSION", "SQLiteCallRecordStore"]
+__all__ = ["SCHEMA_VERSION", "SQLiteCallRecordStore", "query_statement"]
 
 SCHEMA_VERSION = 1
 """The schema this code reads and writes."""
@@ -230,37 +230,47 @@ class SQLiteCallRecordStore:
         dispositions: frozenset[str] | None,
         limit: int,
     ) -> list[CallRecord]:
-        # Compare start through the table that leads the plan: cdr_user's key
-        # for a user query, the cdr_start index otherwise.
-        table = "cdr_user" if user is not None else "cdr"
-        conditions: list[str] = []
-        args: list[object] = []
-        if user is not None:
-            conditions.append("cdr_user.user = ?")
-            args.append(user_part(user))
-        if since is not None:
-            conditions.append(f"{table}.start >= ?")
-            args.append(since)
-        if until is not None:
-            conditions.append(f"{table}.start < ?")
-            args.append(until)
-        if dispositions is not None:
-            marks = ", ".join("?" * len(dispositions))
-            conditions.append(f"cdr.disposition IN ({marks})")
-            args.extend(sorted(dispositions))
-        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        if user is not None:
-            sql = (
-                f"SELECT {_COLUMNS} FROM cdr_user JOIN cdr ON cdr.id = cdr_user.cdr_id"
-                f"{where} ORDER BY cdr_user.start DESC, cdr_user.cdr_id DESC LIMIT ?"
-            )
-        else:
-            sql = (
-                f"SELECT {_COLUMNS} FROM cdr{where}"
-                " ORDER BY cdr.start DESC, cdr.id DESC LIMIT ?"
-            )
-        rows = self._db().execute(sql, (*args, limit))
-        return [_record(row) for row in rows]
+        sql, args = query_statement(since, until, user, dispositions, limit)
+        return [_record(row) for row in self._db().execute(sql, args)]
+
+
+def query_statement(
+    since: float | None,
+    until: float | None,
+    user: str | None,
+    dispositions: frozenset[str] | None,
+    limit: int,
+) -> tuple[str, tuple[object, ...]]:
+    """The SELECT for :meth:`SQLiteCallRecordStore.query`, and its arguments.
+
+    With a user it walks ``cdr_user``'s primary key, otherwise ``cdr_start``;
+    either way in ORDER BY order, so SQLite stops after ``limit`` rows.
+    """
+    # Compare start in the table that leads the plan, so its key bounds the walk.
+    table = "cdr_user" if user is not None else "cdr"
+    conditions: list[str] = []
+    args: list[object] = []
+    if user is not None:
+        conditions.append("cdr_user.user = ?")
+        args.append(user_part(user))
+    if since is not None:
+        conditions.append(f"{table}.start >= ?")
+        args.append(since)
+    if until is not None:
+        conditions.append(f"{table}.start < ?")
+        args.append(until)
+    if dispositions is not None:
+        marks = ", ".join("?" * len(dispositions))
+        conditions.append(f"cdr.disposition IN ({marks})")
+        args.extend(sorted(dispositions))
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    if user is not None:
+        source = "cdr_user JOIN cdr ON cdr.id = cdr_user.cdr_id"
+        order = "cdr_user.start DESC, cdr_user.cdr_id DESC"
+    else:
+        source, order = "cdr", "cdr.start DESC, cdr.id DESC"
+    sql = f"SELECT {_COLUMNS} FROM {source}{where} ORDER BY {order} LIMIT ?"
+    return sql, (*args, limit)
 
 
 @contextmanager
