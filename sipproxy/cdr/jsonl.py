@@ -29,7 +29,7 @@ from typing import IO, Any
 from twisted.logger import Logger
 
 from sipproxy.cdr import CallRecordUnavailableError
-from sipproxy.cdr.record import CallRecord
+from sipproxy.cdr.record import CallRecord, user_part
 from sipproxy.cdr.worker import WorkerThread
 
 __all__ = ["JSONLinesCallRecordStore"]
@@ -171,20 +171,33 @@ class JSONLinesCallRecordStore:
         dispositions: frozenset[str] | None,
         limit: int,
     ) -> list[CallRecord]:
+        needle = None
+        if user is not None:
+            # A line can only hold the user's calls if it holds the user part as
+            # json.dumps wrote it, or a %-escape that might decode to it: a
+            # substring test skips most lines without parsing them.
+            needle = json.dumps(user_part(user))[1:-1]
         selected = (
             (record.start, number, record)
-            for number, record in enumerate(self._records())
-            if record.matches(user, since, until, dispositions)
+            for number, record in enumerate(self._records(needle))
+            if record is not None and record.matches(user, since, until, dispositions)
         )
         # The line number breaks ties: the later added comes first.
         newest = heapq.nlargest(limit, selected, key=lambda item: item[:2])
         return [record for _start, _number, record in newest]
 
-    def _records(self) -> Iterator[CallRecord]:
+    def _records(self, needle: str | None = None) -> Iterator[CallRecord | None]:
+        """Each line's record; None for a line without ``needle`` (when given).
+
+        Skipped lines still count, so the caller's line numbers stay true.
+        """
         skipped = 0
         with open(self.path, encoding="utf-8", errors="replace") as file:
             for line in file:
                 if not line.strip():
+                    continue
+                if needle is not None and needle not in line and "%" not in line:
+                    yield None
                     continue
                 try:
                     yield CallRecord.from_json(json.loads(line))

@@ -201,3 +201,16 @@ async def test_records_survive_close_and_reopen(
         assert call_ids(await reopened.query(limit=10)) == ["live", "done"]
     finally:
         await reopened.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_user_matches_through_escapes_and_non_ascii(
+    cdr: CallRecordStore,
+) -> None:
+    """%-escaped and non-ASCII user parts match as URI comparison has them."""
+    await cdr.add(call("escaped", caller="sip:%61lice@example.test"))
+    await cdr.add(call("umlaut", caller="jürgen", callee="sip:bob@example.test"))
+    assert call_ids(await cdr.query(user="alice", limit=10)) == ["escaped"]
+    assert call_ids(await cdr.query(user="sip:j%C3%BCrgen@x", limit=10)) == ["umlaut"]
+    assert call_ids(await cdr.query(user="jürgen", limit=10)) == ["umlaut"]
+    assert await cdr.query(user="", limit=10) == []
