@@ -12,7 +12,8 @@ location store's, whose keys these do not clash with):
 
 Stream ids are Redis's clock in milliseconds when the record was added, which is
 when the call ended: never before it started. A query reads the stream newest
-first (``XREVRANGE``, a page at a time), stops once the ids fall below ``since``,
+first, a page at a time (``XREVRANGE`` in a script that also drops, inside Redis,
+entries that cannot name the user asked for), stops once the ids fall below ``since``,
 and, since later pages hold only calls that started before their ids, also stops
 once it holds ``limit`` records that all started after the current page: a query
 for recent calls reads a few pages, however long the stream. That reasoning trusts
@@ -35,7 +36,7 @@ import txredisapi
 from twisted.internet.defer import Deferred, TimeoutError
 
 from sipproxy.cdr import CallRecordUnavailableError
-from sipproxy.cdr.record import CallRecord
+from sipproxy.cdr.record import CallRecord, user_part
 
 __all__ = ["CLOCK_SKEW", "MAXLEN", "RedisCallRecordStore"]
 
@@ -46,8 +47,32 @@ CLOCK_SKEW = 300.0
 """Seconds by which a proxy's clock may differ from Redis's without a query
 missing records."""
 
-_PAGE = 500
-"""Stream entries per ``XREVRANGE``."""
+_PAGE = 1000
+"""Stream entries per ``XREVRANGE``, which :data:`_PAGE_SCRIPT` runs."""
+
+# KEYS: the stream. ARGV: highest id, lowest id, count, a needle ("" for none).
+# Returns {entries read, the last id read, then id, json for each entry whose
+# json holds the needle or a %-escape}: the filter a user query can do without
+# parsing JSON runs beside the data, and only likely matches cross the network.
+_PAGE_SCRIPT = """
+local entries = redis.call('XREVRANGE', KEYS[1], ARGV[1], ARGV[2], 'COUNT', ARGV[3])
+local result = {#entries, ''}
+if #entries > 0 then result[2] = entries[#entries][1] end
+for _, entry in ipairs(entries) do
+  local fields = entry[2]
+  for i = 1, #fields - 1, 2 do
+    if fields[i] == 'json' then
+      local text = fields[i + 1]
+      if ARGV[4] == '' or string.find(text, ARGV[4], 1, true)
+          or string.find(text, '%', 1, true) then
+        result[#result + 1] = entry[1]
+        result[#result + 1] = text
+      end
+    end
+  end
+end
+return result
+"""
 
 # KEYS: the live hash, the stream. ARGV: the live key, the lost record's JSON,
 # MAXLEN. Adds the record only if this call removed the live entry.
@@ -176,15 +201,20 @@ class RedisCallRecordStore:
         # ids before since - skew hold no record that started since.
         lowest = "-" if since is None else str(max(0, int((since - CLOCK_SKEW) * 1000)))
         highest = "+"
+        # As in the JSON lines store: entries that cannot name the user are
+        # skipped without parsing them, here by the script, in Redis.
+        needle = "" if user is None else json.dumps(user_part(user))[1:-1]
         # A min-heap of (start, id, record): the newest `limit` so far, the
         # oldest of them on top.
         best: list[tuple[float, tuple[int, int], CallRecord]] = []
         while True:
-            page = await self._command(
-                "XREVRANGE", self._stream_key, highest, lowest, "COUNT", _PAGE
+            read, last_id, *found = await self._call(
+                self._client().eval(
+                    _PAGE_SCRIPT, [self._stream_key], [highest, lowest, _PAGE, needle]
+                )
             )
-            for entry_id, fields in page:
-                record = _entry_record(fields)
+            for entry_id, text in zip(found[::2], found[1::2], strict=True):
+                record = _parse(text)
                 if record is None or not record.matches(
                     user, since, until, dispositions
                 ):
@@ -194,14 +224,13 @@ class RedisCallRecordStore:
                     heapq.heappush(best, item)
                 elif item[:2] > best[0][:2]:
                     heapq.heapreplace(best, item)
-            if len(page) < _PAGE:
+            if int(read) < _PAGE:
                 break
-            last_id = _text(page[-1][0])
             # Entries older than this page were added, so started, before it.
             added_by = _id_order(last_id)[0] / 1000 + CLOCK_SKEW
             if len(best) == limit and best[0][0] > added_by:
                 break
-            highest = f"({last_id}"
+            highest = f"({_text(last_id)}"
         best.sort(key=lambda item: item[:2], reverse=True)
         return [record for _start, _id, record in best]
 
@@ -237,12 +266,11 @@ def _lost(record: CallRecord, now: float) -> CallRecord:
     return dataclasses.replace(record, disposition="lost", end=now)
 
 
-def _entry_record(fields: list[Any]) -> CallRecord | None:
-    """The record in a stream entry's fields, or None for an entry not ours."""
-    values = dict(zip(map(_text, fields[::2]), fields[1::2], strict=True))
+def _parse(text: str | bytes) -> CallRecord | None:
+    """The record in a stream entry's JSON, or None if it holds none."""
     try:
-        return CallRecord.from_json(json.loads(_text(values["json"])))
-    except (KeyError, ValueError):
+        return CallRecord.from_json(json.loads(_text(text)))
+    except ValueError:
         return None
 
 
