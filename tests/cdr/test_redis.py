@@ -15,7 +15,7 @@ from sipproxy.cdr.record import CallRecord
 from sipproxy.cdr.redis import RedisCallRecordStore
 from tests.cdr.conftest import redis_cdr
 from tests.cdr.examples import DAY, T0, call, call_ids
-from tests.location.conftest import _free_port
+from tests.support import free_port
 
 
 @pytest_twisted.ensureDeferred
@@ -151,7 +151,7 @@ async def test_entries_that_are_not_records_are_skipped(
 @pytest_twisted.ensureDeferred
 async def test_a_server_that_is_down_fails_open_clearly() -> None:
     """With nothing listening, open() raises within its timeout, naming the URL."""
-    port = _free_port()
+    port = free_port()
     store = RedisCallRecordStore(port=port, timeout=0.5, reactor=reactor)
     with pytest.raises(
         CallRecordUnavailableError, match=re.escape(f"redis://127.0.0.1:{port}/0")
