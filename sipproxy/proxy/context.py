@@ -353,10 +353,13 @@ class HandlerContext:
                 port=peer.port,
                 why=why,
             )
+            # Later, not now: the first send fails inside send_request, before
+            # the transaction is known (own_response then ignores repeats).
+            self.clock.callLater(0, report)
+
+        def report() -> None:
             if transaction is not None:
-                self.clock.callLater(
-                    0, self.own_response, transaction, synthesized(request, 503)
-                )
+                self.own_response(transaction, synthesized(request, 503))
 
         def send(data: bytes) -> None:
             self.transports.send(
@@ -367,8 +370,6 @@ class HandlerContext:
                 server_name=server_name,
             )
 
-        # Registered before the first send: a transport error may call back at
-        # once, and it must find the handler.
         transaction = self.layer.send_request(request, send, reliable=peer.reliable)
         self._own[id(transaction)] = (on_response, request)
         return transaction
