@@ -14,7 +14,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -117,6 +117,15 @@ class Incoming(NamedTuple):
     user: str | None
 
 
+class HasSettings(Protocol):
+    """Whatever holds the current settings (the proxy; they change on reload)."""
+
+    @property
+    def settings(self) -> ProxySettings:
+        """The settings now."""
+        ...
+
+
 #: Told each response to a request of our own; a final one is the last.
 ResponseHandler = Callable[[Response], None]
 
@@ -127,7 +136,7 @@ class HandlerContext:
     def __init__(
         self,
         *,
-        settings: Callable[[], ProxySettings],
+        holder: HasSettings,
         clock: IReactorTime,
         layer: TransactionLayer,
         transports: Transports,
@@ -137,7 +146,7 @@ class HandlerContext:
         events: Events,
     ) -> None:
         """Take collaborators; :meth:`attach` adds those built on this context."""
-        self._settings = settings
+        self._holder = holder
         self.clock = clock
         self.layer = layer
         self.transports = transports
@@ -157,7 +166,7 @@ class HandlerContext:
     @property
     def settings(self) -> ProxySettings:
         """The current settings (they change on reload)."""
-        return self._settings()
+        return self._holder.settings
 
     # -- answering -------------------------------------------------------------
 
@@ -262,14 +271,14 @@ class HandlerContext:
             )
             secure = is_sips(context.request.uri)
             record_route = [
-                self.record_route(
+                self.stamps.record_route(
                     target.peer,
                     target.connection_id,
                     dialog=dialog,
                     secure=secure,
                     server_name=target.server_name,
                 ),
-                self.record_route(
+                self.stamps.record_route(
                     context.inbound,
                     context.inbound_connection,
                     dialog=dialog,
@@ -279,14 +288,14 @@ class HandlerContext:
         if (
             "p-asserted-identity" in request.headers
             and wants_privacy(request)
-            and target.peer.host not in self.settings.trusted
+            and target.peer.host not in self._holder.settings.trusted
         ):
             # RFC 3325 §5: an identity the user asked to hide leaves the trust
             # domain without its P-Asserted-Identity.
             request = replace(
                 request, headers=request.headers.remove("P-Asserted-Identity")
             )
-        via = self.our_via(
+        via = self.stamps.our_via(
             context.key, target.peer, rport=True, upstream=request.top_via
         )
         return prepare_forward(

@@ -118,7 +118,7 @@ class Proxy:
         counter = itertools.count(1)
         current = self._current_settings
         self.stamps = Stamps(
-            transports=transports, settings=current, secret=secret, counter=counter
+            transports=transports, holder=self, secret=secret, counter=counter
         )
         self.identity = Identity(clock=clock, auth=auth, bans=bans, observer=observer)
         self.owners = Owners(
@@ -130,7 +130,7 @@ class Proxy:
             self.events.decisions.append(CountedDecisions(observer))
         self.layer = TransactionLayer(self, clock)
         self.context = context = HandlerContext(
-            settings=current,
+            holder=self,
             clock=clock,
             layer=self.layer,
             transports=transports,

@@ -101,7 +101,7 @@ async def on_cancel(ctx: HandlerContext, incoming: Incoming) -> None:
     ctx.cancel(incoming)
 
 
-async def on_bye(ctx: HandlerContext, incoming: Incoming) -> None:
+def on_bye(ctx: HandlerContext, incoming: Incoming) -> Awaitable[None]:
     """BYE ends its dialog (§15.1.2) as soon as it is sent; then it is proxied.
 
     Only a BYE that brought back our token for its dialog ends one: a Call-ID
@@ -110,7 +110,8 @@ async def on_bye(ctx: HandlerContext, incoming: Incoming) -> None:
     """
     if incoming.inbound_flow is not None and incoming.owner_flow is None:
         ctx.dialog_changed(DialogState.TERMINATED, incoming)
-    await proxy(ctx, incoming)
+    # Not a coroutine of its own: proxy's is the one awaited (one frame less).
+    return proxy(ctx, incoming)
 
 
 async def proxy(ctx: HandlerContext, incoming: Incoming) -> None:
@@ -212,7 +213,7 @@ def _forward_ack_in_dialog(ctx: HandlerContext, request: Request) -> None:
     copy, _ = next_hop(request)
     # A 2xx ACK repeats the INVITE's credentials (§13.2.2.4): ours stay here.
     copy = without_our_credentials(copy, ctx.identity.realm)
-    via = ctx.our_via(key, peer, rport=False)
+    via = ctx.stamps.our_via(key, peer, rport=False)
     copy = prepare_forward(copy, request_uri=None, via=via)
     ctx.transports.send(
         copy.to_bytes(),

@@ -8,16 +8,16 @@ in-dialog request with our Route entries. Only what verifies is acted on: a stra
 2xx is relayed only to the hop our MAC names, an in-dialog request follows only a
 token signed for its dialog.
 
-"Is this us" is one question (:func:`is_us`): a host we answer to and, when a port
-is named, a port we listen on. Request-URIs, Route entries, Vias and peers all ask
-it through :class:`Stamps`.
+"Is this us" is one question (:meth:`Stamps.is_us`): a host we answer to and, when
+a port is named, a port we listen on. Request-URIs, Route entries, Vias and peers
+all ask it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Protocol
 
@@ -47,16 +47,13 @@ class LocalSettings(Protocol):
         ...
 
 
-def is_us(
-    host: str, port: int | None, hosts: Collection[str], ports: Collection[int]
-) -> bool:
-    """Whether ``host`` (and ``port``, if named) is this server.
+class HasLocalSettings(Protocol):
+    """Whatever holds the current settings (the proxy; they change on reload)."""
 
-    :param hosts: lowercased, IPv6 without brackets.
-    """
-    if host.lower().strip("[]") not in hosts:
-        return False
-    return port is None or port in ports
+    @property
+    def settings(self) -> LocalSettings:
+        """The settings now."""
+        ...
 
 
 class Stamps:
@@ -66,18 +63,21 @@ class Stamps:
         self,
         *,
         transports: Transports,
-        settings: Callable[[], LocalSettings],
+        holder: HasLocalSettings,
         secret: bytes,
         counter: Iterator[int],
     ) -> None:
         """Take collaborators.
 
+        :param holder: has the current settings; read on every question, not
+            copied, so a reload takes effect at once (an attribute read, not a
+            call: this is asked several times per message).
         :param secret: keys Record-Route tokens; Via MACs use a key derived from
             it, so a token never passes for a MAC.
         :param counter: makes each branch of ours unique.
         """
         self._transports = transports
-        self._settings = settings
+        self._holder = holder
         self._secret = secret
         self._via_secret = hmac.new(secret, b"via", "sha256").digest()
         self._counter = counter
@@ -86,8 +86,10 @@ class Stamps:
 
     def is_us(self, host: str, port: int | None) -> bool:
         """Whether ``host`` and ``port`` (None: any) name this server."""
-        settings = self._settings()
-        return is_us(host, port, settings.local_hosts, settings.local_ports)
+        settings = self._holder.settings
+        if host.lower().strip("[]") not in settings.local_hosts:
+            return False
+        return port is None or port in settings.local_ports
 
     def is_our_uri(self, uri: SipURI) -> bool:
         """Whether a SIP URI (a Route entry, a Request-URI) names this server."""
@@ -252,4 +254,4 @@ class Stamps:
         return (f"[{host}]" if ":" in host else host), advertised.port
 
 
-__all__ = ["LocalSettings", "Stamps", "is_us"]
+__all__ = ["HasLocalSettings", "LocalSettings", "Stamps"]
