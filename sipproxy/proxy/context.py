@@ -145,7 +145,12 @@ class HandlerContext:
         owners: Owners,
         events: Events,
     ) -> None:
-        """Take collaborators; :meth:`attach` adds those built on this context."""
+        """Take collaborators.
+
+        The core sets ``forking``, ``targets``, ``registrar`` and
+        ``office_calls`` right after: forking and the office plan call back into
+        this context, so they are built on it.
+        """
         self._holder = holder
         self.clock = clock
         self.layer = layer
@@ -157,7 +162,6 @@ class HandlerContext:
         self.log = Logger(namespace=LOG_NAMESPACE)
         self.registrar: Registrar | None = None
         self.office_calls: OfficeCalls | None = None
-        # Attached by the core: forking and target lookup call back into us.
         self.forking: Forking
         self.targets: TargetLookup
         #: requests of our own waiting for their final response, by transaction

@@ -110,9 +110,8 @@ class Proxy:
             authentications and bans (metrics); None: nobody is told.
         """
         self.settings = settings
-        self._clock = clock
-        self._transports = transports
-        self._office = office
+        #: the office's run-time preferences (forwarding, DND), if any
+        self.office = office
         self._observer = observer
         secret = secret if secret is not None else os.urandom(32)
         counter = itertools.count(1)
