@@ -223,19 +223,20 @@ class HandlerContext:
         # After a 100 the transaction retransmits as usual.
         transaction.respond(response, retransmit=False)
         if status >= 200:
-            self.events.decided(
-                FinalDecision(
-                    request,
-                    status,
-                    why or "local",
-                    why,
-                    transaction.received_at,
-                    self.clock.seconds(),
-                    None,
-                    user,
-                    source,
-                )
+            decision = FinalDecision(
+                request,
+                status,
+                why or "local",
+                why,
+                transaction.received_at,
+                self.clock.seconds(),
+                None,
+                user,
+                source,
             )
+            # Events.decided inlined: this runs once per REGISTER and OPTIONS.
+            for observer in self.events.decisions:
+                observer.decided(decision)
 
     # -- forwarding ------------------------------------------------------------
 
