@@ -127,3 +127,13 @@ def test_transports_never_import_the_core(path: Path) -> None:
         assert not name.startswith(
             ("sipproxy.proxy", "sipproxy.registrar", "sipproxy.transaction")
         ), name
+
+
+def test_method_handlers_do_their_io_through_the_context() -> None:
+    """proxy/handlers.py imports nothing from Twisted: no reactor, no sockets.
+
+    A handler answers, forwards and sends through its HandlerContext, so a new
+    method is a function testable with a fake context.
+    """
+    for name in imports_of(PACKAGE / "proxy" / "handlers.py"):
+        assert not name.startswith("twisted"), name

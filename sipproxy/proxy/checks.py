@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from sipproxy.sip.message import Request
-from sipproxy.sip.uri import SipURI
 
 #: Request-URI schemes we route (RFC 3261 §16.3 step 2); tel: goes to a dial plan.
 SUPPORTED_SCHEMES = frozenset({"sip", "sips", "tel"})
@@ -66,17 +65,3 @@ def _require(options: list[str], supported: Collection[str]) -> None:
     unknown = [o for o in options if o and o.lower() not in supported]
     if unknown:
         raise RejectedError(420, extra=(("Unsupported", ", ".join(unknown)),))
-
-
-def is_local_uri(uri: object, hosts: Collection[str], ports: Collection[int]) -> bool:
-    """Whether ``uri`` names this server itself rather than a user or elsewhere.
-
-    A SIP URI without a user part whose host is one of ``hosts`` (our domains,
-    aliases and listening addresses, lowercased, IPv6 without brackets) and whose
-    port, if any, is one we listen on.
-    """
-    if not isinstance(uri, SipURI) or uri.user is not None:
-        return False
-    if uri.host.lower().strip("[]") not in hosts:
-        return False
-    return uri.port is None or uri.port in ports

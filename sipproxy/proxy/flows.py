@@ -12,7 +12,7 @@ Tokens are signed (HMAC-SHA256, truncated) so nobody can make the proxy send to
 an address of their choosing by forging a Route. A Record-Route token is also
 bound to its dialog (Call-ID and the tag of the request that created it): it is
 the proof that a later request belongs to a dialog this proxy authorised, so a
-token copied out of one call does not open a door into another (issue 13).
+token copied out of one call does not open a door into another.
 """
 
 from __future__ import annotations
@@ -20,14 +20,22 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from typing import NamedTuple
 
 from sipproxy.sip.addressing import Peer
 
 _SIG = 10  # bytes of HMAC kept: 80 bits against forgery, short Route headers
 
-#: What a token names: the peer, its connection, and for TLS the host name its
-#: certificate was checked for (RFC 5922 §4), so a later request is checked alike.
-Pinned = tuple[Peer, str | None, str | None]
+
+class Pinned(NamedTuple):
+    """What a token names: the flow a request must take to reach its peer."""
+
+    peer: Peer
+    #: the connection (TCP, TLS, WebSocket) to send on; None: any socket
+    connection_id: str | None
+    #: for TLS, the host name the certificate was checked for (RFC 5922 §4), so
+    #: a later request is checked alike
+    server_name: str | None
 
 
 def dialog_binding(call_id: str, tag: str | None) -> bytes:
@@ -84,4 +92,4 @@ def decode_flow(
         peer = Peer(transport, host, int(port))
     except ValueError:
         return None
-    return peer, connection or None, "".join(name) or None
+    return Pinned(peer, connection or None, "".join(name) or None)

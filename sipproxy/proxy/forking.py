@@ -18,6 +18,11 @@ Who decides what happens after an unanswered attempt is not this module: a conte
 may carry an ``on_ended`` hook (the office call plan) that receives the answer
 about to go upstream and returns it, another one, or None to keep the context
 open for a next attempt (:meth:`Forking.ring`).
+
+Forking is where responses are seen, so it tells the event stream
+(proxy/events.py) of the dialogs an INVITE creates: CREATED when forwarded, EARLY
+on a branch's first tagged provisional answer, CONFIRMED on a 2xx, TERMINATED on a
+final answer that is not 2xx.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from typing import Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from sipproxy.proxy.events import DialogState, Events
 from sipproxy.sip.addressing import Channel, Peer, response_destination
+from sipproxy.sip.errors import ParseError
 from sipproxy.sip.headers import Headers
 from sipproxy.sip.message import Request, Response
 from sipproxy.sip.via import Via
@@ -42,7 +49,8 @@ from sipproxy.transaction.layer import (
 from sipproxy.transaction.timers import Timers
 from sipproxy.transport.sender import Transports
 
-#: §16.6 step 11: "Timer C MUST be set [...] greater than 3 minutes".
+#: §16.6 step 11: "Timer C MUST be set [...] greater than 3 minutes". The value
+#: lives with the other RFC timers; the proxy runs it, the transaction layer not.
 TIMER_C = Timers().timer_c
 #: Branch outcomes after which the next destination is worth trying (§16.7 step 6
 #: spirit: the phone could not be reached at all, not "it said no").
@@ -128,6 +136,10 @@ class ResponseContext:
     state: ForkState = ForkState.SEARCHING
     #: the hook of a call plan (the office PBX) deciding after each attempt
     on_ended: AttemptEnded | None = None
+    #: the user the request authenticated as, for the final decision
+    user: str | None = None
+    #: when the first provisional answer (not 100) came, for the setup time
+    ringing_at: float | None = None
 
     @property
     def answered(self) -> bool:
@@ -155,6 +167,7 @@ class Forking:
         outgoing: Callable[[ResponseContext, Destination], Request],
         is_our_via: Callable[[Via], bool],
         answered: Callable[[ResponseContext, Response], None],
+        events: Events | None = None,
         timer_m: float = Timers().timer_m,
     ) -> None:
         """Take collaborators; nothing happens until :meth:`start`.
@@ -162,7 +175,8 @@ class Forking:
         :param settings: the current settings (they change on reload).
         :param outgoing: §16.6 steps 3-8: the copy to send to a destination.
         :param is_our_via: whether a Via is ours (removed from responses).
-        :param answered: told of each final answer sent upstream (the log line).
+        :param answered: told of each final answer sent upstream (the decision).
+        :param events: told of the dialogs INVITEs create; None: nobody.
         :param timer_m: how long a context outlives its answer (RFC 6026).
         """
         self._clock = clock
@@ -172,6 +186,7 @@ class Forking:
         self._outgoing = outgoing
         self._is_our_via = is_our_via
         self._answered = answered
+        self._events = events if events is not None else Events()
         self._timer_m = timer_m
         self._contexts: dict[int, ResponseContext] = {}
         self._branches: dict[int, tuple[ResponseContext, Branch]] = {}
@@ -201,8 +216,12 @@ class Forking:
         *,
         parallel: bool | None = None,
         on_ended: AttemptEnded | None = None,
+        user: str | None = None,
     ) -> ResponseContext:
-        """Open the context of a request to forward and ring its destinations."""
+        """Open the context of a request to forward and ring its destinations.
+
+        :param user: the user the request authenticated as, if any.
+        """
         context = ResponseContext(
             transaction,
             request,
@@ -210,8 +229,11 @@ class Forking:
             inbound=_via_peer(request.top_via, peer),
             inbound_connection=getattr(channel, "connection_id", None),
             on_ended=on_ended,
+            user=user,
         )
         self._contexts[id(transaction)] = context
+        if self._events.dialogs:
+            self._dialog_changed(context, DialogState.CREATED)
         self.ring(context, destinations, parallel)
         return context
 
@@ -354,7 +376,12 @@ class Forking:
         if response.status < 200:
             if response.status == 100:
                 return
-            branch.provisional = True
+            if not branch.provisional:
+                branch.provisional = True
+                if context.ringing_at is None:
+                    context.ringing_at = self._clock.seconds()
+                if self._events.dialogs:
+                    self._dialog_changed(context, DialogState.EARLY, response)
             if branch.timer_c is not None and branch.timer_c.active():
                 branch.timer_c.reset(self._settings().timer_c)
             if branch.cancel_pending:
@@ -371,6 +398,8 @@ class Forking:
             branch.timer_c.cancel()
         branch.timer_c = None
         if 200 <= response.status < 300:
+            if self._events.dialogs:
+                self._dialog_changed(context, DialogState.CONFIRMED, response)
             # §16.7 step 5: every 2xx to an INVITE goes up, even after another.
             if invite and context.answered:
                 self._forward_up(context, response)
@@ -412,8 +441,39 @@ class Forking:
         context.state = ForkState.ANSWERED
         self._forward_up(context, response)
         self._answered(context, response)
+        if response.status >= 300 and self._events.dialogs:
+            self._dialog_changed(context, DialogState.TERMINATED, response)
         # Late 2xx retransmissions still need the context (RFC 6026 Timer M).
         self._clock.callLater(self._timer_m, self._forget, context)
+
+    def _dialog_changed(
+        self,
+        context: ResponseContext,
+        state: DialogState,
+        response: Response | None = None,
+    ) -> None:
+        """Tell the event stream, for an INVITE that creates a dialog only.
+
+        An EARLY without a To tag is no dialog yet (§12.1): nothing to say.
+        """
+        request = context.request
+        if request.method != "INVITE":
+            return
+        try:
+            if request.to_addr.tag is not None:
+                return  # a re-INVITE: the dialog exists already
+            to_tag = None if response is None else response.to_addr.tag
+        except ParseError:
+            return
+        if state is DialogState.EARLY and to_tag is None:
+            return
+        self._events.dialog_changed(
+            state,
+            request,
+            self._clock.seconds(),
+            to_tag=to_tag,
+            status=None if response is None else response.status,
+        )
 
     def _forget(self, context: ResponseContext) -> None:
         self._contexts.pop(id(context.server), None)

@@ -85,7 +85,8 @@ def loop_key(request: Request) -> str:
         "\n".join(f.value for f in headers if f.key == "proxy-authorization"),
         ",".join(headers.get_all("route")),
     )
-    # surrogateescape: a Call-ID that is not UTF-8 hashes as its bytes (issue 13).
+    # surrogateescape: a Call-ID that is not UTF-8 hashes as its bytes instead of
+    # raising, so such a request is checked for loops like any other.
     data = "\x00".join(parts).encode("utf-8", "surrogateescape")
     return hashlib.blake2b(data, digest_size=8).hexdigest()
 

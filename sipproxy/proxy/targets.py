@@ -167,9 +167,14 @@ class TargetLookup:
         """
         copy, hop = next_hop(request)
         if flow is not None:
-            peer, connection_id, name = flow
             return [
-                Destination(copy, peer, connection_id, pinned=True, server_name=name)
+                Destination(
+                    copy,
+                    flow.peer,
+                    flow.connection_id,
+                    pinned=True,
+                    server_name=flow.server_name,
+                )
             ]
         if not isinstance(hop, SipURI):
             raise RejectedError(416)
@@ -180,7 +185,7 @@ class TargetLookup:
             # An IP we have no socket for: nobody reachable (480). A name that
             # resolves to no SIP server: no such destination (404), not a 503,
             # which would tell the previous hop that we are the ones failing.
-            raise RejectedError(480 if _is_ip(hop.host.strip("[]")) else 404)
+            raise RejectedError(480 if ip_of(hop.host) is not None else 404)
         # RFC 5922 §4: a TLS server proves the host of the URI, not its address.
         name = hop.host.strip("[]")
         # The addresses of one name are one destination with fallbacks, never
@@ -209,7 +214,7 @@ class TargetLookup:
 
     async def _lookup(self, uri: SipURI) -> list[Peer]:
         peer = _peer_of(uri)
-        if _is_ip(peer.host):
+        if ip_of(peer.host) is not None:
             return [peer] if self._transports.can_reach(peer) else []
         if self._resolve is None:
             return []
@@ -276,7 +281,7 @@ def _direct_contact(binding: Binding) -> Peer | None:
     except ParseError:
         return None
     host = uri.host.strip("[]")
-    if not _is_ip(host) or not same_address(host, flow.remote_host):
+    if ip_of(host) is None or not same_address(host, flow.remote_host):
         return None
     transport = (uri.transport or UDP.uri_param).lower()
     if by_uri_param(transport) is not UDP:
@@ -316,10 +321,6 @@ def with_routes(request: Request, routes: Sequence[str]) -> Request:
     for value in reversed(routes):
         headers = headers.prepend("Route", value)
     return replace(request, headers=headers)
-
-
-def _is_ip(host: str) -> bool:
-    return ip_of(host) is not None
 
 
 __all__ = ["TargetLookup", "TargetSettings", "with_routes"]

@@ -141,7 +141,7 @@ def test_requests_in_flight_beyond_the_cap_get_503() -> None:
 def test_registers_waiting_on_the_store_are_pending() -> None:
     """A REGISTER the store has not answered is work; beyond the cap, 503."""
     h = limited(Harness(), 3)
-    h.proxy._registrar = Registrar(
+    h.proxy.context.registrar = Registrar(
         StuckStore(), RegistrarSettings(domains=frozenset({"example.test"}))
     )
     sources = [ALICE, CAROL, DAVE, ("192.0.2.99", 5099)]

@@ -267,7 +267,7 @@ def test_dnd_set_at_run_time_wins_over_the_toml() -> None:
     """A stored setting (the admin API's) overrides the TOML default, per key."""
     h = harness(forward={"bob": {"busy": VM_URI}})
     h.register("bob", BOB)
-    prefs = h.proxy._office
+    prefs = h.proxy.office
     assert prefs is not None
     effective = run(prefs.set_dnd("bob", True))
     assert effective.dnd and effective.busy == VM_URI
@@ -356,7 +356,7 @@ def test_group_member_on_dnd_is_skipped() -> None:
     h = harness()
     h.register("bob", BOB)
     h.register("carol", CAROL)
-    prefs = h.proxy._office
+    prefs = h.proxy.office
     assert prefs is not None
     run(prefs.set_dnd("carol", True))
     h.receive(invite("200"), ALICE)

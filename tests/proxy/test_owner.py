@@ -58,26 +58,26 @@ def test_the_owner_records_itself_for_connection_flows_only() -> None:
     h = Harness()
     h.proxy.instance = "sip:127.0.0.1:5060;transport=tcp"
     tcp = Flow("tcp", *PROXY, *BOB, "tcp-9")
-    recorded = h.proxy._with_owner(tcp, Peer("tcp", *BOB))
+    recorded = h.proxy.owners.with_owner(tcp, Peer("tcp", *BOB))
     assert recorded.owner is not None
     assert recorded.owner.startswith("sip:")
     assert recorded.owner.endswith("@127.0.0.1:5060;transport=tcp;lr")
     udp = Flow("udp", *PROXY, *BOB)
-    assert h.proxy._with_owner(udp, Peer("udp", *BOB)).owner is None
+    assert h.proxy.owners.with_owner(udp, Peer("udp", *BOB)).owner is None
     h.proxy.instance = None
-    assert h.proxy._with_owner(tcp, Peer("tcp", *BOB)).owner is None
+    assert h.proxy.owners.with_owner(tcp, Peer("tcp", *BOB)).owner is None
 
 
 def _with_auth(h: Harness) -> None:
     users = UserDB("example.test", {"alice": {"MD5": "0" * 32}})
-    h.proxy._auth = Authenticator("example.test", users, b"n" * 32)
+    h.proxy.identity.auth = Authenticator("example.test", users, b"n" * 32)
 
 
 def test_an_owner_token_delivers_on_its_flow_without_a_new_challenge() -> None:
     """The process that looked the phone up checked the caller already."""
     h = Harness()
     _with_auth(h)
-    token = encode_flow(Peer("udp", *BOB), None, h.proxy._owner_secret)
+    token = encode_flow(Peer("udp", *BOB), None, h.proxy.owners.secret)
     route = f"Route: <sip:{token}@{PROXY[0]}:{PROXY[1]};lr>\r\n"
     h.receive(invite(extra=route), ALICE)
     forwarded = h.sent_to(BOB)
@@ -102,7 +102,7 @@ def test_an_owner_token_for_a_closed_connection_routes_to_the_contact() -> None:
     """As for our own bindings: with the connection gone, only the Contact is left."""
     h = Harness()
     phone = Peer("tcp", "192.0.2.99", 40000)
-    gone = encode_flow(phone, "tcp-77", h.proxy._owner_secret)
+    gone = encode_flow(phone, "tcp-77", h.proxy.owners.secret)
     route = f"Route: <sip:{gone}@{PROXY[0]}:{PROXY[1]};lr>\r\n"
     request = invite(extra=route).replace(
         b"INVITE sip:bob@example.test", f"INVITE sip:bob@{BOB[0]}:{BOB[1]}".encode()

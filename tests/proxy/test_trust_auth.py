@@ -31,8 +31,8 @@ def secured(*, max_failures: int = 3) -> Harness:
             for user, pw in {"alice": "wonderland", "bob": "builder"}.items()
         },
     )
-    h.proxy._auth = Authenticator(REALM, users, b"n" * 32)
-    h.proxy._bans = BanList(max_failures=max_failures)
+    h.proxy.identity.auth = Authenticator(REALM, users, b"n" * 32)
+    h.proxy.identity.bans = BanList(max_failures=max_failures)
     return h
 
 
@@ -92,8 +92,8 @@ def test_a_nonce_we_never_issued_does_not_count() -> None:
         forged = credentials("x" * 43, "guess")
         h.receive(request_to("bob", MALLORY, extra=forged), MALLORY)
         assert statuses(h.sent_to(MALLORY)) == [407]
-    assert h.proxy._bans is not None
-    assert not h.proxy._bans.is_banned(MALLORY[0], h.clock.seconds())
+    assert h.proxy.identity.bans is not None
+    assert not h.proxy.identity.bans.is_banned(MALLORY[0], h.clock.seconds())
 
 
 def test_a_nonce_issued_to_another_address_does_not_count() -> None:
@@ -104,8 +104,8 @@ def test_a_nonce_issued_to_another_address_does_not_count() -> None:
         extra = credentials(stolen, "guess")
         h.receive(request_to("bob", MALLORY, extra=extra), MALLORY)
         assert statuses(h.sent_to(MALLORY)) == [407]
-    assert h.proxy._bans is not None
-    assert not h.proxy._bans.is_banned(MALLORY[0], h.clock.seconds())
+    assert h.proxy.identity.bans is not None
+    assert not h.proxy.identity.bans.is_banned(MALLORY[0], h.clock.seconds())
     # Neither is the nonce burnt for the address it was issued to.
     h.register("bob", BOB)
     h.receive(request_to("bob", ALICE, extra=credentials(stolen, "wonderland")), ALICE)
@@ -120,8 +120,8 @@ def test_wrong_answers_to_our_own_nonces_ban_the_guesser() -> None:
         h.receive(
             request_to("bob", MALLORY, extra=credentials(nonce, "guess")), MALLORY
         )
-    assert h.proxy._bans is not None
-    assert h.proxy._bans.is_banned(MALLORY[0], h.clock.seconds())
+    assert h.proxy.identity.bans is not None
+    assert h.proxy.identity.bans.is_banned(MALLORY[0], h.clock.seconds())
 
 
 def test_one_nonce_serves_one_guess() -> None:
@@ -136,8 +136,8 @@ def test_one_nonce_serves_one_guess() -> None:
             request_to("bob", MALLORY, extra=credentials(nonce, password)), MALLORY
         )
         assert statuses(h.sent_to(MALLORY)) == [407]
-    assert h.proxy._bans is not None
-    assert not h.proxy._bans.is_banned(MALLORY[0], h.clock.seconds())
+    assert h.proxy.identity.bans is not None
+    assert not h.proxy.identity.bans.is_banned(MALLORY[0], h.clock.seconds())
 
 
 def test_a_digest_uri_naming_another_resource_gets_400() -> None:
@@ -149,8 +149,8 @@ def test_a_digest_uri_naming_another_resource_gets_400() -> None:
     [refusal] = [m for m in h.sent_to(ALICE) if isinstance(m, Response)]
     assert refusal.status == 400
     assert "Digest URI" in refusal.reason
-    assert h.proxy._bans is not None
-    assert not h.proxy._bans.is_banned(ALICE[0], h.clock.seconds())
+    assert h.proxy.identity.bans is not None
+    assert not h.proxy.identity.bans.is_banned(ALICE[0], h.clock.seconds())
 
 
 def test_an_equivalent_digest_uri_is_accepted() -> None:
