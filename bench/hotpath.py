@@ -145,7 +145,7 @@ def build() -> tuple[SIPDatagramProtocol, FakeDatagramTransport]:
     )
     service = build_server(config, reactor)
     protocol = SIPDatagramProtocol(
-        service.proxy.layer, config.max_message_size, admit=service._admit
+        service.proxy.layer, config.max_message_size, admit=service.admission.admit
     )
     transport = FakeDatagramTransport()
     protocol.makeConnection(transport)

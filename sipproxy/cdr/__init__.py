@@ -1,4 +1,4 @@
-"""Call detail records (issue 15): one :class:`~.record.CallRecord` per call.
+"""Call detail records: one :class:`~.record.CallRecord` per call.
 
 The proxy hands finished calls to a :class:`CallRecordStore`, and keeps each call
 in progress there too (:meth:`CallRecordStore.keep_live`), so a process that

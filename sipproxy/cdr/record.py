@@ -75,7 +75,7 @@ class CallRecord:
     hangup_by: str | None = None
     """One of :data:`HANGUP_BY`, for an answered call that ended."""
     forwarded: str | None = None
-    """Where the call was forwarded to, if it was (issue 9)."""
+    """Where the call was forwarded to, if it was."""
 
     def __post_init__(self) -> None:
         if self.disposition not in DISPOSITIONS:
