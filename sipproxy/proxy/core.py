@@ -121,7 +121,7 @@ class Proxy:
         )
         self.identity = Identity(clock=clock, auth=auth, bans=bans, observer=observer)
         self.owners = Owners(
-            transports=transports, secret=secret, is_our_uri=self.stamps.is_our_uri
+            transports=transports, secret=secret, is_our_uri=self.stamps.is_ours
         )
         #: Observers of the final decisions and dialog changes (proxy/events.py).
         self.events = Events([FinalLogLine()])
@@ -144,7 +144,7 @@ class Proxy:
             transports=transports,
             location=location,
             settings=current,
-            is_ours=self.stamps.is_our_uri,
+            is_ours=self.stamps.is_ours,
             auth_required=lambda: self.identity.auth is not None,
             counter=counter,
             resolve=resolve,
@@ -159,7 +159,7 @@ class Proxy:
             transports=transports,
             settings=current,
             outgoing=context.outgoing,
-            is_our_via=self.stamps.is_our_via,
+            is_our_via=self.stamps.is_ours,
             answered=context.proxied_answer,
             events=self.events,
         )
@@ -315,7 +315,7 @@ class Proxy:
         inbound_flow = None if registering else stamps.flow_from_routes(request)
         owner_flow = None if registering else self.owners.owner_flow(request)
         inbound_flow = inbound_flow or self.owners.if_connected(owner_flow)
-        request = preprocess_routes(request, stamps.is_our_uri)
+        request = preprocess_routes(request, stamps.is_ours)
         uri = request.request_uri
         has_route = "route" in request.headers
         settings = self.settings
@@ -323,7 +323,7 @@ class Proxy:
             not has_route
             and isinstance(uri, SipURI)
             and uri.user is None
-            and stamps.is_us(uri.host, uri.port)
+            and stamps.is_ours(uri)
         )
         ours_domain = (
             isinstance(uri, SipURI)
@@ -337,7 +337,7 @@ class Proxy:
         # Loops concern requests we forward (§16.3 step 4); what we answer here
         # skips the hash, which is most of the traffic (REGISTER, OPTIONS pings).
         key = "" if answering_here else loop_key(received)
-        if not answering_here and is_loop(received, key, stamps.is_our_via):
+        if not answering_here and is_loop(received, key, stamps.is_ours):
             raise RejectedError(482)
         check_proxy_require(request, SUPPORTED)
         user = None

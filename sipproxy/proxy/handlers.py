@@ -203,11 +203,11 @@ def _forward_ack_in_dialog(ctx: HandlerContext, request: Request) -> None:
     if flow is None:
         return
     peer = flow.peer
-    if ctx.stamps.is_us(peer.host, peer.port):
+    if ctx.stamps.is_ours(peer):
         # A token naming ourselves would loop until Max-Forwards runs out.
         return
     key = loop_key(request)
-    request = preprocess_routes(request, ctx.stamps.is_our_uri)
+    request = preprocess_routes(request, ctx.stamps.is_ours)
     if request.max_forwards == 0:
         return
     copy, _ = next_hop(request)

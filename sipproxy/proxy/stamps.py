@@ -56,6 +56,16 @@ class HasLocalSettings(Protocol):
         ...
 
 
+class HostPort(Protocol):
+    """Anything that names a host and maybe a port: SipURI, Via, Peer."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int | None: ...
+
+
 class Stamps:
     """Our Via and Record-Route, and the checks that a message carries them intact."""
 
@@ -84,20 +94,17 @@ class Stamps:
 
     # -- is this us ------------------------------------------------------------
 
-    def is_us(self, host: str, port: int | None) -> bool:
-        """Whether ``host`` and ``port`` (None: any) name this server."""
+    def is_ours(self, where: HostPort) -> bool:
+        """Whether a URI, a Via or a peer names this server (port None: any).
+
+        One question for Route entries, Request-URIs, Vias coming back and
+        sources; taking the value itself keeps it one call on the message path.
+        """
         settings = self._holder.settings
-        if host.lower().strip("[]") not in settings.local_hosts:
+        if where.host.lower().strip("[]") not in settings.local_hosts:
             return False
+        port = where.port
         return port is None or port in settings.local_ports
-
-    def is_our_uri(self, uri: SipURI) -> bool:
-        """Whether a SIP URI (a Route entry, a Request-URI) names this server."""
-        return self.is_us(uri.host, uri.port)
-
-    def is_our_via(self, via: Via) -> bool:
-        """Whether a Via names this server (ours on a response coming back)."""
-        return self.is_us(via.host, via.port)
 
     # -- what we write ---------------------------------------------------------
 
@@ -184,7 +191,7 @@ class Stamps:
         last = None
         for route in routes:
             uri = route.uri
-            if not (isinstance(uri, SipURI) and self.is_our_uri(uri)):
+            if not (isinstance(uri, SipURI) and self.is_ours(uri)):
                 break
             last = uri
         if last is None or not last.user:
@@ -210,7 +217,7 @@ class Stamps:
             top = response.top_via
         except ParseError:
             return
-        if not self.is_our_via(top) or not 200 <= response.status < 300:
+        if not self.is_ours(top) or not 200 <= response.status < 300:
             return
         _, headers = response.headers.pop_first_value("via")
         if "via" not in headers:

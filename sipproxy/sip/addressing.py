@@ -15,7 +15,7 @@ from typing import Protocol
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.headers import Headers
 from sipproxy.sip.message import kept_view, parse_top_via
-from sipproxy.sip.transports import DEFAULT_PORTS, is_reliable
+from sipproxy.sip.transports import DEFAULT_PORTS, RELIABLE
 from sipproxy.sip.via import Via
 
 __all__ = [
@@ -44,7 +44,7 @@ class Peer:
     @property
     def reliable(self) -> bool:
         """Stream transports neither lose nor reorder (RFC 3261 §17.1.1.2)."""
-        return is_reliable(self.transport)
+        return self.transport in RELIABLE
 
 
 class Channel(Protocol):

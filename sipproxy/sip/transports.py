@@ -44,6 +44,9 @@ KINDS: dict[str, TransportKind] = {kind.name: kind for kind in (UDP, TCP, TLS)}
 #: RFC 3261 §19.1.2: the port when a sent-by or URI names none.
 DEFAULT_PORTS: dict[str, int] = {name: k.default_port for name, k in KINDS.items()}
 
+#: Names of the stream kinds; a set, as Peer.reliable asks on every message.
+RELIABLE: frozenset[str] = frozenset(n for n, k in KINDS.items() if k.reliable)
+
 _BY_VIA_TOKEN = {kind.via_token.upper(): kind for kind in KINDS.values()}
 _BY_URI_PARAM = {kind.uri_param: kind for kind in KINDS.values()}
 
@@ -71,5 +74,4 @@ def is_secure(name: str) -> bool:
 
 def is_reliable(name: str) -> bool:
     """Whether the transport called ``name`` is a stream (unknown: datagram)."""
-    kind = KINDS.get(name)
-    return kind is not None and kind.reliable
+    return name in RELIABLE
