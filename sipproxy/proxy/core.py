@@ -40,7 +40,7 @@ from sipproxy.proxy.checks import (
     check_uri_scheme,
 )
 from sipproxy.proxy.context import HandlerContext, Incoming, ProxySettings
-from sipproxy.proxy.events import CountedDecisions, Events, FinalLogLine
+from sipproxy.proxy.events import Events, FinalLogLine
 from sipproxy.proxy.forking import Forking, ResponseContext, synthesized
 from sipproxy.proxy.handlers import (
     ALLOW,
@@ -124,9 +124,7 @@ class Proxy:
             transports=transports, secret=secret, is_our_uri=self.stamps.is_ours
         )
         #: Observers of the final decisions and dialog changes (proxy/events.py).
-        self.events = Events([FinalLogLine()])
-        if observer is not None:
-            self.events.decisions.append(CountedDecisions(observer))
+        self.events = Events([FinalLogLine(observer)])
         self.layer = TransactionLayer(self, clock)
         self.context = context = HandlerContext(
             holder=self,

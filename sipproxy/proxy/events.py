@@ -2,8 +2,8 @@
 
 The core emits one :class:`FinalDecision` per final answer it sends (its own or a
 proxied one) and one :class:`DialogEvent` per change of a dialog it sees being
-made or ended. Observers consume the stream: the final log line
-(:class:`FinalLogLine`), the metrics (:class:`CountedDecisions` over a
+made or ended. Observers consume the stream: the final log line with the
+metrics count (:class:`FinalLogLine`, over a
 :class:`~sipproxy.proxy.observer.ProxyObserver`), and later call records and busy
 lamps. They are called in order, synchronously, and must be cheap: they run on
 the message path.
@@ -188,16 +188,32 @@ class Events:
 
 
 class FinalLogLine:
-    """The one log line of each final decision (refreshes and keepalives excepted)."""
+    """Each final decision's count for the metrics, and its one log line.
 
-    def __init__(self) -> None:
-        """Log under the namespace operators know (:data:`LOG_NAMESPACE`)."""
+    Successful refreshes and keepalives are counted but not logged.
+    Counting rides along rather than being an observer of its own: every
+    REGISTER and OPTIONS makes a decision, and one call fewer per message is
+    measurable (bench/hotpath.py).
+    """
+
+    def __init__(self, counts: ProxyObserver | None = None) -> None:
+        """Log under the namespace operators know (:data:`LOG_NAMESPACE`).
+
+        :param counts: told ``final_sent`` of every decision (the metrics).
+        """
         # An instance attribute: a class-level Logger names the class instead.
         self.log = Logger(namespace=LOG_NAMESPACE)
+        self._final_sent = counts.final_sent if counts is not None else None
 
     def decided(self, decision: FinalDecision) -> None:
-        """Log ``decision`` unless it is a successful refresh or keepalive."""
+        """Count ``decision``; log it unless it is a successful refresh or keepalive."""
         request = decision.request
+        if self._final_sent is not None:
+            self._final_sent(
+                request.method,
+                decision.status,
+                decision.ended_at - decision.started_at,
+            )
         if decision.status < 300 and request.method in QUIET_WHEN_OK:
             # Successful refreshes and keepalives are most of the traffic, and a
             # Twisted log event costs as much as handling the request: they stay
@@ -218,22 +234,6 @@ class FinalLogLine:
         )
 
 
-class CountedDecisions:
-    """Feeds final decisions to a :class:`ProxyObserver` (the metrics)."""
-
-    def __init__(self, observer: ProxyObserver) -> None:
-        """Count into ``observer``."""
-        self._final_sent = observer.final_sent
-
-    def decided(self, decision: FinalDecision) -> None:
-        """Count one final answer, by method and status, with its time."""
-        self._final_sent(
-            decision.request.method,
-            decision.status,
-            decision.ended_at - decision.started_at,
-        )
-
-
 def uri_of(request: Request, name: str) -> str:
     """The URI of From or To (no display name, no tag); "?" when unreadable."""
     try:
@@ -246,7 +246,6 @@ def uri_of(request: Request, name: str) -> str:
 __all__ = [
     "LOG_NAMESPACE",
     "QUIET_WHEN_OK",
-    "CountedDecisions",
     "DecisionObserver",
     "DialogEvent",
     "DialogObserver",

@@ -56,7 +56,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Protocol
 
 from twisted.internet.interfaces import IReactorTime
@@ -294,7 +293,9 @@ class TransactionLayer:
     def _request_received(self, request: Request, peer: Peer, channel: Channel) -> None:
         try:
             validate_request(request)
-            request = replace(request, headers=stamp_received(request.headers, peer))
+            stamped = stamp_received(request.headers, peer)
+            if stamped is not request.headers:
+                request = request.with_headers(stamped)
         except ParseError as error:
             self._user.message_invalid(error, peer, channel)
             return

@@ -191,9 +191,6 @@ def test_metrics_and_the_log_line_observe_the_decisions() -> None:
             pass
 
     h = Harness(observer=Counter())
-    assert [type(o).__name__ for o in h.proxy.events.decisions] == [
-        "FinalLogLine",
-        "CountedDecisions",
-    ]
+    assert [type(o).__name__ for o in h.proxy.events.decisions] == ["FinalLogLine"]
     h.receive(invite("nobody"), ALICE)
     assert counted == [("INVITE", 404, 0.0)]
