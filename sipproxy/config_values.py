@@ -98,7 +98,7 @@ class ListenSpec:
                 )
             if key == "interface":
                 interface = value.removeprefix("[").removesuffix("]")
-                if ip_of(interface) is None:
+                if ip_of(value) is None:
                     raise ConfigError(
                         f"listen {text!r}: interface {value!r} is not an IP address"
                     )
@@ -346,7 +346,7 @@ def _admin(value: Any) -> ListenSpec | UnixSocketSpec:
         if key != "interface":
             raise ConfigError(f"admin {value!r}: unknown option {key!r}")
         interface = option.removeprefix("[").removesuffix("]")
-        if ip_of(interface) is None:
+        if ip_of(option) is None:
             raise ConfigError(
                 f"admin {value!r}: interface {option!r} is not an IP address"
             )

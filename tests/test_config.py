@@ -300,3 +300,9 @@ def test_a_location_error_never_shows_a_password() -> None:
     with pytest.raises(ConfigError) as info:
         build_config({"location": "rediss://:secretpw@127.0.0.1/0"}, {})
     assert "secretpw" not in str(info.value)
+
+
+@pytest.mark.parametrize("interface", ["[[::1]]", "[::1"])
+def test_a_listen_interface_with_stray_brackets_is_refused(interface: str) -> None:
+    with pytest.raises(ConfigError, match="not an IP address"):
+        ListenSpec.parse(f"udp:5060:interface={interface}")

@@ -68,13 +68,17 @@ class Channel(Protocol):
 
 @functools.lru_cache(maxsize=4096)
 def ip_of(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """``text`` as an IP address (brackets allowed), or None if it is none.
+    """``text`` as an IP address (one pair of brackets allowed), or None.
 
+    ``[::1]`` is an address, ``[[::1]]`` or ``[::1`` is not: a configuration
+    check that let them through would only fail later, at listen time.
     Cached: the same few thousand peer addresses are compared on every message,
     and ipaddress parses in Python (bench/hotpath.py).
     """
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
     try:
-        return ipaddress.ip_address(text.strip("[]"))
+        return ipaddress.ip_address(text)
     except ValueError:
         return None
 

@@ -125,3 +125,13 @@ def test_response_destination_never_raises_on_a_bad_rport(rport: str) -> None:
     """An rport that is no port falls back to the source port, never raises."""
     via = Via.parse(f"SIP/2.0/UDP 10.0.0.5;received=192.0.2.7;rport{rport}")
     assert response_destination(via, UDP_PEER) == Peer("udp", "192.0.2.7", 40123)
+
+
+def test_ip_of_takes_one_pair_of_brackets() -> None:
+    from sipproxy.sip.addressing import ip_of
+
+    assert str(ip_of("[::1]")) == "::1"
+    assert str(ip_of("192.0.2.1")) == "192.0.2.1"
+    assert ip_of("[[::1]]") is None
+    assert ip_of("[::1") is None
+    assert ip_of("example.test") is None
