@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import socket
+
+from sipproxy.auth.digest import compute_response
+from sipproxy.auth.ha1 import compute_ha1
 
 
 def free_port() -> int:
@@ -18,3 +22,46 @@ def free_port() -> int:
                     continue
                 return port
     raise RuntimeError("no free port on 127.0.0.1")
+
+
+def final_response(sock: socket.socket) -> bytes:
+    """The next answer on ``sock`` that is not a 100 Trying."""
+    while True:
+        data = sock.recv(65536)
+        if not data.startswith(b"SIP/2.0 100 "):
+            return data
+
+
+def challenge_params(response: bytes, name: str) -> list[dict[str, str]]:
+    """The parameters of each ``name`` challenge (WWW- or Proxy-Authenticate)."""
+    found = []
+    for line in response.decode().split("\r\n"):
+        key, _, value = line.partition(":")
+        if key.strip().lower() == name.lower():
+            found.append(dict(re.findall(r'(\w+)="?([^",]*)"?', value)))
+    return found
+
+
+def digest_answer(
+    challenge: dict[str, str],
+    *,
+    user: str,
+    password: str,
+    method: str,
+    uri: str,
+    realm: str = "example.test",
+    cnonce: str = "abcdef",
+) -> str:
+    """Credentials answering ``challenge`` as a phone would (qop=auth, nc 1)."""
+    algorithm = challenge.get("algorithm", "MD5")
+    ha1 = compute_ha1(user, realm, password, algorithm)
+    response = compute_response(
+        ha1, algorithm=algorithm, method=method, uri=uri, nonce=challenge["nonce"],
+        qop="auth", nc="00000001", cnonce=cnonce,
+    )  # fmt: skip
+    opaque = f', opaque="{challenge["opaque"]}"' if "opaque" in challenge else ""
+    return (
+        f'Digest username="{user}", realm="{realm}", nonce="{challenge["nonce"]}", '
+        f'uri="{uri}", response="{response}", algorithm={algorithm}, qop=auth, '
+        f'nc=00000001, cnonce="{cnonce}"{opaque}'
+    )

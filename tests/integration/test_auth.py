@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import socket
 import time
@@ -11,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from sipproxy.auth.digest import compute_response
-from sipproxy.auth.ha1 import compute_ha1
 from sipproxy.auth.htdigest import write_user
 from tests.integration.conftest import (
     RunningServer,
@@ -21,6 +18,7 @@ from tests.integration.conftest import (
     status_of,
     stop,
 )
+from tests.support import challenge_params, digest_answer, final_response
 
 pytestmark = pytest.mark.integration
 REALM = "example.test"
@@ -76,39 +74,6 @@ def request(
     ).encode()
 
 
-def final(sock: socket.socket) -> bytes:
-    while True:
-        data = sock.recv(65536)
-        if status_of(data) != 100:
-            return data
-
-
-def challenge_params(response: bytes, name: str) -> list[dict[str, str]]:
-    found = []
-    for line in response.decode().split("\r\n"):
-        key, _, value = line.partition(":")
-        if key.strip().lower() == name.lower():
-            found.append(dict(re.findall(r'(\w+)="?([^",]*)"?', value)))
-    return found
-
-
-def answer(
-    challenge: dict[str, str], *, user: str, password: str, method: str, uri: str
-) -> str:
-    algorithm = challenge["algorithm"]
-    ha1 = compute_ha1(user, REALM, password, algorithm)
-    nc, cnonce = "00000001", "abcdef"
-    digest = compute_response(
-        ha1, algorithm=algorithm, method=method, uri=uri, nonce=challenge["nonce"],
-        qop="auth", nc=nc, cnonce=cnonce,
-    )  # fmt: skip
-    return (
-        f'Digest username="{user}", realm="{REALM}", nonce="{challenge["nonce"]}", '
-        f'uri="{uri}", response="{digest}", algorithm={algorithm}, qop=auth, '
-        f'nc={nc}, cnonce="{cnonce}", opaque="{challenge["opaque"]}"'
-    )
-
-
 def register(
     port: int, user: str, password: str | None, *, source: str = "127.0.0.1"
 ) -> tuple[bytes, bytes | None]:
@@ -123,19 +88,19 @@ def register(
             "REGISTER", uri, user=user, local=local, call_id=call_id, cseq=1
         )
         sock.sendto(first_register, ("127.0.0.1", port))
-        first = final(sock)
+        first = final_response(sock)
         if password is None or status_of(first) != 401:
             return first, None
-        sha = challenge_params(first, "WWW-Authenticate")[0]
-        credentials = answer(
-            sha, user=user, password=password, method="REGISTER", uri=uri
+        offered = challenge_params(first, "WWW-Authenticate")[0]
+        credentials = digest_answer(
+            offered, user=user, password=password, method="REGISTER", uri=uri
         )
         sock.sendto(
             request("REGISTER", uri, user=user, local=local, call_id=call_id, cseq=2,
                     extra=f"Authorization: {credentials}\r\n"),
             ("127.0.0.1", port),
         )  # fmt: skip
-        return first, final(sock)
+        return first, final_response(sock)
 
 
 def test_register_is_challenged_then_accepted(auth_server: RunningServer) -> None:
@@ -201,7 +166,7 @@ def test_invite_from_our_domain_needs_proxy_authorization(
                     call_id="inv-1", cseq=1),
             ("127.0.0.1", auth_server.port),
         )  # fmt: skip
-        response = final(sock)
+        response = final_response(sock)
     assert status_of(response) == 407
     assert challenge_params(response, "Proxy-Authenticate")
 
@@ -218,7 +183,7 @@ def test_not_an_open_relay(auth_server: RunningServer) -> None:
         )  # fmt: skip
         sock.sendto(data.replace(b"@example.test>;tag", b"@stranger.example>;tag"),
                     ("127.0.0.1", auth_server.port))  # fmt: skip
-        assert status_of(final(sock)) == 403
+        assert status_of(final_response(sock)) == 403
 
 
 def test_brute_force_source_is_banned_others_are_not(

@@ -56,13 +56,8 @@ from tests.integration.conftest import (
     stop,
     udp_exchange,
 )
-from tests.integration.test_auth import (
-    REALM,
-    answer,
-    challenge_params,
-    register,
-    serve,
-)
+from tests.integration.test_auth import REALM, register, serve
+from tests.support import challenge_params, digest_answer
 
 pytestmark = pytest.mark.integration
 
@@ -322,7 +317,7 @@ def test_office_of_200_phones_behind_one_nat_reregisters_at_once(
         second_requests = {}
         for number, reply in first.items():
             challenge = challenge_params(reply, "WWW-Authenticate")[0]  # preferred
-            credentials = answer(
+            credentials = digest_answer(
                 challenge, user=f"phone{number}", password=f"secret-{number}",
                 method="REGISTER", uri=f"sip:{REALM}",
             )  # fmt: skip
@@ -391,7 +386,7 @@ def invite_as_alice(port: int, target: str) -> int | None:
         challenged = invite(1)
         assert status_of(challenged) == 407
         challenge = challenge_params(challenged, "Proxy-Authenticate")[0]
-        credentials = answer(
+        credentials = digest_answer(
             challenge, user="alice", password="wonderland", method="INVITE", uri=uri
         )
         return status_of(invite(2, f"Proxy-Authorization: {credentials}\r\n"))

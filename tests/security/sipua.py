@@ -11,9 +11,8 @@ import re
 import socket
 import time
 
-from sipproxy.auth.digest import compute_response
-from sipproxy.auth.ha1 import compute_ha1
 from tests.integration.conftest import status_of
+from tests.support import digest_answer
 
 REALM = "example.test"
 _numbers = itertools.count(1)
@@ -176,16 +175,8 @@ class UA:
 def digest(
     challenge: dict[str, str], *, user: str, password: str, method: str, uri: str
 ) -> str:
-    algorithm = challenge.get("algorithm", "MD5")
-    ha1 = compute_ha1(user, REALM, password, algorithm)
-    nc, cnonce = "00000001", f"c{next(_numbers)}"
-    response = compute_response(
-        ha1, algorithm=algorithm, method=method, uri=uri, nonce=challenge["nonce"],
-        qop="auth", nc=nc, cnonce=cnonce,
+    """Credentials for ``challenge``; each with a cnonce of its own."""
+    return digest_answer(
+        challenge, user=user, password=password, method=method, uri=uri,
+        realm=REALM, cnonce=f"c{next(_numbers)}",
     )  # fmt: skip
-    opaque = f', opaque="{challenge["opaque"]}"' if "opaque" in challenge else ""
-    return (
-        f'Digest username="{user}", realm="{REALM}", nonce="{challenge["nonce"]}", '
-        f'uri="{uri}", response="{response}", algorithm={algorithm}, qop=auth, '
-        f'nc={nc}, cnonce="{cnonce}"{opaque}'
-    )

@@ -32,15 +32,9 @@ from tests.integration.conftest import (
     status_of,
     stop,
 )
-from tests.integration.test_auth import (
-    REALM,
-    answer,
-    challenge_params,
-    final,
-    register,
-    request,
-)
+from tests.integration.test_auth import REALM, register, request
 from tests.security.conftest import PASSWORDS, serve_with_users
+from tests.support import challenge_params, digest_answer, final_response
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +65,7 @@ def fetch_challenge(
                     cseq=1),
             ("127.0.0.1", port),
         )  # fmt: skip
-        response = final(sock)
+        response = final_response(sock)
     name = "WWW-Authenticate" if method == "REGISTER" else "Proxy-Authenticate"
     return next(c for c in challenge_params(response, name) if c["algorithm"] == "MD5")
 
@@ -86,7 +80,7 @@ def register_with(
     request_uri: str = f"sip:{REALM}",
 ) -> bytes:
     """One REGISTER from ``source`` answering ``challenge``; its final response."""
-    credentials = answer(
+    credentials = digest_answer(
         challenge,
         user="alice",
         password=password,
@@ -101,7 +95,7 @@ def register_with(
                     extra=f"Authorization: {credentials}\r\n"),
             ("127.0.0.1", port),
         )  # fmt: skip
-        return final(sock)
+        return final_response(sock)
 
 
 def failures_logged(server: RunningServer, ip: str) -> int:
@@ -227,7 +221,7 @@ def outsider_invite(port: int, user: str) -> bytes:
         data = data.replace(f"To: <sip:bob@{REALM}>".encode(),
                             f"To: <sip:{user}@{REALM}>".encode())  # fmt: skip
         sock.sendto(data, ("127.0.0.1", port))
-        return final(sock)
+        return final_response(sock)
 
 
 def test_outsiders_get_one_answer_for_unknown_and_unregistered_users(
@@ -252,14 +246,16 @@ def test_our_credentials_do_not_reach_the_callee(secured: RunningServer) -> None
                         call_id="bob-reg", cseq=cseq, extra=extra),
                 ("127.0.0.1", port),
             )  # fmt: skip
-            return final(bob)
+            return final_response(bob)
 
         md5 = next(
             c
             for c in challenge_params(register_bob(1), "WWW-Authenticate")
             if c["algorithm"] == "MD5"
         )
-        creds = answer(md5, user="bob", password="builder", method="REGISTER", uri=uri)
+        creds = digest_answer(
+            md5, user="bob", password="builder", method="REGISTER", uri=uri
+        )
         assert status_of(register_bob(2, f"Authorization: {creds}\r\n")) == 200
 
         alice_port = alice.getsockname()[1]
@@ -275,10 +271,10 @@ def test_our_credentials_do_not_reach_the_callee(secured: RunningServer) -> None
         invite(1)
         challenge = next(
             c
-            for c in challenge_params(final(alice), "Proxy-Authenticate")
+            for c in challenge_params(final_response(alice), "Proxy-Authenticate")
             if c["algorithm"] == "MD5"
         )
-        ours = answer(
+        ours = digest_answer(
             challenge, user="alice", password="wonderland", method="INVITE", uri=callee
         )
         theirs = 'Digest username="a", realm="trunk.test", nonce="n", response="r"'
@@ -379,7 +375,9 @@ def test_a_tcp_batch_on_one_nonce_is_one_guess(secured: RunningServer) -> None:
             if c["algorithm"] == "MD5"
         )
         guesses = [
-            answer(md5, user="alice", password=f"guess{n}", method="REGISTER", uri=uri)
+            digest_answer(
+                md5, user="alice", password=f"guess{n}", method="REGISTER", uri=uri
+            )
             for n in range(20)
         ]
         sock.sendall(

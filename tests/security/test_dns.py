@@ -10,7 +10,6 @@ destinations (RFC 3263 sets no limit; see sipproxy/resolver.py).
 from __future__ import annotations
 
 import itertools
-import re
 import socket
 import subprocess
 import sys
@@ -21,10 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from sipproxy.auth.digest import compute_response
-from sipproxy.auth.ha1 import compute_ha1
 from tests.integration.conftest import ROOT, free_port, status_of, stop
 from tests.security.conftest import PASSWORDS, REALM, Sink, serve_with_users
+from tests.support import challenge_params, digest_answer, final_response
 
 pytestmark = pytest.mark.integration
 
@@ -139,32 +137,13 @@ def ack_for(local: int, branch: str, response: bytes) -> bytes:
     ).encode()
 
 
-def final(sock: socket.socket) -> bytes:
-    while True:
-        data = sock.recv(65536)
-        if status_of(data) != 100:
-            return data
-
-
 def proxy_authorization(response: bytes, uri: str) -> str:
     """Alice's answer to the first Proxy-Authenticate challenge of ``response``."""
-    line = next(
-        line
-        for line in response.decode().split("\r\n")
-        if line.lower().startswith("proxy-authenticate:")
-    )
-    challenge = dict(re.findall(r'(\w+)="?([^",]*)"?', line.partition(":")[2]))
-    algorithm = challenge["algorithm"]
-    ha1 = compute_ha1("alice", REALM, PASSWORDS["alice"], algorithm)
-    digest = compute_response(
-        ha1, algorithm=algorithm, method="INVITE", uri=uri,
-        nonce=challenge["nonce"], qop="auth", nc="00000001", cnonce="amp",
+    challenge = challenge_params(response, "Proxy-Authenticate")[0]
+    return digest_answer(
+        challenge, user="alice", password=PASSWORDS["alice"], method="INVITE",
+        uri=uri, realm=REALM, cnonce="amp",
     )  # fmt: skip
-    return (
-        f'Digest username="alice", realm="{REALM}", nonce="{challenge["nonce"]}", '
-        f'uri="{uri}", response="{digest}", algorithm={algorithm}, qop=auth, '
-        f'nc=00000001, cnonce="amp", opaque="{challenge["opaque"]}"'
-    )
 
 
 def test_hostile_domain_costs_few_queries_and_destinations(
@@ -198,7 +177,7 @@ def test_hostile_domain_costs_few_queries_and_destinations(
             sock.sendto(
                 invite(local, cseq=1, branch=branch), ("127.0.0.1", server.port)
             )
-            challenge = final(sock)
+            challenge = final_response(sock)
             assert status_of(challenge) == 407
             sock.sendto(ack_for(local, branch, challenge), ("127.0.0.1", server.port))
             before_credentials = evil_dns.queries()
