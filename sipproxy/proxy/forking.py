@@ -399,7 +399,9 @@ class Forking:
         branch.timer_c = None
         if 200 <= response.status < 300:
             if self._events.dialogs:
-                self._dialog_changed(context, DialogState.CONFIRMED, response)
+                self._dialog_changed(
+                    context, DialogState.CONFIRMED, response, branch=branch
+                )
             # §16.7 step 5: every 2xx to an INVITE goes up, even after another.
             if invite and context.answered:
                 self._forward_up(context, response)
@@ -451,6 +453,8 @@ class Forking:
         context: ResponseContext,
         state: DialogState,
         response: Response | None = None,
+        *,
+        branch: Branch | None = None,
     ) -> None:
         """Tell the event stream, for an INVITE that creates a dialog only.
 
@@ -473,6 +477,8 @@ class Forking:
             self._clock.seconds(),
             to_tag=to_tag,
             status=None if response is None else response.status,
+            user=context.user,
+            answered_by=None if branch is None else str(branch.request.uri),
         )
 
     def _forget(self, context: ResponseContext) -> None:
