@@ -197,7 +197,9 @@ class SIPServerService(MultiService):
         return port
 
     def _listen_admin(self, spec: ListenSpec | UnixSocketSpec) -> None:
-        api = AdminAPI(self, token=self.admin_token, metrics=self.metrics)
+        api = AdminAPI(
+            self, token=self.admin_token, metrics=self.metrics, calls=self.calls
+        )
         site = AdminSite(api)  # type: ignore[no-untyped-call]
         site.noisy = False
         site.displayTracebacks = False
