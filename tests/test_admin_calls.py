@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.threads import deferToThread
 from twisted.web.server import Site
 
 from sipproxy.admin import AdminAPI
 from sipproxy.cdr.record import CSV_FIELDS, CallRecord, format_time
+from sipproxy.ctl import main
 from sipproxy.testing import MemoryCallRecordStore, run
 from tests.test_admin import TOKEN, FakeServer, Running, reactor
 
@@ -134,3 +136,47 @@ async def test_csv_parses_with_a_header_row(calls_admin: Running) -> None:
     assert [row["call_id"] for row in rows] == ["c4", "c3", "c2", "c1"]
     assert (rows[3]["disposition"], rows[3]["billsec"]) == ("answered", "8.0")
     assert rows[0]["answer"] == ""
+
+
+async def ctl(running: Running, *argv: str) -> int:
+    """sipproxy-ctl against the running API, on a thread: it blocks."""
+    url = f"http://127.0.0.1:{running.port.getHost().port}"  # type: ignore[attr-defined]
+    status: int = await deferToThread(main, ["--url", url, "--token", TOKEN, *argv])
+    return status
+
+
+@pytest_twisted.ensureDeferred
+async def test_ctl_calls_and_cdr(
+    calls_admin: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await ctl(calls_admin, "calls") == 0
+    assert capsys.readouterr().out == "no calls in progress\n"
+    live = {
+        "call_id": "x1",
+        "state": "answered",
+        "caller": "sip:alice@example.test",
+        "callee": "sip:bob@example.test",
+        "start": "2026-12-04T10:15:30.000Z",
+        "answer": "2026-12-04T10:15:33.000Z",
+    }
+    calls_admin.calls.calls.append(live)  # type: ignore[attr-defined]
+    assert await ctl(calls_admin, "calls") == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["STATE", "START", "ANSWER", "CALLER", "CALLEE", "CALL-ID"]
+    assert row.split()[0] == "answered"
+
+    assert await ctl(calls_admin, "cdr", "--user", "bob") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    assert " busy " in lines[1]
+    assert " answered " in lines[2]
+
+    assert await ctl(calls_admin, "cdr", "--disposition", "no_answer", "--csv") == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [row["call_id"] for row in rows] == ["c3"]
+
+    assert await ctl(calls_admin, "--json", "cdr", "--limit", "1") == 0
+    assert '"call_id": "c4"' in capsys.readouterr().out
+
+    assert await ctl(calls_admin, "cdr", "--since", "yesterday") == 1
+    assert "400" in capsys.readouterr().err
