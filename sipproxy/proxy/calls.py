@@ -218,7 +218,7 @@ class CallTracker:
             return
         if status < 300:
             if call.record.answer is None:
-                self._answered(call, decision.ended_at, None, None, status)
+                self._answered(call, decision.ended_at, None, status)
             return
         self._end(call, decision.ended_at, disposition(status), status=status)
 
@@ -240,9 +240,7 @@ class CallTracker:
         if state is DialogState.EARLY:
             self._set_up(call, event.at)
         elif call.record.answer is None:
-            self._answered(
-                call, event.at, event.answered_by, event.to_tag, event.status
-            )
+            self._answered(call, event.at, event, event.status)
 
     # -- changes of one call -----------------------------------------------------------
 
@@ -275,16 +273,19 @@ class CallTracker:
         self,
         call: _Call,
         at: float,
-        answered_by: str | None,
-        to_tag: str | None,
+        confirmed: DialogEvent | None,
         status: int | None,
     ) -> None:
         self._set_up(call, at)
-        call.to_tag = to_tag
         call.heard = at
-        call.record = dataclasses.replace(
-            call.record, answer=at, answered_by=answered_by, status=status
-        )
+        if confirmed is not None:
+            call.to_tag = confirmed.to_tag
+            call.record = dataclasses.replace(
+                call.record,
+                answered_by=confirmed.answered_by,
+                forwarded=confirmed.forwarded,
+            )
+        call.record = dataclasses.replace(call.record, answer=at, status=status)
         self._write(self.store.keep_live(call.key, call.record))
 
     def _bye(self, event: DialogEvent) -> None:

@@ -126,6 +126,9 @@ class DialogEvent(NamedTuple):
     #: CONFIRMED: the Request-URI of the branch that answered (the binding's
     #: contact, or the target a plan forwarded to)
     answered_by: str | None = None
+    #: CONFIRMED: why the call was forwarded to the branch that answered (its
+    #: newest Diversion reason: user-busy, no-answer...); None: not forwarded
+    forwarded: str | None = None
 
 
 class DecisionObserver(Protocol):
@@ -169,13 +172,14 @@ class Events:
         status: int | None = None,
         user: str | None = None,
         answered_by: str | None = None,
+        forwarded: str | None = None,
     ) -> None:
         """Tell every dialog observer; builds nothing when there is none.
 
         :param message_of: the request whose dialog changed (its Call-ID, From
             and To); ``to_tag`` replaces its To tag (a response's).
-        :param user: who the request authenticated as; ``answered_by``: the
-            branch that answered (see :class:`DialogEvent`).
+        :param user: who the request authenticated as; ``answered_by`` and
+            ``forwarded``: the branch that answered (see :class:`DialogEvent`).
         """
         if not self.dialogs:
             return
@@ -196,6 +200,7 @@ class Events:
             user,
             str(message_of.uri),
             answered_by,
+            forwarded,
         )
         for observer in self.dialogs:
             observer.dialog_changed(event)

@@ -35,6 +35,7 @@ from typing import Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from sipproxy.office.headers import diversion_reason
 from sipproxy.proxy.events import DialogState, Events
 from sipproxy.sip.addressing import Channel, Peer, response_destination
 from sipproxy.sip.errors import ParseError
@@ -479,6 +480,9 @@ class Forking:
             status=None if response is None else response.status,
             user=context.user,
             answered_by=None if branch is None else str(branch.request.uri),
+            forwarded=None
+            if branch is None
+            else diversion_reason(branch.request.headers.get("diversion")),
         )
 
     def _forget(self, context: ResponseContext) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from sipproxy.cdr.record import CallRecord
+from sipproxy.office.headers import diversion_reason
+from sipproxy.office.model import parse_office
 from sipproxy.proxy.calls import CallTracker, disposition
 from sipproxy.proxy.forking import TIMER_C
 from sipproxy.sip.message import Request, Response
@@ -12,6 +14,7 @@ from tests.proxy.test_events import bye_from_bob, cancel_from_alice
 
 OWNER = "udp:127.0.0.1:5060"
 BOB_CONTACT = "sip:bob@10.0.0.62:5060"
+VM = ("192.0.2.99", 5070)
 
 
 class Observer:
@@ -295,3 +298,57 @@ def test_dispositions_by_status() -> None:
         "failed",
         "failed",
     ]
+
+
+def test_a_re_invite_keeps_a_call_alive() -> None:
+    h = Harness()
+    h.register("bob", BOB)
+    tracker, store = tracked(h, max_call_seconds=3600, sweep_every=60)
+    ok = answered(h)
+    h.clock.advance(3000)
+    h.sent_to(BOB)  # the first INVITE's retransmissions, before the 180
+    reinvite = bye_from_alice(ok).replace(b"BYE", b"INVITE").replace(b"bye", b"rei")
+    h.receive(reinvite, ALICE)
+    [to_bob] = requests(h.sent_to(BOB), "INVITE")
+    h.receive(answer(to_bob, 200), BOB)
+    for _ in range(20):
+        h.clock.advance(60)  # past the first hour since the answer
+    assert tracker.active() == 1
+    for _ in range(50):
+        h.clock.advance(60)
+    [record] = store.records
+    assert record.hangup_by == "timeout"
+    assert record.end == 3014.0 + 3600
+
+
+def test_a_call_forwarded_on_busy_names_the_reason_and_who_answered() -> None:
+    vm_uri = f"sip:vm@{VM[0]}:{VM[1]}"
+    h = Harness(
+        office=parse_office(
+            {"extensions": {"102": "bob"}, "forward": {"bob": {"busy": vm_uri}}}
+        ).with_users(frozenset({"alice", "bob"}))
+    )
+    h.register("bob", BOB)
+    _tracker, store = tracked(h)
+    h.receive(invite("bob"), ALICE)
+    [to_bob] = requests(h.sent_to(BOB), "INVITE")
+    h.receive(answer(to_bob, 486), BOB)
+    [to_vm] = requests(h.sent_to(VM), "INVITE")
+    h.receive(answer(to_vm, 200, to_tag="vm"), VM)
+    [ok] = [m for m in h.sent_to(ALICE) if isinstance(m, Response) and m.status == 200]
+    h.receive(bye_from_alice(ok).replace(b";tag=b1", b";tag=vm"), ALICE)
+    [record] = store.records
+    assert (record.forwarded, record.answered_by) == ("user-busy", vm_uri)
+    assert (record.callee, record.disposition) == ("sip:bob@example.test", "answered")
+
+
+def test_the_reason_of_the_newest_diversion() -> None:
+    assert diversion_reason(None) is None
+    assert diversion_reason("<sip:bob@example.test>;counter=1") is None
+    assert (
+        diversion_reason(
+            "<sip:bob@example.test;x=a,b>;reason=no-answer;counter=1, "
+            "<sip:carol@example.test>;reason=user-busy"
+        )
+        == "no-answer"
+    )
