@@ -25,6 +25,10 @@ file's permissions are the check and the token is optional. The routes:
 - ``DELETE /registrations?aor=AOR[&contact=URI]``: remove one binding or all;
 - ``GET /bans``; ``DELETE /bans/{address}``: lift a ban;
 - ``POST /reload``: what SIGHUP does (users, dial plan, limits);
+- ``GET /calls``: calls in progress (``ringing`` or ``answered``);
+- ``GET /cdr[?since=ISO&until=ISO&user=NAME&disposition=A,B&limit=N]``: call
+  detail records, newest first (``limit`` 100 by default, at most 10000);
+  ``GET /cdr.csv``: the same as CSV with a header row;
 - ``GET /users/{name}/forward``: the user's effective forwarding and
   do-not-disturb, and which keys were set at run time;
 - ``PUT /users/{name}/forward/{kind}`` with ``{"target": "sip:..."}``: set the
@@ -59,6 +63,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from typing_extensions import override
 
+from sipproxy.cdr import CallRecordStore
+from sipproxy.cdr.record import DISPOSITIONS, parse_time, to_csv
 from sipproxy.guard import BanList
 from sipproxy.location import Binding, LocationService
 from sipproxy.metrics import CONTENT_TYPE, Metrics
@@ -67,9 +73,11 @@ from sipproxy.office.preferences import OfficePreferences
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.uri import SipURI
 
-__all__ = ["AdminAPI", "AdminError", "AdminServer", "Call", "Reply"]
+__all__ = ["AdminAPI", "AdminError", "AdminServer", "Call", "CallSource", "Reply"]
 
 _JSON = "application/json"
+#: records one /cdr query returns at most
+_MAX_RECORDS = 10_000
 
 
 class AdminServer(Protocol):
@@ -94,6 +102,17 @@ class AdminServer(Protocol):
 
     def reload(self) -> dict[str, Any]:
         """Re-read the configuration as SIGHUP does; what changed, JSON-ready."""
+
+
+class CallSource(Protocol):
+    """Live calls and their records (proxy.calls.CallTracker)."""
+
+    @property
+    def store(self) -> CallRecordStore:
+        """Where the records are."""
+
+    def live(self) -> list[dict[str, Any]]:
+        """Calls in progress, JSON-ready."""
 
 
 class AdminError(Exception):
@@ -145,13 +164,19 @@ class AdminAPI(Resource):
     :param token: the bearer token every non-public route needs; None: no check
         (the service passes None only for a Unix socket without a token).
     :param metrics: the counters for ``/metrics``; None: no such route.
+    :param calls: live calls and call records; None: no ``/calls`` nor ``/cdr``.
     """
 
     isLeaf = True  # noqa: N815 - twisted.web's name
     log = Logger()
 
     def __init__(
-        self, server: AdminServer, *, token: str | None, metrics: Metrics | None
+        self,
+        server: AdminServer,
+        *,
+        token: str | None,
+        metrics: Metrics | None,
+        calls: CallSource | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._server = server
@@ -172,6 +197,11 @@ class AdminAPI(Resource):
         self.add_route("PUT", "/users/{name}/forward/{kind}", self._set_forward)
         self.add_route("PUT", "/users/{name}/dnd", self._set_dnd)
         self.add_route("DELETE", "/users/{name}/forward", self._reset_forward)
+        self._calls = calls
+        if calls is not None:
+            self.add_route("GET", "/calls", self._live_calls)
+            self.add_route("GET", "/cdr", self._cdr)
+            self.add_route("GET", "/cdr.csv", self._cdr_csv)
 
     def add_route(
         self, method: str, path: str, handler: Handler, *, public: bool = False
@@ -350,6 +380,53 @@ class AdminAPI(Resource):
     async def _reload(self, call: Call) -> Reply:
         result = self._server.reload()
         return Reply(result, status=200 if result.get("reloaded") else 409)
+
+    async def _live_calls(self, call: Call) -> Reply:
+        assert self._calls is not None
+        return Reply({"calls": self._calls.live()})
+
+    async def _cdr(self, call: Call) -> Reply:
+        records = await self._records(call)
+        return Reply({"records": [record.to_json() for record in records]})
+
+    async def _cdr_csv(self, call: Call) -> Reply:
+        records = await self._records(call)
+        return Reply(to_csv(records).encode(), content_type="text/csv; charset=utf-8")
+
+    async def _records(self, call: Call) -> list[Any]:
+        assert self._calls is not None
+        query = call.query
+        times: dict[str, float | None] = {}
+        for name in ("since", "until"):
+            text = query.get(name)
+            try:
+                times[name] = None if not text else parse_time(text)
+            except ValueError:
+                raise AdminError(
+                    400, f"{name}={text!r}: expected ISO 8601 (2026-12-04T10:00:00Z)"
+                ) from None
+        dispositions = None
+        if query.get("disposition"):
+            dispositions = frozenset(query["disposition"].split(","))
+            unknown = dispositions - DISPOSITIONS
+            if unknown:
+                raise AdminError(
+                    400,
+                    f"unknown disposition {', '.join(sorted(unknown))}; use "
+                    f"{', '.join(sorted(DISPOSITIONS))}",
+                )
+        limit_text = query.get("limit", "100")
+        if not (limit_text.isascii() and limit_text.isdigit()) or not (
+            1 <= int(limit_text) <= _MAX_RECORDS
+        ):
+            raise AdminError(400, f"limit={limit_text!r}: 1 to {_MAX_RECORDS}")
+        return await self._calls.store.query(
+            since=times["since"],
+            until=times["until"],
+            user=query.get("user") or None,
+            dispositions=dispositions,
+            limit=int(limit_text),
+        )
 
     async def _count_registrations(self) -> tuple[int, int]:
         now = self._server.seconds()

@@ -60,6 +60,11 @@ class Config:
     #: host names or addresses that also mean "this server" in a Request-URI
     aliases: tuple[str, ...] = ()
     location: str = "memory:"
+    #: where call detail records go (``cdr.spec.cdr_from_spec``); auto: beside
+    #: the location store
+    cdr: str = "auto"
+    #: a call silent this long is over (hangup_by "timeout")
+    max_call_seconds: float = 14_400.0
     #: DNS servers for every lookup the server makes; empty: the system's resolv.conf
     dns: tuple[tuple[str, int], ...] = ()
     max_message_size: int = 65536

@@ -294,6 +294,11 @@ def coerce(kind: str, key: str, value: Any) -> Any:
         if value not in ("sequential", "parallel"):
             raise ConfigError(f"forking = {value!r}: use sequential or parallel")
         return value
+    if kind == "cdr":
+        # The form is checked by cdr_from_spec when the options are read (tap).
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{key} = {value!r}: expected a non-empty string")
+        return value.strip()
     if kind == "location":
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key} = {value!r}: expected a non-empty string")

@@ -7,12 +7,16 @@
     sipproxy-ctl stats                    sipproxy-ctl reload
     sipproxy-ctl forward USER             sipproxy-ctl forward USER KIND TARGET
     sipproxy-ctl dnd USER on|off          sipproxy-ctl forward-reset USER
+    sipproxy-ctl calls                    sipproxy-ctl cdr [--since T] [--user U]
 
 ``forward`` KIND is busy, no_answer, unavailable or unconditional; TARGET is a
 user, an extension, a group number or a SIP URI, ``none`` (or ``""``) clears it;
 ``forward USER no_answer TARGET SECONDS`` also sets how long the phones ring.
 What ``forward``/``dnd`` set is kept in the location store and wins over the
-TOML until ``forward-reset``.
+TOML until ``forward-reset``. ``calls`` lists the calls in progress; ``cdr`` the
+call detail records, newest first, filtered by ``--since``/``--until`` (ISO 8601),
+``--user``, ``--disposition`` (comma-separated) and ``--limit``; ``--csv`` prints
+them as CSV for a spreadsheet.
 
 The token comes from ``--token``, ``--token-file`` or the ``SIPPROXY_TOKEN``
 environment variable (in that order); without any, from the file the server
@@ -110,6 +114,16 @@ def _parser() -> argparse.ArgumentParser:
         "forward-reset", help="forget forwarding and DND set here; the TOML applies"
     )
     reset.add_argument("user", help="the user, e.g. alice")
+    commands.add_parser("calls", help="calls in progress")
+    cdr = commands.add_parser("cdr", help="call detail records, newest first")
+    cdr.add_argument("--since", help="from this time on, ISO 8601 (UTC if no zone)")
+    cdr.add_argument("--until", help="before this time, ISO 8601")
+    cdr.add_argument("--user", help="calls from, to or answered by this user")
+    cdr.add_argument(
+        "--disposition", help="e.g. no_answer,busy,cancelled (missed calls)"
+    )
+    cdr.add_argument("--limit", type=int, help="at most this many (100)")
+    cdr.add_argument("--csv", action="store_true", help="print CSV with a header")
     return parser
 
 
@@ -170,6 +184,20 @@ def _run(args: argparse.Namespace, token: str | None) -> int:
         _show(args, answer, _stats_table)
     elif command in ("forward", "dnd", "forward-reset"):
         _show(args, _office(args, token), _forwarding_table)
+    elif command == "calls":
+        _show(args, _call(args, token, "GET", "/calls"), _calls_table)
+    elif command == "cdr":
+        fields = {
+            name: value
+            for name in ("since", "until", "user", "disposition", "limit")
+            if (value := getattr(args, name)) is not None
+        }
+        query = f"?{urlencode(fields)}" if fields else ""
+        if args.csv:
+            data = _call_bytes(args, token, "GET", f"/cdr.csv{query}")
+            sys.stdout.write(data.decode("utf-8", "replace"))
+        else:
+            _show(args, _call(args, token, "GET", f"/cdr{query}"), _cdr_table)
     else:
         answer = _call(args, token, "POST", "/reload")
         _show(args, answer, _reload_text)
@@ -199,6 +227,17 @@ def _call(
     path: str,
     body: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    return _decode(_call_bytes(args, token, method, path, body))
+
+
+def _call_bytes(
+    args: argparse.Namespace,
+    token: str | None,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+) -> bytes:
+    """The body of a successful answer; :raises CtlError: any other."""
     headers = {}
     data = None
     if body is not None:
@@ -215,7 +254,7 @@ def _call(
         except CtlError:
             message = reason
         raise CtlError(f"{method} {path}: {status} {message}")
-    return _decode(answer)
+    return answer
 
 
 def _exchange(
@@ -337,6 +376,46 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
             cell.ljust(width) for cell, width in zip(row, widths, strict=True)
         ).rstrip()
         for row in cells
+    )
+
+
+def _calls_table(answer: dict[str, Any]) -> str:
+    calls = answer.get("calls", [])
+    if not calls:
+        return "no calls in progress"
+    columns = ("state", "start", "answer", "caller", "callee", "call_id")
+    return _table(
+        [name.upper().replace("_", "-") for name in columns],
+        [[call.get(name) for name in columns] for call in calls],
+    )
+
+
+def _cdr_table(answer: dict[str, Any]) -> str:
+    records = answer.get("records", [])
+    if not records:
+        return "no call records"
+    return _table(
+        (
+            "START",
+            "CALLER",
+            "CALLEE",
+            "ANSWERED-BY",
+            "DISPOSITION",
+            "SECONDS",
+            "BILLSEC",
+        ),
+        [
+            (
+                r["start"],
+                r["caller"],
+                r["callee"],
+                r["answered_by"],
+                r["disposition"],
+                r["duration"],
+                r["billsec"],
+            )
+            for r in records
+        ],
     )
 
 

@@ -243,3 +243,59 @@ class _StateCollector(Collector):
             "Seconds since the server started.",
             value=state.uptime,
         )
+
+
+#: INVITE to the first 180 or 200, seconds: post-dial delay.
+_SETUP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)  # fmt: skip
+
+
+class CallMetrics:
+    """Calls, in the registry of a :class:`Metrics`: a call tracker's observer.
+
+    Apart from :class:`Metrics` because calls are counted only when call records
+    are kept (``--cdr``), and by the tracker rather than per message.
+
+    :param active: the number of live calls, read on each scrape.
+    """
+
+    def __init__(self, registry: CollectorRegistry, active: Callable[[], int]) -> None:
+        ended = Counter(
+            "sipproxy_calls",
+            "Calls ended, by CDR disposition.",
+            ["disposition"],
+            registry=registry,
+        )
+        self._ended = {
+            name: ended.labels(name)
+            for name in ("answered", "busy", "no_answer", "cancelled", "failed", "lost")
+        }
+        self._setup = Histogram(
+            "sipproxy_call_setup_seconds",
+            "Time from a call's INVITE to its first ringing or answer.",
+            buckets=_SETUP_BUCKETS,
+            registry=registry,
+        )
+        registry.register(_ActiveCalls(active))
+
+    def call_setup(self, seconds: float) -> None:
+        """A call rang or was answered ``seconds`` after its INVITE."""
+        self._setup.observe(seconds)
+
+    def call_ended(self, disposition: str) -> None:
+        """A call ended with ``disposition``."""
+        child = self._ended.get(disposition)
+        if child is not None:
+            child.inc()
+
+
+class _ActiveCalls(Collector):
+    def __init__(self, active: Callable[[], int]) -> None:
+        self._active = active
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "sipproxy_active_calls", "Calls in progress.", value=self._active()
+        )

@@ -95,6 +95,20 @@ OPTIONS: tuple[Option, ...] = (
         "redis://HOST:PORT/DB.",
     ),
     Option(
+        "cdr",
+        "cdr",
+        "Where call detail records go: auto (default: beside an sqlite: or "
+        "redis:// location, none for memory:), none, jsonl:PATH, sqlite:PATH or "
+        "redis://HOST:PORT/DB.",
+    ),
+    Option(
+        "max-call-seconds",
+        "seconds",
+        "A call nothing is heard of (no BYE, re-INVITE or UPDATE) for this many "
+        "seconds is recorded as ended by timeout (14400).",
+        reload="apply",
+    ),
+    Option(
         "users",
         "path",
         "Apache htdigest file (realm: the first --domain): REGISTER and calls "

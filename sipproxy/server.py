@@ -28,6 +28,8 @@ from sipproxy.admin import AdminAPI, AdminSite
 from sipproxy.admission import Admission
 from sipproxy.auth.digest import Authenticator
 from sipproxy.auth.htdigest import UserDB, load_users
+from sipproxy.cdr import CallRecordStore
+from sipproxy.cdr.spec import cdr_from_spec
 from sipproxy.config import (
     Config,
     ListenSpec,
@@ -38,8 +40,9 @@ from sipproxy.guard import BanList, ConnectionLimiter, TrustedNetworks
 from sipproxy.keys import admin_token, kept_secret, read_secret
 from sipproxy.location import LocationService, LocationStore
 from sipproxy.location.spec import location_from_spec, redacted_spec, redacted_text
-from sipproxy.metrics import Metrics, Snapshot
+from sipproxy.metrics import CallMetrics, Metrics, Snapshot
 from sipproxy.office.preferences import OfficePreferences
+from sipproxy.proxy.calls import CallTracker
 from sipproxy.proxy.core import Proxy, ProxySettings
 from sipproxy.proxy.observer import ProxyObserver
 from sipproxy.registrar import Registrar, RegistrarSettings
@@ -122,6 +125,18 @@ class SIPServerService(MultiService):
         self.proxy = core.proxy
         self.stream_factories: dict[str, SIPStreamFactory] = {}
         self._purge: LoopingCall | None = None
+        self.cdr: CallRecordStore = cdr_from_spec(
+            config.cdr, reactor, location=config.location
+        )
+        # The owner is named once the listeners are known (privilegedStartService);
+        # the tracker watches the proxy only once the store is open.
+        self.calls = CallTracker(
+            self.cdr,
+            reactor,
+            owner="sipproxy",
+            max_call_seconds=config.max_call_seconds,
+            observer=CallMetrics(self.metrics.registry, self._active_calls),
+        )
 
     @override
     def privilegedStartService(self) -> None:
@@ -141,6 +156,11 @@ class SIPServerService(MultiService):
         if self.config.admin is not None:
             self._listen_admin(self.config.admin)
         self.proxy.instance = self.config.advertise or _first_listener(self.ports)
+        # Live call records are keyed by who keeps them, so that a restart closes
+        # its own leftovers as lost and never another process's on a shared
+        # store: --advertise, else the first listener, is what tells processes
+        # apart and stays the same across restarts.
+        self.calls.owner = self.proxy.instance or "sipproxy"
         super().privilegedStartService()  # type: ignore[no-untyped-call]
 
     def _listen(self, spec: ListenSpec) -> IListeningPort:
@@ -177,7 +197,9 @@ class SIPServerService(MultiService):
         return port
 
     def _listen_admin(self, spec: ListenSpec | UnixSocketSpec) -> None:
-        api = AdminAPI(self, token=self.admin_token, metrics=self.metrics)
+        api = AdminAPI(
+            self, token=self.admin_token, metrics=self.metrics, calls=self.calls
+        )
         site = AdminSite(api)  # type: ignore[no-untyped-call]
         site.noisy = False
         site.displayTracebacks = False
@@ -327,6 +349,7 @@ class SIPServerService(MultiService):
         self.admission.reconfigure(config)
         if self.authenticator is not None:
             self.authenticator.nonce_lifetime = config.nonce_lifetime
+        self.calls.max_call_seconds = config.max_call_seconds
 
     @override
     def startService(self) -> None:
@@ -334,6 +357,38 @@ class SIPServerService(MultiService):
         Deferred.fromCoroutine(self.location.open()).addCallbacks(
             self._serving, self._cannot_open
         )
+        Deferred.fromCoroutine(self.cdr.open()).addCallbacks(
+            self._recording, self._cannot_record
+        )
+
+    def _active_calls(self) -> int:
+        return self.calls.active()
+
+    def _recording(self, _: object) -> None:
+        events = self.proxy.events
+        events.decisions.append(self.calls)
+        events.dialogs.append(self.calls)
+
+        def lost(records: list[Any] | None) -> None:
+            if records:
+                self.log.warn(
+                    "{n} calls in progress when the last run ended are recorded "
+                    "as lost",
+                    n=len(records),
+                )
+
+        self.calls.start().addCallback(lost)
+
+    def _cannot_record(self, failure: Failure) -> None:
+        self.log.critical(
+            "sipproxy: error: cannot open call records {cdr}: {why}",
+            cdr=redacted_spec(self.config.cdr),
+            why=redacted_text(failure.getErrorMessage(), self.config.cdr),
+        )
+        # As for the location: a provider bills from these records, so running
+        # without them must not go unnoticed.
+        self._reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        self._reactor.stop()
 
     def _serving(self, _: object) -> None:
         self._open = True
@@ -413,7 +468,22 @@ class SIPServerService(MultiService):
                 connection.transport.loseConnection()  # type: ignore[union-attr]
         self.ports.clear()
         super().stopService()  # type: ignore[no-untyped-call]
-        return Deferred.fromCoroutine(self.location.close())
+        self.calls.stop()
+        events = self.proxy.events
+        if self.calls in events.decisions:
+            events.decisions.remove(self.calls)
+            events.dialogs.remove(self.calls)
+        # Calls still in progress stay live in the store: the next start records
+        # them as lost, with the end it notices.
+        closed = Deferred.fromCoroutine(self.location.close())
+
+        def close_cdr(result: object) -> Deferred[object]:
+            # The location's result (or failure) is what stopping reports.
+            return Deferred.fromCoroutine(self.cdr.close()).addCallback(
+                lambda _: result
+            )
+
+        return closed.addBoth(close_cdr)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from typing_extensions import override
 
 from sipproxy import __version__
 from sipproxy.auth.htdigest import load_users
+from sipproxy.cdr.spec import cdr_from_spec
 from sipproxy.config import (
     Config,
     ConfigError,
@@ -73,6 +74,7 @@ class Options(usage.Options):
             self.config = build_config(file_values, cli)
             # Constructing a store does no I/O; it checks the spec's form.
             location_from_spec(self.config.location, reactor=None)
+            cdr_from_spec(self.config.cdr, None, location=self.config.location)
             if self.config.users is not None:
                 users = load_users(self.config.users, self.config.domains[0])
                 if self.config.office is not None:

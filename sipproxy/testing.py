@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -13,6 +14,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.testing import MemoryReactorClock
 from zope.interface import implementer
 
+from sipproxy.cdr.record import CallRecord
 from sipproxy.sip.addressing import Peer
 
 _T = TypeVar("_T")
@@ -104,3 +106,73 @@ class RecordingChannel:
     def send(self, data: bytes, peer: Peer) -> None:
         """Record one outgoing message."""
         self.sent.append((data, peer))
+
+
+class MemoryCallRecordStore:
+    """A :class:`~sipproxy.cdr.CallRecordStore` in lists, done before it returns.
+
+    :param fail: every operation raises this (a store that is down).
+    """
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.records: list[CallRecord] = []
+        self.live: dict[str, CallRecord] = {}
+        self.fail = fail
+
+    def _check(self) -> None:
+        if self.fail is not None:
+            raise self.fail
+
+    async def open(self) -> None:
+        """Nothing to open."""
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+    async def add(self, record: CallRecord) -> None:
+        """Keep ``record``."""
+        self._check()
+        self.records.append(record)
+
+    async def keep_live(self, key: str, record: CallRecord) -> None:
+        """Keep ``record`` as live under ``key``."""
+        self._check()
+        self.live[key] = record
+
+    async def drop_live(self, key: str) -> None:
+        """Forget the live ``key``."""
+        self._check()
+        self.live.pop(key, None)
+
+    async def close_lost(self, owner: str, now: float) -> list[CallRecord]:
+        """Move ``owner``'s live records to the records as ``lost``."""
+        self._check()
+        keys = [key for key in self.live if key.startswith(f"{owner}:")]
+        lost = sorted(
+            (
+                dataclasses.replace(self.live.pop(key), disposition="lost", end=now)
+                for key in keys
+            ),
+            key=lambda record: record.start,
+        )
+        self.records.extend(lost)
+        return lost
+
+    async def query(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        user: str | None = None,
+        dispositions: frozenset[str] | None = None,
+        limit: int = 100,
+    ) -> list[CallRecord]:
+        """Matching records, newest start first."""
+        self._check()
+        numbered = [
+            (record.start, number, record)
+            for number, record in enumerate(self.records)
+            if record.matches(user, since, until, dispositions)
+        ]
+        numbered.sort(key=lambda item: item[:2], reverse=True)
+        return [record for _start, _number, record in numbered[:limit]]

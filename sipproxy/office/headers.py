@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 from sipproxy.office.plan import Hop
 
-__all__ = ["diversion_headers", "history_info_headers"]
+__all__ = ["diversion_headers", "diversion_reason", "history_info_headers"]
 
 
 def diversion_headers(hops: Sequence[Hop]) -> list[str]:
@@ -20,6 +20,22 @@ def diversion_headers(hops: Sequence[Hop]) -> list[str]:
     return [
         f"<{hop.uri}>;reason={hop.outcome.value};counter=1" for hop in reversed(hops)
     ]
+
+
+def diversion_reason(diversion: str | None) -> str | None:
+    """The ``reason`` of the newest entry of a Diversion value, or None.
+
+    :param diversion: the first Diversion field (the newest entry comes first).
+    """
+    if not diversion:
+        return None
+    # Past the URI's closing ">", so a comma or ";" inside the URI cannot cut.
+    newest = diversion.partition(">")[2].partition(",")[0]
+    for param in newest.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "reason":
+            return value.strip().strip('"') or None
+    return None
 
 
 def history_info_headers(hops: Sequence[Hop], target_uri: str) -> list[str]:

@@ -119,6 +119,16 @@ class DialogEvent(NamedTuple):
     at: float
     #: the status of the response that changed it; None for a request
     status: int | None = None
+    #: CREATED: the user the INVITE authenticated as (None: not authenticated)
+    user: str | None = None
+    #: the Request-URI of the message that changed it: what was dialled
+    uri: str = ""
+    #: CONFIRMED: the Request-URI of the branch that answered (the binding's
+    #: contact, or the target a plan forwarded to)
+    answered_by: str | None = None
+    #: CONFIRMED: why the call was forwarded to the branch that answered (its
+    #: newest Diversion reason: user-busy, no-answer...); None: not forwarded
+    forwarded: str | None = None
 
 
 class DecisionObserver(Protocol):
@@ -160,11 +170,16 @@ class Events:
         *,
         to_tag: str | None = None,
         status: int | None = None,
+        user: str | None = None,
+        answered_by: str | None = None,
+        forwarded: str | None = None,
     ) -> None:
         """Tell every dialog observer; builds nothing when there is none.
 
         :param message_of: the request whose dialog changed (its Call-ID, From
             and To); ``to_tag`` replaces its To tag (a response's).
+        :param user: who the request authenticated as; ``answered_by`` and
+            ``forwarded``: the branch that answered (see :class:`DialogEvent`).
         """
         if not self.dialogs:
             return
@@ -182,6 +197,10 @@ class Events:
             uri_of(message_of, "to"),
             at,
             status,
+            user,
+            str(message_of.uri),
+            answered_by,
+            forwarded,
         )
         for observer in self.dialogs:
             observer.dialog_changed(event)

@@ -35,6 +35,7 @@ from typing import Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from sipproxy.office.headers import diversion_reason
 from sipproxy.proxy.events import DialogState, Events
 from sipproxy.sip.addressing import Channel, Peer, response_destination
 from sipproxy.sip.errors import ParseError
@@ -399,7 +400,9 @@ class Forking:
         branch.timer_c = None
         if 200 <= response.status < 300:
             if self._events.dialogs:
-                self._dialog_changed(context, DialogState.CONFIRMED, response)
+                self._dialog_changed(
+                    context, DialogState.CONFIRMED, response, branch=branch
+                )
             # §16.7 step 5: every 2xx to an INVITE goes up, even after another.
             if invite and context.answered:
                 self._forward_up(context, response)
@@ -451,6 +454,8 @@ class Forking:
         context: ResponseContext,
         state: DialogState,
         response: Response | None = None,
+        *,
+        branch: Branch | None = None,
     ) -> None:
         """Tell the event stream, for an INVITE that creates a dialog only.
 
@@ -473,6 +478,11 @@ class Forking:
             self._clock.seconds(),
             to_tag=to_tag,
             status=None if response is None else response.status,
+            user=context.user,
+            answered_by=None if branch is None else str(branch.request.uri),
+            forwarded=None
+            if branch is None
+            else diversion_reason(branch.request.headers.get("diversion")),
         )
 
     def _forget(self, context: ResponseContext) -> None:

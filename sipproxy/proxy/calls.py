@@ -1,0 +1,385 @@
+"""Calls from the event stream: live calls, and one call detail record per call.
+
+Theory of operation. :class:`CallTracker` is an observer of ``Proxy.events``
+(proxy/events.py) on both streams. A call is an INVITE that creates a dialog,
+keyed by its Call-ID and From tag: every branch of a fork carries the caller's
+tag, so forked branches collapse into one call, and the first 2xx names the
+branch that answered (``answered_by``). What each event does:
+
+- dialog CREATED (the INVITE was forwarded): a live call starts, stored with
+  :meth:`~sipproxy.cdr.CallRecordStore.keep_live`;
+- EARLY, CONFIRMED: ringing, then answered (the record kept again on answer);
+- the final decision on the INVITE: a non-2xx ends the call with its
+  disposition (busy, no answer, cancelled, failed); an INVITE we rejected
+  ourselves (404) never became a call and is recorded at once, except for
+  digest challenges (401, 407), which a caller answers with the same call;
+- TERMINATED by a BYE: the answered call ends; ``hangup_by`` is the caller when
+  the BYE's From tag is the INVITE's, else the callee. A BYE that ends another
+  dialog of a forked call (a second 2xx the caller hangs up at once) does not
+  end the call;
+- a re-INVITE or UPDATE answered in the call keeps it alive; a call nothing is
+  heard of for ``max_call_seconds`` is ended by a periodic sweep with
+  ``hangup_by="timeout"`` (one sweep instead of a timer per call: a minute of
+  slack on a limit counted in hours is cheaper than a DelayedCall per call).
+
+A finished record is :meth:`~sipproxy.cdr.CallRecordStore.add`-ed, then its
+live copy dropped: a crash in between records it twice rather than never. At
+start, :meth:`CallTracker.start` closes the calls this process's previous run
+left live as ``lost``; live records are keyed ``"<owner>:<Call-ID>:<From tag>"``
+so that only this process's are closed.
+
+Costs: the observers run on the message path. A decision that is not about an
+INVITE or UPDATE costs one comparison; storage writes are Deferreds nobody
+waits for; a store that fails is logged once and counted, never raised into
+the proxy. Live calls are capped (``max_calls``); calls over the cap are
+counted in :attr:`CallTracker.untracked` and recorded only if they fail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sipproxy.cdr import CallRecordStore
+from sipproxy.cdr.record import CallRecord
+from sipproxy.proxy.events import DialogEvent, DialogState, FinalDecision
+from sipproxy.sip.errors import ParseError
+
+__all__ = ["DEFAULT_MAX_CALL_SECONDS", "CallObserver", "CallTracker", "disposition"]
+
+#: A call nothing is heard of for this long is over (``--max-call-seconds``).
+DEFAULT_MAX_CALL_SECONDS = 14_400.0
+#: Live calls kept at most: about 1 KiB each, so 100 MiB at worst.
+DEFAULT_MAX_CALLS = 100_000
+#: Statuses that are not the end of a call attempt: the caller retries the
+#: same call with credentials.
+_CHALLENGES = frozenset({401, 407})
+
+
+def disposition(status: int) -> str:
+    """The CDR disposition of a call whose INVITE got ``status`` finally."""
+    if status < 300:
+        return "answered"
+    if status in (486, 600):
+        return "busy"
+    if status in (408, 480):
+        return "no_answer"
+    if status == 487:
+        return "cancelled"
+    return "failed"
+
+
+class CallObserver(Protocol):
+    """Told of calls as they start and end (the metrics)."""
+
+    def call_setup(self, seconds: float) -> None:
+        """A call rang or was answered this many seconds after its INVITE."""
+
+    def call_ended(self, disposition: str) -> None:
+        """A call ended with this disposition."""
+
+
+class _Call:
+    """One live call: its record so far, and what matching needs."""
+
+    __slots__ = ("heard", "ident", "key", "record", "set_up", "to_tag")
+
+    def __init__(self, ident: tuple[str, str], key: str, record: CallRecord) -> None:
+        #: Call-ID and the caller's From tag
+        self.ident = ident
+        #: the live key in the store
+        self.key = key
+        self.record = record
+        #: the To tag of the dialog that answered
+        self.to_tag: str | None = None
+        #: when something of this call was last heard (clock seconds)
+        self.heard = record.start
+        self.set_up = False
+
+
+class CallTracker:
+    """Observes ``Proxy.events`` and writes a :class:`CallRecord` per call.
+
+    :param store: an open store (or one opening: writes wait in its queue).
+    :param clock: the time of events is theirs; the sweep runs on this clock.
+    :param owner: this process's name in live keys, stable across restarts
+        (server.py: ``--advertise``, else the first listener's address).
+    :param max_call_seconds: a call silent this long ends as a timeout.
+    :param max_calls: live calls kept at most.
+    :param sweep_every: seconds between looks for timed-out calls.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        store: CallRecordStore,
+        clock: IReactorTime,
+        *,
+        owner: str,
+        max_call_seconds: float = DEFAULT_MAX_CALL_SECONDS,
+        max_calls: int = DEFAULT_MAX_CALLS,
+        sweep_every: float = 60.0,
+        observer: CallObserver | None = None,
+    ) -> None:
+        self.store = store
+        self.owner = owner
+        self.max_call_seconds = max_call_seconds
+        self.max_calls = max_calls
+        self._clock = clock
+        self._sweep_every = sweep_every
+        self._observer = observer
+        self._calls: dict[tuple[str, str], _Call] = {}
+        self._sweep: IDelayedCall | None = None
+        #: calls not tracked because ``max_calls`` were live
+        self.untracked = 0
+        #: store operations that failed (the first one is logged)
+        self.store_errors = 0
+        #: ended calls by disposition, since start
+        self.ended: Counter[str] = Counter()
+
+    # -- life -------------------------------------------------------------------
+
+    def start(self) -> Deferred[list[CallRecord]]:
+        """Close what a previous run of this owner left live, and start sweeping."""
+        self._schedule()
+        return self._write(self.store.close_lost(self.owner, self._clock.seconds()))
+
+    def stop(self) -> None:
+        """Stop sweeping; live calls stay live in the store (lost at next start)."""
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
+
+    def active(self) -> int:
+        """Calls in progress."""
+        return len(self._calls)
+
+    def live(self) -> list[dict[str, Any]]:
+        """Calls in progress, oldest first, for the admin API's ``/calls``."""
+        calls = sorted(self._calls.values(), key=lambda call: call.record.start)
+        out = []
+        for call in calls:
+            row = call.record.to_json()
+            out.append(
+                {
+                    "call_id": row["call_id"],
+                    "caller": row["caller"],
+                    "callee": row["callee"],
+                    "answered_by": row["answered_by"],
+                    "state": "ringing" if row["answer"] is None else "answered",
+                    "start": row["start"],
+                    "answer": row["answer"],
+                }
+            )
+        return out
+
+    # -- the event stream ----------------------------------------------------------
+
+    def decided(self, decision: FinalDecision) -> None:
+        """A final answer went upstream; only INVITE and UPDATE matter here."""
+        method = decision.request.method
+        if method != "INVITE":
+            if method == "UPDATE":
+                self._heard(decision)
+            return
+        request = decision.request
+        try:
+            from_tag = request.from_addr.tag or ""
+            if request.to_addr.tag is not None:
+                self._heard(decision)  # a re-INVITE
+                return
+        except ParseError:
+            return
+        status = decision.status
+        call = self._calls.get((decision.call_id or "", from_tag))
+        if call is None:
+            if status >= 300 and status not in _CHALLENGES:
+                # Rejected before it was forwarded (404, 403...): no dialog
+                # event came, so the record is made whole here.
+                record = CallRecord(
+                    call_id=decision.call_id or "",
+                    caller=decision.user or decision.caller,
+                    callee=str(request.uri),
+                    start=decision.started_at,
+                    end=decision.ended_at,
+                    disposition=disposition(status),
+                    status=status,
+                )
+                self._count(record.disposition)
+                self._write(self.store.add(record))
+            return
+        if status < 300:
+            if call.record.answer is None:
+                self._answered(call, decision.ended_at, None, status)
+            return
+        self._end(call, decision.ended_at, disposition(status), status=status)
+
+    def dialog_changed(self, event: DialogEvent) -> None:
+        """A dialog was created, became early or confirmed, or ended."""
+        state = event.state
+        if state is DialogState.CREATED:
+            self._created(event)
+            return
+        if state is DialogState.TERMINATED:
+            if event.status is None:
+                self._bye(event)
+            # A final non-2xx: the decision, told first, ended the call.
+            return
+        call = self._calls.get((event.call_id, event.from_tag or ""))
+        if call is None:
+            return
+        call.heard = event.at
+        if state is DialogState.EARLY:
+            self._set_up(call, event.at)
+        elif call.record.answer is None:
+            self._answered(call, event.at, event, event.status)
+
+    # -- changes of one call -----------------------------------------------------------
+
+    def _created(self, event: DialogEvent) -> None:
+        key = (event.call_id, event.from_tag or "")
+        if key in self._calls:
+            return  # the office plan rings again: still the same call
+        if len(self._calls) >= self.max_calls:
+            self.untracked += 1
+            return
+        record = CallRecord(
+            call_id=event.call_id,
+            caller=event.user or event.caller,
+            callee=event.uri or event.callee,
+            start=event.at,
+            # What the record says should this process die before the call ends.
+            disposition="lost",
+        )
+        call = _Call(key, f"{self.owner}:{key[0]}:{key[1]}", record)
+        self._calls[key] = call
+        self._write(self.store.keep_live(call.key, record))
+
+    def _set_up(self, call: _Call, at: float) -> None:
+        if not call.set_up:
+            call.set_up = True
+            if self._observer is not None:
+                self._observer.call_setup(at - call.record.start)
+
+    def _answered(
+        self,
+        call: _Call,
+        at: float,
+        confirmed: DialogEvent | None,
+        status: int | None,
+    ) -> None:
+        self._set_up(call, at)
+        call.heard = at
+        if confirmed is not None:
+            call.to_tag = confirmed.to_tag
+            call.record = dataclasses.replace(
+                call.record,
+                answered_by=confirmed.answered_by,
+                forwarded=confirmed.forwarded,
+            )
+        call.record = dataclasses.replace(call.record, answer=at, status=status)
+        self._write(self.store.keep_live(call.key, call.record))
+
+    def _bye(self, event: DialogEvent) -> None:
+        call_id = event.call_id
+        call = self._calls.get((call_id, event.from_tag or ""))
+        if call is not None:
+            hangup_by, other_tag = "caller", event.to_tag
+        else:
+            # From the callee: the tags the other way round.
+            call = self._calls.get((call_id, event.to_tag or ""))
+            if call is None:
+                return
+            hangup_by, other_tag = "callee", event.from_tag
+        if call.to_tag is not None and other_tag != call.to_tag:
+            return  # another branch's dialog of a forked call
+        answered = call.record.answer is not None
+        self._end(
+            call,
+            event.at,
+            "answered" if answered else "cancelled",
+            hangup_by=hangup_by if answered else None,
+        )
+
+    def _heard(self, decision: FinalDecision) -> None:
+        """A request inside a call was answered: the call is alive."""
+        request = decision.request
+        try:
+            from_tag, to_tag = request.from_addr.tag or "", request.to_addr.tag or ""
+        except ParseError:
+            return
+        call_id = decision.call_id or ""
+        call = self._calls.get((call_id, from_tag)) or self._calls.get(
+            (call_id, to_tag)
+        )
+        if call is not None:
+            call.heard = decision.ended_at
+
+    def _end(
+        self,
+        call: _Call,
+        at: float,
+        disposition: str,
+        *,
+        status: int | None = None,
+        hangup_by: str | None = None,
+    ) -> None:
+        record = call.record
+        del self._calls[call.ident]
+        record = dataclasses.replace(
+            record,
+            end=at,
+            disposition=disposition,
+            status=record.status if status is None else status,
+            hangup_by=hangup_by,
+        )
+        self._count(disposition)
+        self._write(self._finish(call.key, record))
+
+    async def _finish(self, key: str, record: CallRecord) -> None:
+        await self.store.add(record)
+        await self.store.drop_live(key)
+
+    def _count(self, disposition: str) -> None:
+        self.ended[disposition] += 1
+        if self._observer is not None:
+            self._observer.call_ended(disposition)
+
+    # -- time-outs ---------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        self._sweep = self._clock.callLater(self._sweep_every, self.sweep)
+
+    def sweep(self) -> None:
+        """End the calls nothing was heard of for ``max_call_seconds``."""
+        self._sweep = None
+        deadline = self._clock.seconds() - self.max_call_seconds
+        for call in [c for c in self._calls.values() if c.heard <= deadline]:
+            answered = call.record.answer is not None
+            self._end(
+                call,
+                call.heard + self.max_call_seconds,
+                "answered" if answered else "no_answer",
+                hangup_by="timeout",
+            )
+        self._schedule()
+
+    # -- the store ---------------------------------------------------------------
+
+    def _write(self, work: Coroutine[Any, Any, Any]) -> Deferred[Any]:
+        return Deferred.fromCoroutine(work).addErrback(self._store_failed)
+
+    def _store_failed(self, failure: Failure) -> None:
+        self.store_errors += 1
+        if self.store_errors == 1:
+            # Once: a store that is down fails every call, and the log must
+            # not become the next outage. Later failures are counted.
+            self.log.failure("call records cannot be stored", failure)

@@ -1,0 +1,37 @@
+"""Calls in /metrics: active calls, calls by disposition, setup time."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from sipproxy.metrics import CallMetrics, Metrics
+
+
+def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = metrics.text().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_calls_are_counted_by_disposition_with_setup_times() -> None:
+    metrics = Metrics()
+    active = [2]
+    calls = CallMetrics(metrics.registry, lambda: active[0])
+    calls.call_setup(0.4)
+    calls.call_setup(2.5)
+    calls.call_ended("answered")
+    calls.call_ended("busy")
+    calls.call_ended("busy")
+    calls.call_ended("nonsense")
+    seen = samples(metrics)
+    assert seen[("sipproxy_active_calls", ())] == 2
+    assert seen[("sipproxy_calls_total", (("disposition", "busy"),))] == 2
+    assert seen[("sipproxy_calls_total", (("disposition", "answered"),))] == 1
+    assert seen[("sipproxy_calls_total", (("disposition", "lost"),))] == 0
+    assert seen[("sipproxy_call_setup_seconds_count", ())] == 2
+    assert seen[("sipproxy_call_setup_seconds_bucket", (("le", "0.5"),))] == 1
+    active[0] = 0
+    assert samples(metrics)[("sipproxy_active_calls", ())] == 0
