@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 import socket
+from types import MappingProxyType
 
 from sipproxy.auth.digest import compute_response
 from sipproxy.auth.ha1 import compute_ha1
+from sipproxy.auth.htdigest import UserDB
 
 
 def free_port() -> int:
@@ -64,4 +66,19 @@ def digest_answer(
         f'Digest username="{user}", realm="{realm}", nonce="{challenge["nonce"]}", '
         f'uri="{uri}", response="{response}", algorithm={algorithm}, qop=auth, '
         f'nc=00000001, cnonce="{cnonce}"{opaque}'
+    )
+
+
+def user_db(realm: str, **passwords: str) -> UserDB:
+    """A users file's contents in memory: each user's HA1 in MD5 and SHA-256."""
+    return UserDB(
+        realm,
+        MappingProxyType(
+            {
+                user: MappingProxyType(
+                    {a: compute_ha1(user, realm, pw, a) for a in ("MD5", "SHA-256")}
+                )
+                for user, pw in passwords.items()
+            }
+        ),
     )

@@ -8,9 +8,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.logger import LogEvent, capturedLogs, formatEvent
 
+from sipproxy.auth.digest import Authenticator
 from sipproxy.metrics import Metrics, Snapshot
 from sipproxy.sip.message import Request
 from tests.proxy.harness import ALICE, BOB, Harness, answer, invite
+from tests.support import user_db
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -149,13 +151,15 @@ def test_proxy_reports_a_call_and_logs_its_final_decision(
     final = [line for line in lines(logged) if "-> 200" in line]
     assert final == [
         "INVITE call-1 sip:bob@example.test from sip:alice@example.test to "
-        f"sip:bob@example.test -> 200 via udp:{BOB[0]}:{BOB[1]} in 2500 ms"
+        f"sip:bob@example.test -> 200 via udp:{BOB[0]}:{BOB[1]} in 2500 ms, "
+        "call answered"
     ]
     event = next(e for e in logged if e.get("status") == 200)
-    assert (event["caller"], event["callee"], event["ms"]) == (
+    assert (event["caller"], event["callee"], event["ms"], event["call"]) == (
         "sip:alice@example.test",
         "sip:bob@example.test",
         2500,
+        "answered",
     )
 
 
@@ -168,9 +172,24 @@ def test_own_refusals_are_counted_and_logged_with_who_decided(
     found = samples(metrics)
     assert found[("sipproxy_responses_total", (("status_class", "4xx"),))] == 1
     assert any(
-        line.endswith("-> 404 via refused in 0 ms") and "call-1" in line
+        line.endswith("-> 404 via refused in 0 ms, call failed") and "call-1" in line
         for line in lines(logged)
     ), lines(logged)
+
+
+def test_a_challenged_invite_names_no_call_disposition(
+    logged: Sequence[LogEvent],
+) -> None:
+    """A 407 is no end of a call: the caller answers it with the same call."""
+    h = Harness(
+        auth=Authenticator(
+            "example.test", user_db("example.test", alice="pw"), b"n" * 32
+        )
+    )
+    h.receive(invite(), ALICE)
+    challenged = [line for line in lines(logged) if "-> 407" in line]
+    assert len(challenged) == 1, lines(logged)
+    assert challenged[0].endswith(" ms"), challenged
 
 
 def test_successful_options_is_counted_but_not_logged(

@@ -26,6 +26,7 @@ __all__ = [
     "DISPOSITIONS",
     "HANGUP_BY",
     "CallRecord",
+    "disposition_of",
     "format_time",
     "parse_time",
     "to_csv",
@@ -212,6 +213,19 @@ CSV_FIELDS = (
 
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _CALLER_TEXT = ("call_id", "caller", "callee", "answered_by", "forwarded")
+
+
+def disposition_of(status: int) -> str:
+    """The disposition of a call whose INVITE got ``status`` as its final answer."""
+    if status < 300:
+        return "answered"
+    if status in (486, 600):
+        return "busy"
+    if status in (408, 480):
+        return "no_answer"
+    if status == 487:
+        return "cancelled"
+    return "failed"
 
 
 def to_csv(records: Iterable[CallRecord]) -> str:

@@ -49,6 +49,7 @@ from twisted.python.failure import Failure
 
 from sipproxy.cdr import CallRecordStore
 from sipproxy.cdr.record import CallRecord
+from sipproxy.cdr.record import disposition_of as disposition
 from sipproxy.proxy.events import DialogEvent, DialogState, FinalDecision
 from sipproxy.sip.errors import ParseError
 
@@ -61,19 +62,6 @@ DEFAULT_MAX_CALLS = 100_000
 #: Statuses that are not the end of a call attempt: the caller retries the
 #: same call with credentials.
 _CHALLENGES = frozenset({401, 407})
-
-
-def disposition(status: int) -> str:
-    """The CDR disposition of a call whose INVITE got ``status`` finally."""
-    if status < 300:
-        return "answered"
-    if status in (486, 600):
-        return "busy"
-    if status in (408, 480):
-        return "no_answer"
-    if status == 487:
-        return "cancelled"
-    return "failed"
 
 
 class CallObserver(Protocol):

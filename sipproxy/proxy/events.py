@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from twisted.logger import Logger
 
+from sipproxy.cdr.record import disposition_of
 from sipproxy.sip.addressing import Peer
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.message import Request
@@ -206,6 +207,15 @@ class Events:
             observer.dialog_changed(event)
 
 
+_LINE = (
+    "{method} {call_id} {uri} from {caller} to {callee} -> {status} "
+    "via {route} in {ms} ms"
+)
+_LINE_WITH_CALL = _LINE + ", call {call}"
+#: Answers that ask for credentials: the caller retries the same call.
+_CHALLENGES = frozenset({401, 407})
+
+
 class FinalLogLine:
     """Each final decision's count for the metrics, and its one log line.
 
@@ -239,9 +249,17 @@ class FinalLogLine:
             # out of the log (bench: 33% of CPU at 1000 REGISTER/s went here).
             return
         # Structured fields for --log-format json; credentials never appear here.
+        # An INVITE's line names its call record's disposition, so the log and
+        # /cdr tell one story; a challenge is no end of a call (the caller
+        # answers it with the same call) and names none.
+        call = (
+            disposition_of(decision.status)
+            if request.method == "INVITE" and decision.status not in _CHALLENGES
+            else None
+        )
         self.log.info(
-            "{method} {call_id} {uri} from {caller} to {callee} -> {status} "
-            "via {route} in {ms} ms",
+            _LINE_WITH_CALL if call is not None else _LINE,
+            call=call,
             method=request.method,
             call_id=decision.call_id,
             uri=request.uri,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from types import MappingProxyType
 
 import pytest
 
@@ -20,6 +19,7 @@ from sipproxy.auth.htdigest import UserDB
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.headers import Headers
 from sipproxy.sip.message import Request
+from tests.support import user_db
 
 REALM = "example.test"
 URI = "sip:example.test"
@@ -27,23 +27,11 @@ SECRET = b"k" * 32
 NOW = 1_000_000.0
 
 
-def user_db(realm: str = REALM, **passwords: str) -> UserDB:
-    return UserDB(
-        realm,
-        MappingProxyType(
-            {
-                user: MappingProxyType(
-                    {a: compute_ha1(user, realm, pw, a) for a in ("MD5", "SHA-256")}
-                )
-                for user, pw in passwords.items()
-            }
-        ),
-    )
-
-
 @pytest.fixture
 def auth() -> Authenticator:
-    return Authenticator(REALM, user_db(alice="wonderland", bob="builder"), SECRET)
+    return Authenticator(
+        REALM, user_db(REALM, alice="wonderland", bob="builder"), SECRET
+    )
 
 
 def answer(
@@ -241,7 +229,7 @@ def test_each_challenge_has_its_own_nonce(auth: Authenticator) -> None:
 
 def test_opaque_is_constant_per_secret() -> None:
     """The opaque depends only on the secret."""
-    users = user_db(alice="x")
+    users = user_db(REALM, alice="x")
     assert Authenticator(REALM, users, SECRET).opaque == (
         Authenticator("other", users, SECRET).opaque
     )
@@ -270,7 +258,7 @@ def test_only_md5_offered_when_a_user_lacks_sha256() -> None:
 
 def test_bad_configuration_is_refused() -> None:
     """Unknown algorithms, an empty secret or a zero lifetime raise ValueError."""
-    users = user_db(alice="x")
+    users = user_db(REALM, alice="x")
     with pytest.raises(ValueError, match="algorithms"):
         Authenticator(REALM, users, SECRET, algorithms=("SHA-512-256",))
     with pytest.raises(ValueError, match="secret"):
@@ -512,7 +500,9 @@ def test_burnt_nonces_stay_bounded() -> None:
     A burnt nonce pushed out is, like any forgotten one, STALE with the right
     password and FAILED with a wrong one: never OK.
     """
-    auth = Authenticator(REALM, user_db(alice="wonderland"), SECRET, max_nonces=2)
+    auth = Authenticator(
+        REALM, user_db(REALM, alice="wonderland"), SECRET, max_nonces=2
+    )
     first = auth.challenge(NOW)[0]
     assert verify(auth, answer(first, "alice", "guess")).outcome is Outcome.FAILED
     for _ in range(3):
@@ -525,7 +515,9 @@ def test_burnt_nonces_stay_bounded() -> None:
 
 def test_forgotten_nonce_is_stale_not_replayable() -> None:
     """When the nc memory is full, an evicted nonce is STALE, never replayable."""
-    auth = Authenticator(REALM, user_db(alice="wonderland"), SECRET, max_nonces=2)
+    auth = Authenticator(
+        REALM, user_db(REALM, alice="wonderland"), SECRET, max_nonces=2
+    )
     first = answer(auth.challenge(NOW)[0], "alice", "wonderland")
     assert verify(auth, first).outcome is Outcome.OK
     for _ in range(2):
@@ -695,7 +687,7 @@ def test_proxy_authorization(auth: Authenticator) -> None:
 def test_new_users_take_effect(auth: Authenticator) -> None:
     """Replacing ``users`` (a reloaded file) changes who may log in."""
     value = auth.challenge(NOW)[0]
-    auth.users = user_db(carol="pw")
+    auth.users = user_db(REALM, carol="pw")
     assert verify(auth, answer(value, "carol", "pw")).outcome is Outcome.OK
     assert verify(auth, answer(value, "alice", "wonderland")).outcome is (
         Outcome.FAILED
@@ -704,7 +696,7 @@ def test_new_users_take_effect(auth: Authenticator) -> None:
 
 def test_non_ascii_user(auth: Authenticator) -> None:
     """User names and passwords are hashed as UTF-8."""
-    auth.users = user_db(**{"zoë": "pässword"})
+    auth.users = user_db(REALM, **{"zoë": "pässword"})
     value = auth.challenge(NOW)[0]
     assert verify(auth, answer(value, "zoë", "pässword")) == AuthResult(
         Outcome.OK, "zoë"

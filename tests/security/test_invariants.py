@@ -55,9 +55,9 @@ from sipproxy.sip.message import Request, Response
 from sipproxy.sip.parser import parse_message
 from sipproxy.sip.uri import SipURI
 from tests.auth.test_digest import answer as digest_answer
-from tests.auth.test_digest import user_db
 from tests.proxy.harness import Harness, run
 from tests.proxy.harness import answer as respond
+from tests.support import user_db
 
 Address = tuple[str, int]
 
