@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 NETNS := unshare $(shell [ "$$(id -u)" = 0 ] && printf '%s' -n || printf '%s' -rn) -- \
 	sh -c 'ip link set lo up && exec "$$0" "$$@"'
 # tool:debian-package pairs the test suite needs on the machine
-SYSTEM_TOOLS := sipp:sip-tester redis-server:redis-server unshare:util-linux ip:iproute2 baresip:baresip-core fail2ban-regex:fail2ban htdigest:apache2-utils openssl:openssl systemd-analyze:systemd
+SYSTEM_TOOLS := sipp:sip-tester redis-server:redis-server unshare:util-linux ip:iproute2 baresip:baresip-core linphonec:linphone-cli fail2ban-regex:fail2ban htdigest:apache2-utils openssl:openssl systemd-analyze:systemd
 
 .PHONY: run test venv system-deps lint check
 # tool:debian-package pairs only the benchmark needs (bench/, `make bench`)
