@@ -240,21 +240,25 @@ class UdpPhone:
         return response
 
 
-@pytest.fixture
-def presence_server(tmp_path: Path) -> Iterator[RunningServer]:
+def serve(tmp_path: Path, *extra: str) -> RunningServer:
     """Sipproxy for example.test with a users file (alice, bob, carol), UDP."""
     users = tmp_path / "users.htdigest"
     for user, password in PASSWORDS.items():
         write_user(users, user, REALM, password)
     port = free_port()
-    server = start_twistd(
+    return start_twistd(
         [
             "--domain", REALM, "--users", str(users),
-            "--listen", f"udp:{port}:interface=127.0.0.1",
+            "--listen", f"udp:{port}:interface=127.0.0.1", *extra,
         ],
         port,
         tmp_path / "twistd.log",
     )  # fmt: skip
+
+
+@pytest.fixture
+def presence_server(tmp_path: Path) -> Iterator[RunningServer]:
+    server = serve(tmp_path)
     yield server
     stop(server.process)
     assert "Traceback" not in server.log_text(), server.log_text()
@@ -497,3 +501,86 @@ def test_publish_goes_to_the_users_phones(phones: dict[str, UdpPhone]) -> None:
     bob.answer(back, 489)
     answer = bob.receive_response()
     assert (answer.status, answer.cseq.method) == (489, "PUBLISH")
+
+
+def test_a_forked_subscribe_gets_a_notify_from_each_phone(tmp_path: Path) -> None:
+    """Bob has two phones and the proxy forks in parallel: both are notifiers.
+
+    Both phones get the SUBSCRIBE and accept it; alice gets one 200, the first
+    (§16.7: a non-INVITE has one final answer), and a NOTIFY from each phone,
+    each in a dialog of its own that the proxy record-routed (RFC 6665
+    §4.1.2.4: a forked SUBSCRIBE may create several subscriptions).
+    """
+    server = serve(tmp_path, "--forking", "parallel")
+    alice = UdpPhone(server.port, "alice")
+    desk, mobile = UdpPhone(server.port, "bob"), UdpPhone(server.port, "bob")
+    try:
+        for phone in (alice, desk, mobile):
+            phone.register()
+        subscribe = alice.request(
+            "SUBSCRIBE", desk.aor, headers=[("Event", "presence")]
+        )
+        sent = alice.send_authenticated(subscribe)
+        arrived = [phone.receive_request() for phone in (desk, mobile)]
+        assert [a.method for a in arrived] == ["SUBSCRIBE", "SUBSCRIBE"]
+        desk.answer(arrived[0], 200)
+        ok = alice.receive_response()
+        assert (ok.status, ok.to_addr.tag) == (200, desk.tag)
+        mobile.answer(arrived[1], 200)
+        assert alice.silent()  # the second 200 is not forwarded
+
+        for phone, request in zip((desk, mobile), arrived, strict=True):
+            phone.send(
+                phone.request(
+                    "NOTIFY",
+                    f"sip:alice@127.0.0.1:{alice.port}",
+                    to=alice.aor,
+                    to_tag=alice.tag,
+                    call_id=sent.call_id,
+                    routes=request.headers.get_all("Record-Route"),
+                    headers=[
+                        ("Event", "presence"),
+                        ("Subscription-State", "active;expires=600"),
+                        ("Content-Type", "application/pidf+xml"),
+                    ],
+                    body=PIDF,
+                )
+            )
+            notify = alice.receive_request()
+            assert notify.method == "NOTIFY"
+            assert notify.from_addr.tag == phone.tag
+            assert str(notify.from_addr.uri) == desk.aor
+            alice.answer(notify, 200)
+            assert phone.receive_response().status == 200
+    finally:
+        for phone in (alice, desk, mobile):
+            phone.close()
+        stop(server.process)
+    assert "Traceback" not in server.log_text(), server.log_text()
+
+
+def test_a_voicemail_lamp_subscribe_to_ones_own_aor_reaches_ones_phones(
+    phones: dict[str, UdpPhone],
+) -> None:
+    """SUBSCRIBE message-summary to one's own AOR goes to one's own phones.
+
+    Phones subscribe to their own AOR for the voicemail lamp (RFC 3842 §3).
+    sipproxy holds no mailbox and no presence state: like any request to one
+    of our users it goes to the phones the user registered (RFC 3261 §16.5),
+    here the very phone that sent it, whose answer (489 Bad Event, RFC 6665
+    §8.3.2) goes back.
+    """
+    alice = phones["alice"]
+    subscribe = alice.request(
+        "SUBSCRIBE",
+        alice.aor,
+        headers=[("Event", "message-summary"), ("Expires", "3600")],
+    )
+    sent = alice.send_authenticated(subscribe)
+    back = alice.receive_request()
+    assert (back.method, back.call_id) == ("SUBSCRIBE", sent.call_id)
+    assert back.uri == f"sip:alice@127.0.0.1:{alice.port}"
+    assert back.headers.get("Event") == "message-summary"
+    alice.answer(back, 489)
+    answer = alice.receive_response()
+    assert (answer.status, answer.cseq.method) == (489, "SUBSCRIBE")
