@@ -22,12 +22,19 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from typing_extensions import override
 
 from sipproxy.auth.htdigest import write_user
 from sipproxy.sip.message import Request, Response
 from sipproxy.sip.parser import parse_message
 from sipproxy.sip.uri import SipURI
-from tests.integration.conftest import RunningServer, free_port, start_twistd, stop
+from tests.integration.conftest import (
+    RunningServer,
+    free_port,
+    read_response,
+    start_twistd,
+    stop,
+)
 from tests.support import challenge_params, digest_answer
 
 pytestmark = pytest.mark.integration
@@ -63,6 +70,8 @@ class UdpPhone:
     :param proxy_port: where the proxy listens (registrar and outbound proxy).
     :param user: the user's name in example.test; its password is in PASSWORDS.
     """
+
+    transport = "UDP"
 
     def __init__(self, proxy_port: int, user: str) -> None:
         self.user = user
@@ -138,8 +147,8 @@ class UdpPhone:
         to_value = f"<{to or uri}>" + (f";tag={to_tag}" if to_tag else "")
         fields = [
             f"{method} {uri} SIP/2.0",
-            f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{self.user}"
-            f"{number};rport",
+            f"Via: SIP/2.0/{self.transport} 127.0.0.1:{self.port}"
+            f";branch=z9hG4bK{self.user}{number};rport",
             "Max-Forwards: 70",
             *(f"Route: {route}" for route in routes),
             f"From: <{self.aor}>;tag={self.tag}",
@@ -240,16 +249,20 @@ class UdpPhone:
         return response
 
 
-def serve(tmp_path: Path, *extra: str) -> RunningServer:
-    """Sipproxy for example.test with a users file (alice, bob, carol), UDP."""
+def serve(tmp_path: Path, *extra: str, tcp: bool = False) -> RunningServer:
+    """Sipproxy for example.test with a users file (alice, bob, carol).
+
+    UDP on a free port of 127.0.0.1, and TCP on the same port if ``tcp``.
+    """
     users = tmp_path / "users.htdigest"
     for user, password in PASSWORDS.items():
         write_user(users, user, REALM, password)
     port = free_port()
+    transports = ("udp", "tcp") if tcp else ("udp",)
+    listeners = [f"--listen={kind}:{port}:interface=127.0.0.1" for kind in transports]
     return start_twistd(
         [
-            "--domain", REALM, "--users", str(users),
-            "--listen", f"udp:{port}:interface=127.0.0.1", *extra,
+            "--domain", REALM, "--users", str(users), *listeners, *extra,
         ],
         port,
         tmp_path / "twistd.log",
@@ -284,6 +297,38 @@ def ours(presence_server: RunningServer, value: str) -> bool:
         and bool(uri.user)
         and any(name == "lr" for name, _ in uri.params)
     )
+
+
+class TcpPhone(UdpPhone):
+    """The same phone on one TCP connection to the proxy, kept open.
+
+    Requests to it come on that connection (RFC 5626 §5.3, the flow it
+    registered on), NOTIFYs of its subscriptions included.
+    """
+
+    transport = "TCP"
+
+    def __init__(self, proxy_port: int, user: str) -> None:
+        super().__init__(proxy_port, user)
+        self.sock.close()
+        self.sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=3)
+        self.port = self.sock.getsockname()[1]
+        self.contact = f"<sip:{user}@127.0.0.1:{self.port};transport=tcp>"
+
+    @override
+    def send(self, message: Request | Response) -> None:
+        self.sock.sendall(message.to_bytes())
+
+    @override
+    def receive(self, timeout: float = 3.0) -> Request | Response:
+        self.sock.settimeout(timeout)
+        while True:
+            data = read_response(self.sock)  # one message framed by Content-Length
+            if not data:
+                raise TimeoutError("nothing on the connection")
+            message = parse_message(data, stream=True)
+            if not (isinstance(message, Response) and message.status == 100):
+                return message
 
 
 @pytest.mark.parametrize("event", sorted(PACKAGES))
@@ -584,3 +629,50 @@ def test_a_voicemail_lamp_subscribe_to_ones_own_aor_reaches_ones_phones(
     alice.answer(back, 489)
     answer = alice.receive_response()
     assert (answer.status, answer.cseq.method) == (489, "SUBSCRIBE")
+
+
+def test_a_subscriber_on_tcp_gets_its_notify_on_its_connection(tmp_path: Path) -> None:
+    """Alice's phone keeps a TCP connection; bob's NOTIFY arrives on it.
+
+    The Record-Route entry facing alice names her connection (proxy/flows.py),
+    so bob's NOTIFY, sent over UDP along the dialog's route set, reaches her on
+    the connection she subscribed on (RFC 5626 §5.3), not on a new one.
+    """
+    server = serve(tmp_path, tcp=True)
+    alice, bob = TcpPhone(server.port, "alice"), UdpPhone(server.port, "bob")
+    try:
+        alice.register()
+        bob.register()
+        subscribe = alice.request("SUBSCRIBE", bob.aor, headers=[("Event", "presence")])
+        sent = alice.send_authenticated(subscribe)
+        arrived = bob.receive_request()
+        record_routes = arrived.headers.get_all("Record-Route")
+        assert ";transport=tcp" in record_routes[1], record_routes  # alice's side
+        bob.answer(arrived, 200)
+        assert alice.receive_response().status == 200
+        bob.send(
+            bob.request(
+                "NOTIFY",
+                f"sip:alice@127.0.0.1:{alice.port};transport=tcp",
+                to=alice.aor,
+                to_tag=alice.tag,
+                call_id=sent.call_id,
+                routes=record_routes,
+                headers=[
+                    ("Event", "presence"),
+                    ("Subscription-State", "active;expires=600"),
+                    ("Content-Type", "application/pidf+xml"),
+                ],
+                body=PIDF,
+            )
+        )
+        notify = alice.receive_request()
+        assert (notify.method, notify.body) == ("NOTIFY", PIDF)
+        assert notify.top_via.transport == "TCP"
+        alice.answer(notify, 200)
+        assert bob.receive_response().status == 200
+    finally:
+        alice.close()
+        bob.close()
+        stop(server.process)
+    assert "Traceback" not in server.log_text(), server.log_text()
