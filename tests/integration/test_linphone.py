@@ -24,13 +24,21 @@ from tests.integration.conftest import (
 )
 from tests.integration.linphone import Linphonec
 
-pytestmark = pytest.mark.integration
+# The tool first: without it the test skips (fails under CI=true) before any
+# server starts.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("linphonec_path")]
 
 REALM = "example.test"
 PASSWORDS = {"alice": "alice-secret", "bob": "bob-secret"}
 ALICE, BOB = f"sip:alice@{REALM}", f"sip:bob@{REALM}"
 
 StartLinphonec = Callable[..., Linphonec]
+
+
+@pytest.fixture
+def linphonec_path() -> str:
+    """Where linphonec is; skip without it, but fail under CI=true."""
+    return require_tool("linphonec")
 
 
 @pytest.fixture
@@ -54,9 +62,10 @@ def users_server(tmp_path: Path) -> Iterator[RunningServer]:
 
 
 @pytest.fixture
-def linphonec(tmp_path: Path, users_server: RunningServer) -> Iterator[StartLinphonec]:
+def linphonec(
+    tmp_path: Path, users_server: RunningServer, linphonec_path: str
+) -> Iterator[StartLinphonec]:
     """``linphonec(user, **options)``: a registered linphonec; all stop at the end."""
-    executable = require_tool("linphonec")
     started: list[Linphonec] = []
 
     def start(
@@ -74,7 +83,7 @@ def linphonec(tmp_path: Path, users_server: RunningServer) -> Iterator[StartLinp
             subscribe_to=subscribe_to,
             accept_from=accept_from,
             publish=publish,
-            executable=executable,
+            executable=linphonec_path,
         )
         started.append(phone)
         phone.start()
