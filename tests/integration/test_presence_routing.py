@@ -9,9 +9,10 @@ SUBSCRIBE creates a dialog (RFC 6665 §4.1), so the proxy record-routes it, and
 the NOTIFYs of that dialog come back through the tokens of our Record-Route
 (proxy/flows.py) without being challenged.
 
-The phones are raw UDP sockets on 127.0.0.1 (:class:`UdpPhone`): each registers
-with digest credentials, sends requests (answering a 407 with credentials) and
-answers what reaches it, so every header the proxy writes can be checked.
+The phones are raw sockets on 127.0.0.1 (:class:`UdpPhone`, and
+:class:`TcpPhone` on one kept connection): each registers with digest
+credentials, sends requests (answering a 407 with credentials) and answers what
+reaches it, so every header the proxy writes can be checked.
 """
 
 from __future__ import annotations
