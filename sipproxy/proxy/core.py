@@ -56,6 +56,7 @@ from sipproxy.proxy.office_calls import OfficeCalls
 from sipproxy.proxy.owner import Owners
 from sipproxy.proxy.routing import is_loop, loop_key, preprocess_routes
 from sipproxy.proxy.stamps import Stamps
+from sipproxy.proxy.subscribe import on_subscribe
 from sipproxy.proxy.targets import TargetLookup
 from sipproxy.sip.addressing import (
     Channel,
@@ -150,7 +151,9 @@ class Proxy:
         )
         #: Who handles a request, by method (after §16.3 and the auth gate);
         #: any method not listed is proxied.
-        self.handlers: dict[str, Handler] = dict(HANDLERS)
+        # SUBSCRIBE's handler lives beside the notifier and uses ``proxy`` of
+        # handlers.py: listed here, so that handlers.py need not import it back.
+        self.handlers: dict[str, Handler] = {**HANDLERS, "SUBSCRIBE": on_subscribe}
         self.forking = context.forking = Forking(
             clock=clock,
             layer=self.layer,
