@@ -36,7 +36,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE", "Metrics", "Snapshot"]
+__all__ = ["CONTENT_TYPE", "Metrics", "Snapshot", "SubscriptionMetrics"]
 
 # A "_created" time stamp per label child doubles the output and says only when
 # the process started, which sipproxy_uptime_seconds says once.
@@ -286,6 +286,51 @@ class CallMetrics:
         child = self._ended.get(disposition)
         if child is not None:
             child.inc()
+
+
+class SubscriptionMetrics:
+    """Busy-lamp subscriptions, in the registry of a :class:`Metrics`.
+
+    The notifier's observer (proxy/notifier.py): ``sipproxy_notify_total`` by
+    result, counted as each NOTIFY's transaction ends, and the
+    ``sipproxy_subscriptions`` gauge, read on each scrape.
+
+    :param count: the subscriptions served now.
+    """
+
+    RESULTS = ("ok", "timeout", "gone", "error")
+
+    def __init__(self, registry: CollectorRegistry, count: Callable[[], int]) -> None:
+        answered = Counter(
+            "sipproxy_notify",
+            "NOTIFYs of busy-lamp subscriptions by result: ok (2xx), timeout "
+            "(no answer), gone (481), error (any other failure).",
+            ["result"],
+            registry=registry,
+        )
+        self._results = {name: answered.labels(name) for name in self.RESULTS}
+        registry.register(_Subscriptions(count))
+
+    def notify_result(self, result: str) -> None:
+        """A NOTIFY's transaction ended with ``result``."""
+        child = self._results.get(result)
+        if child is not None:
+            child.inc()
+
+
+class _Subscriptions(Collector):
+    def __init__(self, count: Callable[[], int]) -> None:
+        self._count = count
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "sipproxy_subscriptions",
+            "Busy-lamp (dialog event) subscriptions served.",
+            value=self._count(),
+        )
 
 
 class _ActiveCalls(Collector):

@@ -40,7 +40,7 @@ from sipproxy.guard import BanList, ConnectionLimiter, TrustedNetworks
 from sipproxy.keys import admin_token, kept_secret, read_secret
 from sipproxy.location import LocationService, LocationStore
 from sipproxy.location.spec import location_from_spec, redacted_spec, redacted_text
-from sipproxy.metrics import CallMetrics, Metrics, Snapshot
+from sipproxy.metrics import CallMetrics, Metrics, Snapshot, SubscriptionMetrics
 from sipproxy.office.preferences import OfficePreferences
 from sipproxy.proxy.calls import CallTracker
 from sipproxy.proxy.core import Proxy, ProxySettings
@@ -126,6 +126,9 @@ class SIPServerService(MultiService):
         self.office = core.office
         self.proxy = core.proxy
         self.notifier = core.notifier
+        self.notifier.observer = SubscriptionMetrics(
+            self.metrics.registry, self.notifier.count
+        )
         self.stream_factories: dict[str, SIPStreamFactory] = {}
         self._purge: LoopingCall | None = None
         self.cdr: CallRecordStore = cdr_from_spec(
@@ -201,7 +204,11 @@ class SIPServerService(MultiService):
 
     def _listen_admin(self, spec: ListenSpec | UnixSocketSpec) -> None:
         api = AdminAPI(
-            self, token=self.admin_token, metrics=self.metrics, calls=self.calls
+            self,
+            token=self.admin_token,
+            metrics=self.metrics,
+            calls=self.calls,
+            subscriptions=self.notifier,
         )
         site = AdminSite(api)  # type: ignore[no-untyped-call]
         site.noisy = False

@@ -47,7 +47,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -70,6 +70,7 @@ __all__ = [
     "Lamps",
     "Notifier",
     "NotifierSettings",
+    "NotifyObserver",
     "SendRequest",
     "Subscription",
 ]
@@ -85,6 +86,13 @@ DEFAULT_MAX_CALLS = 100_000
 #: a client transaction (HandlerContext.send_request); every response reaches
 #: ``on_response``, a timeout as 408 and a transport error as 503.
 SendRequest = Callable[[Request, Peer, Callable[[Response], None], str | None], object]
+
+
+class NotifyObserver(Protocol):
+    """Told how each NOTIFY's transaction ended (the metrics)."""
+
+    def notify_result(self, result: str) -> None:
+        """``ok``, ``timeout``, ``gone`` (481) or ``error``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +348,8 @@ class Notifier:
         self.store_errors = 0
         #: calls not tracked because ``max_calls`` were
         self.untracked = 0
+        #: told of each NOTIFY's result (the metrics), if set
+        self.observer: NotifyObserver | None = None
 
     # -- life -------------------------------------------------------------------
 
@@ -663,7 +673,7 @@ class Notifier:
     def _answered(self, subscription: Subscription, status: int) -> None:
         subscription.in_flight = False
         if status < 300:
-            self.results["ok"] += 1
+            self._count("ok")
             if subscription.ending is not None:
                 return
             # The version is what the next restart must go on from.
@@ -671,8 +681,7 @@ class Notifier:
             if subscription.pending:
                 self._notify(subscription)
             return
-        result = {408: "timeout", 481: "gone"}.get(status, "error")
-        self.results[result] += 1
+        self._count({408: "timeout", 481: "gone"}.get(status, "error"))
         if subscription.ending is not None:
             return
         # RFC 6665 §4.2.2: a NOTIFY that fails (timeout, 481, any final error
@@ -686,6 +695,11 @@ class Notifier:
         )
         subscription.ending = "deactivated"
         self._remove(subscription)
+
+    def _count(self, result: str) -> None:
+        self.results[result] += 1
+        if self.observer is not None:
+            self.observer.notify_result(result)
 
     # -- the table ---------------------------------------------------------------
 
