@@ -60,6 +60,9 @@ from sipproxy.transport.tls import TLSClient, credentials_of, server_options
 from sipproxy.transport.udp import SIPDatagramProtocol
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
+#: On a shared store, how often each process reads the busy-lamp subscriptions
+#: the others made or ended (a refresh that reaches us reads them at once).
+SYNC_SECONDS = 10.0
 
 
 class SIPServerService(MultiService):
@@ -415,6 +418,9 @@ class SIPServerService(MultiService):
             )
 
         Deferred.fromCoroutine(self.notifier.start()).addCallbacks(served, unreadable)
+        if self.config.location.lower().startswith("redis"):
+            # Other processes on the store make and end subscriptions too.
+            self.notifier.sync_every(SYNC_SECONDS)
         if hasattr(signal, "SIGHUP"):
             signal.signal(
                 signal.SIGHUP,

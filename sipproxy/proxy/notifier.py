@@ -44,7 +44,7 @@ every user (a subscription made during a call must see it), capped at
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -350,6 +350,13 @@ class Notifier:
         self.untracked = 0
         #: told of each NOTIFY's result (the metrics), if set
         self.observer: NotifyObserver | None = None
+        #: the store is shared with other processes (Redis): :meth:`sync`
+        #: takes in what they did
+        self.shared = False
+        self._sync: IDelayedCall | None = None
+        #: keys ended here lately, so a sync that read the store before their
+        #: removal landed does not bring them back
+        self._gone: deque[str] = deque(maxlen=1024)
 
     # -- life -------------------------------------------------------------------
 
@@ -366,8 +373,59 @@ class Notifier:
                 self._add(subscription)
         return len(records)
 
+    def sync_every(self, seconds: float) -> None:
+        """On a shared store: :meth:`sync` every ``seconds`` from now on."""
+        self.shared = True
+
+        def tick() -> None:
+            self._sync = self._clock.callLater(seconds, tick)
+            self._write(self.sync())
+
+        self._sync = self._clock.callLater(seconds, tick)
+
+    async def sync(self) -> None:
+        """Take in what other processes sharing the store did.
+
+        Several processes on one Redis store (docs/scale-out.md) each see the
+        calls they proxy. A subscription made through another process is
+        served here too, for the calls this process sees; one gone from the
+        store (ended elsewhere) is dropped here without a NOTIFY; a refresh
+        elsewhere moves the expiry and the flow; versions and CSeqs go on from
+        the highest either side has (RFC 4235 §4.1: the subscriber ignores a
+        version it has seen).
+        """
+        started = self._clock.seconds()
+        stored: dict[str, Subscription] = {}
+        for record in await self.store.subscriptions(now=started):
+            try:
+                theirs = Subscription.from_json(record)
+            except (KeyError, TypeError, ValueError):
+                continue
+            stored[theirs.key] = theirs
+        for key, theirs in stored.items():
+            mine = self._subscriptions.get(key)
+            if mine is None:
+                if key not in self._gone:
+                    self._add(theirs)
+                continue
+            mine.version = max(mine.version, theirs.version)
+            mine.cseq = max(mine.cseq, theirs.cseq)
+            if theirs.expires_at > mine.expires_at:
+                mine.expires_at = theirs.expires_at
+                mine.transport, mine.host = theirs.transport, theirs.host
+                mine.port, mine.connection_id = theirs.port, theirs.connection_id
+                self._arm(mine)
+        for key, mine in list(self._subscriptions.items()):
+            # A subscription younger than this read may not be stored yet.
+            if key not in stored and mine.created_at < started - 1:
+                mine.ending = ""
+                self._remove(mine)
+
     def stop(self) -> None:
         """Cancel the timers; the subscriptions stay in the store."""
+        if self._sync is not None and self._sync.active():
+            self._sync.cancel()
+        self._sync = None
         for subscription in self._subscriptions.values():
             if subscription.timer is not None and subscription.timer.active():
                 subscription.timer.cancel()
@@ -524,7 +582,24 @@ class Notifier:
 
     def _confirmed(self, call: _Call, key: tuple[str, str], event: DialogEvent) -> None:
         answered = _user_part(event.answered_by)
-        if len(call.callees) > 1 and answered in call.callees:
+        if (
+            event.forwarded is not None
+            and answered is not None
+            and answered not in call.callees
+            and answered != call.caller
+            and self.lamps.lamp(answered) == answered
+        ):
+            # The office plan forwarded the call (busy, no answer...) to
+            # another user of ours, who answered: that user's lamp is lit,
+            # the dialled user's phones stopped ringing.
+            self._end_lines(call.callees, key, "cancelled", None)
+            call.callees = (answered,)
+            self._lines.setdefault(answered, {})[key] = _Line(
+                _dialog_id(*key), key[0], key[1], event.to_tag, "recipient",
+                "trying", local=self._aor(answered), remote=event.caller,
+                created_at=event.at,
+            )  # fmt: skip
+        elif len(call.callees) > 1 and answered in call.callees:
             # A group call: the member whose phone answered is in the call,
             # the others stop ringing (RFC 4235 §4.1.2: "cancelled").
             others = [user for user in call.callees if user != answered]
@@ -712,6 +787,7 @@ class Notifier:
     def _remove(self, subscription: Subscription) -> None:
         if self._subscriptions.pop(subscription.key, None) is None:
             return
+        self._gone.append(subscription.key)
         keys = self._by_lamp.get(subscription.lamp)
         if keys is not None:
             keys.discard(subscription.key)

@@ -66,6 +66,12 @@ async def on_subscribe(ctx: HandlerContext, incoming: Incoming) -> None:
             request.headers.get("call-id") or "", request.from_addr.tag or "", to_tag
         )
         found = notifier.find(key)
+        if found is None and notifier.shared and _subscriber_or_none(ctx, incoming):
+            # Made, or refreshed, through another process on the same store.
+            # Only for one of our users: a read of every subscription is no
+            # answer to give anyone who invents a To tag.
+            await notifier.sync()
+            found = notifier.find(key)
         if found is not None:
             _refresh(ctx, notifier, incoming, found)
             return
@@ -107,6 +113,13 @@ def _subscriber(ctx: HandlerContext, incoming: Incoming) -> str:
     ):
         raise RejectedError(403, "Not Our User")
     return uri.unescaped_user or uri.user
+
+
+def _subscriber_or_none(ctx: HandlerContext, incoming: Incoming) -> str | None:
+    try:
+        return _subscriber(ctx, incoming)
+    except RejectedError:
+        return None
 
 
 def _expires(notifier: Notifier, request: Request) -> int:
@@ -192,9 +205,10 @@ def _subscribe(ctx: HandlerContext, notifier: Notifier, incoming: Incoming) -> N
         expires_at=now + expires,
         created_at=now,
     )
+    # A fetch (Expires: 0) gets 200 too: RFC 6665 §8.3.1 deprecates 202.
     ctx.answer(
         incoming,
-        200 if expires else 202,
+        200,
         None,
         (("Expires", str(expires)), ("Contact", contact)),
         why="notifier",

@@ -469,3 +469,94 @@ def test_a_subscription_record_round_trips() -> None:
     again = Subscription.from_json(record)
     assert again.to_json() == record
     assert re.fullmatch(r"sub-1;c1;[0-9a-f]+", again.key)
+
+
+def test_a_fetch_gets_200_and_one_terminated_notify() -> None:
+    """Expires: 0 out of a dialog (RFC 6665 §4.2.1.1): the state once, nothing kept."""
+    h = Harness()
+    h.receive(subscribe(expires=0), CAROL)
+    sent = h.sent_to(CAROL)
+    assert [m.status for m in sent if isinstance(m, Response)] == [200]
+    [notify] = requests(sent, "NOTIFY")
+    assert notify.headers.get("subscription-state") == "terminated;reason=timeout"
+    assert states(notify) == ["terminated"]
+    assert notifier_of(h).count() == 0
+
+
+def test_a_call_forwarded_to_another_user_lights_that_users_lamp() -> None:
+    """Bob busy, forwarded to Dave who answers: Bob's lamp goes dark, Dave's lit."""
+    office = parse_office({"forward": {"bob": {"busy": "dave"}}})
+    h = Harness(office=office)
+    dave = ("192.0.2.40", 5090)
+    h.register("bob", BOB)
+    h.register("dave", dave)
+    subscribed(h, "bob", call_id="watch-bob")
+    subscribed(h, "dave", call_id="watch-dave", branch="z9hG4bKdave")
+    h.receive(invite(), ALICE)
+    [to_bob] = requests(h.sent_to(BOB), "INVITE")
+    [trying] = notifies(h)
+    assert trying.headers.get("call-id") == "watch-bob"
+    h.receive(answer(to_bob, 486), BOB)
+    [to_dave] = requests(h.sent_to(dave), "INVITE")
+    assert notifies(h) == []
+    h.receive(answer(to_dave, 200, to_tag="d1", contact="<sip:dave@10.0.0.40>"), dave)
+    found = {n.headers.get("call-id"): states(n) for n in notifies(h)}
+    assert found == {"watch-bob": ["terminated"], "watch-dave": ["confirmed"]}
+
+
+def test_processes_sharing_a_store_serve_each_others_subscriptions() -> None:
+    """Redis scale-out: one process serves a subscription made on another.
+
+    An unsubscribe through the first ends it on the second at its next sync.
+    """
+    one, two = Harness(), Harness()
+    two.register("bob", BOB)
+    shared = notifier_of(two)
+    shared.store = one.location
+    shared.shared = True
+    ok, _ = subscribed(one)
+    run(shared.sync())
+    assert shared.count() == 1
+    # A call through the second process: its NOTIFY goes on from the version.
+    two.receive(invite(), ALICE)
+    [notify] = requests(two.sent_to(CAROL), "NOTIFY")
+    assert version(notify) == 1
+    assert notify.headers.get("cseq") == "2 NOTIFY"
+    # Unsubscribed through the first: the second drops it at its next sync.
+    one.clock.advance(5)
+    two.clock.advance(5)
+    one.receive(
+        subscribe(to_tag=ok.to_addr.tag, cseq=2, branch="z9hG4bKsub2", expires=0),
+        CAROL,
+    )
+    run(shared.sync())
+    assert shared.count() == 0
+
+
+def test_a_refresh_reaching_another_process_is_served_there() -> None:
+    one, two = Harness(), Harness()
+    shared = notifier_of(two)
+    shared.store = one.location
+    shared.shared = True
+    ok, _ = subscribed(one)
+    two.receive(
+        subscribe(to_tag=ok.to_addr.tag, cseq=2, branch="z9hG4bKsub2", expires=900),
+        CAROL,
+    )
+    sent = two.sent_to(CAROL)
+    assert [m.status for m in sent if isinstance(m, Response)] == [200]
+    [notify] = requests(sent, "NOTIFY")
+    assert version(notify) == 1
+
+
+def test_metrics_are_told_each_result() -> None:
+    h = Harness()
+    results: list[str] = []
+
+    class Observer:
+        def notify_result(self, result: str) -> None:
+            results.append(result)
+
+    notifier_of(h).observer = Observer()
+    subscribed(h)
+    assert results == ["ok"]
