@@ -364,6 +364,7 @@ class SIPServerService(MultiService):
             self.authenticator.nonce_lifetime = config.nonce_lifetime
         self.calls.max_call_seconds = config.max_call_seconds
         self.notifier.settings = notifier_settings(config)
+        self.notifier.max_call_seconds = config.max_call_seconds
 
     @override
     def startService(self) -> None:
@@ -667,6 +668,7 @@ def build_notifier(
         lamps=lamps,
         domains=lambda: proxy.settings.domains,
         settings=notifier_settings(config),
+        max_call_seconds=config.max_call_seconds,
     )
     context.notifier = notifier
     proxy.events.dialogs.append(notifier)

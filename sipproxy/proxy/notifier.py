@@ -81,6 +81,8 @@ DEFAULT_EXPIRES = 3600
 GROUP = "group:"
 #: Calls tracked at most (a few hundred bytes each).
 DEFAULT_MAX_CALLS = 100_000
+#: A call older than this is taken for over (``--max-call-seconds``).
+DEFAULT_MAX_CALL_SECONDS = 14_400.0
 
 #: ``send(request, peer, on_response, connection_id)``: a request of our own in
 #: a client transaction (HandlerContext.send_request); every response reaches
@@ -289,6 +291,8 @@ class _Call:
 
     callees: tuple[str, ...]
     caller: str | None
+    #: clock seconds of the INVITE
+    at: float
 
 
 def _dialog_id(call_id: str, caller_tag: str) -> str:
@@ -313,7 +317,8 @@ class Notifier:
     :param send: sends a NOTIFY in a client transaction (see :data:`SendRequest`).
     :param lamps: what user parts mean (users, extensions, groups).
     :param domains: our domains now (they change on reload).
-    :param caller_of: without authentication, whether a From URI's user is ours.
+    :param max_calls: calls tracked at most; beyond, new ones light no lamp.
+    :param max_call_seconds: a call this old is over, BYE or not.
     """
 
     log = Logger()
@@ -328,11 +333,13 @@ class Notifier:
         domains: Callable[[], frozenset[str]],
         settings: NotifierSettings | None = None,
         max_calls: int = DEFAULT_MAX_CALLS,
+        max_call_seconds: float = DEFAULT_MAX_CALL_SECONDS,
     ) -> None:
         self.store = store
         self.settings = settings or NotifierSettings()
         self.lamps = lamps
         self.max_calls = max_calls
+        self.max_call_seconds = max_call_seconds
         self._clock = clock
         self._send = send
         self._domains = domains
@@ -542,6 +549,7 @@ class Notifier:
         key = (event.call_id, event.from_tag or "")
         if key in self._calls:
             return  # the office plan rings on: the same call
+        self._forget_old(event.at)
         if len(self._calls) >= self.max_calls:
             self.untracked += 1
             return
@@ -550,7 +558,7 @@ class Notifier:
         if not callees and caller is None:
             return
         callees = tuple(user for user in callees if user != caller)
-        self._calls[key] = call = _Call(callees, caller)
+        self._calls[key] = call = _Call(callees, caller, event.at)
         dialog_id = _dialog_id(*key)
         touched: list[str] = []
         for user in call.callees:
@@ -640,6 +648,20 @@ class Notifier:
             del lines[key]
             if not lines:
                 del self._lines[user]
+
+    def _forget_old(self, now: float) -> None:
+        """End the calls older than ``max_call_seconds`` (oldest come first).
+
+        A BYE this process never saw (a phone that lost power, a BYE through
+        another process) must not light a lamp for ever, nor fill the table
+        until no call is tracked; as for call records (``--max-call-seconds``).
+        """
+        while self._calls:
+            key, call = next(iter(self._calls.items()))
+            if now - call.at < self.max_call_seconds:
+                return
+            del self._calls[key]
+            self._end_lines(self._users(call), key, "timeout", None)
 
     @staticmethod
     def _users(call: _Call) -> list[str]:

@@ -560,3 +560,23 @@ def test_metrics_are_told_each_result() -> None:
     notifier_of(h).observer = Observer()
     subscribed(h)
     assert results == ["ok"]
+
+
+def test_a_call_never_ended_goes_dark_after_max_call_seconds() -> None:
+    """A BYE never seen: the next call after max_call_seconds ends the old one."""
+    h = Harness()
+    h.register("bob", BOB)
+    notifier = notifier_of(h)
+    notifier.max_call_seconds = 100
+    subscribed(h, expires=3600)
+    h.receive(invite(call_id="lost"), ALICE)
+    [to_bob] = requests(h.sent_to(BOB), "INVITE")
+    assert [states(n) for n in notifies(h)] == [["trying"]]
+    h.receive(answer(to_bob, 200, contact="<sip:bob@10.0.0.62:5060>"), BOB)
+    assert [states(n) for n in notifies(h)] == [["confirmed"]]
+    h.clock.advance(101)
+    h.receive(invite(call_id="next", branch="z9hG4bKnext"), ALICE)
+    [gone] = notifies(h)
+    assert states(gone) == ["terminated"]
+    [fresh] = notifies(h)  # queued behind the first (one in flight)
+    assert states(fresh) == ["trying"]
