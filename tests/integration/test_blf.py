@@ -20,6 +20,7 @@ from sipproxy.sip.dialoginfo import NAMESPACE
 from sipproxy.sip.message import Request
 from tests.integration.conftest import RunningServer, free_port, start_twistd, stop
 from tests.integration.rawphone import REALM, RawPhone
+from tests.location.conftest import redis_server  # noqa: F401 - a shared fixture
 from tests.support import challenge_params, digest_answer
 
 pytestmark = pytest.mark.integration
@@ -48,21 +49,24 @@ class Setup:
         self.servers: list[RunningServer] = []
         self.phones: list[RawPhone] = []
 
-    def start(self, *extra: str) -> RunningServer:
+    def start(self, *extra: str, port: int | None = None) -> RunningServer:
+        port = port or self.port
         server = start_twistd(
             [
                 "--config", str(self.config), "--users", str(self.users),
-                "--listen", f"udp:{self.port}:interface=127.0.0.1",
-                "--listen", f"tcp:{self.port}:interface=127.0.0.1", *extra,
+                "--listen", f"udp:{port}:interface=127.0.0.1",
+                "--listen", f"tcp:{port}:interface=127.0.0.1", *extra,
             ],
-            self.port,
+            port,
             self.tmp_path / f"twistd-{len(self.servers)}.log",
         )  # fmt: skip
         self.servers.append(server)
         return server
 
-    def phone(self, user: str, transport: str = "udp") -> RawPhone:
-        phone = RawPhone(user, PASSWORDS[user], self.port, transport=transport)
+    def phone(
+        self, user: str, transport: str = "udp", *, port: int | None = None
+    ) -> RawPhone:
+        phone = RawPhone(user, PASSWORDS[user], port or self.port, transport=transport)
         self.phones.append(phone)
         return phone
 
@@ -325,3 +329,29 @@ def test_a_vanished_udp_subscriber_is_dropped_after_the_transaction_fails(
     alice.invite("bob", "call-vanished")
     bob.request_of("INVITE")
     wait_for_log(server, "ended: NOTIFY got", 45)
+
+
+def test_processes_on_redis_serve_each_others_subscriptions(
+    setup: Setup,
+    redis_server: int,  # noqa: F811 - the shared fixture
+) -> None:
+    """Made at one process, refreshed at another, which notifies its calls."""
+    location = f"redis://127.0.0.1:{redis_server}/0?prefix=blf-{setup.port}:"
+    other = free_port()
+    setup.start("--location", location)
+    setup.start("--location", location, port=other)
+    carol = setup.phone("carol")
+    alice, bob = setup.phone("alice", port=other), setup.phone("bob", port=other)
+    bob.register()
+    to_tag, cseq = subscribe(carol)
+    assert version(carol.notify()) == 0
+    # The refresh reaches the other process, which has never seen it.
+    carol.server = ("127.0.0.1", other)
+    uri = f"sip:bob@{REALM}"
+    refreshed, _ = carol.transact(
+        "SUBSCRIBE", uri, to=uri, call_id="blf-1", cseq=cseq + 1, to_tag=to_tag,
+        extra=[("Event", "dialog"), ("Expires", "600")],
+    )  # fmt: skip
+    assert refreshed.status == 200
+    assert version(carol.notify()) == 1
+    check_call(call(alice, bob, carol, "bob", "call-redis"), 1)
