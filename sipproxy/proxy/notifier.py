@@ -156,6 +156,8 @@ class Subscription:
     pending: bool = field(default=False, compare=False)
     #: set once the subscription ended: the reason of its last NOTIFY
     ending: str | None = field(default=None, compare=False)
+    #: the last NOTIFY (terminated) went out, or must not: nothing more goes
+    finished: bool = field(default=False, compare=False)
     timer: IDelayedCall | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -181,7 +183,7 @@ class Subscription:
 _STORED = tuple(
     name
     for name in Subscription.__dataclass_fields__
-    if name not in ("in_flight", "pending", "ending", "timer")
+    if name not in ("in_flight", "pending", "ending", "finished", "timer")
 )
 
 
@@ -425,7 +427,8 @@ class Notifier:
         for key, mine in list(self._subscriptions.items()):
             # A subscription younger than this read may not be stored yet.
             if key not in stored and mine.created_at < started - 1:
-                mine.ending = ""
+                # Ended through another process, which sent the last NOTIFY.
+                mine.ending, mine.finished = "", True
                 self._remove(mine)
 
     def stop(self) -> None:
@@ -720,6 +723,8 @@ class Notifier:
         return "idle" if best is None or best.state == "terminated" else best.state
 
     def _notify(self, subscription: Subscription) -> None:
+        if subscription.finished:
+            return
         if subscription.in_flight:
             # Never two in flight (see the module's notes): the next one says
             # whatever the state is when this one is answered.
@@ -745,6 +750,7 @@ class Notifier:
             remaining = max(1, round(subscription.expires_at - now))
             state = f"active;expires={remaining}"
         else:
+            subscription.finished = True
             state = "terminated"
             if subscription.ending:
                 state += f";reason={subscription.ending}"
@@ -771,11 +777,11 @@ class Notifier:
         subscription.in_flight = False
         if status < 300:
             self._count("ok")
-            if subscription.ending is not None:
-                return
             # The version is what the next restart must go on from.
             self._save(subscription)
             if subscription.pending:
+                # The latest state, or the last NOTIFY of one that ended
+                # while this one was out.
                 self._notify(subscription)
             return
         self._count({408: "timeout", 481: "gone"}.get(status, "error"))
@@ -791,6 +797,7 @@ class Notifier:
             status=status,
         )
         subscription.ending = "deactivated"
+        subscription.finished = True
         self._remove(subscription)
 
     def _count(self, result: str) -> None:

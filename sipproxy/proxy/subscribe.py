@@ -249,7 +249,13 @@ def _refresh(
 
 
 def _entity(uri: SipURI) -> SipURI:
-    """The resource as subscribed: scheme, user and host, no port or parameters."""
+    """The resource as subscribed: scheme, user and host, no port or parameters.
+
+    The body's ``entity`` (RFC 4235 §4.1) names what the key watches as the
+    phone asked for it (``sip:102@...`` for an extension, not the user's own
+    AOR): phones that match a NOTIFY to a key by entity (Grandstream, Snom)
+    compare it with the key's value.
+    """
     return SipURI(uri.scheme, uri.user, None, uri.host.lower(), None)
 
 

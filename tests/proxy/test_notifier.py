@@ -580,3 +580,25 @@ def test_a_call_never_ended_goes_dark_after_max_call_seconds() -> None:
     assert states(gone) == ["terminated"]
     [fresh] = notifies(h)  # queued behind the first (one in flight)
     assert states(fresh) == ["trying"]
+
+
+def test_an_unsubscribe_while_a_notify_is_out_sends_the_last_one_after_it() -> None:
+    """The terminated NOTIFY waits for the one in flight, then goes (in order)."""
+    h = Harness()
+    h.register("bob", BOB)
+    ok, _ = subscribed(h)
+    h.receive(invite(), ALICE)
+    [trying] = notifies(h, reply=False)
+    h.receive(
+        subscribe(to_tag=ok.to_addr.tag, cseq=2, branch="z9hG4bKsub2", expires=0),
+        CAROL,
+    )
+    sent = h.sent_to(CAROL)
+    assert [m.status for m in sent if isinstance(m, Response)] == [200]
+    assert requests(sent, "NOTIFY") == []
+    h.receive(trying.response(200), CAROL)
+    [last] = notifies(h)
+    assert last.headers.get("subscription-state") == "terminated"
+    assert version(last) == version(trying) + 1
+    h.receive(answer(requests(h.sent_to(BOB), "INVITE")[0], 180), BOB)
+    assert notifies(h) == []
