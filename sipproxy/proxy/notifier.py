@@ -488,8 +488,13 @@ class Notifier:
         self._save(subscription)
         self._notify(subscription)
 
-    def refresh(self, subscription: Subscription, expires: int, peer: Peer,
-                connection_id: str | None) -> None:  # fmt: skip
+    def refresh(
+        self,
+        subscription: Subscription,
+        expires: int,
+        peer: Peer,
+        connection_id: str | None,
+    ) -> None:
         """A refresh (RFC 6665 §4.2.1.2) from the authenticated subscriber.
 
         The flow follows the refresh (a phone behind NAT may have a new

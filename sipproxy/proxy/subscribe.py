@@ -154,6 +154,8 @@ def _accepts_dialog_info(request: Request) -> bool:
         for value in accept
         for part in value.split(",")
     }
+    # An empty Accept is read as no constraint: phones that write one mean
+    # "the package's default" (RFC 4235 §3.3: dialog-info+xml), not "nothing".
     return bool(kinds & {CONTENT_TYPE, "application/*", "*/*"}) or kinds == {""}
 
 

@@ -602,3 +602,22 @@ def test_an_unsubscribe_while_a_notify_is_out_sends_the_last_one_after_it() -> N
     assert version(last) == version(trying) + 1
     h.receive(answer(requests(h.sent_to(BOB), "INVITE")[0], 180), BOB)
     assert notifies(h) == []
+
+
+def test_a_subscriber_that_accepts_no_dialog_info_gets_406() -> None:
+    """A resource-list-only Accept (RFC 4662) is no body we can send."""
+    h = Harness()
+    h.receive(subscribe(extra="Accept: application/rlmi+xml\r\n"), CAROL)
+    [refused] = h.sent_to(CAROL)
+    assert isinstance(refused, Response)
+    assert (refused.status, refused.headers.get("accept")) == (
+        406,
+        "application/dialog-info+xml",
+    )
+    ok, _ = subscribed(
+        h,
+        branch="z9hG4bKacc",
+        call_id="sub-acc",
+        extra="Accept: application/dialog-info+xml, multipart/related\r\n",
+    )
+    assert ok.status == 200
