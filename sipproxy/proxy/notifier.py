@@ -16,8 +16,9 @@ or :meth:`~Notifier.unsubscribe`; everything else happens here:
 - NOTIFYs of one subscription never overlap (``in_flight``): a change while
   one is out marks the subscription ``pending``, and the next NOTIFY, sent
   when the answer comes, carries the state then (coalesced to the latest
-  full state). Phones (Yealink, Snom) drop or reorder lamps when two NOTIFYs
-  of one dialog cross, and RFC 6665 §4.2.2 lets the notifier throttle;
+  full state). Over UDP two NOTIFYs in flight can arrive the other way
+  round, and a phone that applies the older one last shows a stale lamp;
+  RFC 6665 §4.2.2 lets the notifier throttle, and full state loses nothing;
 - a NOTIFY is sent in a client transaction (``send``: HandlerContext's
   ``send_request``), so over UDP it is retransmitted (RFC 3261 §17.1.2.2)
   before it fails: one lost datagram never ends a subscription. Its final

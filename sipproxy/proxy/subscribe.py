@@ -255,8 +255,8 @@ def _entity(uri: SipURI) -> SipURI:
 
     The body's ``entity`` (RFC 4235 §4.1) names what the key watches as the
     phone asked for it (``sip:102@...`` for an extension, not the user's own
-    AOR): phones that match a NOTIFY to a key by entity (Grandstream, Snom)
-    compare it with the key's value.
+    AOR): a phone that matches a NOTIFY to a key by its entity compares it
+    with the key's value, as the phone wrote it.
     """
     return SipURI(uri.scheme, uri.user, None, uri.host.lower(), None)
 

@@ -12,8 +12,8 @@ Interop rules this module carries:
   an empty ``<dialog-info>``, but Yealink and Bria keep the lamp in its last
   state (or show nothing) until a dialog element arrives.
 - ``single=True`` puts only the most telling dialog in the body
-  (:func:`most_telling`): some phones (older Polycom and Grandstream firmware)
-  mishandle or crash on several dialogs in one body.
+  (:func:`most_telling`): some desk-phone firmware mishandles, or crashes
+  on, several dialogs in one body.
 """
 
 from __future__ import annotations
