@@ -8,7 +8,11 @@ answers, Carol's phone has a BLF key for Bob and checks what each NOTIFY says
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
+import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +30,8 @@ from tests.support import challenge_params, digest_answer
 pytestmark = pytest.mark.integration
 
 NS = {"d": NAMESPACE}
+CTL = str(Path(sys.executable).with_name("sipproxy-ctl"))
+ADMIN_TOKEN = "blf-admin-token-0123456789abcdef"
 PASSWORDS = {"alice": "wonderland", "bob": "builder", "carol": "singer"}
 TOML = """\
 domain = ["example.test"]
@@ -302,18 +308,47 @@ def wait_for_log(server: RunningServer, text: str, timeout: float) -> None:
     )
 
 
+def admin_get(port: int, path: str) -> str:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    request.add_header("Authorization", f"Bearer {ADMIN_TOKEN}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text: str = response.read().decode()
+        return text
+
+
 def test_a_vanished_tcp_subscriber_is_dropped_at_once(setup: Setup) -> None:
-    """A closed connection: the NOTIFY cannot go (transport error), so it ends."""
-    server = setup.start()
+    """A closed connection: the NOTIFY cannot go (transport error), so it ends.
+
+    The operator sees it: sipproxy-ctl subscriptions, then the metrics.
+    """
+    admin = free_port()
+    server = setup.start(
+        "--admin", f"tcp:{admin}:interface=127.0.0.1", "--admin-token", ADMIN_TOKEN
+    )
     alice, bob = setup.phone("alice"), setup.phone("bob")
     carol = setup.phone("carol", "tcp")
     bob.register()
     subscribe(carol)
     carol.notify()
+    listed = subprocess.run(
+        [CTL, "--url", f"http://127.0.0.1:{admin}", "--token", ADMIN_TOKEN,
+         "subscriptions"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert listed[0].split()[:3] == ["SUBSCRIBER", "ENTITY", "STATE"]
+    assert listed[1].split()[:3] == ["carol", f"sip:bob@{REALM}", "idle"]
     carol.close()
     alice.invite("bob", "call-vanished")
     bob.request_of("INVITE")
     wait_for_log(server, "ended: NOTIFY got 503", 10)
+    assert json.loads(admin_get(admin, "/subscriptions")) == {
+        "count": 0,
+        "subscriptions": [],
+    }
+    metrics = admin_get(admin, "/metrics")
+    assert "sipproxy_subscriptions 0.0" in metrics
+    assert 'sipproxy_notify_total{result="ok"} 1.0' in metrics
+    assert 'sipproxy_notify_total{result="error"} 1.0' in metrics
 
 
 def test_a_vanished_udp_subscriber_is_dropped_after_the_transaction_fails(
