@@ -27,17 +27,15 @@ from __future__ import annotations
 
 from sipproxy.proxy.checks import RejectedError
 from sipproxy.proxy.context import HandlerContext, Incoming
-from sipproxy.proxy.handlers import proxy
+from sipproxy.proxy.handlers import ALLOW_EVENTS, proxy
 from sipproxy.proxy.notifier import DEFAULT_EXPIRES, Notifier, Subscription
 from sipproxy.sip.dialoginfo import CONTENT_TYPE
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.message import Request
 from sipproxy.sip.uri import SipURI
 
-__all__ = ["ALLOW_EVENTS", "ROUTED_PACKAGES", "on_subscribe"]
+__all__ = ["ROUTED_PACKAGES", "on_subscribe"]
 
-#: The event packages we serve as notifier (the 489's Allow-Events).
-ALLOW_EVENTS = "dialog"
 #: Packages the users' phones (or their voicemail) serve: routed to the phones.
 ROUTED_PACKAGES = frozenset(
     {
