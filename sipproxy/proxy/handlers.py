@@ -40,8 +40,8 @@ ALLOW = (
 SUPPORTED = ("path", "outbound")
 #: Bodies we understand as a UAS (OPTIONS answers, §11.2).
 ACCEPT = "application/sdp"
-#: Event packages we serve as notifier (RFC 6665 §8.2.2: OPTIONS answers and
-#: 489 list them): busy lamps (proxy/subscribe.py).
+#: Event packages we serve as notifier (Allow-Events, RFC 6665 §8.2.2: OPTIONS
+#: answers and 489 list them): busy lamps (proxy/subscribe.py).
 ALLOW_EVENTS = "dialog"
 
 Handler = Callable[[HandlerContext, Incoming], Awaitable[None]]

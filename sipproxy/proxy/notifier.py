@@ -24,10 +24,11 @@ or :meth:`~Notifier.unsubscribe`; everything else happens here:
   before it fails: one lost datagram never ends a subscription. Its final
   answer decides: 2xx keeps it; a timeout (408), 481 or any other failure,
   including a transport error (503 from ``send_request``), ends it
-  (RFC 6665 §4.2.2: "the notifier [...] MUST remove the subscription");
+  (RFC 6665 §4.2.2: a failed NOTIFY removes a subscription made by SUBSCRIBE);
 - NOTIFYs go only to the flow the SUBSCRIBE (or its last refresh) came from,
   never to the Contact it names (docs/security.md: "NOTIFY to a subscriber's
-  flow"); the Contact is only the Request-URI (RFC 6665 §4.1.2.2);
+  flow"); the Contact is only the Request-URI, the dialog's remote target
+  (RFC 3261 §12.2.1.1);
 - each subscription expires on a timer of its own, with a last NOTIFY
   ``terminated;reason=timeout`` (RFC 6665 §4.2.2);
 - subscriptions are written to the store (:class:`SubscriptionStore`) with the
@@ -482,8 +483,8 @@ class Notifier:
     def subscribe(self, subscription: Subscription) -> None:
         """A new subscription was accepted (200 sent): keep it, NOTIFY at once.
 
-        RFC 6665 §4.2.1.1: "the notifier [...] MUST immediately construct and
-        send a NOTIFY request to the subscriber".
+        RFC 6665 §4.2.1.2: "Upon successfully accepting or refreshing a
+        subscription, notifiers MUST send a NOTIFY request immediately".
         """
         self._add(subscription)
         self._save(subscription)
@@ -496,10 +497,10 @@ class Notifier:
         peer: Peer,
         connection_id: str | None,
     ) -> None:
-        """A refresh (RFC 6665 §4.2.1.2) from the authenticated subscriber.
+        """A refresh (RFC 6665 §4.2.1.4) from the authenticated subscriber.
 
         The flow follows the refresh (a phone behind NAT may have a new
-        mapping); "notifiers MUST send a NOTIFY request immediately".
+        mapping); a NOTIFY goes at once (RFC 6665 §4.2.1.2).
         """
         subscription.expires_at = self._clock.seconds() + expires
         subscription.transport, subscription.host = peer.transport, peer.host
@@ -524,7 +525,8 @@ class Notifier:
     def fetch(self, subscription: Subscription) -> None:
         """A SUBSCRIBE with Expires 0 and no dialog: one NOTIFY, nothing kept.
 
-        RFC 6665 §4.2.1.1 ("fetch"): the NOTIFY says ``terminated;reason=timeout``.
+        A fetch (RFC 6665 §4.4.3, polling): the NOTIFY says
+        ``terminated;reason=timeout``.
         """
         subscription.ending = "timeout"
         self._notify(subscription)

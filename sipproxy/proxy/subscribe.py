@@ -3,24 +3,25 @@
 What a SUBSCRIBE meets, in order:
 
 1. In a subscription dialog of ours (its To tag and Call-ID name one): a
-   refresh, or with ``Expires: 0`` an unsubscribe (RFC 6665 §4.2.1.2,
-   §4.2.1.4), from the subscriber who made it only. A To tag of a dialog we
+   refresh, or with ``Expires: 0`` an unsubscribe (RFC 6665 §4.2.1.4), from
+   the subscriber who made it only. A To tag of a dialog we
    merely record-routed (a presence subscription between phones) is proxied;
-   any other gets 481 (RFC 6665 §4.1.2.2 for the subscriber's side).
+   any other gets 481 (RFC 3261 §12.2.2: no such dialog).
 2. Not for one of our domains (or with a Route): proxied as today. The core
    already refused outsiders with 403: no relay for foreign domains.
 3. For our domain: ``Event: dialog`` is ours (the notifier); packages the
    phones serve themselves (presence, message-summary...) are proxied to the
    user's phones as any request; any other package, or none, gets 489 with
-   Allow-Events (RFC 6665 §8.2.2: "MUST [...] 489").
+   Allow-Events (RFC 6665 §4.2.1.1, the 489 of §8.3.2).
 4. The subscriber must be a user of ours: authenticated when there is a users
    file (the core challenged with 407 like any request from our domains), or
    without one, a From in our domains; else 403. Caps: per subscriber (403)
    and in total (503 with Retry-After).
 5. Expires (RFC 6665 §4.2.1.1): default 3600 (RFC 4235 §3.2), 423 with
    Min-Expires below the minimum, cut to the maximum; 0 is a fetch: one
-   NOTIFY, nothing kept. The 200 carries Expires and our Contact (RFC 6665
-   §4.1.2.1 wants a Contact in the 2xx), then the notifier NOTIFYs at once.
+   NOTIFY, nothing kept. The 200 carries Expires and our Contact (RFC 3261
+   §12.1.1: a response that makes a dialog names the UAS's target), then the
+   notifier NOTIFYs at once.
 """
 
 from __future__ import annotations
@@ -170,7 +171,9 @@ def _subscribe(ctx: HandlerContext, notifier: Notifier, incoming: Incoming) -> N
         raise RejectedError(406, None, (("Accept", CONTENT_TYPE),))
     contacts = request.contacts
     if len(contacts) != 1:
-        # RFC 6665 §4.1.2.1: a SUBSCRIBE MUST carry one Contact (its target).
+        # RFC 3261 §8.1.1.8: "The Contact header field MUST be present and
+        # contain exactly one SIP or SIPS URI in any request that can result
+        # in the establishment of a dialog."
         raise RejectedError(400, "Missing Contact")
     expires = _expires(notifier, request)
     settings = notifier.settings

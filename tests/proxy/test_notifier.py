@@ -327,7 +327,7 @@ def test_no_expires_means_an_hour() -> None:
 
 
 def test_unknown_or_missing_event_packages_get_489() -> None:
-    """RFC 6665 §8.2.2: 489 Bad Event with Allow-Events; no Event is no package."""
+    """RFC 6665 §8.3.2: 489 Bad Event with Allow-Events; no Event is no package."""
     h = Harness()
     for index, event in enumerate(("foo", None)):
         h.receive(subscribe(event=event, branch=f"z9hG4bKev{index}"), CAROL)
@@ -472,7 +472,7 @@ def test_a_subscription_record_round_trips() -> None:
 
 
 def test_a_fetch_gets_200_and_one_terminated_notify() -> None:
-    """Expires: 0 out of a dialog (RFC 6665 §4.2.1.1): the state once, nothing kept."""
+    """Expires: 0 out of a dialog (RFC 6665 §4.4.3): the state once, nothing kept."""
     h = Harness()
     h.receive(subscribe(expires=0), CAROL)
     sent = h.sent_to(CAROL)
