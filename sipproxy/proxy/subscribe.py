@@ -135,8 +135,8 @@ def _expires(notifier: Notifier, request: Request) -> int:
     if wanted == 0:
         return 0
     if wanted < settings.min_expires:
-        # RFC 6665 §4.2.1.1: "respond with a 423 (Interval Too Brief)" and a
-        # Min-Expires (RFC 3261 §20.23).
+        # Too short to be worth the NOTIFYs: 423 (RFC 6665 §4.2.1.1) with the
+        # shortest we take in Min-Expires (RFC 3261 §20.23).
         raise RejectedError(
             423, "Interval Too Brief", (("Min-Expires", str(settings.min_expires)),)
         )
