@@ -14,7 +14,7 @@ from sipproxy.auth.digest import Authenticator
 from sipproxy.auth.ha1 import compute_ha1
 from sipproxy.auth.htdigest import UserDB
 from sipproxy.office.model import parse_office
-from sipproxy.proxy.notifier import Notifier, NotifierSettings, Subscription
+from sipproxy.proxy.notifier import Lamps, Notifier, NotifierSettings, Subscription
 from sipproxy.sip.dialoginfo import NAMESPACE
 from sipproxy.sip.message import Request, Response
 from sipproxy.testing import run
@@ -621,3 +621,26 @@ def test_a_subscriber_that_accepts_no_dialog_info_gets_406() -> None:
         extra="Accept: application/dialog-info+xml, multipart/related\r\n",
     )
     assert ok.status == 200
+
+
+def test_lamps_resolve_users_extensions_and_groups() -> None:
+    """What a SUBSCRIBE's user part watches; unknown names watch nothing."""
+    office = parse_office(
+        {
+            "extensions": {"102": "bob"},
+            "groups": [{"number": "600", "name": "sales", "members": ["bob", "dave"]}],
+        }
+    )
+    users = {"alice", "bob", "dave"}
+    lamps = Lamps(lambda: office, users.__contains__)
+    assert lamps.lamp("bob") == "bob"
+    assert lamps.lamp("102") == "bob"
+    assert lamps.lamp("600") == "group:sales"
+    assert lamps.lamp("mallory") is None
+    assert lamps.users("600") == ("bob", "dave")
+    assert lamps.groups_of("dave") == ["group:sales"]
+    assert lamps.members("group:sales") == ("bob", "dave")
+    assert lamps.members("group:gone") == ()
+    bare = Lamps()
+    assert bare.lamp("anyone") == "anyone"
+    assert bare.groups_of("anyone") == []
