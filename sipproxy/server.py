@@ -135,7 +135,12 @@ class SIPServerService(MultiService):
             reactor,
             owner="sipproxy",
             max_call_seconds=config.max_call_seconds,
-            observer=CallMetrics(self.metrics.registry, self._active_calls),
+            observer=CallMetrics(
+                self.metrics.registry,
+                self._active_calls,
+                pending_writes=lambda: self.calls.pending_writes(),
+                store_errors=lambda: self.calls.store_errors,
+            ),
         )
 
     @override

@@ -400,3 +400,16 @@ def test_stopping_waits_for_the_records_of_calls_that_just_ended() -> None:
     [record] = store.records
     assert (record.disposition, record.hangup_by) == ("answered", "callee")
     assert not store.live
+
+
+def test_writes_in_flight_are_counted_until_the_store_is_done() -> None:
+    h = Harness()
+    h.register("bob", BOB)
+    store = SlowStore()
+    tracker, _ = tracked(h, store)
+    ok = answered(h)
+    assert tracker.pending_writes() == 0  # live writes: at once in memory
+    h.receive(bye_from_bob(ok), BOB)
+    assert tracker.pending_writes() == 1
+    store.disk.callback(None)
+    assert tracker.pending_writes() == 0
