@@ -259,6 +259,7 @@ class CallMetrics:
     :param pending_writes: call-record writes sent to the store and not done,
         read on each scrape: a store that falls behind shows here first.
     :param store_errors: call-record writes that failed since start.
+    :param untracked: calls not tracked because the live-call cap was reached.
     """
 
     def __init__(
@@ -267,6 +268,7 @@ class CallMetrics:
         active: Callable[[], int],
         pending_writes: Callable[[], int] = lambda: 0,
         store_errors: Callable[[], int] = lambda: 0,
+        untracked: Callable[[], int] = lambda: 0,
     ) -> None:
         ended = Counter(
             "sipproxy_calls",
@@ -284,7 +286,7 @@ class CallMetrics:
             buckets=_SETUP_BUCKETS,
             registry=registry,
         )
-        registry.register(_ActiveCalls(active, pending_writes, store_errors))
+        registry.register(_ActiveCalls(active, pending_writes, store_errors, untracked))
 
     def call_setup(self, seconds: float) -> None:
         """A call rang or was answered ``seconds`` after its INVITE."""
@@ -303,8 +305,10 @@ class _ActiveCalls(Collector):
         active: Callable[[], int],
         pending_writes: Callable[[], int],
         store_errors: Callable[[], int],
+        untracked: Callable[[], int],
     ) -> None:
         self._active = active
+        self._untracked = untracked
         self._pending_writes = pending_writes
         self._store_errors = store_errors
 
@@ -321,6 +325,11 @@ class _ActiveCalls(Collector):
             "sipproxy_cdr_store_errors",
             "Call-record writes that failed (the store is down or full).",
             value=self._store_errors(),
+        )
+        yield CounterMetricFamily(
+            "sipproxy_calls_untracked",
+            "Calls not tracked: the live-call cap was reached.",
+            value=self._untracked(),
         )
         yield GaugeMetricFamily(
             "sipproxy_active_calls", "Calls in progress.", value=self._active()

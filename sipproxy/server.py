@@ -140,6 +140,7 @@ class SIPServerService(MultiService):
                 self._active_calls,
                 pending_writes=lambda: self.calls.pending_writes(),
                 store_errors=lambda: self.calls.store_errors,
+                untracked=lambda: self.calls.untracked,
             ),
         )
 
