@@ -33,7 +33,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE", "Metrics", "Snapshot", "SubscriptionMetrics"]
@@ -256,9 +256,20 @@ class CallMetrics:
     are kept (``--cdr``), and by the tracker rather than per message.
 
     :param active: the number of live calls, read on each scrape.
+    :param pending_writes: call-record writes sent to the store and not done,
+        read on each scrape: a store that falls behind shows here first.
+    :param store_errors: call-record writes that failed since start.
+    :param untracked: calls not tracked because the live-call cap was reached.
     """
 
-    def __init__(self, registry: CollectorRegistry, active: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        active: Callable[[], int],
+        pending_writes: Callable[[], int] = lambda: 0,
+        store_errors: Callable[[], int] = lambda: 0,
+        untracked: Callable[[], int] = lambda: 0,
+    ) -> None:
         ended = Counter(
             "sipproxy_calls",
             "Calls ended, by CDR disposition.",
@@ -275,7 +286,7 @@ class CallMetrics:
             buckets=_SETUP_BUCKETS,
             registry=registry,
         )
-        registry.register(_ActiveCalls(active))
+        registry.register(_ActiveCalls(active, pending_writes, store_errors, untracked))
 
     def call_setup(self, seconds: float) -> None:
         """A call rang or was answered ``seconds`` after its INVITE."""
@@ -334,13 +345,37 @@ class _Subscriptions(Collector):
 
 
 class _ActiveCalls(Collector):
-    def __init__(self, active: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        active: Callable[[], int],
+        pending_writes: Callable[[], int],
+        store_errors: Callable[[], int],
+        untracked: Callable[[], int],
+    ) -> None:
         self._active = active
+        self._untracked = untracked
+        self._pending_writes = pending_writes
+        self._store_errors = store_errors
 
     def describe(self) -> list[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "sipproxy_cdr_pending_writes",
+            "Call-record writes sent to the store and not yet done.",
+            value=self._pending_writes(),
+        )
+        yield CounterMetricFamily(
+            "sipproxy_cdr_store_errors",
+            "Call-record writes that failed (the store is down or full).",
+            value=self._store_errors(),
+        )
+        yield CounterMetricFamily(
+            "sipproxy_calls_untracked",
+            "Calls not tracked: the live-call cap was reached.",
+            value=self._untracked(),
+        )
         yield GaugeMetricFamily(
             "sipproxy_active_calls", "Calls in progress.", value=self._active()
         )

@@ -144,7 +144,13 @@ class SIPServerService(MultiService):
             reactor,
             owner="sipproxy",
             max_call_seconds=config.max_call_seconds,
-            observer=CallMetrics(self.metrics.registry, self._active_calls),
+            observer=CallMetrics(
+                self.metrics.registry,
+                self._active_calls,
+                pending_writes=lambda: self.calls.pending_writes(),
+                store_errors=lambda: self.calls.store_errors,
+                untracked=lambda: self.calls.untracked,
+            ),
         )
 
     @override
@@ -498,7 +504,7 @@ class SIPServerService(MultiService):
                 connection.transport.loseConnection()  # type: ignore[union-attr]
         self.ports.clear()
         super().stopService()  # type: ignore[no-untyped-call]
-        self.calls.stop()
+        written = self.calls.stop()
         self.notifier.stop()
         events = self.proxy.events
         if self.calls in events.decisions:
@@ -510,9 +516,10 @@ class SIPServerService(MultiService):
 
         def close_cdr(result: object) -> Deferred[object]:
             # The location's result (or failure) is what stopping reports.
-            return Deferred.fromCoroutine(self.cdr.close()).addCallback(
-                lambda _: result
-            )
+            # Records of calls that ended just now are written before closing.
+            return written.addCallback(
+                lambda _: Deferred.fromCoroutine(self.cdr.close())
+            ).addCallback(lambda _: result)
 
         return closed.addBoth(close_cdr)
 

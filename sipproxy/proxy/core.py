@@ -380,7 +380,19 @@ class Proxy:
             user=user,
         )
         handler = self.handlers.get(request.method, proxy)
-        await handler(self.context, incoming)
+        try:
+            await handler(self.context, incoming)
+        except RejectedError as rejection:
+            # Refused once the caller proved who it is (404, 480): the decision
+            # names the user, as decisions on forwarded requests do, so a call
+            # record's caller is the user whatever the outcome.
+            self.context.answer(
+                incoming,
+                rejection.status,
+                rejection.reason,
+                rejection.extra,
+                why="refused",
+            )
 
     # -- what goes wrong -------------------------------------------------------
 
