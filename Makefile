@@ -43,7 +43,7 @@ system-deps:
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy sipproxy tests twisted/plugins
+	$(BIN)/mypy sipproxy tests twisted/plugins bench
 
 check: lint system-deps
 	$(NETNS) $(BIN)/pytest

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred
+
 from sipproxy.cdr.record import CallRecord
 from sipproxy.office.headers import diversion_reason
 from sipproxy.office.model import parse_office
@@ -11,6 +13,7 @@ from sipproxy.sip.message import Request, Response
 from sipproxy.testing import MemoryCallRecordStore
 from tests.proxy.harness import ALICE, BOB, BOB2, Harness, answer, invite
 from tests.proxy.test_events import bye_from_bob, cancel_from_alice
+from tests.proxy.test_trust_auth import credentials, nonce_for, request_to, secured
 
 OWNER = "udp:127.0.0.1:5060"
 BOB_CONTACT = "sip:bob@10.0.0.62:5060"
@@ -212,6 +215,21 @@ def test_an_unknown_user_is_a_failed_call() -> None:
     assert store.live == {}
 
 
+def test_an_unknown_user_called_by_an_authenticated_user_names_the_user() -> None:
+    """The 404 comes after the caller proved who it is: caller is the user.
+
+    As for every other call: the authenticated user, else the From URI.
+    """
+    h = secured()
+    _tracker, store = tracked(h)
+    nonce = nonce_for(h, ALICE)
+    proof = credentials(nonce, "wonderland", uri="sip:nobody@example.test")
+    h.receive(request_to("nobody", ALICE, extra=proof), ALICE)
+    [record] = store.records
+    assert (record.caller, record.callee) == ("alice", "sip:nobody@example.test")
+    assert (record.disposition, record.status) == ("failed", 404)
+
+
 def test_a_parallel_fork_answered_by_the_second_phone() -> None:
     h = Harness(forking="parallel")
     h.register("bob", BOB)
@@ -352,3 +370,46 @@ def test_the_reason_of_the_newest_diversion() -> None:
         )
         == "no-answer"
     )
+
+
+class SlowStore(MemoryCallRecordStore):
+    """Adds records only when the test says the disk is done."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.disk: Deferred[None] = Deferred()
+
+    async def add(self, record: CallRecord) -> None:
+        await self.disk
+        await super().add(record)
+
+
+def test_stopping_waits_for_the_records_of_calls_that_just_ended() -> None:
+    """A clean stop closes the store only after the last records are written."""
+    h = Harness()
+    h.register("bob", BOB)
+    store = SlowStore()
+    tracker, _ = tracked(h, store)
+    ok = answered(h)
+    h.receive(bye_from_bob(ok), BOB)
+    stopped = tracker.stop()
+    assert not stopped.called
+    assert list(store.live), "the call is live until its record is written"
+    store.disk.callback(None)
+    assert stopped.called
+    [record] = store.records
+    assert (record.disposition, record.hangup_by) == ("answered", "callee")
+    assert not store.live
+
+
+def test_writes_in_flight_are_counted_until_the_store_is_done() -> None:
+    h = Harness()
+    h.register("bob", BOB)
+    store = SlowStore()
+    tracker, _ = tracked(h, store)
+    ok = answered(h)
+    assert tracker.pending_writes() == 0  # live writes: at once in memory
+    h.receive(bye_from_bob(ok), BOB)
+    assert tracker.pending_writes() == 1
+    store.disk.callback(None)
+    assert tracker.pending_writes() == 0
