@@ -741,6 +741,12 @@ class Notifier:
         subscription.pending = False
         subscription.in_flight = True
         request = self._request(subscription)
+        # The version is stored as it is used, before the NOTIFY leaves: what
+        # a restart goes on from, and what another process sharing the store
+        # reads when the subscriber's next refresh reaches it (waiting for the
+        # 200 let a quick refresh elsewhere read the old version and send a
+        # version the phone had seen, which RFC 4235 §4.1 says it ignores).
+        self._save(subscription)
         peer = subscription.peer
 
         def answered(response: Response) -> None:
@@ -785,8 +791,6 @@ class Notifier:
         subscription.in_flight = False
         if status < 300:
             self._count("ok")
-            # The version is what the next restart must go on from.
-            self._save(subscription)
             if subscription.pending:
                 # The latest state, or the last NOTIFY of one that ended
                 # while this one was out.
