@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
+import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -151,8 +153,15 @@ class WSPhone:
             f"Via: SIP/2.0/{self.transport} {self.host};branch=z9hG4bKws{next(_n)}\r\n"
         )
 
-    def register(self, *, authorization: str = "", call_id: str = "") -> Response:
+    def register(
+        self, *, authorization: str = "", call_id: str = "", instance: str = ""
+    ) -> Response:
+        """REGISTER our Contact; with ``instance``, as an RFC 5626 outbound UA."""
         n = next(_n)
+        outbound = ""
+        if instance:
+            # JsSIP's way: +sip.instance and reg-id, Supported: outbound.
+            outbound = f';+sip.instance="<urn:uuid:{instance}>";reg-id=1'
         self.send(
             (
                 "REGISTER sip:example.test SIP/2.0\r\n"
@@ -162,7 +171,8 @@ class WSPhone:
                 f"To: <sip:{self.user}@example.test>\r\n"
                 f"Call-ID: {call_id or f'ws-reg-{n}'}\r\n"
                 f"CSeq: {n} REGISTER\r\n"
-                f"Contact: {self.contact};expires=600\r\n"
+                f"Contact: {self.contact}{outbound};expires=600\r\n"
+                + ("Supported: path, outbound\r\n" if instance else "")
                 + authorization
                 + "Content-Length: 0\r\n\r\n"
             ).encode()
@@ -360,11 +370,11 @@ def test_ws_caller_reaches_udp_phone(
         phone.close()
 
 
-def _options_to(user: str, port: int) -> int | None:
+def _options_to(user: str, port: int, *, scheme: str = "sip") -> int | None:
     """OPTIONS to ``user``@example.test over UDP: the status the proxy answers."""
     n = next(_n)
     request = (
-        f"OPTIONS sip:{user}@example.test SIP/2.0\r\n"
+        f"OPTIONS {scheme}:{user}@example.test SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKopt{n};rport\r\n"
         "Max-Forwards: 70\r\n"
         f"From: <sip:probe@example.test>;tag=o{n}\r\n"
@@ -379,16 +389,25 @@ def _options_to(user: str, port: int) -> int | None:
 def test_closed_connection_makes_the_phone_unreachable_until_it_registers_again(
     start: Callable[..., WSServer],
 ) -> None:
-    """Connection gone: 480, no DNS for the .invalid host; a new connection works."""
+    """Connection gone: 480, no DNS for the .invalid host; a new connection works.
+
+    The phone is an RFC 5626 outbound UA (+sip.instance, reg-id): registering
+    again over the new connection replaces the binding of the old one.
+    """
     server = start()
+    instance = "6d1ad2a5-0c4b-4a43-9a2a-6c1f0e6c9b11"
     phone = WSPhone(server, "alice")
-    assert phone.register().status == 200
+    first = phone.register(instance=instance)
+    assert first.status == 200
+    assert "outbound" in (first.headers.get("require") or "")
     phone.close()
     time.sleep(0.3)  # the proxy notices the close
     assert _options_to("alice", server.port) == 480
     again = WSPhone(server, "alice")
     try:
-        assert again.register().status == 200
+        ok = again.register(instance=instance)
+        assert ok.status == 200
+        assert len(ok.headers.get_all("contact")) == 1, ok  # replaced, not added
         # The OPTIONS reaches the phone over its new connection; it answers.
         found: list[int | None] = []
 
@@ -396,8 +415,6 @@ def test_closed_connection_makes_the_phone_unreachable_until_it_registers_again(
             request = again.receive()
             assert isinstance(request, Request)
             again.answer(request, 200)
-
-        import threading
 
         thread = threading.Thread(target=answer_one, daemon=True)
         thread.start()
@@ -407,6 +424,35 @@ def test_closed_connection_makes_the_phone_unreachable_until_it_registers_again(
     finally:
         again.close()
     assert "no SIP server found in DNS" not in server.log_text()
+
+
+def test_sips_reaches_a_browser_only_over_wss(start: Callable[..., WSServer]) -> None:
+    """RFC 3261 §26.2.2: a ws binding is no TLS path; a wss one is."""
+    server = start()
+    plain = WSPhone(server, "alice")
+    secure = WSPhone(server, "bob", secure=True)
+    try:
+        assert plain.register().status == 200
+        assert secure.register().status == 200
+        assert _options_to("alice", server.port, scheme="sips") == 480
+        found: list[int | None] = []
+        received: list[Request] = []
+
+        def answer_one() -> None:
+            request = secure.receive()
+            assert isinstance(request, Request)
+            received.append(request)
+            secure.answer(request, 200)
+
+        thread = threading.Thread(target=answer_one, daemon=True)
+        thread.start()
+        found.append(_options_to("bob", server.port, scheme="sips"))
+        thread.join(10)
+        assert found == [200]
+        assert received[0].top_via.transport.upper() == "WSS"
+    finally:
+        plain.close()
+        secure.close()
 
 
 # -- the upgrade and the frames ------------------------------------------------
@@ -474,7 +520,7 @@ def test_ping_is_answered(start: Callable[..., WSServer]) -> None:
         client.close()
 
 
-def test_per_source_connection_cap(start: Callable[..., WSServer]) -> None:
+def test_total_connection_cap(start: Callable[..., WSServer]) -> None:
     """Beyond --max-connections the upgrade never happens: closed at once."""
     server = start("--max-connections", "2")
     first, second = WSClient(server.ws_port), WSClient(server.ws_port)
@@ -485,6 +531,24 @@ def test_per_source_connection_cap(start: Callable[..., WSServer]) -> None:
         first.close()
         second.close()
     assert "refused 1 ws connection(s)" in server.log_text()
+
+
+def test_per_source_connection_cap(start: Callable[..., WSServer]) -> None:
+    """One source holds at most 500 connections (guard.ConnectionLimiter)."""
+    server = start()
+    held: list[socket.socket] = []
+    try:
+        for _ in range(499):
+            held.append(socket.create_connection(("127.0.0.1", server.ws_port), 5))
+        fivehundredth = WSClient(server.ws_port)  # within the cap: upgraded
+        assert fivehundredth.subprotocol == "sip"
+        with pytest.raises((RefusedError, ConnectionError, OSError)):
+            WSClient(server.ws_port, timeout=5)  # the 501st: closed at once
+        fivehundredth.close()
+    finally:
+        for sock in held:
+            sock.close()
+    assert "connections from this source already" in server.log_text()
 
 
 def test_slow_upgrade_is_closed_at_the_deadline(
