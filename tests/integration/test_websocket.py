@@ -13,6 +13,8 @@ import itertools
 import re
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +27,7 @@ from wsproto.frame_protocol import CloseReason
 from sipproxy.sip.message import Request, Response
 from sipproxy.sip.parser import parse_message
 from tests.integration.conftest import (
+    ROOT,
     RunningServer,
     free_port,
     start_twistd,
@@ -565,3 +568,13 @@ def test_slow_upgrade_is_closed_at_the_deadline(
     finally:
         client.close()
     assert "the WebSocket upgrade not finished within 1" in server.log_text()
+
+
+def test_the_websocket_bench_runs() -> None:
+    """bench/ws_ramp.py still drives the server (no timing asserted here)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.ws_ramp", "--quick", "--transport", "ws"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "ws: highest clean 200/s" in done.stdout, done.stdout
