@@ -271,6 +271,8 @@ def test_register_over_ws(start: Callable[..., WSServer]) -> None:
     assert ok.status == 200, ok
     assert "received=127.0.0.1" in (ok.headers.get("via") or "")
     assert "transport=ws" in (ok.headers.get("contact") or "")
+    # No --ws-origin: any page may use the server, and the start says so.
+    assert "no ws-origin: browser pages from any origin" in server.log_text()
 
 
 @pytest.mark.parametrize("secure", [False, True], ids=["ws", "wss"])
@@ -479,6 +481,7 @@ def test_origin_not_allowed_is_refused(start: Callable[..., WSServer]) -> None:
     allowed = WSClient(server.ws_port, origin="https://phone.example.test")
     allowed.close()
     assert "refused ws upgrade" in server.log_text()
+    assert "no ws-origin" not in server.log_text()
 
 
 def test_oversize_message_closes_the_connection(
