@@ -121,6 +121,9 @@ class WSPhone:
         context = None
         if secure:
             context = ssl.create_default_context(cafile=str(server.ca.cert_path))
+            # As browsers do on every wss:// connection (the listener must not
+            # fail the handshake over it: transport/tls.py).
+            context.set_alpn_protocols(["http/1.1"])
         self.client = WSClient(
             server.wss_port if secure else server.ws_port,
             context=context,
