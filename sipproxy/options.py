@@ -119,6 +119,38 @@ OPTIONS: tuple[Option, ...] = (
         reload="apply",
     ),
     Option(
+        "subscribe-min-expires",
+        "count",
+        "Shortest busy-lamp subscription (SUBSCRIBE, Event: dialog) accepted, "
+        "else 423 (60).",
+        reload="apply",
+    ),
+    Option(
+        "subscribe-max-expires",
+        "count",
+        "Longest busy-lamp subscription granted; longer ones are cut (3600).",
+        reload="apply",
+    ),
+    Option(
+        "max-subscriptions",
+        "count",
+        "Busy-lamp subscriptions served at most, in all; beyond it 503 (10000).",
+        reload="apply",
+    ),
+    Option(
+        "max-subscriptions-per-user",
+        "count",
+        "Busy-lamp subscriptions one user may hold; beyond it 403 (200).",
+        reload="apply",
+    ),
+    Option(
+        "blf-single-dialog",
+        "yesno",
+        "Busy-lamp NOTIFYs carry one dialog element only, the busiest: yes or "
+        "no (default; for phones that mishandle several).",
+        reload="apply",
+    ),
+    Option(
         "users",
         "path",
         "Apache htdigest file (realm: the first --domain): REGISTER and calls "
