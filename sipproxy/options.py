@@ -49,7 +49,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "listen",
         "listen",
-        "Endpoint to listen on, e.g. tcp:5060:interface=127.0.0.1 (repeatable).",
+        "Endpoint to listen on, e.g. tcp:5060:interface=127.0.0.1; udp:, tcp:, "
+        "tls:, ws: and wss: (repeatable).",
         cli="list",
         short="l",
     ),
@@ -74,7 +75,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "tcp-idle-timeout",
         "seconds",
-        "Seconds after which a silent TCP connection is closed (default 600).",
+        "Seconds after which a silent TCP, TLS or WebSocket connection is "
+        "closed (default 600).",
     ),
     Option(
         "max-connections",
