@@ -110,7 +110,8 @@ class WebSocketProtocol(SIPStreamProtocol):
 
     @override
     def dataReceived(self, data: bytes) -> None:
-        if self._closing:
+        if self._closing or not data:
+            # Empty bytes would tell h11 the peer closed its side (EOF).
             return
         self._heard = self._ws_factory.clock.seconds()
         try:

@@ -7,6 +7,8 @@ as a browser would read it.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from wsproto import ConnectionType, WSConnection
@@ -382,3 +384,14 @@ def test_the_sender_never_opens_a_websocket_connection() -> None:
     )
     assert errors == ["cannot open ws connections"]
     assert browser.clock.tcpClients == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunks=st.lists(st.binary(max_size=64), max_size=8), upgraded=st.booleans())
+def test_any_bytes_never_raise(chunks: list[bytes], upgraded: bool) -> None:
+    """Whatever a client sends, the edge answers, delivers or closes; no exception."""
+    browser = open_browser() if upgraded else Browser()
+    for chunk in chunks:
+        browser.feed(chunk)
+    browser.clock.advance(700)  # every deadline and the idle timeout pass
+    assert browser.closed
