@@ -395,3 +395,26 @@ def test_any_bytes_never_raise(chunks: list[bytes], upgraded: bool) -> None:
         browser.feed(chunk)
     browser.clock.advance(700)  # every deadline and the idle timeout pass
     assert browser.closed
+
+
+_EVENTS = st.one_of(
+    st.builds(Ping, payload=st.binary(max_size=125)),
+    st.builds(Pong, payload=st.binary(max_size=125)),
+    st.builds(TextMessage, data=st.sampled_from([OPTIONS, "\r\n\r\n", "junk", ""])),
+    st.builds(BytesMessage, data=st.binary(max_size=200)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(events=st.lists(_EVENTS, max_size=12), split=st.integers(1, 50))
+def test_any_valid_client_traffic_in_any_pieces(
+    events: list[Event], split: int
+) -> None:
+    """Valid frames, however the reads cut them, are each handled once."""
+    browser = open_browser()
+    data = b"".join(browser.ws.send(event) for event in events)
+    for start in range(0, len(data), split):
+        browser.feed(data[start : start + split])
+    texts = [e for e in events if isinstance(e, TextMessage) and e.data == OPTIONS]
+    assert len(browser.recorder.messages) >= len(texts)
+    assert not browser.closed
