@@ -130,6 +130,8 @@ class WSPhone:
             origin=origin,
         )
         self.transport = "WSS" if secure else "WS"
+        #: send SIP messages in binary WebSocket messages instead of text ones
+        self.binary = False
         self.user = user
         # JsSIP's habit: a random host under .invalid (RFC 6761 §6.4).
         self.host = f"{hashlib.sha1(user.encode()).hexdigest()[:12]}.invalid"
@@ -139,7 +141,8 @@ class WSPhone:
         self.client.close()
 
     def send(self, data: bytes) -> None:
-        self.client.send(data.decode())
+        """One SIP message, as a text message (JsSIP's way) or a binary one."""
+        self.client.send(data if self.binary else data.decode())
 
     def receive(self, timeout: float = 15.0) -> Request | Response:
         data = self.client.receive(timeout)
@@ -276,6 +279,18 @@ def test_register_over_ws(start: Callable[..., WSServer]) -> None:
     assert "transport=ws" in (ok.headers.get("contact") or "")
     # No --ws-origin: any page may use the server, and the start says so.
     assert "no ws-origin: browser pages from any origin" in server.log_text()
+
+
+def test_binary_frames_carry_sip_too(start: Callable[..., WSServer]) -> None:
+    """RFC 7118 §4.2: a SIP message may come in a binary message as well."""
+    server = start()
+    phone = WSPhone(server, "alice")
+    try:
+        phone.binary = True
+        ok = phone.register()
+    finally:
+        phone.close()
+    assert ok.status == 200, ok
 
 
 @pytest.mark.parametrize("secure", [False, True], ids=["ws", "wss"])
