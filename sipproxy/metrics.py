@@ -72,7 +72,7 @@ class Snapshot:
     pending: int = 0
     #: answered non-INVITE transactions kept for retransmissions (bounded)
     completed: int = 0
-    #: open TCP/TLS connections by transport name
+    #: open TCP, TLS and WebSocket connections by transport name
     connections: Mapping[str, int] = field(default_factory=dict)
     #: addresses banned right now
     bans: int = 0
@@ -229,7 +229,7 @@ class _StateCollector(Collector):
         )
         connections = GaugeMetricFamily(
             "sipproxy_connections",
-            "Open TCP/TLS connections by transport.",
+            "Open TCP, TLS and WebSocket connections by transport.",
             labels=["transport"],
         )
         for transport, count in sorted(state.connections.items()):
