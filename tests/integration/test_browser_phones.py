@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import time
 import urllib.error
@@ -242,6 +243,44 @@ def test_browser_page_loads_jssip_and_names_a_dead_server(tmp_path: Path) -> Non
         f"caller: WebSocket {dead} could not be opened or was closed"
         " (code 1006, transport error)"
     ), result
+
+
+@pytest.fixture
+def relay(tmp_path: Path) -> Iterator[str]:
+    """tests/browser/relay.mjs on a free port: the ws:// URL of a dumb relay."""
+    node = require_browser_deps()[0]
+    port = free_port()
+    with (tmp_path / "relay.log").open("wb") as log:
+        process = subprocess.Popen(
+            [node, str(BROWSER / "relay.mjs"), str(port)],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            start_new_session=True,
+        )
+    assert process.stdout is not None
+    try:
+        readable, _, _ = select.select([process.stdout], [], [], 10)
+        assert readable, "relay did not start in 10 s"
+        assert process.stdout.readline().strip() == b"ready", "relay did not start"
+        yield f"ws://127.0.0.1:{port}"
+    finally:
+        stop(process)
+
+
+def test_two_browsers_call_each_other_over_a_dumb_relay(
+    relay: str, tmp_path: Path
+) -> None:
+    """Without a proxy, two browser phones call each other and hear each other.
+
+    A relay passes SIP between the two WebSockets untouched: this checks the
+    browsers, the page, WebRTC on loopback and the driver. When it passes and
+    the calls through the proxy fail, the fault is the proxy's.
+    """
+    result = drive(relay, tmp_path)
+    assert result["ok"], json.dumps(result, indent=1)
+    assert result["caller"]["stats"]["bytesReceived"] > 0
+    assert result["callee"]["stats"]["bytesReceived"] > 0
+    assert result["callee"]["ended"]["originator"] == "remote"
 
 
 def test_two_browsers_call_each_other_over_ws(
