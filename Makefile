@@ -56,7 +56,7 @@ browser-deps: $(BROWSER_DIR)/build/jssip.min.js
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy sipproxy tests twisted/plugins
+	$(BIN)/mypy sipproxy tests twisted/plugins bench
 
 check: lint system-deps browser-deps
 	$(NETNS) $(BIN)/pytest

@@ -82,6 +82,7 @@ class Silent:
     """A UDP socket that sends nowhere."""
 
     local = Peer("udp", "127.0.0.1", 5060)
+    connection_id = None
 
     def send(self, data: bytes, peer: Peer) -> None:
         pass

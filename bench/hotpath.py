@@ -13,6 +13,11 @@ Every REGISTER is a new AOR, as in the SIPp ``register`` scenario. ``--kind call
 plays whole calls (INVITE, 180, 200, ACK, BYE, 200) to a registered callee whose
 answers are built from what the proxy forwards; it reports per call, and the
 callee's side (parsing what it is sent, building its answers) is counted too.
+``--cdr SPEC`` opens that call-record store and lets the call tracker watch
+the proxy as the running server does (``none``: tracking without storing;
+``jsonl:PATH`` appends each record, synchronously); without it nothing tracks
+calls, which is the figure to compare against. ``sqlite:`` writes on the
+reactor's thread pool, which this reactor-less bench does not run.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ import time
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
+from sipproxy.cdr import CallRecordStore
 from sipproxy.config import build_config
-from sipproxy.server import build_server
+from sipproxy.server import SIPServerService, build_server
 from sipproxy.sip.message import Request
 from sipproxy.sip.parser import parse_message
 from sipproxy.testing import FakeDatagramTransport
@@ -138,11 +144,12 @@ def call(
     return any(b" 200 " in d[:16] for d, to in transport.written if to == _CALLER)
 
 
-def build() -> tuple[SIPDatagramProtocol, FakeDatagramTransport]:
+def build(cdr: str | None = None) -> tuple[SIPServerService, FakeDatagramTransport]:
     """A server wired as twistd wires it, with a fake socket."""
-    config = build_config(
-        {}, {"domain": ["example.test"], "listen": ["udp:5060"], "rate-limit": "0"}
-    )
+    options = {"domain": ["example.test"], "listen": ["udp:5060"], "rate-limit": "0"}
+    if cdr is not None:
+        options["cdr"] = cdr
+    config = build_config({}, options)
     service = build_server(config, reactor)
     protocol = SIPDatagramProtocol(
         service.proxy.layer, config.max_message_size, admit=service.admission.admit
@@ -150,12 +157,54 @@ def build() -> tuple[SIPDatagramProtocol, FakeDatagramTransport]:
     transport = FakeDatagramTransport()
     protocol.makeConnection(transport)
     service.transports.add_udp(protocol)
+    service.bench_protocol = protocol  # type: ignore[attr-defined]
     Deferred.fromCoroutine(service.location.open())  # memory: at once
-    return protocol, transport
+    return service, transport
 
 
-def run(kind: str, count: int, profile: bool) -> None:
-    protocol, transport = build()
+def run(kind: str, count: int, profile: bool, cdr: str | None = None) -> None:
+    service, transport = build(cdr)
+    if cdr is None:
+        # Nothing waits: the coroutine runs to its end right here.
+        Deferred.fromCoroutine(measure(service, transport, kind, count, profile))
+        return
+
+    async def recorded() -> None:
+        # As startService does once the store is open; the store's worker
+        # thread answers through the reactor, so this one runs.
+        await service.cdr.open()
+        service._recording(None)
+        await measure(service, transport, kind, count, profile, service.cdr)
+
+    def stop(result: object) -> object:
+        reactor.stop()
+        return result
+
+    reactor.callWhenRunning(
+        lambda: Deferred.fromCoroutine(recorded()).addErrback(print).addBoth(stop)
+    )
+    reactor.run()
+
+
+#: With a store, calls played before waiting for their records to be written,
+#: as a running server's store keeps up between packets (or its queue grows).
+_IN_FLIGHT = 10
+
+
+async def measure(
+    service: SIPServerService,
+    transport: FakeDatagramTransport,
+    kind: str,
+    count: int,
+    profile: bool,
+    store: CallRecordStore | None = None,
+) -> None:
+    """Play ``count`` messages or calls and print the CPU spent on each.
+
+    With ``store``, the figure includes writing every record and closing the
+    store: ``time.process_time`` counts every thread, the store's worker too.
+    """
+    protocol: SIPDatagramProtocol = service.bench_protocol  # type: ignore[attr-defined]
     template = _REGISTER if kind == "register" else _OPTIONS
     datagrams = [template.format(n=n).encode() for n in range(count)]
     source = ("127.0.0.1", 5061)
@@ -168,11 +217,18 @@ def run(kind: str, count: int, profile: bool) -> None:
     if profiler:
         profiler.enable()
     start = time.process_time()
+    answered = 0
     if kind == "call":
-        answered = sum(call(protocol, transport, n) for n in range(count))
+        for n in range(count):
+            answered += call(protocol, transport, n)
+            if store is not None and n % _IN_FLIGHT == _IN_FLIGHT - 1:
+                await service.calls.written()
     else:
         for datagram in datagrams:
             protocol.datagramReceived(datagram, source)
+    if store is not None:
+        await service.calls.stop()
+        await store.close()
     spent = time.process_time() - start
     if profiler:
         profiler.disable()
@@ -192,8 +248,11 @@ def main() -> None:
     )
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--cdr", help="track calls and record them here (none, jsonl:PATH)"
+    )
     args = parser.parse_args()
-    run(args.kind, args.messages, args.profile)
+    run(args.kind, args.messages, args.profile, args.cdr)
 
 
 if __name__ == "__main__":

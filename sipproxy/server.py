@@ -468,7 +468,7 @@ class SIPServerService(MultiService):
                 connection.transport.loseConnection()  # type: ignore[union-attr]
         self.ports.clear()
         super().stopService()  # type: ignore[no-untyped-call]
-        self.calls.stop()
+        written = self.calls.stop()
         events = self.proxy.events
         if self.calls in events.decisions:
             events.decisions.remove(self.calls)
@@ -479,9 +479,10 @@ class SIPServerService(MultiService):
 
         def close_cdr(result: object) -> Deferred[object]:
             # The location's result (or failure) is what stopping reports.
-            return Deferred.fromCoroutine(self.cdr.close()).addCallback(
-                lambda _: result
-            )
+            # Records of calls that ended just now are written before closing.
+            return written.addCallback(
+                lambda _: Deferred.fromCoroutine(self.cdr.close())
+            ).addCallback(lambda _: result)
 
         return closed.addBoth(close_cdr)
 

@@ -27,3 +27,16 @@ def test_hotpath_bench_runs(kind: str, count: int, expected: str) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert expected in done.stdout, done.stdout
+
+
+def test_hotpath_bench_records_calls(tmp_path: Path) -> None:
+    """--cdr wires the call tracker: every call played is a record in the file."""
+    path = tmp_path / "cdr.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.hotpath", "--kind", "call",
+         "--messages", "12", "--cdr", f"jsonl:{path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "12 answered 200" in done.stdout, done.stdout
+    assert len(path.read_text().splitlines()) == 12

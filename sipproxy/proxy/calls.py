@@ -42,7 +42,7 @@ from collections import Counter
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -126,6 +126,8 @@ class CallTracker:
         self._observer = observer
         self._calls: dict[tuple[str, str], _Call] = {}
         self._sweep: IDelayedCall | None = None
+        #: store writes sent and not yet done: stopping waits for them
+        self._writing: set[Deferred[Any]] = set()
         #: calls not tracked because ``max_calls`` were live
         self.untracked = 0
         #: store operations that failed (the first one is logged)
@@ -140,11 +142,22 @@ class CallTracker:
         self._schedule()
         return self._write(self.store.close_lost(self.owner, self._clock.seconds()))
 
-    def stop(self) -> None:
-        """Stop sweeping; live calls stay live in the store (lost at next start)."""
+    def stop(self) -> Deferred[None]:
+        """Stop sweeping; fires once the store writes already sent are done.
+
+        Live calls stay live in the store (lost at the next start). The store
+        may be closed when this fires: a call that ended just before a clean
+        stop is then recorded once, as it ended, rather than failing its
+        write against a closed store and coming back as ``lost``.
+        """
         if self._sweep is not None and self._sweep.active():
             self._sweep.cancel()
         self._sweep = None
+        return self.written()
+
+    def written(self) -> Deferred[None]:
+        """Fires once the store writes sent so far are done (or failed)."""
+        return DeferredList(list(self._writing)).addCallback(lambda _: None)
 
     def active(self) -> int:
         """Calls in progress."""
@@ -363,7 +376,16 @@ class CallTracker:
     # -- the store ---------------------------------------------------------------
 
     def _write(self, work: Coroutine[Any, Any, Any]) -> Deferred[Any]:
-        return Deferred.fromCoroutine(work).addErrback(self._store_failed)
+        written = Deferred.fromCoroutine(work).addErrback(self._store_failed)
+        if not written.called:
+            self._writing.add(written)
+
+            def done(result: object) -> object:
+                self._writing.discard(written)
+                return result
+
+            written.addBoth(done)
+        return written
 
     def _store_failed(self, failure: Failure) -> None:
         self.store_errors += 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred
+
 from sipproxy.cdr.record import CallRecord
 from sipproxy.office.headers import diversion_reason
 from sipproxy.office.model import parse_office
@@ -352,3 +354,33 @@ def test_the_reason_of_the_newest_diversion() -> None:
         )
         == "no-answer"
     )
+
+
+class SlowStore(MemoryCallRecordStore):
+    """Adds records only when the test says the disk is done."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.disk: Deferred[None] = Deferred()
+
+    async def add(self, record: CallRecord) -> None:
+        await self.disk
+        await super().add(record)
+
+
+def test_stopping_waits_for_the_records_of_calls_that_just_ended() -> None:
+    """A clean stop closes the store only after the last records are written."""
+    h = Harness()
+    h.register("bob", BOB)
+    store = SlowStore()
+    tracker, _ = tracked(h, store)
+    ok = answered(h)
+    h.receive(bye_from_bob(ok), BOB)
+    stopped = tracker.stop()
+    assert not stopped.called
+    assert list(store.live), "the call is live until its record is written"
+    store.disk.callback(None)
+    assert stopped.called
+    [record] = store.records
+    assert (record.disposition, record.hangup_by) == ("answered", "callee")
+    assert not store.live
