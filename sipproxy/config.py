@@ -76,6 +76,9 @@ class Config:
     #: seconds a TCP/TLS client has to finish a message (header section and body)
     #: once it has sent its first byte; a slow sender (slowloris) is disconnected
     message_timeout: float = 10.0
+    #: origins a browser's WebSocket upgrade may come from (RFC 6455 §10.2),
+    #: lower case; empty: any
+    ws_origins: tuple[str, ...] = ()
     #: registration lifetimes, seconds (RFC 3261 §10.2.1.1, §10.3 step 7)
     default_expires: int = 3600
     min_expires: int = 60
@@ -149,6 +152,8 @@ class Config:
 
 # key -> kind; options.py is the one table, config_values checks each kind.
 _KEYS: dict[str, str] = {option.name: option.kind for option in OPTIONS}
+#: key -> the Config field it sets
+_FIELDS: dict[str, str] = {option.name: option.config_field for option in OPTIONS}
 
 
 def read_toml(path: str) -> dict[str, Any]:
@@ -178,13 +183,9 @@ def build_config(
     office = {k: v for k, v in merged.items() if _KEYS[k] == "office"}
     for key, value in merged.items():
         if key not in office:
-            settings[key.replace("-", "_")] = coerce(_KEYS[key], key, value)
+            settings[_FIELDS[key]] = coerce(_KEYS[key], key, value)
     if office:
         settings["office"] = _office(office)
-    if "domain" in settings:
-        settings["domains"] = settings.pop("domain")
-    if "alias" in settings:
-        settings["aliases"] = settings.pop("alias")
     if "admin_token_file" in settings:
         if "admin_token" in settings:
             raise ConfigError("admin-token and admin-token-file: give only one")

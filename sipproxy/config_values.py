@@ -20,18 +20,24 @@ from sipproxy.sip.addressing import ip_of
 from sipproxy.sip.transports import KINDS, is_reliable, is_secure
 
 _TRANSPORTS = tuple(KINDS)
+_TLS_KEYWORDS = {
+    "interface",
+    "backlog",
+    "privateKey",
+    "certKey",
+    "extraCertChain",
+    "caCerts",
+}
 _LISTEN_KEYWORDS = {
     "udp": {"interface"},
     "tcp": {"interface", "backlog"},
-    "tls": {
-        "interface",
-        "backlog",
-        "privateKey",
-        "certKey",
-        "extraCertChain",
-        "caCerts",
-    },
+    "tls": _TLS_KEYWORDS,
+    "ws": {"interface", "backlog"},
+    # The same TLS settings and certificate handling as tls: (transport/tls.py).
+    "wss": _TLS_KEYWORDS,
 }
+# A browser's Origin (RFC 6454 §6.1): scheme://host[:port], no path.
+_ORIGIN = re.compile(r"(https?)://([^/?#\s]+)\Z", re.IGNORECASE)
 # RFC 1034 host names as SIP uses them (RFC 3261 §25.1 hostname), for --domain.
 _HOSTNAME = re.compile(
     r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
@@ -107,7 +113,7 @@ class ListenSpec:
         if is_secure(kind):
             given = {key for key, _ in options}
             if "privateKey" not in given:
-                raise ConfigError(f"listen {text!r}: tls needs privateKey=FILE")
+                raise ConfigError(f"listen {text!r}: {kind} needs privateKey=FILE")
         return cls(kind, port, interface, tuple(options))
 
     @property
@@ -272,6 +278,8 @@ def coerce(kind: str, key: str, value: Any) -> Any:
         raise ConfigError(f"{key} = {value!r}: use yes or no")
     if kind == "dialplan":
         return _dialplan(value)
+    if kind == "origins":
+        return tuple(_origin(key, text) for text in _as_list(key, value))
     if kind == "admin":
         return _admin(value)
     if kind == "token":
@@ -328,6 +336,16 @@ def coerce(kind: str, key: str, value: Any) -> Any:
             )
         return int(number)
     return float(number)
+
+
+def _origin(key: str, text: str) -> str:
+    """An Origin as browsers send it: lower-case scheme and host, no slash."""
+    match = _ORIGIN.match(text.strip().rstrip("/"))
+    if match is None:
+        raise ConfigError(
+            f"{key} = {text!r}: expected an origin such as https://phone.example.com"
+        )
+    return f"{match.group(1).lower()}://{match.group(2).lower()}"
 
 
 def _admin(value: Any) -> ListenSpec | UnixSocketSpec:

@@ -79,14 +79,24 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max-connections",
         "count",
-        "Inbound TCP/TLS connections open at once, all sources together; "
-        "beyond it new ones are closed at once (default 10000).",
+        "Inbound TCP/TLS/WebSocket connections open at once, all sources "
+        "together; beyond it new ones are closed at once (default 10000).",
     ),
     Option(
         "message-timeout",
         "seconds",
-        "Seconds a TCP/TLS client has to finish a message (headers and body) "
-        "once it started sending it; then it is disconnected (default 10).",
+        "Seconds a TCP/TLS/WebSocket client has to finish a message (headers "
+        "and body), a TLS handshake or a WebSocket upgrade once it started "
+        "sending it; then it is disconnected (default 10).",
+    ),
+    Option(
+        "ws-origin",
+        "origins",
+        "Origin a browser's WebSocket upgrade may come from, e.g. "
+        "https://phone.example.com (repeatable); others get 403. None given: "
+        "any origin (logged at start).",
+        cli="list",
+        field="ws_origins",
     ),
     Option(
         "location",

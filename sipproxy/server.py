@@ -49,13 +49,14 @@ from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.reload import NewSettings, read_again
 from sipproxy.resolver import make_resolver
 from sipproxy.sip.addressing import Peer, ip_of
-from sipproxy.sip.transports import KINDS, UDP, is_secure, kind_of
+from sipproxy.sip.transports import KINDS, TLS, UDP, WS, WSS, is_secure, kind_of
 from sipproxy.sip.uri import SipURI
 from sipproxy.transport.listeners import host_port, listen_stream, listen_udp
 from sipproxy.transport.sender import Transports
 from sipproxy.transport.stream import SIPStreamFactory
 from sipproxy.transport.tls import TLSClient, credentials_of, server_options
 from sipproxy.transport.udp import SIPDatagramProtocol
+from sipproxy.transport.ws import WebSocketFactory
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -173,17 +174,24 @@ class SIPServerService(MultiService):
             port = listen_udp(self._reactor, spec, protocol, shared=shared)
             self.transports.add_udp(protocol)
             return port
-        factory = self.stream_factories.setdefault(
-            spec.transport,
-            SIPStreamFactory(
-                receiver,
-                self._reactor,
-                transport_name=spec.transport,
-                idle_timeout=self.config.tcp_idle_timeout,
-                message_timeout=self.config.message_timeout,
-                max_message_size=self.config.max_message_size,
-            ),
-        )
+        factory = self.stream_factories.get(spec.transport)
+        if factory is None:
+            settings: dict[str, Any] = {
+                "transport_name": spec.transport,
+                "idle_timeout": self.config.tcp_idle_timeout,
+                "message_timeout": self.config.message_timeout,
+                "max_message_size": self.config.max_message_size,
+            }
+            factory = self.stream_factories[spec.transport] = (
+                WebSocketFactory(
+                    receiver,
+                    self._reactor,
+                    origins=frozenset(self.config.ws_origins),
+                    **settings,
+                )
+                if is_websocket(spec.transport)
+                else SIPStreamFactory(receiver, self._reactor, **settings)
+            )
         factory.admit = self.admission.admit
         factory.limit = self.connection_limit
         port = listen_stream(self._reactor, spec, factory, shared=shared)
@@ -419,6 +427,14 @@ class SIPServerService(MultiService):
                 "exposing the server",
                 where=", ".join(str(spec) for spec in public),
             )
+        websocket = [s for s in self.config.listen if is_websocket(s.transport)]
+        if websocket and not self.config.ws_origins:
+            # RFC 6455 §10.2: the Origin check is what keeps another site's
+            # page from using a visitor's browser as a phone of ours.
+            self.log.warn(
+                "no ws-origin: browser pages from any origin may use {where}",
+                where=", ".join(str(spec) for spec in websocket),
+            )
         if self.transports.tls is not None and not self.transports.tls.verify:
             self.log.warn(
                 "tls-verify is off: servers we connect to over TLS are not "
@@ -600,30 +616,40 @@ def _users_of(authenticator: Authenticator | None) -> Callable[[str], bool]:
     return known
 
 
+def is_websocket(transport: str) -> bool:
+    """Whether ``transport`` is SIP over WebSocket (RFC 7118)."""
+    return transport in (WS.name, WSS.name)
+
+
 def sendable_transports(config: Config) -> tuple[str, ...]:
     """The transports DNS may pick (RFC 3263): TLS too only with a tls: listener.
 
     Without one we have no TLS client (:func:`tls_client`), and a target
-    reached over TLS could not be told where to answer.
+    reached over TLS could not be told where to answer. WebSocket never: we
+    open no WebSocket connections (sip/transports.py).
     """
-    uses_tls = any(is_secure(spec.transport) for spec in config.listen)
-    return tuple(k.name for k in KINDS.values() if uses_tls or not k.secure)
+    uses_tls = any(spec.transport == TLS.name for spec in config.listen)
+    return tuple(
+        k.name for k in KINDS.values() if k.dialable and (uses_tls or not k.secure)
+    )
 
 
 def tls_client(config: Config) -> TLSClient | None:
     """How we open TLS connections, if any ``tls:`` listener is configured.
 
-    Each listener's key and certificate are read (and checked) here; the first
-    one's is also our client certificate, for servers that ask for one (mutual
-    TLS trunks). Without a TLS listener we neither accept nor open TLS: our Via
-    and Record-Route could name no TLS address.
+    Each TLS listener's key and certificate (``wss:`` ones too) are read (and
+    checked) here; the first ``tls:`` one's is also our client certificate, for
+    servers that ask for one (mutual TLS trunks). Without a TLS listener we
+    neither accept nor open TLS: our Via and Record-Route could name no TLS
+    address.
     """
-    tls = [spec for spec in config.listen if is_secure(spec.transport)]
+    secure = [spec for spec in config.listen if is_secure(spec.transport)]
+    for spec in secure:
+        server_options(credentials_of(spec.options), spec.option("caCerts"))
+    tls = [spec for spec in secure if spec.transport == TLS.name]
     if not tls:
         return None
     credentials = [credentials_of(spec.options) for spec in tls]
-    for spec in tls:
-        server_options(credentials_of(spec.options), spec.option("caCerts"))
     return TLSClient(
         verify=config.tls_verify, ca_file=config.tls_ca, credentials=credentials[0]
     )

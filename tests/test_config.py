@@ -29,6 +29,20 @@ from sipproxy.config import (
                 "tls", 5061, "", (("privateKey", "key.pem"), ("certKey", "cert.pem"))
             ),
         ),
+        ("ws:8080:interface=127.0.0.1", ListenSpec("ws", 8080, "127.0.0.1")),
+        (
+            "wss:8443:privateKey=k.pem:certKey=c.pem:extraCertChain=x.pem",
+            ListenSpec(
+                "wss",
+                8443,
+                "",
+                (
+                    ("privateKey", "k.pem"),
+                    ("certKey", "c.pem"),
+                    ("extraCertChain", "x.pem"),
+                ),
+            ),
+        ),
     ],
 )
 def test_listen_specs_parse(text: str, expected: ListenSpec) -> None:
@@ -47,6 +61,8 @@ def test_listen_specs_parse(text: str, expected: ListenSpec) -> None:
         ("udp:5060:interface=example.com", "not an IP address"),
         ("udp:5060:backlog=5", "unknown option 'backlog'"),
         ("tls:5061:certKey=c.pem", "privateKey"),
+        ("wss:8443:certKey=c.pem", "wss needs privateKey"),
+        ("ws:8080:privateKey=k.pem", "unknown option 'privateKey'"),
     ],
 )
 def test_bad_listen_specs_name_the_problem(text: str, message: str) -> None:
@@ -306,3 +322,14 @@ def test_a_location_error_never_shows_a_password() -> None:
 def test_a_listen_interface_with_stray_brackets_is_refused(interface: str) -> None:
     with pytest.raises(ConfigError, match="not an IP address"):
         ListenSpec.parse(f"udp:5060:interface={interface}")
+
+
+def test_ws_origins_are_normalised_and_checked() -> None:
+    config = build_config(
+        {"ws-origin": ["https://Phone.Example.com/", "http://127.0.0.1:8000"]}, {}
+    )
+    assert config.ws_origins == ("https://phone.example.com", "http://127.0.0.1:8000")
+    assert build_config({}, {}).ws_origins == ()
+    for bad in ("phone.example.com", "https://phone.example.com/app", "ftp://x"):
+        with pytest.raises(ConfigError, match="ws-origin"):
+            build_config({}, {"ws-origin": [bad]})

@@ -209,6 +209,20 @@ async def test_ip_literal_needs_no_query(dns_server: DNSServer) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_websocket_targets_are_never_looked_up(dns_server: DNSServer) -> None:
+    """RFC 7118 §5.3: a browser's Contact (a .invalid host) is no DNS name.
+
+    Even when asked to, the resolver knows no way to send over ws or wss: a
+    browser is reached over the connection it opened, or not at all.
+    """
+    s = harness(dns_server, transports=("udp", "tcp", "tls", "ws", "wss"))
+    assert await s.resolve("sip:x@df7jal23ls0d.invalid;transport=ws") == []
+    assert await s.resolve("sips:x@df7jal23ls0d.invalid;transport=wss") == []
+    assert await s.resolve("sip:x@plain.example.test;transport=ws") == []
+    assert dns_server.queries == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_naptr_leads_to_srv_then_addresses(dns_server: DNSServer) -> None:
     """NAPTR picks transports by order then preference, SRV and A follow (§4.1)."""
     s = harness(dns_server, transports=("udp", "tcp", "tls"))

@@ -27,7 +27,7 @@ from sipproxy.sip.addressing import Peer, response_destination
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.headers import Headers
 from sipproxy.sip.message import Request, Response
-from sipproxy.sip.transports import UDP, kind_of
+from sipproxy.sip.transports import TLS, UDP, kind_of
 from sipproxy.sip.uri import SipURI
 from sipproxy.sip.via import Via
 from sipproxy.transport.sender import Transports
@@ -151,8 +151,10 @@ class Stamps:
         param = "" if kind is UDP else f";transport={kind.uri_param}"
         if secure and kind.secure:
             # §16.6 step 4: for a SIPS Request-URI "the URI placed into the
-            # Record-Route header field MUST be a SIPS URI".
-            return f"<sips:{user}{host}:{port};lr>"
+            # Record-Route header field MUST be a SIPS URI". A sips: URI means
+            # TLS by itself; facing a browser it still says wss (RFC 7118 §5.2.2).
+            param = "" if kind is TLS else param
+            return f"<sips:{user}{host}:{port}{param};lr>"
         return f"<sip:{user}{host}:{port}{param};lr>"
 
     def to_tag(self, headers: Headers) -> str:

@@ -28,7 +28,14 @@ from sipproxy.proxy.routing import next_hop
 from sipproxy.sip.addressing import Peer, ip_of, same_address
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.message import Request
-from sipproxy.sip.transports import TLS, UDP, by_uri_param, is_reliable, is_secure
+from sipproxy.sip.transports import (
+    KINDS,
+    TLS,
+    UDP,
+    by_uri_param,
+    is_reliable,
+    is_secure,
+)
 from sipproxy.sip.uri import SipURI
 from sipproxy.transport.sender import Transports
 
@@ -198,7 +205,7 @@ class TargetLookup:
         ]
 
     def tls_only(self, targets: list[Destination]) -> list[Destination]:
-        """RFC 3261 §26.2.2: a SIPS Request-URI goes over TLS hops only.
+        """RFC 3261 §26.2.2: a SIPS Request-URI goes over TLS hops only (wss too).
 
         "the request MUST be sent [...] over TLS": a target reachable only over
         UDP or TCP is dropped rather than downgraded. None left: 416 if this
@@ -207,7 +214,7 @@ class TargetLookup:
         """
         secure = [t for t in targets if is_secure(t.peer.transport)]
         if not secure:
-            if not self._transports.supports(TLS.name):
+            if not any(self._transports.supports(k) for k in KINDS if is_secure(k)):
                 raise RejectedError(416)
             raise RejectedError(480, "No TLS Path To Target")
         return secure

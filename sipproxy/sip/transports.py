@@ -31,15 +31,27 @@ class TransportKind:
     naptr_service: str = ""
     #: The SRV owner-name prefix to look it up under (RFC 3263 §4.1); "" if none.
     srv_prefix: str = ""
+    #: We can open connections of this kind to reach a peer; False: a peer is
+    #: reached only over a connection it opened to us (WebSocket).
+    dialable: bool = True
 
 
 UDP = TransportKind("udp", "UDP", 5060, False, False, "udp", "sip+d2u", "_sip._udp.")
 TCP = TransportKind("tcp", "TCP", 5060, True, False, "tcp", "sip+d2t", "_sip._tcp.")
 # RFC 3263 §4.1: "_sips" is TLS over TCP.
 TLS = TransportKind("tls", "TLS", 5061, True, True, "tls", "sips+d2t", "_sips._tcp.")
+# RFC 7118 §5.2.1 and §5.2.2: Via transport "WS"/"WSS", URI parameter "ws"/"wss";
+# reliable (§5.2.4: the reliable-transport timers, no retransmissions). The
+# ports are WebSocket's own (RFC 6455 §3: 80 for ws, 443 for wss). No NAPTR or
+# SRV: the clients are browsers, which open a connection to a WebSocket URI and
+# accept none (§5.3, Appendix B.1), so a ws target is never looked up in DNS and
+# never dialled; it is reached over the connection it opened (a flow, RFC 5626)
+# or not at all.
+WS = TransportKind("ws", "WS", 80, True, False, "ws", dialable=False)
+WSS = TransportKind("wss", "WSS", 443, True, True, "wss", dialable=False)
 
 #: Every kind by its name. Order is preference when nothing else decides.
-KINDS: dict[str, TransportKind] = {kind.name: kind for kind in (UDP, TCP, TLS)}
+KINDS: dict[str, TransportKind] = {kind.name: kind for kind in (UDP, TCP, TLS, WS, WSS)}
 
 #: RFC 3261 §19.1.2: the port when a sent-by or URI names none.
 DEFAULT_PORTS: dict[str, int] = {name: k.default_port for name, k in KINDS.items()}
@@ -70,6 +82,12 @@ def is_secure(name: str) -> bool:
     """Whether the transport called ``name`` is encrypted (unknown: no)."""
     kind = KINDS.get(name)
     return kind is not None and kind.secure
+
+
+def is_dialable(name: str) -> bool:
+    """Whether we may open a connection (or send a datagram) over ``name``."""
+    kind = KINDS.get(name)
+    return kind is not None and kind.dialable
 
 
 def is_reliable(name: str) -> bool:

@@ -278,7 +278,7 @@ class SIPStreamFactory(Factory):
         if limit is not None and not limit.opened(host):
             self._refused(host, limit)
             return None
-        protocol = SIPStreamProtocol(self)
+        protocol = self.new_protocol()
         protocol.counted = limit is not None
         protocol.inbound = True
         return protocol
@@ -309,6 +309,10 @@ class SIPStreamFactory(Factory):
         )
         self.refused = 0
 
+    def new_protocol(self) -> SIPStreamProtocol:
+        """One connection's protocol (WebSocket's factory makes its own kind)."""
+        return SIPStreamProtocol(self)
+
     def build_outbound(self) -> SIPStreamProtocol:
         """A connection we open ourselves: never counted against a source's cap."""
-        return SIPStreamProtocol(self)
+        return self.new_protocol()

@@ -11,8 +11,11 @@ from sipproxy.sip.transports import (
     KINDS,
     TLS,
     UDP,
+    WS,
+    WSS,
     by_uri_param,
     by_via_token,
+    is_dialable,
     is_reliable,
     is_secure,
     kind_of,
@@ -20,10 +23,29 @@ from sipproxy.sip.transports import (
 from sipproxy.sip.via import Via
 
 
-def test_rfc_3261_defaults() -> None:
-    assert DEFAULT_PORTS == {"udp": 5060, "tcp": 5060, "tls": 5061}
-    assert [k.name for k in KINDS.values() if k.reliable] == ["tcp", "tls"]
-    assert [k.name for k in KINDS.values() if k.secure] == ["tls"]
+def test_rfc_3261_and_rfc_7118_defaults() -> None:
+    assert DEFAULT_PORTS == {
+        "udp": 5060,
+        "tcp": 5060,
+        "tls": 5061,
+        "ws": 80,
+        "wss": 443,
+    }
+    reliable = [k.name for k in KINDS.values() if k.reliable]
+    assert reliable == ["tcp", "tls", "ws", "wss"]
+    assert [k.name for k in KINDS.values() if k.secure] == ["tls", "wss"]
+
+
+def test_websocket_is_never_dialled_nor_looked_up() -> None:
+    """RFC 7118 §5.3: a browser is reached over the connection it opened."""
+    assert [k.name for k in KINDS.values() if not k.dialable] == ["ws", "wss"]
+    assert not is_dialable("ws")
+    assert is_dialable("udp")
+    assert not is_dialable("sctp")
+    assert WS.srv_prefix == WSS.srv_prefix == ""
+    assert WS.naptr_service == WSS.naptr_service == ""
+    assert by_via_token("WSS") is WSS
+    assert by_uri_param("ws") is WS
 
 
 @pytest.mark.parametrize("name", list(KINDS))
@@ -37,7 +59,7 @@ def test_every_name_is_found_back_from_the_wire(name: str) -> None:
 
 def test_kinds_we_do_not_carry_are_neither_reliable_nor_secure() -> None:
     assert by_via_token("SCTP") is None
-    assert by_uri_param("ws") is None
+    assert by_uri_param("sctp") is None
     assert not is_reliable("sctp")
     assert not is_secure("sctp")
     with pytest.raises(KeyError):
