@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -41,6 +41,9 @@ from twisted.internet.ssl import CertificateOptions, TLSVersion
 from zope.interface import implementer
 
 from sipproxy.sip.addressing import ip_of
+
+if TYPE_CHECKING:
+    from OpenSSL.SSL import _NoOverlappingProtocols
 
 #: Forward secrecy and authenticated encryption only (TLS 1.3 suites are
 #: always these); no RSA key exchange, no CBC, no SHA-1 MACs. (Twisted exports
@@ -162,8 +165,24 @@ def server_options(
         caCerts=ca_certs,
         requireCertificate=ca_certs is not None,
     )
-    options.getContext()  # fail now, naming the listener, rather than per client
+    # Made now, to fail naming the listener rather than per client; Twisted
+    # keeps this context and makes every connection of the listener from it.
+    context = options.getContext()
+    # Twisted sets an ALPN callback on every server context, and its answer
+    # when no protocol is in common (b"") OpenSSL 3 takes for a chosen protocol
+    # of no length: the handshake ends in an internal_error alert for every
+    # client that offers ALPN, browsers on wss: among them (they offer
+    # http/1.1). We choose no protocol: the client's offer is not acknowledged
+    # (RFC 7301 §3.2 lets a server ignore it) and the handshake goes on.
+    context.set_alpn_select_callback(_no_application_protocol)
     return options
+
+
+def _no_application_protocol(
+    connection: SSL.Connection, offered: list[bytes]
+) -> _NoOverlappingProtocols:
+    """ALPN: no protocol chosen, whatever the client offered."""
+    return SSL.NO_OVERLAPPING_PROTOCOLS
 
 
 def identity_mismatch(certificate: x509.Certificate, name: str) -> str | None:

@@ -172,6 +172,24 @@ def test_server_speaks_tls_1_2_and_newer_only(
         assert server_error is not None
 
 
+@pytest.mark.parametrize("offered", [[b"http/1.1"], [b"h2", b"http/1.1"], [b"sip"]])
+def test_server_ignores_the_application_protocols_a_client_offers(
+    good: Issued, offered: list[bytes]
+) -> None:
+    """A client offering ALPN (every browser on wss:) completes the handshake.
+
+    No protocol is chosen (RFC 7301 §3.2: the server may ignore the offer);
+    Twisted's own callback made OpenSSL end such handshakes with internal_error.
+    """
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_alpn_protos(offered)
+    client = SSL.Connection(context, None)
+    client.set_connect_state()
+    server = server_side(good)
+    assert handshake(client, server) == (None, None)
+    assert client.get_alpn_proto_negotiated() == b""
+
+
 def test_client_accepts_a_server_with_the_right_name(ca: TestCA, good: Issued) -> None:
     connector = TLSClient(ca_file=str(ca.cert_path)).connector("sip.example.test")
     assert connect(connector, server_side(good)) == (None, None)
