@@ -55,7 +55,8 @@ export const CHROMIUM_FLAGS = [
 
 const USAGE = `usage: node call.mjs --server ws://HOST:PORT --caller URI --caller-password PW
        --callee URI --callee-password PW [--scenario call|register]
-       [--chromium PATH] [--profile DIR] [--timeout SECONDS] [--insecure]`;
+       [--page-port PORT] [--chromium PATH] [--profile DIR] [--timeout SECONDS]
+       [--insecure]`;
 
 function options() {
   const { values } = parseArgs({
@@ -66,6 +67,7 @@ function options() {
       callee: { type: "string" },
       "callee-password": { type: "string", default: "" },
       scenario: { type: "string", default: "call" },
+      "page-port": { type: "string", default: "0" },
       chromium: { type: "string", default: process.env.CHROMIUM || "/usr/bin/chromium" },
       profile: { type: "string" },
       timeout: { type: "string", default: "45" },
@@ -90,7 +92,7 @@ function bounded(promise, what, seconds) {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
-function serve() {
+function serve(port) {
   const server = createServer(async (request, response) => {
     const path = new URL(request.url, "http://127.0.0.1").pathname;
     const file = FILES[path === "/" ? "/index.html" : path];
@@ -107,7 +109,7 @@ function serve() {
     }
   });
   return new Promise((resolve) => {
-    server.listen(0, "127.0.0.1", () => resolve(server));
+    server.listen(port, "127.0.0.1", () => resolve(server));
   });
 }
 
@@ -181,7 +183,7 @@ async function main() {
     process.exit(1);
   }, Number(args.timeout) * 1000);
 
-  const http = await serve();
+  const http = await serve(Number(args["page-port"]));
   const url = `http://127.0.0.1:${http.address().port}/index.html`;
   let browser = null;
   const phones = [];

@@ -94,9 +94,13 @@ def drive(
     *,
     scenario: str = "call",
     home: Path | None = None,
+    page_port: int = 0,
     timeout: float = 45,
 ) -> dict[str, Any]:
-    """Run the two browser phones against ``server``; what call.mjs reported."""
+    """Run the two browser phones against ``server``; what call.mjs reported.
+
+    The page is served on 127.0.0.1 port ``page_port`` (0: any free port).
+    """
     command = [
         *require_browser_deps(),
         "--server",
@@ -111,6 +115,8 @@ def drive(
         PASSWORDS["bob"],
         "--scenario",
         scenario,
+        "--page-port",
+        str(page_port),
         "--profile",
         str(tmp_path / "chromium-profile"),
         "--timeout",
@@ -141,6 +147,8 @@ class BrowserProxy:
     server: RunningServer
     ws_url: str
     admin: str
+    #: the port the page must be served on, when the origin is checked
+    page_port: int = 0
 
     def records(self, count: int = 1) -> list[dict[str, Any]]:
         """GET /cdr until it holds ``count`` records (writes are asynchronous)."""
@@ -155,8 +163,14 @@ class BrowserProxy:
             time.sleep(0.1)
 
 
-def start_proxy(tmp_path: Path, listen: str, scheme: str) -> BrowserProxy:
-    """Sipproxy on UDP (for the start-up probe) and the WebSocket ``listen``."""
+def start_proxy(
+    tmp_path: Path, listen: str, scheme: str, *, origin: str | None = None
+) -> BrowserProxy:
+    """Sipproxy on UDP (for the start-up probe) and the WebSocket ``listen``.
+
+    :param origin: the one page origin the WebSocket listener accepts, with
+        ``{page_port}`` for a free port chosen here (``BrowserProxy.page_port``).
+    """
     users = tmp_path / "users.htdigest"
     for user, password in PASSWORDS.items():
         write_user(users, user, DOMAIN, password)
@@ -164,6 +178,8 @@ def start_proxy(tmp_path: Path, listen: str, scheme: str) -> BrowserProxy:
     token.write_text(TOKEN + "\n")
     token.chmod(0o600)
     port, ws_port, admin_port = free_port(), free_port(), free_port()
+    page_port = free_port() if origin else 0
+    origin = origin and origin.format(page_port=page_port)
     config = tmp_path / "sipproxy.toml"
     config.write_text(
         f'domain = ["{DOMAIN}"]\n'
@@ -173,10 +189,14 @@ def start_proxy(tmp_path: Path, listen: str, scheme: str) -> BrowserProxy:
         f'cdr = "jsonl:{tmp_path / "cdr.jsonl"}"\n'
         f'admin = "tcp:{admin_port}:interface=127.0.0.1"\n'
         f'admin-token-file = "{token}"\n'
+        + (f'ws-origin = ["{origin}"]\n' if origin else "")
     )
     server = start_twistd(["--config", str(config)], port, tmp_path / "twistd.log")
     return BrowserProxy(
-        server, f"{scheme}://127.0.0.1:{ws_port}", f"http://127.0.0.1:{admin_port}"
+        server,
+        f"{scheme}://127.0.0.1:{ws_port}",
+        f"http://127.0.0.1:{admin_port}",
+        page_port,
     )
 
 
@@ -197,6 +217,8 @@ def wss_proxy(tmp_path: Path) -> Iterator[tuple[BrowserProxy, TestCA]]:
         tmp_path,
         f"wss:{{port}}:interface=127.0.0.1:privateKey={cert.key}:certKey={cert.cert}",
         "wss",
+        # As an operator would: only the site serving the phone page.
+        origin="http://127.0.0.1:{page_port}",
     )
     yield proxy, ca
     stop(proxy.server.process)
@@ -305,7 +327,7 @@ def test_two_browsers_call_each_other_over_wss_trusting_the_ca(
     """
     proxy, ca = wss_proxy
     home = trusting_home(ca.cert_path, tmp_path / "home")
-    result = drive(proxy.ws_url, tmp_path, home=home)
+    result = drive(proxy.ws_url, tmp_path, home=home, page_port=proxy.page_port)
     assert_call_went_through(result, proxy)
 
 
@@ -317,6 +339,12 @@ def test_wss_with_an_untrusted_certificate_is_refused(
     The phone cannot register: the README's certificate note.
     """
     proxy, _ = wss_proxy
-    result = drive(proxy.ws_url, tmp_path, scenario="register", timeout=30)
+    result = drive(
+        proxy.ws_url,
+        tmp_path,
+        scenario="register",
+        page_port=proxy.page_port,
+        timeout=30,
+    )
     assert not result["ok"], result
     assert "could not be opened" in result["error"], result
