@@ -348,3 +348,5 @@ def test_wss_with_an_untrusted_certificate_is_refused(
     )
     assert not result["ok"], result
     assert "could not be opened" in result["error"], result
+    # Refused for the certificate, not for anything else in the handshake.
+    assert "net::ERR_CERT_AUTHORITY_INVALID" in result["stderr"], result
