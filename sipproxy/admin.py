@@ -26,6 +26,8 @@ file's permissions are the check and the token is optional. The routes:
 - ``GET /bans``; ``DELETE /bans/{address}``: lift a ban;
 - ``POST /reload``: what SIGHUP does (users, dial plan, limits);
 - ``GET /calls``: calls in progress (``ringing`` or ``answered``);
+- ``GET /subscriptions``: busy-lamp subscriptions served (subscriber, watched
+  resource, flow, seconds left, last version, the lamp's state);
 - ``GET /cdr[?since=ISO&until=ISO&user=NAME&disposition=A,B&limit=N]``: call
   detail records, newest first (``limit`` 100 by default, at most 10000);
   ``GET /cdr.csv``: the same as CSV with a header row;
@@ -115,6 +117,13 @@ class CallSource(Protocol):
         """Calls in progress, JSON-ready."""
 
 
+class SubscriptionSource(Protocol):
+    """Busy-lamp subscriptions (proxy.notifier.Notifier)."""
+
+    def listing(self) -> list[dict[str, Any]]:
+        """Subscriptions served now, oldest first, JSON-ready."""
+
+
 class AdminError(Exception):
     """An answer other than success: ``status`` and a message for the operator."""
 
@@ -165,6 +174,7 @@ class AdminAPI(Resource):
         (the service passes None only for a Unix socket without a token).
     :param metrics: the counters for ``/metrics``; None: no such route.
     :param calls: live calls and call records; None: no ``/calls`` nor ``/cdr``.
+    :param subscriptions: busy lamps; None: no ``/subscriptions``.
     """
 
     isLeaf = True  # noqa: N815 - twisted.web's name
@@ -177,6 +187,7 @@ class AdminAPI(Resource):
         token: str | None,
         metrics: Metrics | None,
         calls: CallSource | None = None,
+        subscriptions: SubscriptionSource | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._server = server
@@ -202,6 +213,9 @@ class AdminAPI(Resource):
             self.add_route("GET", "/calls", self._live_calls)
             self.add_route("GET", "/cdr", self._cdr)
             self.add_route("GET", "/cdr.csv", self._cdr_csv)
+        self._subscriptions = subscriptions
+        if subscriptions is not None:
+            self.add_route("GET", "/subscriptions", self._list_subscriptions)
 
     def add_route(
         self, method: str, path: str, handler: Handler, *, public: bool = False
@@ -384,6 +398,11 @@ class AdminAPI(Resource):
     async def _live_calls(self, call: Call) -> Reply:
         assert self._calls is not None
         return Reply({"calls": self._calls.live()})
+
+    async def _list_subscriptions(self, call: Call) -> Reply:
+        assert self._subscriptions is not None
+        found = self._subscriptions.listing()
+        return Reply({"count": len(found), "subscriptions": found})
 
     async def _cdr(self, call: Call) -> Reply:
         records = await self._records(call)

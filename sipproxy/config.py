@@ -65,6 +65,15 @@ class Config:
     cdr: str = "auto"
     #: a call silent this long is over (hangup_by "timeout")
     max_call_seconds: float = 14_400.0
+    #: busy-lamp subscriptions (RFC 6665): shortest accepted (else 423),
+    #: longest granted
+    subscribe_min_expires: int = 60
+    subscribe_max_expires: int = 3600
+    #: busy-lamp subscriptions served at most, in all and per subscriber
+    max_subscriptions: int = 10_000
+    max_subscriptions_per_user: int = 200
+    #: one dialog element per NOTIFY body (phones that crash on several)
+    blf_single_dialog: bool = False
     #: DNS servers for every lookup the server makes; empty: the system's resolv.conf
     dns: tuple[tuple[str, int], ...] = ()
     max_message_size: int = 65536
@@ -203,6 +212,12 @@ def build_config(
         raise ConfigError(
             f"expiry: need min-expires ({config.min_expires}) <= default-expires "
             f"({config.default_expires}) <= max-expires ({config.max_expires})"
+        )
+    if config.subscribe_min_expires > config.subscribe_max_expires:
+        raise ConfigError(
+            "subscription expiry: need subscribe-min-expires "
+            f"({config.subscribe_min_expires}) <= subscribe-max-expires "
+            f"({config.subscribe_max_expires})"
         )
     return config
 

@@ -8,6 +8,7 @@
     sipproxy-ctl forward USER             sipproxy-ctl forward USER KIND TARGET
     sipproxy-ctl dnd USER on|off          sipproxy-ctl forward-reset USER
     sipproxy-ctl calls                    sipproxy-ctl cdr [--since T] [--user U]
+    sipproxy-ctl subscriptions
 
 ``forward`` KIND is busy, no_answer, unavailable or unconditional; TARGET is a
 user, an extension, a group number or a SIP URI, ``none`` (or ``""``) clears it;
@@ -16,7 +17,8 @@ What ``forward``/``dnd`` set is kept in the location store and wins over the
 TOML until ``forward-reset``. ``calls`` lists the calls in progress; ``cdr`` the
 call detail records, newest first, filtered by ``--since``/``--until`` (ISO 8601),
 ``--user``, ``--disposition`` (comma-separated) and ``--limit``; ``--csv`` prints
-them as CSV for a spreadsheet.
+them as CSV for a spreadsheet. ``subscriptions`` lists the busy-lamp
+subscriptions served (who watches whom, from where, for how long yet).
 
 The token comes from ``--token``, ``--token-file`` or the ``SIPPROXY_TOKEN``
 environment variable (in that order); without any, from the file the server
@@ -115,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     reset.add_argument("user", help="the user, e.g. alice")
     commands.add_parser("calls", help="calls in progress")
+    commands.add_parser("subscriptions", help="busy-lamp subscriptions served")
     cdr = commands.add_parser("cdr", help="call detail records, newest first")
     cdr.add_argument("--since", help="from this time on, ISO 8601 (UTC if no zone)")
     cdr.add_argument("--until", help="before this time, ISO 8601")
@@ -186,6 +189,9 @@ def _run(args: argparse.Namespace, token: str | None) -> int:
         _show(args, _office(args, token), _forwarding_table)
     elif command == "calls":
         _show(args, _call(args, token, "GET", "/calls"), _calls_table)
+    elif command == "subscriptions":
+        answer = _call(args, token, "GET", "/subscriptions")
+        _show(args, answer, _subscriptions_table)
     elif command == "cdr":
         fields = {
             name: value
@@ -387,6 +393,17 @@ def _calls_table(answer: dict[str, Any]) -> str:
     return _table(
         [name.upper().replace("_", "-") for name in columns],
         [[call.get(name) for name in columns] for call in calls],
+    )
+
+
+def _subscriptions_table(answer: dict[str, Any]) -> str:
+    found = answer.get("subscriptions", [])
+    if not found:
+        return "no subscriptions"
+    columns = ("subscriber", "entity", "state", "expires", "version", "flow")
+    return _table(
+        [name.upper() for name in columns],
+        [[row.get(name) for name in columns] for row in found],
     )
 
 

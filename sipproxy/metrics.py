@@ -33,10 +33,10 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE", "Metrics", "Snapshot"]
+__all__ = ["CONTENT_TYPE", "Metrics", "Snapshot", "SubscriptionMetrics"]
 
 # A "_created" time stamp per label child doubles the output and says only when
 # the process started, which sipproxy_uptime_seconds says once.
@@ -72,7 +72,7 @@ class Snapshot:
     pending: int = 0
     #: answered non-INVITE transactions kept for retransmissions (bounded)
     completed: int = 0
-    #: open TCP/TLS connections by transport name
+    #: open TCP, TLS and WebSocket connections by transport name
     connections: Mapping[str, int] = field(default_factory=dict)
     #: addresses banned right now
     bans: int = 0
@@ -229,7 +229,7 @@ class _StateCollector(Collector):
         )
         connections = GaugeMetricFamily(
             "sipproxy_connections",
-            "Open TCP/TLS connections by transport.",
+            "Open TCP, TLS and WebSocket connections by transport.",
             labels=["transport"],
         )
         for transport, count in sorted(state.connections.items()):
@@ -256,9 +256,20 @@ class CallMetrics:
     are kept (``--cdr``), and by the tracker rather than per message.
 
     :param active: the number of live calls, read on each scrape.
+    :param pending_writes: call-record writes sent to the store and not done,
+        read on each scrape: a store that falls behind shows here first.
+    :param store_errors: call-record writes that failed since start.
+    :param untracked: calls not tracked because the live-call cap was reached.
     """
 
-    def __init__(self, registry: CollectorRegistry, active: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        active: Callable[[], int],
+        pending_writes: Callable[[], int] = lambda: 0,
+        store_errors: Callable[[], int] = lambda: 0,
+        untracked: Callable[[], int] = lambda: 0,
+    ) -> None:
         ended = Counter(
             "sipproxy_calls",
             "Calls ended, by CDR disposition.",
@@ -275,7 +286,7 @@ class CallMetrics:
             buckets=_SETUP_BUCKETS,
             registry=registry,
         )
-        registry.register(_ActiveCalls(active))
+        registry.register(_ActiveCalls(active, pending_writes, store_errors, untracked))
 
     def call_setup(self, seconds: float) -> None:
         """A call rang or was answered ``seconds`` after its INVITE."""
@@ -288,14 +299,83 @@ class CallMetrics:
             child.inc()
 
 
-class _ActiveCalls(Collector):
-    def __init__(self, active: Callable[[], int]) -> None:
-        self._active = active
+class SubscriptionMetrics:
+    """Busy-lamp subscriptions, in the registry of a :class:`Metrics`.
+
+    The notifier's observer (proxy/notifier.py): ``sipproxy_notify_total`` by
+    result, counted as each NOTIFY's transaction ends, and the
+    ``sipproxy_subscriptions`` gauge, read on each scrape.
+
+    :param count: the subscriptions served now.
+    """
+
+    RESULTS = ("ok", "timeout", "gone", "error")
+
+    def __init__(self, registry: CollectorRegistry, count: Callable[[], int]) -> None:
+        answered = Counter(
+            "sipproxy_notify",
+            "NOTIFYs of busy-lamp subscriptions by result: ok (2xx), timeout "
+            "(no answer), gone (481), error (any other failure).",
+            ["result"],
+            registry=registry,
+        )
+        self._results = {name: answered.labels(name) for name in self.RESULTS}
+        registry.register(_Subscriptions(count))
+
+    def notify_result(self, result: str) -> None:
+        """A NOTIFY's transaction ended with ``result``."""
+        child = self._results.get(result)
+        if child is not None:
+            child.inc()
+
+
+class _Subscriptions(Collector):
+    def __init__(self, count: Callable[[], int]) -> None:
+        self._count = count
 
     def describe(self) -> list[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "sipproxy_subscriptions",
+            "Busy-lamp (dialog event) subscriptions served.",
+            value=self._count(),
+        )
+
+
+class _ActiveCalls(Collector):
+    def __init__(
+        self,
+        active: Callable[[], int],
+        pending_writes: Callable[[], int],
+        store_errors: Callable[[], int],
+        untracked: Callable[[], int],
+    ) -> None:
+        self._active = active
+        self._untracked = untracked
+        self._pending_writes = pending_writes
+        self._store_errors = store_errors
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "sipproxy_cdr_pending_writes",
+            "Call-record writes sent to the store and not yet done.",
+            value=self._pending_writes(),
+        )
+        yield CounterMetricFamily(
+            "sipproxy_cdr_store_errors",
+            "Call-record writes that failed (the store is down or full).",
+            value=self._store_errors(),
+        )
+        yield CounterMetricFamily(
+            "sipproxy_calls_untracked",
+            "Calls not tracked: the live-call cap was reached.",
+            value=self._untracked(),
+        )
         yield GaugeMetricFamily(
             "sipproxy_active_calls", "Calls in progress.", value=self._active()
         )

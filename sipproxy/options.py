@@ -49,7 +49,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "listen",
         "listen",
-        "Endpoint to listen on, e.g. tcp:5060:interface=127.0.0.1 (repeatable).",
+        "Endpoint to listen on, e.g. tcp:5060:interface=127.0.0.1; udp:, tcp:, "
+        "tls:, ws: and wss: (repeatable).",
         cli="list",
         short="l",
     ),
@@ -74,7 +75,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "tcp-idle-timeout",
         "seconds",
-        "Seconds after which a silent TCP connection is closed (default 600).",
+        "Seconds after which a silent TCP, TLS or WebSocket connection is "
+        "closed (default 600).",
     ),
     Option(
         "max-connections",
@@ -116,6 +118,38 @@ OPTIONS: tuple[Option, ...] = (
         "seconds",
         "A call nothing is heard of (no BYE, re-INVITE or UPDATE) for this many "
         "seconds is recorded as ended by timeout (14400).",
+        reload="apply",
+    ),
+    Option(
+        "subscribe-min-expires",
+        "count",
+        "Shortest busy-lamp subscription (SUBSCRIBE, Event: dialog) accepted, "
+        "else 423 (60).",
+        reload="apply",
+    ),
+    Option(
+        "subscribe-max-expires",
+        "count",
+        "Longest busy-lamp subscription granted; longer ones are cut (3600).",
+        reload="apply",
+    ),
+    Option(
+        "max-subscriptions",
+        "count",
+        "Busy-lamp subscriptions served at most, in all; beyond it 503 (10000).",
+        reload="apply",
+    ),
+    Option(
+        "max-subscriptions-per-user",
+        "count",
+        "Busy-lamp subscriptions one user may hold; beyond it 403 (200).",
+        reload="apply",
+    ),
+    Option(
+        "blf-single-dialog",
+        "yesno",
+        "Busy-lamp NOTIFYs carry one dialog element only, the busiest: yes or "
+        "no (default; for phones that mishandle several).",
         reload="apply",
     ),
     Option(

@@ -40,15 +40,17 @@ from sipproxy.guard import BanList, ConnectionLimiter, TrustedNetworks
 from sipproxy.keys import admin_token, kept_secret, read_secret
 from sipproxy.location import LocationService, LocationStore
 from sipproxy.location.spec import location_from_spec, redacted_spec, redacted_text
-from sipproxy.metrics import CallMetrics, Metrics, Snapshot
+from sipproxy.metrics import CallMetrics, Metrics, Snapshot, SubscriptionMetrics
 from sipproxy.office.preferences import OfficePreferences
 from sipproxy.proxy.calls import CallTracker
 from sipproxy.proxy.core import Proxy, ProxySettings
+from sipproxy.proxy.notifier import Lamps, Notifier, NotifierSettings
 from sipproxy.proxy.observer import ProxyObserver
 from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.reload import NewSettings, read_again
 from sipproxy.resolver import make_resolver
 from sipproxy.sip.addressing import Peer, ip_of
+from sipproxy.sip.message import Request, Response
 from sipproxy.sip.transports import KINDS, TLS, UDP, WS, WSS, is_secure, kind_of
 from sipproxy.sip.uri import SipURI
 from sipproxy.transport.listeners import host_port, listen_stream, listen_udp
@@ -59,6 +61,9 @@ from sipproxy.transport.udp import SIPDatagramProtocol
 from sipproxy.transport.ws import WebSocketFactory
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
+#: On a shared store, how often each process reads the busy-lamp subscriptions
+#: the others made or ended (a refresh that reaches us reads them at once).
+SYNC_SECONDS = 10.0
 
 
 class SIPServerService(MultiService):
@@ -124,6 +129,10 @@ class SIPServerService(MultiService):
         self.registrar = core.registrar
         self.office = core.office
         self.proxy = core.proxy
+        self.notifier = core.notifier
+        self.notifier.observer = SubscriptionMetrics(
+            self.metrics.registry, self.notifier.count
+        )
         self.stream_factories: dict[str, SIPStreamFactory] = {}
         self._purge: LoopingCall | None = None
         self.cdr: CallRecordStore = cdr_from_spec(
@@ -136,7 +145,13 @@ class SIPServerService(MultiService):
             reactor,
             owner="sipproxy",
             max_call_seconds=config.max_call_seconds,
-            observer=CallMetrics(self.metrics.registry, self._active_calls),
+            observer=CallMetrics(
+                self.metrics.registry,
+                self._active_calls,
+                pending_writes=lambda: self.calls.pending_writes(),
+                store_errors=lambda: self.calls.store_errors,
+                untracked=lambda: self.calls.untracked,
+            ),
         )
 
     @override
@@ -206,7 +221,11 @@ class SIPServerService(MultiService):
 
     def _listen_admin(self, spec: ListenSpec | UnixSocketSpec) -> None:
         api = AdminAPI(
-            self, token=self.admin_token, metrics=self.metrics, calls=self.calls
+            self,
+            token=self.admin_token,
+            metrics=self.metrics,
+            calls=self.calls,
+            subscriptions=self.notifier,
         )
         site = AdminSite(api)  # type: ignore[no-untyped-call]
         site.noisy = False
@@ -358,6 +377,8 @@ class SIPServerService(MultiService):
         if self.authenticator is not None:
             self.authenticator.nonce_lifetime = config.nonce_lifetime
         self.calls.max_call_seconds = config.max_call_seconds
+        self.notifier.settings = notifier_settings(config)
+        self.notifier.max_call_seconds = config.max_call_seconds
 
     @override
     def startService(self) -> None:
@@ -400,6 +421,21 @@ class SIPServerService(MultiService):
 
     def _serving(self, _: object) -> None:
         self._open = True
+
+        def served(count: int) -> None:
+            if count:
+                self.log.info("serving {n} busy-lamp subscriptions kept", n=count)
+
+        def unreadable(failure: Failure) -> None:
+            self.log.warn(
+                "cannot read the kept subscriptions: {why}",
+                why=failure.getErrorMessage(),
+            )
+
+        Deferred.fromCoroutine(self.notifier.start()).addCallbacks(served, unreadable)
+        if self.config.location.lower().startswith("redis"):
+            # Other processes on the store make and end subscriptions too.
+            self.notifier.sync_every(SYNC_SECONDS)
         if hasattr(signal, "SIGHUP"):
             signal.signal(
                 signal.SIGHUP,
@@ -485,6 +521,7 @@ class SIPServerService(MultiService):
         self.ports.clear()
         super().stopService()  # type: ignore[no-untyped-call]
         written = self.calls.stop()
+        self.notifier.stop()
         events = self.proxy.events
         if self.calls in events.decisions:
             events.decisions.remove(self.calls)
@@ -514,6 +551,8 @@ class Core:
     office: OfficePreferences | None
     #: the transaction user; ``proxy.layer`` is what listeners hand messages to
     proxy: Proxy
+    #: busy lamps: dialog-package subscriptions, served from the proxy's events
+    notifier: Notifier
 
 
 def build_core(
@@ -601,7 +640,62 @@ def build_core(
         observer=observer,
         secret=secret,
     )
-    return Core(transports, registrar, office, proxy)
+    notifier = build_notifier(config, reactor, proxy, location, authenticator)
+    return Core(transports, registrar, office, proxy, notifier)
+
+
+def notifier_settings(config: Config) -> NotifierSettings:
+    """The busy-lamp limits of ``config``."""
+    return NotifierSettings(
+        min_expires=config.subscribe_min_expires,
+        max_expires=config.subscribe_max_expires,
+        max_per_user=config.max_subscriptions_per_user,
+        max_total=config.max_subscriptions,
+        single_dialog=config.blf_single_dialog,
+    )
+
+
+def build_notifier(
+    config: Config,
+    reactor: Any,
+    proxy: Proxy,
+    store: LocationStore,
+    authenticator: Authenticator | None,
+) -> Notifier:
+    """The busy-lamp notifier: SUBSCRIBE's handler finds it on the context.
+
+    It watches the proxy's dialog events from now on; the subscriptions the
+    store kept come back with :meth:`Notifier.start`, once the store is open.
+    """
+    context = proxy.context
+
+    def send(
+        request: Request,
+        peer: Peer,
+        on_response: Callable[[Response], None],
+        connection_id: str | None,
+    ) -> None:
+        context.send_request(request, peer, on_response, connection_id=connection_id)
+
+    office = proxy.office
+    lamps = Lamps(
+        (lambda: office.office) if office is not None else (lambda: None),
+        (lambda name: name in authenticator.users)
+        if authenticator is not None
+        else None,
+    )
+    notifier = Notifier(
+        store,
+        reactor,
+        send=send,
+        lamps=lamps,
+        domains=lambda: proxy.settings.domains,
+        settings=notifier_settings(config),
+        max_call_seconds=config.max_call_seconds,
+    )
+    context.notifier = notifier
+    proxy.events.dialogs.append(notifier)
+    return notifier
 
 
 def _users_of(authenticator: Authenticator | None) -> Callable[[str], bool]:

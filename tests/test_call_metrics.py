@@ -35,3 +35,21 @@ def test_calls_are_counted_by_disposition_with_setup_times() -> None:
     assert seen[("sipproxy_call_setup_seconds_bucket", (("le", "0.5"),))] == 1
     active[0] = 0
     assert samples(metrics)[("sipproxy_active_calls", ())] == 0
+
+
+def test_a_store_falling_behind_shows_in_pending_writes_and_errors() -> None:
+    metrics = Metrics()
+    pending, errors, untracked = [0], [0], [0]
+    CallMetrics(
+        metrics.registry,
+        lambda: 0,
+        pending_writes=lambda: pending[0],
+        store_errors=lambda: errors[0],
+        untracked=lambda: untracked[0],
+    )
+    assert samples(metrics)[("sipproxy_cdr_pending_writes", ())] == 0
+    pending[0], errors[0], untracked[0] = 120, 3, 7
+    seen = samples(metrics)
+    assert seen[("sipproxy_calls_untracked_total", ())] == 7
+    assert seen[("sipproxy_cdr_pending_writes", ())] == 120
+    assert seen[("sipproxy_cdr_store_errors_total", ())] == 3

@@ -117,6 +117,11 @@ def test_command_line_wins_over_file() -> None:
         ({"max-bindings": 2.5}, "whole number"),
         ({"max-bindings": 0}, "positive number"),
         ({"min-expires": 600, "default-expires": 300}, "min-expires"),
+        (
+            {"subscribe-min-expires": 600, "subscribe-max-expires": 300},
+            "subscribe-min-expires",
+        ),
+        ({"blf-single-dialog": "maybe"}, "use yes or no"),
         ({"location": "mysql://x"}, "location = 'mysql://x'"),
     ],
 )

@@ -35,6 +35,7 @@ __all__ = [
     "LocationStore",
     "LocationUnavailableError",
     "OfficePreferencesStore",
+    "SubscriptionStore",
     "sort_bindings",
 ]
 
@@ -204,5 +205,29 @@ class OfficePreferencesStore(Protocol):
         """Replace everything stored for ``user`` with ``prefs``; {} deletes it."""
 
 
-class LocationStore(LocationService, OfficePreferencesStore, Protocol):
-    """What every store implements: bindings, and the office settings beside them."""
+class SubscriptionStore(Protocol):
+    """Event subscriptions we serve as notifier (busy lamps, RFC 6665).
+
+    Kept beside the bindings so that a restart keeps them (SQLite) and every
+    process sharing a Redis server sees them. A record is a JSON object the
+    notifier (proxy/notifier.py) writes and reads back whole; the store only
+    keeps it under its key until ``expires_at``. Like bindings, a record whose
+    ``expires_at`` is not after the caller's ``now`` is gone for every read.
+    """
+
+    async def subscriptions(self, *, now: float) -> list[dict[str, Any]]:
+        """Every unexpired record, oldest key first (sorted by key)."""
+
+    async def save_subscription(
+        self, key: str, record: Mapping[str, Any], *, expires_at: float
+    ) -> None:
+        """Add ``record`` under ``key``, or replace the one there."""
+
+    async def remove_subscription(self, key: str) -> None:
+        """Forget the record under ``key``; nothing happens if there is none."""
+
+
+class LocationStore(
+    LocationService, OfficePreferencesStore, SubscriptionStore, Protocol
+):
+    """What every store implements: bindings, office settings, subscriptions."""

@@ -35,6 +35,7 @@ class MemoryLocationService:
         self._expiry: list[tuple[float, str, str]] = []
         self._compact_at = _MIN_COMPACT
         self._preferences: dict[str, dict[str, Any]] = {}
+        self._subscriptions: dict[str, tuple[float, dict[str, Any]]] = {}
 
     async def open(self) -> None:
         """Nothing to connect to."""
@@ -110,8 +111,25 @@ class MemoryLocationService:
         else:
             self._preferences.pop(user, None)
 
+    async def subscriptions(self, *, now: float) -> list[dict[str, Any]]:
+        """Unexpired records, by key; expired ones are dropped on the way."""
+        for key in [k for k, (at, _) in self._subscriptions.items() if at <= now]:
+            del self._subscriptions[key]
+        return [dict(self._subscriptions[k][1]) for k in sorted(self._subscriptions)]
+
+    async def save_subscription(
+        self, key: str, record: Mapping[str, Any], *, expires_at: float
+    ) -> None:
+        """Keep a copy of ``record`` under ``key``."""
+        self._subscriptions[key] = (expires_at, dict(record))
+
+    async def remove_subscription(self, key: str) -> None:
+        """Forget ``key``."""
+        self._subscriptions.pop(key, None)
+
     async def close(self) -> None:
         """Forget everything."""
+        self._subscriptions.clear()
         self._table.clear()
         self._preferences.clear()
         self._expiry.clear()

@@ -11,6 +11,9 @@ Theory of operation. Keys, under a configurable prefix ``P`` (``sipproxy:``):
   :meth:`RedisLocationService.aors` reads the members scored after ``now``.
 - ``P prefs:<user>``, a string: the user's preferences as JSON (call
   forwarding and do-not-disturb set at run time), with no TTL.
+- ``P subs``, a hash: field = a subscription's key, value = its record as
+  JSON with its ``expires_at`` (busy lamps we serve, RFC 6665); expired ones
+  are deleted when :meth:`RedisLocationService.subscriptions` reads them.
 - ``P due``, a sorted set: member = aor, score = its earliest ``expires_at``;
   :meth:`RedisLocationService.purge` visits only the members scored up to ``now``.
 
@@ -151,6 +154,7 @@ class RedisLocationService:
         self._redis: Any = None
         self._aors_key = f"{prefix}aors"
         self._due_key = f"{prefix}due"
+        self._subs_key = f"{prefix}subs"
 
     def __repr__(self) -> str:
         return f"<RedisLocationService {self._where()} prefix={self.prefix!r}>"
@@ -243,6 +247,32 @@ class RedisLocationService:
             await self._call(self._client().set(key, json.dumps(dict(prefs))))
         else:
             await self._call(self._client().delete(key))
+
+    async def subscriptions(self, *, now: float) -> list[dict[str, Any]]:
+        """Unexpired records of ``P subs`` by key; expired fields are deleted."""
+        found = await self._call(self._client().hgetall(self._subs_key))
+        live: list[tuple[str, dict[str, Any]]] = []
+        expired: list[str] = []
+        for field, value in found.items():
+            entry = json.loads(_text(value))
+            if float(entry["expires_at"]) <= now:
+                expired.append(_text(field))
+            else:
+                live.append((_text(field), entry["record"]))
+        if expired:
+            await self._call(self._client().hdel(self._subs_key, expired))
+        return [record for _, record in sorted(live, key=lambda kv: kv[0])]
+
+    async def save_subscription(
+        self, key: str, record: Mapping[str, Any], *, expires_at: float
+    ) -> None:
+        """Set field ``key`` of ``P subs``."""
+        value = json.dumps({"expires_at": expires_at, "record": dict(record)})
+        await self._call(self._client().hset(self._subs_key, key, value))
+
+    async def remove_subscription(self, key: str) -> None:
+        """Delete field ``key`` of ``P subs``."""
+        await self._call(self._client().hdel(self._subs_key, key))
 
     def _prefs_key(self, user: str) -> str:
         return f"{self.prefix}prefs:{user}"

@@ -43,7 +43,7 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteLocationService"]
 
 _T = TypeVar("_T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The schema this code reads and writes."""
 
 
@@ -52,7 +52,18 @@ def _add_preferences(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE preference (user TEXT PRIMARY KEY, prefs TEXT NOT NULL)")
 
 
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _add_preferences}
+def _add_subscriptions(db: sqlite3.Connection) -> None:
+    """Version 3: subscriptions we serve as notifier (busy lamps), JSON per key."""
+    db.execute(
+        "CREATE TABLE subscription (key TEXT PRIMARY KEY,"
+        " expires_at REAL NOT NULL, record TEXT NOT NULL)"
+    )
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    2: _add_preferences,
+    3: _add_subscriptions,
+}
 """``MIGRATIONS[n]`` upgrades a version ``n - 1`` file to version ``n``.
 
 Each runs inside the opening transaction, so a failed migration leaves the file
@@ -160,6 +171,22 @@ class SQLiteLocationService:
     async def set_preferences(self, user: str, prefs: Mapping[str, Any]) -> None:
         """Replace (or with {}, delete) what is stored for ``user``, committed."""
         await self._run(self._set_preferences, user, json.dumps(dict(prefs)))
+
+    async def subscriptions(self, *, now: float) -> list[dict[str, Any]]:
+        """Unexpired records by key; expired ones are deleted on the way."""
+        return await self._run(self._subscriptions, now)
+
+    async def save_subscription(
+        self, key: str, record: Mapping[str, Any], *, expires_at: float
+    ) -> None:
+        """Write ``record`` under ``key`` (one committed statement)."""
+        await self._run(
+            self._save_subscription, key, json.dumps(dict(record)), expires_at
+        )
+
+    async def remove_subscription(self, key: str) -> None:
+        """Delete ``key``'s row."""
+        await self._run(self._remove_subscription, key)
 
     async def close(self) -> None:
         """Close the connection and stop the worker thread."""
@@ -269,6 +296,27 @@ class SQLiteLocationService:
                     "INSERT OR REPLACE INTO preference (user, prefs) VALUES (?, ?)",
                     (user, prefs),
                 )
+
+    def _subscriptions(self, now: float) -> list[dict[str, Any]]:
+        db = self._db()
+        with _transaction(db):
+            db.execute("DELETE FROM subscription WHERE expires_at <= ?", (now,))
+            rows = db.execute("SELECT record FROM subscription ORDER BY key").fetchall()
+        return [json.loads(record) for (record,) in rows]
+
+    def _save_subscription(self, key: str, record: str, expires_at: float) -> None:
+        db = self._db()
+        with _transaction(db):
+            db.execute(
+                "INSERT OR REPLACE INTO subscription (key, expires_at, record)"
+                " VALUES (?, ?, ?)",
+                (key, expires_at, record),
+            )
+
+    def _remove_subscription(self, key: str) -> None:
+        db = self._db()
+        with _transaction(db):
+            db.execute("DELETE FROM subscription WHERE key = ?", (key,))
 
     def _purge(self, now: float, limit: int) -> int:
         db = self._db()

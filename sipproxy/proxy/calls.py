@@ -155,6 +155,10 @@ class CallTracker:
         self._sweep = None
         return self.written()
 
+    def pending_writes(self) -> int:
+        """Store writes sent and not yet done."""
+        return len(self._writing)
+
     def written(self) -> Deferred[None]:
         """Fires once the store writes sent so far are done (or failed)."""
         return DeferredList(list(self._writing)).addCallback(lambda _: None)

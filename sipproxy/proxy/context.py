@@ -53,6 +53,7 @@ from sipproxy.transaction.layer import (
 from sipproxy.transport.sender import Transports
 
 if TYPE_CHECKING:
+    from sipproxy.proxy.notifier import Notifier
     from sipproxy.proxy.office_calls import OfficeCalls
     from sipproxy.registrar import Registrar
 
@@ -148,8 +149,8 @@ class HandlerContext:
         """Take collaborators.
 
         The core sets ``forking``, ``targets``, ``registrar`` and
-        ``office_calls`` right after: forking and the office plan call back into
-        this context, so they are built on it.
+        ``office_calls`` right after, the wiring ``notifier``: forking and the
+        office plan call back into this context, so they are built on it.
         """
         self._holder = holder
         self.clock = clock
@@ -162,6 +163,8 @@ class HandlerContext:
         self.log = Logger(namespace=LOG_NAMESPACE)
         self.registrar: Registrar | None = None
         self.office_calls: OfficeCalls | None = None
+        #: busy lamps (SUBSCRIBE, Event: dialog); None: SUBSCRIBE is proxied
+        self.notifier: Notifier | None = None
         self.forking: Forking
         self.targets: TargetLookup
         #: requests of our own waiting for their final response, by transaction

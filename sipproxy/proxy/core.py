@@ -56,6 +56,7 @@ from sipproxy.proxy.office_calls import OfficeCalls
 from sipproxy.proxy.owner import Owners
 from sipproxy.proxy.routing import is_loop, loop_key, preprocess_routes
 from sipproxy.proxy.stamps import Stamps
+from sipproxy.proxy.subscribe import on_subscribe
 from sipproxy.proxy.targets import TargetLookup
 from sipproxy.sip.addressing import (
     Channel,
@@ -150,7 +151,9 @@ class Proxy:
         )
         #: Who handles a request, by method (after §16.3 and the auth gate);
         #: any method not listed is proxied.
-        self.handlers: dict[str, Handler] = dict(HANDLERS)
+        # SUBSCRIBE's handler lives beside the notifier and uses ``proxy`` of
+        # handlers.py: listed here, so that handlers.py need not import it back.
+        self.handlers: dict[str, Handler] = {**HANDLERS, "SUBSCRIBE": on_subscribe}
         self.forking = context.forking = Forking(
             clock=clock,
             layer=self.layer,
@@ -377,7 +380,19 @@ class Proxy:
             user=user,
         )
         handler = self.handlers.get(request.method, proxy)
-        await handler(self.context, incoming)
+        try:
+            await handler(self.context, incoming)
+        except RejectedError as rejection:
+            # Refused once the caller proved who it is (404, 480): the decision
+            # names the user, as decisions on forwarded requests do, so a call
+            # record's caller is the user whatever the outcome.
+            self.context.answer(
+                incoming,
+                rejection.status,
+                rejection.reason,
+                rejection.extra,
+                why="refused",
+            )
 
     # -- what goes wrong -------------------------------------------------------
 

@@ -40,6 +40,9 @@ ALLOW = (
 SUPPORTED = ("path", "outbound")
 #: Bodies we understand as a UAS (OPTIONS answers, §11.2).
 ACCEPT = "application/sdp"
+#: Event packages we serve as notifier (Allow-Events, RFC 6665 §8.2.2: OPTIONS
+#: answers and 489 list them): busy lamps (proxy/subscribe.py).
+ALLOW_EVENTS = "dialog"
 
 Handler = Callable[[HandlerContext, Incoming], Awaitable[None]]
 
@@ -58,6 +61,7 @@ async def on_options(ctx: HandlerContext, incoming: Incoming) -> None:
             ("Allow", ", ".join(ALLOW)),
             ("Accept", ACCEPT),
             ("Supported", ", ".join(SUPPORTED)),
+            ("Allow-Events", ALLOW_EVENTS),
         ),
     )
 
@@ -235,6 +239,7 @@ HANDLERS: dict[str, Handler] = {
 __all__ = [
     "ACCEPT",
     "ALLOW",
+    "ALLOW_EVENTS",
     "HANDLERS",
     "SUPPORTED",
     "Handler",

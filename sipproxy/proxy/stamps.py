@@ -118,7 +118,7 @@ class Stamps:
             to the hop we really received the request from (§16.11): otherwise a
             forged Via below ours would make us a reflector.
         """
-        host, port = self._host_port(peer)
+        host, port = self.host_port(peer)
         branch = make_branch(key, f"{next(self._counter):x}")
         if upstream is not None:
             branch = f"{branch}.{self._via_mac(branch, upstream)}"
@@ -142,7 +142,7 @@ class Stamps:
         proxy, so §16.4 removes both from later requests. Each carries in its user
         part a token of the flow on its side, signed for ``dialog``.
         """
-        host, port = self._host_port(peer)
+        host, port = self.host_port(peer)
         token = encode_flow(
             peer, connection_id, self._secret, dialog=dialog, server_name=server_name
         )
@@ -254,7 +254,7 @@ class Stamps:
         ).digest()
         return signature[:6].hex()
 
-    def _host_port(self, peer: Peer) -> tuple[str, int]:
+    def host_port(self, peer: Peer) -> tuple[str, int]:
         """What we call ourselves toward ``peer`` (--advertise, else the socket)."""
         advertised = self._transports.advertised(peer.transport, peer.host)
         if advertised is None:

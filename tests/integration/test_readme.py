@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from sipproxy.cdr.record import CallRecord, parse_time
+from sipproxy.ctl import _cdr_table
 from tests.integration.conftest import (
     ROOT,
     options_request,
@@ -42,6 +44,16 @@ def readme_check_command() -> str:
     checks: list[str] = [b for b in blocks if "OPTIONS sip:example.test" in b]
     assert len(checks) == 1, checks
     return checks[0]
+
+
+def readme_cdr_sample() -> str:
+    """The output the walk-through shows for ``sipproxy-ctl cdr``."""
+    text = (ROOT / "README.md").read_text()
+    sample = re.search(
+        r"```sh\n\.venv/bin/sipproxy-ctl cdr\n```\n```\n(.*?)```", text, re.DOTALL
+    )
+    assert sample is not None
+    return sample.group(1)
 
 
 def port_5060_free() -> bool:
@@ -100,3 +112,29 @@ def test_readme_start_command_serves_options_on_5060() -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(5)
+
+
+def test_readme_cdr_sample_is_what_sipproxy_ctl_prints() -> None:
+    """The walk-through's sample is what sipproxy-ctl prints for such a record.
+
+    The record is rebuilt from the sample's row; printing it again must give
+    the sample, so new columns, another time or number format, or a row out
+    of line with its header fail here.
+    """
+    sample = readme_cdr_sample()
+    [_header, row] = sample.splitlines()
+    start, caller, callee, answered_by, disposition, seconds, billsec = row.split()
+    end = parse_time(start) + float(seconds)
+    record = CallRecord(
+        call_id="e97c38cf04f96f21",
+        caller=caller,
+        callee=callee,
+        answered_by=answered_by,
+        start=parse_time(start),
+        answer=end - float(billsec),
+        end=end,
+        disposition=disposition,
+        status=200,
+        hangup_by="caller",
+    )
+    assert _cdr_table({"records": [record.to_json()]}) + "\n" == sample

@@ -121,6 +121,9 @@ class WSPhone:
         context = None
         if secure:
             context = ssl.create_default_context(cafile=str(server.ca.cert_path))
+            # As browsers do on every wss:// connection (the listener must not
+            # fail the handshake over it: transport/tls.py).
+            context.set_alpn_protocols(["http/1.1"])
         self.client = WSClient(
             server.wss_port if secure else server.ws_port,
             context=context,
@@ -271,6 +274,8 @@ def test_register_over_ws(start: Callable[..., WSServer]) -> None:
     assert ok.status == 200, ok
     assert "received=127.0.0.1" in (ok.headers.get("via") or "")
     assert "transport=ws" in (ok.headers.get("contact") or "")
+    # No --ws-origin: any page may use the server, and the start says so.
+    assert "no ws-origin: browser pages from any origin" in server.log_text()
 
 
 @pytest.mark.parametrize("secure", [False, True], ids=["ws", "wss"])
@@ -479,6 +484,7 @@ def test_origin_not_allowed_is_refused(start: Callable[..., WSServer]) -> None:
     allowed = WSClient(server.ws_port, origin="https://phone.example.test")
     allowed.close()
     assert "refused ws upgrade" in server.log_text()
+    assert "no ws-origin" not in server.log_text()
 
 
 def test_oversize_message_closes_the_connection(

@@ -94,6 +94,7 @@ async def test_sqlite_version_1_file_is_migrated(tmp_path: Path) -> None:
     await store.close()
     with sqlite3.connect(path) as db:
         db.execute("DROP TABLE preference")
+        db.execute("DROP TABLE subscription")
         db.execute("UPDATE schema_version SET version = 1")
     old = SQLiteLocationService(path, reactor=reactor)
     await old.open()
@@ -104,7 +105,7 @@ async def test_sqlite_version_1_file_is_migrated(tmp_path: Path) -> None:
     finally:
         await old.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
 
 
 @pytest_twisted.ensureDeferred

@@ -13,6 +13,7 @@ from sipproxy.sip.message import Request, Response
 from sipproxy.testing import MemoryCallRecordStore
 from tests.proxy.harness import ALICE, BOB, BOB2, Harness, answer, invite
 from tests.proxy.test_events import bye_from_bob, cancel_from_alice
+from tests.proxy.test_trust_auth import credentials, nonce_for, request_to, secured
 
 OWNER = "udp:127.0.0.1:5060"
 BOB_CONTACT = "sip:bob@10.0.0.62:5060"
@@ -214,6 +215,21 @@ def test_an_unknown_user_is_a_failed_call() -> None:
     assert store.live == {}
 
 
+def test_an_unknown_user_called_by_an_authenticated_user_names_the_user() -> None:
+    """The 404 comes after the caller proved who it is: caller is the user.
+
+    As for every other call: the authenticated user, else the From URI.
+    """
+    h = secured()
+    _tracker, store = tracked(h)
+    nonce = nonce_for(h, ALICE)
+    proof = credentials(nonce, "wonderland", uri="sip:nobody@example.test")
+    h.receive(request_to("nobody", ALICE, extra=proof), ALICE)
+    [record] = store.records
+    assert (record.caller, record.callee) == ("alice", "sip:nobody@example.test")
+    assert (record.disposition, record.status) == ("failed", 404)
+
+
 def test_a_parallel_fork_answered_by_the_second_phone() -> None:
     h = Harness(forking="parallel")
     h.register("bob", BOB)
@@ -384,3 +400,16 @@ def test_stopping_waits_for_the_records_of_calls_that_just_ended() -> None:
     [record] = store.records
     assert (record.disposition, record.hangup_by) == ("answered", "callee")
     assert not store.live
+
+
+def test_writes_in_flight_are_counted_until_the_store_is_done() -> None:
+    h = Harness()
+    h.register("bob", BOB)
+    store = SlowStore()
+    tracker, _ = tracked(h, store)
+    ok = answered(h)
+    assert tracker.pending_writes() == 0  # live writes: at once in memory
+    h.receive(bye_from_bob(ok), BOB)
+    assert tracker.pending_writes() == 1
+    store.disk.callback(None)
+    assert tracker.pending_writes() == 0

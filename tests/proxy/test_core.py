@@ -51,6 +51,8 @@ def test_options_to_the_server_is_answered_200() -> None:
     assert response.status == 200
     assert "INVITE" in (response.headers.get("allow") or "")
     assert response.headers.get_all("supported") == ["path", "outbound"]
+    # RFC 6665 §8.2.2: the event packages we serve as notifier (busy lamps).
+    assert response.headers.get("allow-events") == "dialog"
     assert response.to_addr.tag
 
 

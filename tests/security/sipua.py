@@ -79,6 +79,40 @@ class UA:
                 return data
         return None
 
+    def final_to(self, request: bytes, timeout: float = 3.0) -> bytes | None:
+        """The first final response to ``request`` (its Call-ID and CSeq), or None.
+
+        Whatever else arrives meanwhile is dropped: a proxy retransmits a final
+        answer to an earlier INVITE until it is ACKed, and one such must not be
+        taken for this request's answer.
+        """
+        call_id, cseq = (
+            header_values(request, "Call-ID"),
+            header_values(request, "CSeq"),
+        )
+        until = time.monotonic() + timeout
+        while (left := until - time.monotonic()) > 0:
+            data = self.receive(left)
+            if data is None:
+                return None
+            status = status_of(data)
+            if (
+                status is not None
+                and status >= 200
+                and header_values(data, "Call-ID") == call_id
+                and header_values(data, "CSeq") == cseq
+            ):
+                return data
+        return None
+
+    def cancel(self, invite: bytes) -> bytes:
+        """The CANCEL of an INVITE this UA sent (RFC 3261 §9.1)."""
+        return _same_transaction(invite, "CANCEL", header_values(invite, "To")[0])
+
+    def ack(self, invite: bytes, response: bytes) -> bytes:
+        """The ACK of a non-2xx final ``response`` to ``invite`` (§17.1.1.3)."""
+        return _same_transaction(invite, "ACK", header_values(response, "To")[0])
+
     def request(
         self,
         method: str,
@@ -170,6 +204,22 @@ class UA:
         lines.append("Content-Length: 0")
         data = ("\r\n".join(lines) + "\r\n\r\n").encode()
         return data
+
+
+def _same_transaction(invite: bytes, method: str, to: str) -> bytes:
+    """A CANCEL or ACK matching ``invite``: its Request-URI, Via, Call-ID, CSeq number.
+
+    §9.1 and §17.1.1.3 want the same Route too; ``to`` is the INVITE's To
+    (CANCEL) or the response's, with its tag (ACK).
+    """
+    uri = start_line(invite).split(" ")[1]
+    lines = [f"{method} {uri} SIP/2.0"]
+    lines += [f"Via: {header_values(invite, 'Via')[0]}"]
+    for name in ("Route", "Max-Forwards", "From", "Call-ID"):
+        lines += [f"{name}: {value}" for value in header_values(invite, name)]
+    number = header_values(invite, "CSeq")[0].split()[0]
+    lines += [f"To: {to}", f"CSeq: {number} {method}", "Content-Length: 0"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 def digest(

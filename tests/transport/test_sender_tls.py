@@ -11,12 +11,12 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from sipproxy.config import build_config
-from sipproxy.server import tls_client
+from sipproxy.server import sendable_transports, tls_client
 from sipproxy.sip.addressing import Channel, Peer
 from sipproxy.testing import UDPMemoryReactor
 from sipproxy.transport.sender import HANDSHAKE_TIMEOUT, Transports
 from sipproxy.transport.stream import SIPStreamFactory, SIPStreamProtocol
-from sipproxy.transport.tls import ClientConnector, TLSClient
+from sipproxy.transport.tls import ClientConnector, TLSClient, TLSConfigError
 from tests.tlsutil import TestCA
 
 TRUNK = Peer("tls", "192.0.2.7", 5061)
@@ -153,3 +153,19 @@ def test_tls_client_of_the_first_listener(tmp_path: Path, ca: TestCA) -> None:
     assert client.credentials is not None
     assert client.credentials.certificate == issued.certificate
     assert tls_client(build_config({}, {"listen": ["udp:5060"]})) is None
+
+
+def test_wss_listeners_are_checked_but_make_no_tls_client(
+    tmp_path: Path, ca: TestCA
+) -> None:
+    """wss: accepts TLS; only a tls: listener lets us open TLS (and pick it in DNS)."""
+    issued = ca.issue("proxy", dns=("proxy.example.test",))
+    wss = f"wss:8443:privateKey={issued.key}:certKey={issued.cert}"
+    config = build_config({}, {"listen": ["udp:5060", "ws:8080", wss]})
+    assert tls_client(config) is None
+    assert sendable_transports(config) == ("udp", "tcp")
+    broken = build_config(
+        {}, {"listen": ["udp:5060", f"wss:8443:privateKey={tmp_path / 'none.pem'}"]}
+    )
+    with pytest.raises(TLSConfigError, match="privateKey"):
+        tls_client(broken)

@@ -26,6 +26,7 @@ from wsproto.frame_protocol import CloseReason
 from sipproxy.guard import ConnectionLimiter
 from sipproxy.sip.addressing import Peer
 from sipproxy.sip.message import Request as SIPRequest
+from sipproxy.transport.sender import Transports
 from sipproxy.transport.ws import WebSocketFactory, WebSocketProtocol
 from tests.transport.test_stream import Recorder
 
@@ -362,3 +363,22 @@ def test_the_per_source_connection_cap_applies() -> None:
     assert again is None
     first.protocol.connectionLost()
     assert limit.total == 0
+
+
+def test_the_sender_never_opens_a_websocket_connection() -> None:
+    """A browser is reached over its own connection or not at all (RFC 7118 §5.3)."""
+    browser = open_browser()
+    transports = Transports(browser.clock)
+    transports.add_stream("ws", browser.factory, "127.0.0.1", 8080)
+    errors: list[str] = []
+    # Its own connection, by flow or by address: the message goes out on it.
+    assert transports.send(
+        OPTIONS.encode(), Peer("ws", "192.0.2.1", 40000), on_error=errors.append
+    )
+    assert isinstance(browser.events()[0], TextMessage)
+    # Anyone else over ws: refused at once (on_error), nothing dialled.
+    transports.send(
+        OPTIONS.encode(), Peer("ws", "192.0.2.99", 80), on_error=errors.append
+    )
+    assert errors == ["cannot open ws connections"]
+    assert browser.clock.tcpClients == []
