@@ -10,9 +10,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 NETNS := unshare $(shell [ "$$(id -u)" = 0 ] && printf '%s' -n || printf '%s' -rn) -- \
 	sh -c 'ip link set lo up && exec "$$0" "$$@"'
 # tool:debian-package pairs the test suite needs on the machine
-SYSTEM_TOOLS := sipp:sip-tester redis-server:redis-server unshare:util-linux ip:iproute2 baresip:baresip-core linphonec:linphone-cli fail2ban-regex:fail2ban htdigest:apache2-utils openssl:openssl systemd-analyze:systemd
+SYSTEM_TOOLS := sipp:sip-tester redis-server:redis-server unshare:util-linux ip:iproute2 baresip:baresip-core linphonec:linphone-cli fail2ban-regex:fail2ban htdigest:apache2-utils openssl:openssl systemd-analyze:systemd \
+	node:nodejs npm:npm chromium:chromium certutil:libnss3-tools
+# The browser phones' test (tests/browser/): JsSIP and puppeteer-core from npm,
+# driving the Debian chromium above; `npm ci` installs exactly package-lock.json
+# and downloads no browser.
+BROWSER_DIR := tests/browser
 
-.PHONY: run test venv system-deps lint check
+.PHONY: run test venv system-deps browser-deps lint check
 # tool:debian-package pairs only the benchmark needs (bench/, `make bench`)
 BENCH_TOOLS := kamailio:kamailio taskset:util-linux
 # The full matrix of docs/performance.md; `make bench BENCH_ARGS=...` for less.
@@ -40,12 +45,20 @@ system-deps:
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
+$(BROWSER_DIR)/node_modules/.package-lock.json: $(BROWSER_DIR)/package-lock.json | system-deps
+	cd $(BROWSER_DIR) && npm ci --no-audit --no-fund
+
+$(BROWSER_DIR)/build/jssip.min.js: $(BROWSER_DIR)/node_modules/.package-lock.json
+	cd $(BROWSER_DIR) && npm run build
+
+browser-deps: $(BROWSER_DIR)/build/jssip.min.js
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy sipproxy tests twisted/plugins bench
 
-check: lint system-deps
+check: lint system-deps browser-deps
 	$(NETNS) $(BIN)/pytest
 
 test: check
