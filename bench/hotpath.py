@@ -18,6 +18,15 @@ the proxy as the running server does (``none``: tracking without storing;
 ``jsonl:PATH`` appends each record, synchronously); without it nothing tracks
 calls, which is the figure to compare against. ``sqlite:`` writes on the
 reactor's thread pool, which this reactor-less bench does not run.
+
+``--kind digest-register`` runs the server with a users file (MD5, as
+``htdigest`` writes it) and plays SIPp's register-with-auth scenario: each
+REGISTER is challenged with a 401, and sent again with an Authorization
+computed here from the challenge (qop=auth, nc=00000001). It reports per
+authenticated REGISTER, both round trips and the credentials computed here
+included. The users file holds a fixed number of users (``_DIGEST_USERS``),
+so that start-up costs the same whatever ``--messages``; the n-th REGISTER is
+user ``u(n mod _DIGEST_USERS)``, each a new AOR until the users run out.
 """
 
 from __future__ import annotations
@@ -25,7 +34,11 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import hashlib
+import os
 import pstats
+import re
+import tempfile
 import time
 
 from twisted.internet import reactor
@@ -96,6 +109,30 @@ _IN_DIALOG = (
     "Content-Length: 0\r\n"
     "\r\n"
 )
+_DIGEST_REGISTER = (
+    "REGISTER sip:example.test SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-{n}-{cseq};rport\r\n"
+    "Max-Forwards: 70\r\n"
+    "From: <sip:{user}@example.test>;tag=1234SIPpTag00{n}\r\n"
+    "To: <sip:{user}@example.test>\r\n"
+    "Call-ID: {n}-1234@127.0.0.1\r\n"
+    "CSeq: {cseq} REGISTER\r\n"
+    "Contact: <sip:{user}@127.0.0.1:5061;transport=udp>\r\n"
+    "{authorization}"
+    "Expires: 3600\r\n"
+    "User-Agent: SIPp register benchmark\r\n"
+    "Content-Length: 0\r\n"
+    "\r\n"
+)
+_AUTHORIZATION = (
+    'Authorization: Digest username="{user}",realm="example.test",'
+    'nonce="{nonce}",uri="sip:example.test",response="{response}",'
+    'algorithm=MD5,cnonce="{cnonce}",qop=auth,nc=00000001{opaque}\r\n'
+)
+#: How many users the digest bench's users file holds (see the module docstring).
+_DIGEST_USERS = 2500
+_REALM = "example.test"
+_CHALLENGE_PARAM = re.compile(rb'(nonce|opaque)="([^"]*)"')
 _CALLER = ("127.0.0.1", 5061)
 _CALLEE = ("127.0.0.1", 5070)
 
@@ -144,11 +181,70 @@ def call(
     return any(b" 200 " in d[:16] for d, to in transport.written if to == _CALLER)
 
 
-def build(cdr: str | None = None) -> tuple[SIPServerService, FakeDatagramTransport]:
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def digest_users() -> tuple[str, list[str]]:
+    """A users file of ``_DIGEST_USERS`` users (password: the user name).
+
+    :returns: its path (the caller removes it) and each user's HA1, by index.
+    """
+    ha1s = [_md5(f"u{i}:{_REALM}:u{i}") for i in range(_DIGEST_USERS)]
+    fd, path = tempfile.mkstemp(prefix="sipproxy-bench-users-")
+    with os.fdopen(fd, "w") as f:
+        f.writelines(f"u{i}:{_REALM}:{ha1}\n" for i, ha1 in enumerate(ha1s))
+    return path, ha1s
+
+
+def digest_register(
+    protocol: SIPDatagramProtocol,
+    transport: FakeDatagramTransport,
+    n: int,
+    ha1s: list[str],
+    ha2: str,
+) -> bool:
+    """One authenticated registration: REGISTER, 401, REGISTER with credentials, 200.
+
+    The credentials are computed here from the 401, as a UA does. True if the
+    second REGISTER was answered 200.
+    """
+    index = n % len(ha1s)
+    user = f"u{index}"
+    transport.written.clear()
+    first = _DIGEST_REGISTER.format(n=n, cseq=1, user=user, authorization="")
+    protocol.datagramReceived(first.encode(), _CALLER)
+    if not transport.written or b" 401 " not in transport.written[0][0][:16]:
+        return False
+    found = dict(_CHALLENGE_PARAM.findall(transport.written[0][0]))
+    nonce = found[b"nonce"].decode()
+    cnonce = f"{n:08x}"
+    response = _md5(f"{ha1s[index]}:{nonce}:00000001:{cnonce}:auth:{ha2}")
+    opaque = found.get(b"opaque")
+    authorization = _AUTHORIZATION.format(
+        user=user,
+        nonce=nonce,
+        response=response,
+        cnonce=cnonce,
+        opaque=f',opaque="{opaque.decode()}"' if opaque is not None else "",
+    )
+    transport.written.clear()
+    second = _DIGEST_REGISTER.format(
+        n=n, cseq=2, user=user, authorization=authorization
+    )
+    protocol.datagramReceived(second.encode(), _CALLER)
+    return bool(transport.written) and b" 200 " in transport.written[0][0][:16]
+
+
+def build(
+    cdr: str | None = None, users: str | None = None
+) -> tuple[SIPServerService, FakeDatagramTransport]:
     """A server wired as twistd wires it, with a fake socket."""
     options = {"domain": ["example.test"], "listen": ["udp:5060"], "rate-limit": "0"}
     if cdr is not None:
         options["cdr"] = cdr
+    if users is not None:
+        options["users"] = users
     config = build_config({}, options)
     service = build_server(config, reactor)
     protocol = SIPDatagramProtocol(
@@ -163,7 +259,15 @@ def build(cdr: str | None = None) -> tuple[SIPServerService, FakeDatagramTranspo
 
 
 def run(kind: str, count: int, profile: bool, cdr: str | None = None) -> None:
-    service, transport = build(cdr)
+    if kind == "digest-register":
+        users, ha1s = digest_users()
+        try:
+            service, transport = build(cdr, users)
+        finally:
+            os.unlink(users)
+        service.bench_ha1s = ha1s  # type: ignore[attr-defined]
+    else:
+        service, transport = build(cdr)
     if cdr is None:
         # Nothing waits: the coroutine runs to its end right here.
         Deferred.fromCoroutine(measure(service, transport, kind, count, profile))
@@ -206,7 +310,11 @@ async def measure(
     """
     protocol: SIPDatagramProtocol = service.bench_protocol  # type: ignore[attr-defined]
     template = _REGISTER if kind == "register" else _OPTIONS
-    datagrams = [template.format(n=n).encode() for n in range(count)]
+    datagrams = (
+        [template.format(n=n).encode() for n in range(count)]
+        if kind != "digest-register"
+        else []
+    )
     source = ("127.0.0.1", 5061)
     if kind == "call":
         bob = _REGISTER.format(n=0).replace("u0@", "bob@").replace("5061", "5070")
@@ -223,6 +331,11 @@ async def measure(
             answered += call(protocol, transport, n)
             if store is not None and n % _IN_FLIGHT == _IN_FLIGHT - 1:
                 await service.calls.written()
+    elif kind == "digest-register":
+        ha1s: list[str] = service.bench_ha1s  # type: ignore[attr-defined]
+        ha2 = _md5("REGISTER:sip:example.test")
+        for n in range(count):
+            answered += digest_register(protocol, transport, n, ha1s, ha2)
     else:
         for datagram in datagrams:
             protocol.datagramReceived(datagram, source)
@@ -233,7 +346,7 @@ async def measure(
     if profiler:
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
-    if kind != "call":
+    if kind not in ("call", "digest-register"):
         answered = sum(1 for data, _ in transport.written if b" 200 " in data[:16])
     print(
         f"{kind}: {count} messages, {answered} answered 200, "
@@ -244,7 +357,9 @@ async def measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--kind", choices=("register", "options", "call"), default="register"
+        "--kind",
+        choices=("register", "options", "call", "digest-register"),
+        default="register",
     )
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--profile", action="store_true")

@@ -17,7 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize(
     ("kind", "count", "expected"),
-    [("register", 20, "20 answered 200"), ("call", 5, "5 answered 200")],
+    [
+        ("register", 20, "20 answered 200"),
+        ("call", 5, "5 answered 200"),
+        ("digest-register", 20, "20 answered 200"),
+    ],
 )
 def test_hotpath_bench_runs(kind: str, count: int, expected: str) -> None:
     done = subprocess.run(
