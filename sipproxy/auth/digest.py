@@ -132,6 +132,17 @@ def compute_response(
     return hash_hex(algorithm, f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
 
 
+# One well-formed auth-param and the spaces after it, up to the next comma or
+# the end: name, quoted value (escapes still in) or unquoted value. The one-pass
+# reading of parse_credentials; anything it does not match goes to the walk.
+_PARAM = re.compile(
+    r"[ \t\r\n,]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t\r\n]*=[ \t\r\n]*"
+    r'(?:"([^"\\]*(?:\\[\s\S][^"\\]*)*)"|([^ \t\r\n,"]*))[ \t\r\n]*(?=,|\Z)'
+)
+_LIST_END = re.compile(r"[ \t\r\n,]*\Z")
+_QUOTED_PAIR = re.compile(r"\\([\s\S])")
+
+
 def parse_credentials(value: str) -> tuple[str, dict[str, str]]:
     """Split a credentials value into its scheme and auth-params (RFC 3261 §25.1).
 
@@ -154,6 +165,33 @@ def parse_credentials(value: str) -> tuple[str, dict[str, str]]:
     params: dict[str, str] = {}
     if i < n and text[i] not in _SPACE:
         raise ParseError("no space after the auth scheme")
+    # One pass with a regex per parameter; what it cannot read (malformed, or
+    # a backslash at the end of a quoted string) is walked below, which reads
+    # the same language and says what is wrong.
+    pos = i
+    while (match := _PARAM.match(text, pos)) is not None:
+        name, quoted, plain = match.groups()
+        name = name.lower()
+        if name in params:
+            raise ParseError(f"auth-param {name!r} given twice")
+        if quoted is None:
+            params[name] = plain
+        elif "\\" in quoted:
+            params[name] = _QUOTED_PAIR.sub(r"\1", quoted)
+        else:
+            params[name] = quoted
+        pos = match.end()
+    if _LIST_END.match(text, pos):
+        return scheme, params
+    params.clear()
+    return _walk_params(text, i, scheme, params)
+
+
+def _walk_params(
+    text: str, i: int, scheme: str, params: dict[str, str]
+) -> tuple[str, dict[str, str]]:
+    """parse_credentials character by character, from ``i`` after the scheme."""
+    n = len(text)
     while True:
         while i < n and (text[i] in _SPACE or text[i] == ","):
             i += 1
