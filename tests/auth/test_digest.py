@@ -787,3 +787,20 @@ def test_a_wrong_answer_from_the_nonce_owner_fails(auth: Authenticator) -> None:
 )
 def test_source_key(source: str | None, key: bytes) -> None:
     assert digest.source_key(source) == key
+
+
+def test_a_nonce_has_one_spelling(auth: Authenticator) -> None:
+    """A burnt nonce respelt (the unused low bits of its last character) is UNPROVEN.
+
+    43 base64url characters carry 258 bits for 256; a spelling that sets the
+    other two would decode to the same nonce and, keyed by its text, serve four
+    guesses where one is allowed.
+    """
+    value = auth.challenge(NOW)[0]
+    nonce = parse_credentials(value)[1]["nonce"]
+    assert verify(auth, answer(value, "alice", "guess")).outcome is Outcome.FAILED
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(nonce[-1])
+    respelt = nonce[:-1] + alphabet[last + 1]
+    again = verify(auth, answer(value.replace(nonce, respelt), "alice", "guess2"))
+    assert again.outcome is Outcome.UNPROVEN
