@@ -111,6 +111,16 @@ _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _SPACE = " \t\r\n"
 
 
+@functools.lru_cache(maxsize=256)
+def _ha2(algorithm: str, method: str, uri: str) -> str:
+    """H(method:uri), cached: phones send the same few again and again.
+
+    A REGISTER to the domain is the same (method, uri) for every phone, so a
+    small cache leaves one hash per verification (HA1 comes from the file).
+    """
+    return hash_hex(algorithm, f"{method}:{uri}")
+
+
 def compute_response(
     ha1: str,
     *,
@@ -130,7 +140,7 @@ def compute_response(
 
     :raises ValueError: for another qop, or qop without nc and cnonce.
     """
-    ha2 = hash_hex(algorithm, f"{method}:{uri}")
+    ha2 = _ha2(algorithm, method, uri)
     if qop is None:
         return hash_hex(algorithm, f"{ha1}:{nonce}:{ha2}")
     if qop != "auth" or nc is None or cnonce is None:
