@@ -100,6 +100,10 @@ _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization"})
 _NONCE = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+# HMAC's pads (RFC 2104): the key XOR 0x36 and XOR 0x5c, by translate tables.
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+_SHA256_BLOCK = 64
 _NC = re.compile(r"[0-9a-fA-F]{8}")
 _TIMESTAMP = struct.Struct(">d")
 _SALT_SIZE = 8
@@ -412,6 +416,14 @@ class Authenticator:
         self.nonce_lifetime = nonce_lifetime
         self.algorithms = algorithms
         self._secret = secret
+        # HMAC-SHA-256 with the keyed inner and outer states made once (RFC
+        # 2104): each MAC is then two copies and two hashes, not a new HMAC.
+        key = (
+            secret if len(secret) <= _SHA256_BLOCK else hashlib.sha256(secret).digest()
+        )
+        key = key.ljust(_SHA256_BLOCK, b"\0")
+        self._hmac_inner = hashlib.sha256(key.translate(_IPAD))
+        self._hmac_outer = hashlib.sha256(key.translate(_OPAD))
         self._max_nonces = max_nonces
         opaque = hmac.new(secret, b"sipproxy opaque", hashlib.sha256).digest()[:12]
         self.opaque = base64.urlsafe_b64encode(opaque).decode("ascii")
@@ -450,8 +462,11 @@ class Authenticator:
 
     def _mac(self, body: bytes, source: str | None) -> bytes:
         # body has a fixed size, so body ‖ source is unambiguous.
-        message = body + source_key(source)
-        return hmac.digest(self._secret, message, "sha256")[:_MAC_SIZE]
+        inner = self._hmac_inner.copy()
+        inner.update(body + source_key(source))
+        outer = self._hmac_outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:_MAC_SIZE]
 
     def challenge(
         self, now: float, *, source: str | None = None, stale: bool = False

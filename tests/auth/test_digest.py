@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hmac
 
 import pytest
 
@@ -804,3 +805,13 @@ def test_a_nonce_has_one_spelling(auth: Authenticator) -> None:
     respelt = nonce[:-1] + alphabet[last + 1]
     again = verify(auth, answer(value.replace(nonce, respelt), "alice", "guess2"))
     assert again.outcome is Outcome.UNPROVEN
+
+
+@pytest.mark.parametrize("secret", [b"k" * 32, b"s" * 64, b"long" * 40, b"\x00"])
+def test_the_nonce_mac_is_hmac_sha256(secret: bytes) -> None:
+    """The precomputed pads give HMAC-SHA-256 of timestamp, salt and source."""
+    auth = Authenticator(REALM, user_db(REALM, alice="wonderland"), secret)
+    body = bytes(range(16))
+    for source in ("192.0.2.7", "2001:db8::1", None):
+        expected = hmac.digest(secret, body + digest.source_key(source), "sha256")
+        assert auth._mac(body, source) == expected[:16]
