@@ -28,7 +28,9 @@ Theory of operation:
 - **One guess per nonce**: a wrong answer burns its nonce (remembered with the
   nonce counts below); any later answer on it is UNPROVEN without being
   computed. Each guess thus costs a round trip for a new nonce, and a batch of
-  guesses on one nonce (pipelined on TCP) is worth one. A wrong answer on an
+  guesses on one nonce (pipelined on TCP) is worth one. A nonce has one
+  spelling (the unused low bits of its last base64url character are 0), so a
+  burnt nonce cannot come back respelt. A wrong answer on an
   expired nonce is FAILED every time (it was issued to that source, so counting
   it is safe, and a right one is STALE: leaving wrong ones uncounted would make
   ``stale=true`` an oracle with unlimited guesses).
