@@ -331,7 +331,7 @@ class AuthResult:
     reason: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Credentials:
     username: str
     nonce: str
