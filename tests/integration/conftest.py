@@ -129,6 +129,16 @@ class RunningServer:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> None:
+        """Until ``text`` is in the log (bounded): much is logged asynchronously."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log_text():
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{text!r} not logged within {timeout} s:\n{self.log_text()}"
+                )
+            time.sleep(0.05)
+
 
 def wait_for_options(port: int, deadline: float = 20.0) -> None:
     """Poll over UDP until the server answers OPTIONS (bounded in time)."""

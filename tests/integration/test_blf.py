@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -297,17 +296,6 @@ def test_a_restart_with_sqlite_keeps_serving_the_subscription(setup: Setup) -> N
     check_call(call(alice, bob, carol, "bob", "call-after-restart"), 0)
 
 
-def wait_for_log(server: RunningServer, text: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in server.log_text():
-            return
-        time.sleep(0.2)
-    raise AssertionError(
-        f"{text!r} not logged within {timeout} s:\n{server.log_text()}"
-    )
-
-
 def admin_get(port: int, path: str) -> str:
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
     request.add_header("Authorization", f"Bearer {ADMIN_TOKEN}")
@@ -340,7 +328,7 @@ def test_a_vanished_tcp_subscriber_is_dropped_at_once(setup: Setup) -> None:
     carol.close()
     alice.invite("bob", "call-vanished")
     bob.request_of("INVITE")
-    wait_for_log(server, "ended: NOTIFY got 503", 10)
+    server.wait_for_log("ended: NOTIFY got 503", 10)
     assert json.loads(admin_get(admin, "/subscriptions")) == {
         "count": 0,
         "subscriptions": [],
@@ -363,7 +351,7 @@ def test_a_vanished_udp_subscriber_is_dropped_after_the_transaction_fails(
     carol.close()
     alice.invite("bob", "call-vanished")
     bob.request_of("INVITE")
-    wait_for_log(server, "ended: NOTIFY got", 45)
+    server.wait_for_log("ended: NOTIFY got", 45)
 
 
 def test_processes_on_redis_serve_each_others_subscriptions(

@@ -569,9 +569,6 @@ def test_a_call_live_at_kill_9_is_lost_at_the_next_start(tmp_path: Path) -> None
         assert (lost["call_id"], lost["disposition"]) == ("cdr-lost", "lost")
         assert lost["answer"] is not None and lost["end"] is not None
         # The warning follows the store's answer: it may come a moment later.
-        deadline = time.monotonic() + 5
-        while "1 calls in progress when the last run ended" not in server.log_text():
-            assert time.monotonic() < deadline, server.log_text()
-            time.sleep(0.05)
+        server.wait_for_log("1 calls in progress when the last run ended")
     finally:
         stop(server.process)

@@ -15,7 +15,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote
@@ -286,13 +285,6 @@ def invite_status(server: RunningServer, user: str, call_id: str) -> list[int | 
         return [status_of(sock.recv(65536)) for _ in range(2)]
 
 
-def wait_for_log(server: RunningServer, text: str) -> None:
-    deadline = time.monotonic() + 10
-    while text not in server.log_text():
-        assert time.monotonic() < deadline, server.log_text()
-        time.sleep(0.05)
-
-
 def test_sighup_reloads_the_office_sections_and_keeps_them_on_errors(
     tmp_path: Path,
 ) -> None:
@@ -312,7 +304,7 @@ def test_sighup_reloads_the_office_sections_and_keeps_them_on_errors(
             '[extensions]\n"105" = "erin"\n'
         )
         server.process.send_signal(signal.SIGHUP)
-        wait_for_log(server, "office configuration reloaded: 1 extensions")
+        server.wait_for_log("office configuration reloaded: 1 extensions")
         # Erin is no longer on DND; she has no phone registered.
         assert invite_status(server, "105", "reload-2") == [100, 404]
         config.write_text(
@@ -320,7 +312,7 @@ def test_sighup_reloads_the_office_sections_and_keeps_them_on_errors(
             'unconditional = "105"\n[extensions]\n"105" = "erin"\n'
         )
         server.process.send_signal(signal.SIGHUP)
-        wait_for_log(server, "configuration not reloaded, keeping the old")
+        server.wait_for_log("configuration not reloaded, keeping the old")
         assert "forwarding loop erin -> erin" in server.log_text()
         assert invite_status(server, "erin", "reload-3") == [100, 404]
     finally:

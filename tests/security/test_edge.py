@@ -322,8 +322,9 @@ def test_the_redis_password_is_not_logged_on_start(
 ) -> None:
     location = f"redis://:secretpw@127.0.0.1:{redis_with_password}/0"
     server = serve_with_users(tmp_path, users_file, "--location", location)
+    # The line that names the store is logged once the store is open.
+    server.wait_for_log(f"redis://***@127.0.0.1:{redis_with_password}/0")
     log = stopped_cleanly(server)
-    assert f"redis://***@127.0.0.1:{redis_with_password}/0" in log
     assert "secretpw" not in log
 
 
