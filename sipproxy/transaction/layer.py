@@ -16,8 +16,9 @@ Theory of operation (RFC 3261 §17). The transports give every parsed message to
 * The TU starts client transactions with :meth:`TransactionLayer.send_request`.
 
 Transactions remove themselves from the tables when they terminate, through the
-callback the layer gives them; the tables are edited only by identity, so a TU
-that responds, or a timer that fires, in the middle of any of this is safe.
+callback the layer gives them, and Completed entries (below) go when swept or
+evicted; the tables are edited only by identity, so a TU that responds, or a
+timer that fires, in the middle of any of this is safe.
 
 Work and memory are counted apart, so that answered requests kept only for
 retransmissions never make the server refuse new work:
@@ -34,8 +35,18 @@ retransmissions never make the server refuse new work:
   (§17.2.2). That is memory, not work, so it never counts towards overload; at
   1,800 requests a second it is 57,600 entries, more than the old cap of 50,000
   live transactions, which is how a busy but healthy server came to answer 503.
-  Instead the table is bounded (:data:`MAX_COMPLETED`): when full, the oldest
-  entry is terminated early. A retransmission arriving after that is taken for
+  So it is kept as little as it can be: once the transaction has sent its final
+  response it hands the layer its key, the response's bytes, their destination
+  and channel (:attr:`ServerNonInviteTransaction.on_completed`), and the layer
+  keeps only that, as a tuple in the server table under the key, with no
+  transaction object and no timer of its own. Timer J is the same for all of
+  them, so the order they complete in is the order they expire in: a FIFO
+  queue, which one timer sweeps (:data:`SWEEP_RESOLUTION`: entries completed
+  within one such interval share an expiry, so there is at most one sweep an
+  interval whatever the rate, and an entry may stay that much longer than
+  Timer J, never less). Over a reliable transport Timer J is zero and nothing
+  is kept. The table is bounded (:data:`MAX_COMPLETED`): when full, the oldest
+  entry is forgotten early. A retransmission arriving after that is taken for
   a new request and answered from the state of the moment; for a non-INVITE
   request that is safe, if not always the same answer: OPTIONS, a challenge or
   an error come out alike; a REGISTER that already took effect gets ``400 CSeq
@@ -54,11 +65,12 @@ I and L, and an INVITE taken twice would ring phones twice.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import math
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from sipproxy.sip.addressing import Channel, Peer, source_key, stamp_received
@@ -86,6 +98,7 @@ from sipproxy.transaction.timers import Timers
 
 __all__ = [
     "MAX_COMPLETED",
+    "SWEEP_RESOLUTION",
     "ClientInviteTransaction",
     "ClientNonInviteTransaction",
     "ClientTransaction",
@@ -99,10 +112,12 @@ __all__ = [
 ]
 
 #: Completed non-INVITE server transactions kept for retransmissions, at most. Each
-#: costs about 2.6 kB with a REGISTER's 200 (the transaction, its Timer J call, key,
-#: destination and the response's bytes: python -m bench.completed_memory), so a
-#: full table holds about 260 MB.
+#: costs about 1 kB with a REGISTER's 200 (its entry: key, the response's bytes,
+#: destination and expiry; python -m bench.completed_memory), so a full table
+#: holds about 100 MB.
 MAX_COMPLETED = 100_000
+#: Seconds: Completed entries expire in buckets this long, swept by one timer.
+SWEEP_RESOLUTION = 1.0
 #: States in which a server transaction still waits for the TU's final answer.
 _IN_FLIGHT = frozenset({State.TRYING, State.PROCEEDING})
 
@@ -111,6 +126,9 @@ _IN_FLIGHT = frozenset({State.TRYING, State.PROCEEDING})
 ServerTransaction = ServerInviteTransaction | ServerNonInviteTransaction
 #: Either client transaction; both have .request, .state, .key and .branch.
 ClientTransaction = ClientInviteTransaction | ClientNonInviteTransaction
+#: A Completed non-INVITE server transaction over UDP, as the layer keeps it:
+#: (key, the final response's bytes, destination, channel, expires_at).
+_Completed = tuple[ServerKey, bytes, Peer, Channel, float]
 
 
 class TransactionUser(Protocol):
@@ -160,28 +178,40 @@ class TransactionLayer:
         timers: Timers = Timers(),  # noqa: B008 - a frozen value
         *,
         max_completed: int = MAX_COMPLETED,
+        sweep_resolution: float = SWEEP_RESOLUTION,
     ) -> None:
         """Start with empty tables.
 
         :param max_completed: Completed non-INVITE server transactions kept for
             retransmissions at most; beyond it the oldest goes (at least 1).
+        :param sweep_resolution: how much later than Timer J a Completed entry
+            may be forgotten, in exchange for one sweep per interval (0: each
+            at its own Timer J).
         """
         self._user = user
         self._clock = clock
         self._timers = timers
-        self._servers: dict[ServerKey, ServerTransaction] = {}
+        # A live transaction, or a Completed non-INVITE one over UDP as an entry.
+        self._servers: dict[ServerKey, ServerTransaction | _Completed] = {}
         self._clients: dict[ClientKey, ClientTransaction] = {}
         # Server transactions waiting for a final answer, with their source's key,
         # and how many each source holds (no zero entries: bounded by the first).
         self._in_flight: dict[ServerTransaction, str] = {}
         self._in_flight_by_source: dict[str, int] = {}
-        # Completed non-INVITE transactions over UDP, oldest first.
-        self._completed: OrderedDict[ServerTransaction, None] = OrderedDict()
+        # The entries of Completed non-INVITE transactions over UDP, oldest (so
+        # first to expire: Timer J is the same for all) first; each is also in
+        # _servers under its key. One timer, armed while there are any, sweeps.
+        self._completed: deque[_Completed] = deque()
         self._max_completed = max(1, max_completed)
-        # Bound once: each transaction holds these, and a bound method made per
-        # transaction would cost ~64 bytes each for up to MAX_COMPLETED of them.
+        self._timer_j = timers.over(reliable=False).timer_j
+        self._resolution = sweep_resolution
+        self._bucket_at = -math.inf
+        self._sweep: IDelayedCall | None = None
+        self._sweep_at = 0.0
+        # Bound once rather than per transaction.
         self._on_server_state = self._server_state_changed
         self._on_server_terminated = self._server_terminated
+        self._on_server_completed = self._server_completed
 
     # -- from the transports ---------------------------------------------------
 
@@ -305,7 +335,12 @@ class TransactionLayer:
         key = server_key(request)
         existing = self._servers.get(key)
         if existing is not None:
-            existing.receive_request(request)
+            if isinstance(existing, tuple):
+                # §17.2.2: in Completed "the server transaction MUST pass the final
+                # response to the transport layer for retransmission".
+                existing[3].send(existing[1], existing[2])
+            else:
+                existing.receive_request(request)
             return
         transaction: ServerTransaction
         kind = (
@@ -328,6 +363,8 @@ class TransactionLayer:
         by_source = self._in_flight_by_source
         by_source[source] = by_source.get(source, 0) + 1
         transaction.on_state = self._on_server_state
+        if isinstance(transaction, ServerNonInviteTransaction):
+            transaction.on_completed = self._on_server_completed
         self._user.request_received(request, transaction, peer, channel)
 
     def _ack_received(self, ack: Request, peer: Peer, channel: Channel) -> None:
@@ -346,21 +383,52 @@ class TransactionLayer:
     def _server_state_changed(
         self, transaction: ServerTransaction, previous: State
     ) -> None:
-        state = transaction.state
-        if state in _IN_FLIGHT:
-            return
-        self._landed(transaction)
-        if (
-            state is State.COMPLETED
-            and not transaction.reliable
-            and isinstance(transaction, ServerNonInviteTransaction)
-        ):
-            completed = self._completed
-            completed[transaction] = None
-            if len(completed) > self._max_completed:
-                oldest, _ = completed.popitem(last=False)
-                # Timer J early: see the module docstring for why that is safe.
-                oldest.terminate()
+        if transaction.state not in _IN_FLIGHT:
+            self._landed(transaction)
+
+    def _server_completed(
+        self, key: ServerKey, wire: bytes, destination: Peer, channel: Channel
+    ) -> None:
+        """A non-INVITE transaction over UDP answered: keep its entry (§17.2.2)."""
+        expires_at = self._clock.seconds() + self._timer_j
+        if expires_at > self._bucket_at:
+            # A new bucket; every entry until its end shares its expiry.
+            resolution = self._resolution
+            self._bucket_at = (
+                math.ceil(expires_at / resolution) * resolution
+                if resolution > 0
+                else expires_at
+            )
+        entry = (key, wire, destination, channel, self._bucket_at)
+        self._servers[key] = entry
+        completed = self._completed
+        completed.append(entry)
+        if len(completed) > self._max_completed:
+            # Timer J early: see the module docstring for why that is safe.
+            self._forget(completed.popleft())
+        if self._sweep is None:
+            self._arm_sweep(completed[0][4])
+
+    def _arm_sweep(self, at: float) -> None:
+        self._sweep_at = at
+        delay = max(0.0, at - self._clock.seconds())
+        self._sweep = self._clock.callLater(delay, self._sweep_completed)
+
+    def _sweep_completed(self) -> None:
+        """Timer J for every entry due: forget them; wait for the next oldest."""
+        self._sweep = None
+        # The clock fires no earlier than asked; a float sum may read just below.
+        due = max(self._clock.seconds(), self._sweep_at)
+        completed = self._completed
+        while completed and completed[0][4] <= due:
+            self._forget(completed.popleft())
+        if completed:
+            self._arm_sweep(completed[0][4])
+
+    def _forget(self, entry: _Completed) -> None:
+        key = entry[0]
+        if self._servers.get(key) is entry:
+            del self._servers[key]
 
     def _landed(self, transaction: ServerTransaction) -> None:
         """``transaction`` no longer waits for a final answer: count it out."""
@@ -376,7 +444,6 @@ class TransactionLayer:
 
     def _server_terminated(self, transaction: ServerTransaction) -> None:
         self._landed(transaction)
-        self._completed.pop(transaction, None)
         if self._servers.get(transaction.key) is transaction:
             del self._servers[transaction.key]
 
