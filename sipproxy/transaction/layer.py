@@ -36,41 +36,42 @@ retransmissions never make the server refuse new work:
   1,800 requests a second it is 57,600 entries, more than the old cap of 50,000
   live transactions, which is how a busy but healthy server came to answer 503.
   So it is kept as little as it can be: once the transaction has sent its final
-  response it hands the layer its key, the response's bytes, their destination
-  and channel (:attr:`ServerNonInviteTransaction.on_completed`), and the layer
-  keeps only that, as a tuple in the server table under the key, with no
-  transaction object and no timer of its own. Timer J is the same for all of
-  them, so the order they complete in is the order they expire in: a FIFO
-  queue, which one timer sweeps (:data:`SWEEP_RESOLUTION`: entries completed
-  within one such interval share an expiry, so there is at most one sweep an
-  interval whatever the rate, and an entry may stay that much longer than
-  Timer J, never less). Over a reliable transport Timer J is zero and nothing
-  is kept. The table is bounded (:data:`MAX_COMPLETED`): when full, the oldest
-  entry is forgotten early. A retransmission arriving after that is taken for
-  a new request and answered from the state of the moment; for a non-INVITE
-  request that is safe, if not always the same answer: OPTIONS, a challenge or
-  an error come out alike; a REGISTER that already took effect gets ``400 CSeq
-  Out Of Order`` (§10.3 step 7; its binding is stored, and the phone's next
-  REGISTER carries a higher CSeq); a proxied one is forwarded again in a new
-  client transaction, as a duplicated datagram upstream could have made it.
-  And it hardly ever happens: a UAC that missed our final response retransmits
-  within T2 = 4 s (§17.1.2.2), so an entry has done its work once T2 has passed;
-  :data:`MAX_COMPLETED` entries cover T2 up to 25,000 requests a second, and all
-  of Timer J up to about 3,000, more than one process serves today.
+  response it hands the layer its key, the response's bytes, their destination and
+  channel (:attr:`ServerNonInviteTransaction.on_completed`), and the layer keeps
+  only that, as a tuple in the server table under the key, with no transaction
+  object and no timer of its own: one :class:`Expiry` sweeps them all (at most
+  once per :data:`SWEEP_RESOLUTION`; an entry may stay that much longer than Timer
+  J, never less). Over a reliable transport Timer J is zero and nothing is kept.
+  The table is bounded (:data:`MAX_COMPLETED`): when full, the oldest entry is
+  forgotten early. A retransmission arriving after that is taken for a new request
+  and answered from the state of the moment; for a non-INVITE request that is
+  safe, if not always the same answer: OPTIONS, a challenge or an error come out
+  alike; a REGISTER that already took effect gets ``400 CSeq Out Of Order`` (§10.3
+  step 7; its binding is stored, and the phone's next REGISTER carries a higher
+  CSeq); a proxied one is forwarded again in a new client transaction, as a
+  duplicated datagram upstream could have made it. And it hardly ever happens: a
+  UAC that missed our final response retransmits within T2 = 4 s (§17.1.2.2), so
+  an entry has done its work once T2 has passed; :data:`MAX_COMPLETED` entries
+  cover T2 up to 25,000 requests a second, and all of Timer J up to about 3,000,
+  more than one process serves today.
 
 INVITE server transactions that have answered (Completed, Confirmed, Accepted)
 are not in flight either and are not evicted: their lives are bounded by Timers H,
 I and L, and an INVITE taken twice would ring phones twice.
+
+A non-INVITE client transaction over UDP that has had its final response waits
+Timer K (T4) only to absorb retransmissions of that response (§17.1.2.2); it
+too hands over (:attr:`ClientNonInviteTransaction.on_completed`), and the layer
+keeps its key alone in the client table, a response matching it absorbed, on a
+second :class:`Expiry`.
 """
 
 from __future__ import annotations
 
-import math
-from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from sipproxy.sip.addressing import Channel, Peer, source_key, stamp_received
@@ -81,6 +82,7 @@ from sipproxy.transaction.client import (
     ClientInviteTransaction,
     ClientNonInviteTransaction,
 )
+from sipproxy.transaction.expiry import Expiry
 from sipproxy.transaction.keys import (
     ClientKey,
     ServerKey,
@@ -116,7 +118,8 @@ __all__ = [
 #: destination and expiry; python -m bench.completed_memory), so a full table
 #: holds about 100 MB.
 MAX_COMPLETED = 100_000
-#: Seconds: Completed entries expire in buckets this long, swept by one timer.
+#: Seconds: Completed entries (Timers J, K) expire in buckets this long, swept by
+#: one timer.
 SWEEP_RESOLUTION = 1.0
 #: States in which a server transaction still waits for the TU's final answer.
 _IN_FLIGHT = frozenset({State.TRYING, State.PROCEEDING})
@@ -127,8 +130,8 @@ ServerTransaction = ServerInviteTransaction | ServerNonInviteTransaction
 #: Either client transaction; both have .request, .state, .key and .branch.
 ClientTransaction = ClientInviteTransaction | ClientNonInviteTransaction
 #: A Completed non-INVITE server transaction over UDP, as the layer keeps it:
-#: (key, the final response's bytes, destination, channel, expires_at).
-_Completed = tuple[ServerKey, bytes, Peer, Channel, float]
+#: (key, the final response's bytes, destination, channel).
+_Completed = tuple[ServerKey, bytes, Peer, Channel]
 
 
 class TransactionUser(Protocol):
@@ -184,34 +187,40 @@ class TransactionLayer:
 
         :param max_completed: Completed non-INVITE server transactions kept for
             retransmissions at most; beyond it the oldest goes (at least 1).
-        :param sweep_resolution: how much later than Timer J a Completed entry
-            may be forgotten, in exchange for one sweep per interval (0: each
-            at its own Timer J).
+        :param sweep_resolution: how much later than Timer J or K a Completed
+            entry may be forgotten, in exchange for one sweep per interval (0:
+            each at its own).
         """
         self._user = user
         self._clock = clock
         self._timers = timers
         # A live transaction, or a Completed non-INVITE one over UDP as an entry.
         self._servers: dict[ServerKey, ServerTransaction | _Completed] = {}
-        self._clients: dict[ClientKey, ClientTransaction] = {}
+        # A live transaction, or (its key alone) a Completed non-INVITE one over
+        # UDP, absorbing retransmitted responses until Timer K.
+        self._clients: dict[ClientKey, ClientTransaction | ClientKey] = {}
         # Server transactions waiting for a final answer, with their source's key,
         # and how many each source holds (no zero entries: bounded by the first).
         self._in_flight: dict[ServerTransaction, str] = {}
         self._in_flight_by_source: dict[str, int] = {}
-        # The entries of Completed non-INVITE transactions over UDP, oldest (so
-        # first to expire: Timer J is the same for all) first; each is also in
-        # _servers under its key. One timer, armed while there are any, sweeps.
-        self._completed: deque[_Completed] = deque()
-        self._max_completed = max(1, max_completed)
-        self._timer_j = timers.over(reliable=False).timer_j
-        self._resolution = sweep_resolution
-        self._bucket_at = -math.inf
-        self._sweep: IDelayedCall | None = None
-        self._sweep_at = 0.0
+        # The entries of Completed non-INVITE transactions over UDP, each also
+        # in its table under its key, until Timer J (servers) or K (clients).
+        udp = timers.over(reliable=False)
+        self._completed = Expiry[_Completed](
+            clock,
+            udp.timer_j,
+            self._forget_server,
+            resolution=sweep_resolution,
+            limit=max_completed,
+        )
+        self._absorbing = Expiry[ClientKey](
+            clock, udp.timer_k, self._forget_client, resolution=sweep_resolution
+        )
         # Bound once rather than per transaction.
         self._on_server_state = self._server_state_changed
         self._on_server_terminated = self._server_terminated
         self._on_server_completed = self._server_completed
+        self._on_client_completed = self._client_completed
 
     # -- from the transports ---------------------------------------------------
 
@@ -282,6 +291,8 @@ class TransactionLayer:
             timeout=timeout,
             on_terminated=self._client_terminated,
         )
+        if isinstance(transaction, ClientNonInviteTransaction):
+            transaction.on_completed = self._on_client_completed
         self._clients[key] = transaction
         transaction.start()
         return transaction
@@ -314,7 +325,7 @@ class TransactionLayer:
             invite = isinstance(server, ServerInviteTransaction)
             counts["server_invite" if invite else "server_non_invite"] += 1
         for client in self._clients.values():
-            invite = isinstance(client, ClientInviteTransaction)
+            invite = isinstance(client, ClientInviteTransaction)  # or an entry
             counts["client_invite" if invite else "client_non_invite"] += 1
         return counts
 
@@ -389,43 +400,16 @@ class TransactionLayer:
     def _server_completed(
         self, key: ServerKey, wire: bytes, destination: Peer, channel: Channel
     ) -> None:
-        """A non-INVITE transaction over UDP answered: keep its entry (§17.2.2)."""
-        expires_at = self._clock.seconds() + self._timer_j
-        if expires_at > self._bucket_at:
-            # A new bucket; every entry until its end shares its expiry.
-            resolution = self._resolution
-            self._bucket_at = (
-                math.ceil(expires_at / resolution) * resolution
-                if resolution > 0
-                else expires_at
-            )
-        entry = (key, wire, destination, channel, self._bucket_at)
+        """A non-INVITE transaction over UDP answered: keep its entry (§17.2.2).
+
+        Beyond :data:`MAX_COMPLETED` the oldest goes, Timer J early: see the
+        module docstring for why that is safe.
+        """
+        entry = (key, wire, destination, channel)
         self._servers[key] = entry
-        completed = self._completed
-        completed.append(entry)
-        if len(completed) > self._max_completed:
-            # Timer J early: see the module docstring for why that is safe.
-            self._forget(completed.popleft())
-        if self._sweep is None:
-            self._arm_sweep(completed[0][4])
+        self._completed.add(entry)
 
-    def _arm_sweep(self, at: float) -> None:
-        self._sweep_at = at
-        delay = max(0.0, at - self._clock.seconds())
-        self._sweep = self._clock.callLater(delay, self._sweep_completed)
-
-    def _sweep_completed(self) -> None:
-        """Timer J for every entry due: forget them; wait for the next oldest."""
-        self._sweep = None
-        # The clock fires no earlier than asked; a float sum may read just below.
-        due = max(self._clock.seconds(), self._sweep_at)
-        completed = self._completed
-        while completed and completed[0][4] <= due:
-            self._forget(completed.popleft())
-        if completed:
-            self._arm_sweep(completed[0][4])
-
-    def _forget(self, entry: _Completed) -> None:
+    def _forget_server(self, entry: _Completed) -> None:
         key = entry[0]
         if self._servers.get(key) is entry:
             del self._servers[key]
@@ -465,11 +449,28 @@ class TransactionLayer:
             return
         transaction: ClientTransaction | None = None
         if response.top_via.branch:
-            transaction = self._clients.get(client_key(response))
+            found = self._clients.get(client_key(response))
+            if isinstance(found, ClientKey):
+                # §17.1.2.2: Completed, Timer K running: a retransmission of the
+                # final response, absorbed.
+                return
+            transaction = found
         if transaction is None:
             self._user.response_received(response, None, peer, channel)
             return
         transaction.receive_response(response, peer, channel)
+
+    def _client_completed(self, transaction: ClientNonInviteTransaction) -> None:
+        """A non-INVITE transaction over UDP had its final response: Timer K."""
+        key = transaction.key
+        if self._clients.get(key) is transaction:
+            self._clients[key] = key
+            self._absorbing.add(key)
+
+    def _forget_client(self, key: ClientKey) -> None:
+        # The entry is this very key object: a later transaction's is another.
+        if self._clients.get(key) is key:
+            del self._clients[key]
 
     def _client_terminated(self, transaction: ClientTransaction) -> None:
         if self._clients.get(transaction.key) is transaction:

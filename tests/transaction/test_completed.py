@@ -3,6 +3,8 @@
 RFC 3261 §17.2.2: in Completed "the server transaction MUST pass the final
 response to the transport layer for retransmission whenever a retransmission of
 the request is received", until Timer J (64*T1 over UDP, zero when reliable).
+§17.1.2.2: a client transaction in Completed absorbs retransmissions of the
+final response until Timer K (T4 over UDP, zero when reliable).
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from typing import Any
 from twisted.internet.testing import MemoryReactorClock
 
 from sipproxy.sip.addressing import Peer
-from sipproxy.sip.message import Request
+from sipproxy.sip.message import Request, Response
 from sipproxy.transaction.layer import State, TransactionLayer
 
-from .support import TCP_PEER, UDP_PEER, RecordingUser, TimedChannel, request
+from .support import TCP_PEER, UDP_PEER, RecordingUser, TimedChannel, Wire, request
 
 #: A phone behind NAT: its Via names a private address, so responses go to the
 #: source (received, rport).
@@ -37,6 +39,9 @@ class Setup:
         )
 
     def receive(self, message: Request, peer: Peer = UDP_PEER) -> None:
+        self.layer.message_received(message, peer, self.channel)
+
+    def receive_response(self, message: Response, peer: Peer = UDP_PEER) -> None:
         self.layer.message_received(message, peer, self.channel)
 
     def at(self, moment: float) -> None:
@@ -181,3 +186,40 @@ def test_pending_and_completed_stay_apart() -> None:
     assert (s.layer.pending(), s.layer.completed()) == (1, 1)
     s.at(40.0)
     assert (s.layer.pending(), s.layer.completed()) == (1, 0)
+
+
+def test_timer_k_absorbs_retransmitted_finals_then_forgets() -> None:
+    """A client non-INVITE over UDP absorbs its final's retransmissions (§17.1.2.2).
+
+    They never reach the TU while Timer K (T4) runs; the layer keeps only the
+    key, on one sweep. After it a late copy is a stray response for the TU.
+    """
+    s = Setup()
+    sent = Wire(s.clock)
+    out = request("OPTIONS", branch="z9hG4bK-out1", sent_by="192.0.2.1:5060")
+    transaction = s.layer.send_request(out, sent, reliable=False)
+    final = out.response(200, to_tag="b")
+    s.receive_response(final)
+    assert [r for r, _ in s.user.responses] == [final]
+    assert transaction.state is State.COMPLETED
+    assert s.layer.counts()["client_non_invite"] == 1
+    assert len(s.clock.getDelayedCalls()) == 1  # the sweep; E and F are gone
+    s.at(4.0)
+    s.receive_response(final)
+    assert len(s.user.responses) == 1
+    s.at(6.0)
+    assert s.layer.counts()["client_non_invite"] == 0
+    assert s.clock.getDelayedCalls() == []
+    s.receive_response(final)
+    assert s.user.responses[-1] == (final, None)
+
+
+def test_timer_k_is_zero_over_a_reliable_transport() -> None:
+    """Over TCP the client transaction ends with its final response: no entry."""
+    s = Setup()
+    out = request("OPTIONS", branch="z9hG4bK-out2", transport="TCP")
+    transaction = s.layer.send_request(out, Wire(s.clock), reliable=True)
+    s.receive_response(out.response(200, to_tag="b"), TCP_PEER)
+    assert transaction.state is State.TERMINATED
+    assert s.layer.counts()["client_non_invite"] == 0
+    assert s.clock.getDelayedCalls() == []
