@@ -271,6 +271,9 @@ class ServerNonInviteTransaction(_ServerTransaction):
         self.state = State.COMPLETED
         self._send(response)
         if self.on_completed is not None and not self.reliable:
+            # The owner keeps the bytes; a TU that holds on to this object (a
+            # proxy's context, for Timer M) need not keep the parsed response.
+            self._last = None
             wire, destination = self._last_wire, self._destination
             self.on_completed(self.key, wire, destination, self.channel)
             return
