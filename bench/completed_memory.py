@@ -8,9 +8,11 @@ Timer J (32 s) only to resend its response's bytes to a retransmission (RFC 3261
 §17.2.2). This sizes :data:`sipproxy.transaction.layer.MAX_COMPLETED` (issue 13,
 item 7): each REGISTER is parsed from bytes, handed to a real
 :class:`~sipproxy.transaction.layer.TransactionLayer`, answered at once with a
-200 the size the registrar sends, and left Completed with its Timer J armed on
-Twisted's own :class:`~twisted.internet.base.DelayedCall` in a heap, as the
-reactor keeps it. tracemalloc counts what is still allocated after a full
+200 the size the registrar sends, and left Completed: since issue 18 an entry in
+the layer's table (key, the response's bytes, destination, expiry), its Timer J
+one sweep for all on Twisted's own :class:`~twisted.internet.base.DelayedCall`
+in a heap, as the reactor keeps it (before: the transaction object and a
+DelayedCall of its own). tracemalloc counts what is still allocated after a full
 collection, before and after; the difference over N is one entry's cost.
 """
 

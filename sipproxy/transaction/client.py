@@ -225,6 +225,12 @@ class ClientNonInviteTransaction(_ClientTransaction):
 
     _initial_state = State.TRYING
     _first_interval = "timer_e"
+    #: Set by the owner (the layer) to keep the Completed state itself over UDP:
+    #: told the transaction once its final response is delivered, instead of
+    #: this object arming its own Timer K. The object then stays Completed and
+    #: does nothing more; the owner absorbs retransmitted responses until Timer
+    #: K.
+    on_completed: Callable[[ClientNonInviteTransaction], None] | None = None
 
     def start(self) -> None:
         """Send the request and arm Timers E (UDP only) and F (§17.1.2.2)."""
@@ -254,7 +260,10 @@ class ClientNonInviteTransaction(_ClientTransaction):
         finally:
             # "The client transaction MUST start timer K [...] T4 seconds for
             # unreliable transports, and zero seconds for reliable transports."
-            self._arm("K", self._timers.timer_k, self._terminate)
+            if self.on_completed is not None and not self.reliable:
+                self.on_completed(self)
+            else:
+                self._arm("K", self._timers.timer_k, self._terminate)
 
     def _timer_e(self) -> None:
         if self.state not in (State.TRYING, State.PROCEEDING):

@@ -16,8 +16,9 @@ Theory of operation (RFC 3261 §17). The transports give every parsed message to
 * The TU starts client transactions with :meth:`TransactionLayer.send_request`.
 
 Transactions remove themselves from the tables when they terminate, through the
-callback the layer gives them; the tables are edited only by identity, so a TU
-that responds, or a timer that fires, in the middle of any of this is safe.
+callback the layer gives them, and Completed entries (below) go when swept or
+evicted; the tables are edited only by identity, so a TU that responds, or a
+timer that fires, in the middle of any of this is safe.
 
 Work and memory are counted apart, so that answered requests kept only for
 retransmissions never make the server refuse new work:
@@ -34,27 +35,39 @@ retransmissions never make the server refuse new work:
   (§17.2.2). That is memory, not work, so it never counts towards overload; at
   1,800 requests a second it is 57,600 entries, more than the old cap of 50,000
   live transactions, which is how a busy but healthy server came to answer 503.
-  Instead the table is bounded (:data:`MAX_COMPLETED`): when full, the oldest
-  entry is terminated early. A retransmission arriving after that is taken for
-  a new request and answered from the state of the moment; for a non-INVITE
-  request that is safe, if not always the same answer: OPTIONS, a challenge or
-  an error come out alike; a REGISTER that already took effect gets ``400 CSeq
-  Out Of Order`` (§10.3 step 7; its binding is stored, and the phone's next
-  REGISTER carries a higher CSeq); a proxied one is forwarded again in a new
-  client transaction, as a duplicated datagram upstream could have made it.
-  And it hardly ever happens: a UAC that missed our final response retransmits
-  within T2 = 4 s (§17.1.2.2), so an entry has done its work once T2 has passed;
-  :data:`MAX_COMPLETED` entries cover T2 up to 25,000 requests a second, and all
-  of Timer J up to about 3,000, more than one process serves today.
+  So it is kept as little as it can be: once the transaction has sent its final
+  response it hands the layer its key, the response's bytes, their destination and
+  channel (:attr:`ServerNonInviteTransaction.on_completed`), and the layer keeps
+  only that, as a tuple in the server table under the key, with no transaction
+  object and no timer of its own: one :class:`Expiry` sweeps them all (at most
+  once per :data:`SWEEP_RESOLUTION`; an entry may stay that much longer than Timer
+  J, never less). Over a reliable transport Timer J is zero and nothing is kept.
+  The table is bounded (:data:`MAX_COMPLETED`): when full, the oldest entry is
+  forgotten early. A retransmission arriving after that is taken for a new request
+  and answered from the state of the moment; for a non-INVITE request that is
+  safe, if not always the same answer: OPTIONS, a challenge or an error come out
+  alike; a REGISTER that already took effect gets ``400 CSeq Out Of Order`` (§10.3
+  step 7; its binding is stored, and the phone's next REGISTER carries a higher
+  CSeq); a proxied one is forwarded again in a new client transaction, as a
+  duplicated datagram upstream could have made it. And it hardly ever happens: a
+  UAC that missed our final response retransmits within T2 = 4 s (§17.1.2.2), so
+  an entry has done its work once T2 has passed; :data:`MAX_COMPLETED` entries
+  cover T2 up to 25,000 requests a second, and all of Timer J up to about 3,000,
+  more than one process serves today.
 
 INVITE server transactions that have answered (Completed, Confirmed, Accepted)
 are not in flight either and are not evicted: their lives are bounded by Timers H,
 I and L, and an INVITE taken twice would ring phones twice.
+
+A non-INVITE client transaction over UDP that has had its final response waits
+Timer K (T4) only to absorb retransmissions of that response (§17.1.2.2); it
+too hands over (:attr:`ClientNonInviteTransaction.on_completed`), and the layer
+keeps its key alone in the client table, a response matching it absorbed, on a
+second :class:`Expiry`.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
@@ -69,6 +82,7 @@ from sipproxy.transaction.client import (
     ClientInviteTransaction,
     ClientNonInviteTransaction,
 )
+from sipproxy.transaction.expiry import Expiry
 from sipproxy.transaction.keys import (
     ClientKey,
     ServerKey,
@@ -86,6 +100,7 @@ from sipproxy.transaction.timers import Timers
 
 __all__ = [
     "MAX_COMPLETED",
+    "SWEEP_RESOLUTION",
     "ClientInviteTransaction",
     "ClientNonInviteTransaction",
     "ClientTransaction",
@@ -99,10 +114,13 @@ __all__ = [
 ]
 
 #: Completed non-INVITE server transactions kept for retransmissions, at most. Each
-#: costs about 2.6 kB with a REGISTER's 200 (the transaction, its Timer J call, key,
-#: destination and the response's bytes: python -m bench.completed_memory), so a
-#: full table holds about 260 MB.
+#: costs about 1 kB with a REGISTER's 200 (its entry: key, the response's bytes,
+#: destination and expiry; python -m bench.completed_memory), so a full table
+#: holds about 100 MB.
 MAX_COMPLETED = 100_000
+#: Seconds: Completed entries (Timers J, K) expire in buckets this long, swept by
+#: one timer.
+SWEEP_RESOLUTION = 1.0
 #: States in which a server transaction still waits for the TU's final answer.
 _IN_FLIGHT = frozenset({State.TRYING, State.PROCEEDING})
 
@@ -111,6 +129,9 @@ _IN_FLIGHT = frozenset({State.TRYING, State.PROCEEDING})
 ServerTransaction = ServerInviteTransaction | ServerNonInviteTransaction
 #: Either client transaction; both have .request, .state, .key and .branch.
 ClientTransaction = ClientInviteTransaction | ClientNonInviteTransaction
+#: A Completed non-INVITE server transaction over UDP, as the layer keeps it:
+#: (key, the final response's bytes, destination, channel).
+_Completed = tuple[ServerKey, bytes, Peer, Channel]
 
 
 class TransactionUser(Protocol):
@@ -160,28 +181,46 @@ class TransactionLayer:
         timers: Timers = Timers(),  # noqa: B008 - a frozen value
         *,
         max_completed: int = MAX_COMPLETED,
+        sweep_resolution: float = SWEEP_RESOLUTION,
     ) -> None:
         """Start with empty tables.
 
         :param max_completed: Completed non-INVITE server transactions kept for
             retransmissions at most; beyond it the oldest goes (at least 1).
+        :param sweep_resolution: how much later than Timer J or K a Completed
+            entry may be forgotten, in exchange for one sweep per interval (0:
+            each at its own).
         """
         self._user = user
         self._clock = clock
         self._timers = timers
-        self._servers: dict[ServerKey, ServerTransaction] = {}
-        self._clients: dict[ClientKey, ClientTransaction] = {}
+        # A live transaction, or a Completed non-INVITE one over UDP as an entry.
+        self._servers: dict[ServerKey, ServerTransaction | _Completed] = {}
+        # A live transaction, or (its key alone) a Completed non-INVITE one over
+        # UDP, absorbing retransmitted responses until Timer K.
+        self._clients: dict[ClientKey, ClientTransaction | ClientKey] = {}
         # Server transactions waiting for a final answer, with their source's key,
         # and how many each source holds (no zero entries: bounded by the first).
         self._in_flight: dict[ServerTransaction, str] = {}
         self._in_flight_by_source: dict[str, int] = {}
-        # Completed non-INVITE transactions over UDP, oldest first.
-        self._completed: OrderedDict[ServerTransaction, None] = OrderedDict()
-        self._max_completed = max(1, max_completed)
-        # Bound once: each transaction holds these, and a bound method made per
-        # transaction would cost ~64 bytes each for up to MAX_COMPLETED of them.
+        # The entries of Completed non-INVITE transactions over UDP, each also
+        # in its table under its key, until Timer J (servers) or K (clients).
+        udp = timers.over(reliable=False)
+        self._completed = Expiry[_Completed](
+            clock,
+            udp.timer_j,
+            self._forget_server,
+            resolution=sweep_resolution,
+            limit=max_completed,
+        )
+        self._absorbing = Expiry[ClientKey](
+            clock, udp.timer_k, self._forget_client, resolution=sweep_resolution
+        )
+        # Bound once rather than per transaction.
         self._on_server_state = self._server_state_changed
         self._on_server_terminated = self._server_terminated
+        self._on_server_completed = self._server_completed
+        self._on_client_completed = self._client_completed
 
     # -- from the transports ---------------------------------------------------
 
@@ -252,6 +291,8 @@ class TransactionLayer:
             timeout=timeout,
             on_terminated=self._client_terminated,
         )
+        if isinstance(transaction, ClientNonInviteTransaction):
+            transaction.on_completed = self._on_client_completed
         self._clients[key] = transaction
         transaction.start()
         return transaction
@@ -284,7 +325,7 @@ class TransactionLayer:
             invite = isinstance(server, ServerInviteTransaction)
             counts["server_invite" if invite else "server_non_invite"] += 1
         for client in self._clients.values():
-            invite = isinstance(client, ClientInviteTransaction)
+            invite = isinstance(client, ClientInviteTransaction)  # or an entry
             counts["client_invite" if invite else "client_non_invite"] += 1
         return counts
 
@@ -305,7 +346,12 @@ class TransactionLayer:
         key = server_key(request)
         existing = self._servers.get(key)
         if existing is not None:
-            existing.receive_request(request)
+            if isinstance(existing, tuple):
+                # §17.2.2: in Completed "the server transaction MUST pass the final
+                # response to the transport layer for retransmission".
+                existing[3].send(existing[1], existing[2])
+            else:
+                existing.receive_request(request)
             return
         transaction: ServerTransaction
         kind = (
@@ -328,6 +374,8 @@ class TransactionLayer:
         by_source = self._in_flight_by_source
         by_source[source] = by_source.get(source, 0) + 1
         transaction.on_state = self._on_server_state
+        if isinstance(transaction, ServerNonInviteTransaction):
+            transaction.on_completed = self._on_server_completed
         self._user.request_received(request, transaction, peer, channel)
 
     def _ack_received(self, ack: Request, peer: Peer, channel: Channel) -> None:
@@ -346,21 +394,25 @@ class TransactionLayer:
     def _server_state_changed(
         self, transaction: ServerTransaction, previous: State
     ) -> None:
-        state = transaction.state
-        if state in _IN_FLIGHT:
-            return
-        self._landed(transaction)
-        if (
-            state is State.COMPLETED
-            and not transaction.reliable
-            and isinstance(transaction, ServerNonInviteTransaction)
-        ):
-            completed = self._completed
-            completed[transaction] = None
-            if len(completed) > self._max_completed:
-                oldest, _ = completed.popitem(last=False)
-                # Timer J early: see the module docstring for why that is safe.
-                oldest.terminate()
+        if transaction.state not in _IN_FLIGHT:
+            self._landed(transaction)
+
+    def _server_completed(
+        self, key: ServerKey, wire: bytes, destination: Peer, channel: Channel
+    ) -> None:
+        """A non-INVITE transaction over UDP answered: keep its entry (§17.2.2).
+
+        Beyond :data:`MAX_COMPLETED` the oldest goes, Timer J early: see the
+        module docstring for why that is safe.
+        """
+        entry = (key, wire, destination, channel)
+        self._servers[key] = entry
+        self._completed.add(entry)
+
+    def _forget_server(self, entry: _Completed) -> None:
+        key = entry[0]
+        if self._servers.get(key) is entry:
+            del self._servers[key]
 
     def _landed(self, transaction: ServerTransaction) -> None:
         """``transaction`` no longer waits for a final answer: count it out."""
@@ -376,7 +428,6 @@ class TransactionLayer:
 
     def _server_terminated(self, transaction: ServerTransaction) -> None:
         self._landed(transaction)
-        self._completed.pop(transaction, None)
         if self._servers.get(transaction.key) is transaction:
             del self._servers[transaction.key]
 
@@ -398,11 +449,28 @@ class TransactionLayer:
             return
         transaction: ClientTransaction | None = None
         if response.top_via.branch:
-            transaction = self._clients.get(client_key(response))
+            found = self._clients.get(client_key(response))
+            if isinstance(found, ClientKey):
+                # §17.1.2.2: Completed, Timer K running: a retransmission of the
+                # final response, absorbed.
+                return
+            transaction = found
         if transaction is None:
             self._user.response_received(response, None, peer, channel)
             return
         transaction.receive_response(response, peer, channel)
+
+    def _client_completed(self, transaction: ClientNonInviteTransaction) -> None:
+        """A non-INVITE transaction over UDP had its final response: Timer K."""
+        key = transaction.key
+        if self._clients.get(key) is transaction:
+            self._clients[key] = key
+            self._absorbing.add(key)
+
+    def _forget_client(self, key: ClientKey) -> None:
+        # The entry is this very key object: a later transaction's is another.
+        if self._clients.get(key) is key:
+            del self._clients[key]
 
     def _client_terminated(self, transaction: ClientTransaction) -> None:
         if self._clients.get(transaction.key) is transaction:

@@ -241,14 +241,21 @@ class ServerNonInviteTransaction(_ServerTransaction):
     """Answer one non-INVITE request, CANCEL included (§17.2.2, figure 8)."""
 
     _initial_state = State.TRYING
+    #: Set by the owner (the layer) to keep the Completed state itself over UDP:
+    #: told ``(key, response bytes, destination, channel)`` once the final
+    #: response is sent, instead of this object arming its own Timer J. The
+    #: object then stays Completed and does nothing more; the owner resends the
+    #: bytes to retransmissions and forgets them after Timer J.
+    on_completed: Callable[[ServerKey, bytes, Peer, Channel], None] | None = None
 
     def respond(self, response: Response, *, retransmit: bool = True) -> None:
         """Send ``response`` from the TU and run the state machine (§17.2.2).
 
         A 1xx moves TRYING to PROCEEDING; a final response moves either to
-        COMPLETED, and Timer J starts (zero when reliable). "Any other final
-        responses passed by the TU to the server transaction MUST be discarded
-        while in the "Completed" state."
+        COMPLETED, and Timer J starts (zero when reliable; over UDP, when
+        :attr:`on_completed` is set, the owner keeps Completed from there). "Any
+        other final responses passed by the TU to the server transaction MUST be
+        discarded while in the "Completed" state."
 
         :param retransmit: as for INVITE; a non-INVITE server transaction never
             retransmits on its own (only when the request is), so it changes
@@ -263,6 +270,13 @@ class ServerNonInviteTransaction(_ServerTransaction):
             return
         self.state = State.COMPLETED
         self._send(response)
+        if self.on_completed is not None and not self.reliable:
+            # The owner keeps the bytes; a TU that holds on to this object (a
+            # proxy's context, for Timer M) need not keep the parsed response.
+            self._last = None
+            wire, destination = self._last_wire, self._destination
+            self.on_completed(self.key, wire, destination, self.channel)
+            return
         # For Timer J (32 s over UDP) only the response's bytes are needed, for
         # retransmissions; the parsed request and response go (the request keeps
         # its start line). At a thousand requests a second these transactions

@@ -77,8 +77,7 @@ class TransactionMachine:
     def terminate(self) -> None:
         """End the transaction now, as its last timer would (the owner's bound).
 
-        The layer uses this to drop the oldest Completed non-INVITE transaction
-        when it keeps too many; see :mod:`sipproxy.transaction.layer`.
+        For an owner that must bound how many transactions it keeps.
         """
         self._terminate()
 

@@ -143,8 +143,8 @@ def test_completed_table_never_exceeds_its_bound() -> None:
         answer(s.transaction(), 200)
         assert s.layer.completed() == min(number + 1, 3)
     assert s.layer.counts()["server_non_invite"] == 3
-    # Evicted ones took their Timer J with them.
-    assert len(s.clock.getDelayedCalls()) == 3
+    # No Timer J each: one sweep for all of them.
+    assert len(s.clock.getDelayedCalls()) == 1
     # A retransmission of a kept one is answered from the transaction.
     s.receive(request("REGISTER", branch="z9hG4bK-9"))
     assert len(s.user.requests) == 10
