@@ -9,6 +9,7 @@ from types import MappingProxyType
 from sipproxy.auth.digest import compute_response
 from sipproxy.auth.ha1 import compute_ha1
 from sipproxy.auth.htdigest import UserDB
+from sipproxy.sip.message import Request, Response
 
 
 def free_port() -> int:
@@ -82,3 +83,52 @@ def user_db(realm: str, **passwords: str) -> UserDB:
             }
         ),
     )
+
+
+#: A minimal audio-less session description, for phones that answer calls.
+SDP = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+
+
+def uas_answer(request: Request, status: int, contact: str, to_tag: str) -> Response:
+    """A phone's answer to ``request``: Vias and Record-Route copied (§12.1.1).
+
+    A 200 to an INVITE carries :data:`SDP`.
+    """
+    extra = [("Contact", contact)]
+    extra += [("Record-Route", v) for v in request.headers.get_all("record-route")]
+    with_sdp = request.method == "INVITE" and status == 200
+    if with_sdp:
+        extra.append(("Content-Type", "application/sdp"))
+    response = request.response(status, to_tag=to_tag, headers=extra)
+    if with_sdp:
+        response = Response(
+            response.status,
+            response.reason,
+            response.headers.replace("Content-Length", str(len(SDP))),
+            SDP,
+        )
+    return response
+
+
+def in_dialog(
+    method: str, via: str, user: str, ok: Response, call_id: str, cseq: int
+) -> bytes:
+    """ACK or BYE of the caller ``user`` inside the dialog ``ok`` set up.
+
+    The Route set is the 2xx's Record-Route reversed, the target its Contact
+    (§12.1.2); ``via`` is the caller's Via line.
+    """
+    routes = list(reversed(ok.headers.get_all("record-route")))
+    target = ok.headers.get("contact") or ""
+    target = target.strip().removeprefix("<").split(">")[0]
+    lines = [f"{method} {target} SIP/2.0", via.rstrip("\r\n")]
+    lines += [f"Route: {route}" for route in routes]
+    lines += [
+        "Max-Forwards: 70",
+        f"From: <sip:{user}@example.test>;tag=caller",
+        f"To: {ok.headers.get('to')}",
+        f"Call-ID: {call_id}",
+        f"CSeq: {cseq} {method}",
+        "Content-Length: 0",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()

@@ -29,12 +29,12 @@ from tests.integration.conftest import (
     stop,
 )
 from tests.integration.test_calls import SippRunner, assert_ok, register
+from tests.support import SDP, in_dialog, uas_answer
 from tests.tlsutil import Issued, TestCA
 
 pytestmark = pytest.mark.integration
 
 _n = itertools.count(1)
-SDP = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
 
 
 @dataclass
@@ -171,42 +171,15 @@ class TLSPhone:
         return self.final()
 
     def answer(self, request: Request, status: int, contact: str) -> None:
-        """Answer ``request`` as its UAS: Vias and Record-Route copied (§12.1.1)."""
-        extra = [("Contact", contact)]
-        extra += [("Record-Route", v) for v in request.headers.get_all("record-route")]
-        body = b""
-        if request.method == "INVITE" and status == 200:
-            extra.append(("Content-Type", "application/sdp"))
-            body = SDP
-        response = request.response(status, to_tag="tlsphone", headers=extra)
-        if body:
-            response = Response(
-                response.status,
-                response.reason,
-                response.headers.replace("Content-Length", str(len(body))),
-                body,
-            )
-        self.send(response.to_bytes())
+        """Answer ``request`` as its UAS (tests.support.uas_answer)."""
+        self.send(uas_answer(request, status, contact, "tlsphone").to_bytes())
 
 
 def _in_dialog(
     method: str, phone: TLSPhone, ok: Response, call_id: str, cseq: int
 ) -> bytes:
     """ACK or BYE inside the dialog ``ok`` set up: Route set and remote target."""
-    routes = list(reversed(ok.headers.get_all("record-route")))
-    target = ok.headers.get("contact") or ""
-    target = target.strip().removeprefix("<").split(">")[0]
-    lines = [f"{method} {target} SIP/2.0", phone.via().rstrip("\r\n")]
-    lines += [f"Route: {route}" for route in routes]
-    lines += [
-        "Max-Forwards: 70",
-        f"From: <sip:{phone.user}@example.test>;tag=caller",
-        f"To: {ok.headers.get('to')}",
-        f"Call-ID: {call_id}",
-        f"CSeq: {cseq} {method}",
-        "Content-Length: 0",
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+    return in_dialog(method, phone.via(), phone.user, ok, call_id, cseq)
 
 
 def test_register_over_tls(start: Callable[..., TLSServer]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import re
 import socket
 import ssl
 import subprocess
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 from wsproto.frame_protocol import CloseReason
 
+from sipproxy.auth.htdigest import write_user
 from sipproxy.sip.message import Request, Response
 from sipproxy.sip.parser import parse_message
 from tests.integration.conftest import (
@@ -36,13 +36,13 @@ from tests.integration.conftest import (
     udp_exchange,
 )
 from tests.integration.test_calls import SippRunner, assert_ok, register
+from tests.support import SDP, challenge_params, digest_answer, in_dialog, uas_answer
 from tests.tlsutil import TestCA
 from tests.wsclient import RefusedError, WSClient
 
 pytestmark = pytest.mark.integration
 
 _n = itertools.count(1)
-SDP = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
 
 
 @dataclass
@@ -189,72 +189,20 @@ class WSPhone:
         return self.final()
 
     def answer(self, request: Request, status: int) -> None:
-        """Answer ``request`` as its UAS: Vias and Record-Route copied (§12.1.1)."""
-        extra = [("Contact", self.contact)]
-        extra += [("Record-Route", v) for v in request.headers.get_all("record-route")]
-        body = b""
-        if request.method == "INVITE" and status == 200:
-            extra.append(("Content-Type", "application/sdp"))
-            body = SDP
-        response = request.response(status, to_tag="wsphone", headers=extra)
-        if body:
-            response = Response(
-                response.status,
-                response.reason,
-                response.headers.replace("Content-Length", str(len(body))),
-                body,
-            )
-        self.send(response.to_bytes())
+        """Answer ``request`` as its UAS (tests.support.uas_answer)."""
+        self.send(uas_answer(request, status, self.contact, "wsphone").to_bytes())
 
 
 def _in_dialog(
     method: str, phone: WSPhone, ok: Response, call_id: str, cseq: int
 ) -> bytes:
     """ACK or BYE inside the dialog ``ok`` set up: Route set and remote target."""
-    routes = list(reversed(ok.headers.get_all("record-route")))
-    target = ok.headers.get("contact") or ""
-    target = target.strip().removeprefix("<").split(">")[0]
-    lines = [f"{method} {target} SIP/2.0", phone.via().rstrip("\r\n")]
-    lines += [f"Route: {route}" for route in routes]
-    lines += [
-        "Max-Forwards: 70",
-        f"From: <sip:{phone.user}@example.test>;tag=caller",
-        f"To: {ok.headers.get('to')}",
-        f"Call-ID: {call_id}",
-        f"CSeq: {cseq} {method}",
-        "Content-Length: 0",
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-def _digest(challenge: str, user: str, password: str, method: str, uri: str) -> str:
-    """An Authorization header answering an MD5 WWW-Authenticate (RFC 2617)."""
-    params = dict(re.findall(r'(\w+)="?([^",]*)"?', challenge))
-    realm, nonce = params["realm"], params["nonce"]
-    ha1 = hashlib.md5(f"{user}:{realm}:{password}".encode()).hexdigest()
-    ha2 = hashlib.md5(f"{method}:{uri}".encode()).hexdigest()
-    nc, cnonce = "00000001", "wsphone"
-    qop = "auth" if "qop" in params else None
-    if qop:
-        response = hashlib.md5(
-            f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}".encode()
-        ).hexdigest()
-        extra = f', qop={qop}, nc={nc}, cnonce="{cnonce}"'
-    else:
-        response = hashlib.md5(f"{ha1}:{nonce}:{ha2}".encode()).hexdigest()
-        extra = ""
-    opaque = f', opaque="{params["opaque"]}"' if "opaque" in params else ""
-    return (
-        f'Authorization: Digest username="{user}", realm="{realm}", '
-        f'nonce="{nonce}", uri="{uri}", response="{response}", algorithm=MD5'
-        f"{extra}{opaque}\r\n"
-    )
+    return in_dialog(method, phone.via(), phone.user, ok, call_id, cseq)
 
 
 def _users_file(tmp_path: Path, user: str, password: str) -> Path:
     path = tmp_path / "users.htdigest"
-    ha1 = hashlib.md5(f"{user}:example.test:{password}".encode()).hexdigest()
-    path.write_text(f"{user}:example.test:{ha1}\n")
+    write_user(path, user, "example.test", password)
     return path
 
 
@@ -304,8 +252,11 @@ def test_register_with_digest(
     try:
         challenge = phone.register(call_id="digest-1")
         assert challenge.status == 401
-        header = challenge.headers.get("www-authenticate") or ""
-        auth = _digest(header, "alice", "secret", "REGISTER", "sip:example.test")
+        [params] = challenge_params(challenge.to_bytes(), "www-authenticate")
+        auth = "Authorization: " + digest_answer(
+            params, user="alice", password="secret", method="REGISTER",
+            uri="sip:example.test",
+        ) + "\r\n"  # fmt: skip
         ok = phone.register(authorization=auth, call_id="digest-1")
     finally:
         phone.close()
