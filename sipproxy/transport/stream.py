@@ -177,11 +177,12 @@ class SIPStreamProtocol(Protocol):
         self._closing = True
         self.transport.loseConnection()  # type: ignore[union-attr]
 
-    def _deliver(self, frame: bytes) -> None:
+    def _deliver(self, frame: bytes, *, stream: bool = True) -> None:
+        """Parse one framed message and hand it on; ``stream``: as parse_message."""
         receiver = self._factory.receiver
         try:
             try:
-                message = parse_message(frame, stream=True)
+                message = parse_message(frame, stream=stream)
             except ParseError as error:
                 # Framing held, so the next message starts at a known offset:
                 # answer this one (if it can be addressed) and keep the connection.

@@ -55,8 +55,6 @@ from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from sipproxy.sip.addressing import Peer
-from sipproxy.sip.errors import ParseError
-from sipproxy.sip.parser import parse_message
 from sipproxy.sip.transports import WS
 from sipproxy.transport.receiver import MessageReceiver
 from sipproxy.transport.stream import SIPStreamFactory, SIPStreamProtocol
@@ -193,28 +191,10 @@ class WebSocketProtocol(SIPStreamProtocol):
             if message == b"\r\n\r\n":
                 self.send(b"\r\n", self.peer)  # RFC 5626 §4.4.1 keepalive
             return True
-        self._deliver_message(message)
+        # RFC 7118 §4.2: the WebSocket message is the SIP message's boundary,
+        # so it parses as a datagram does (Content-Length may be left out).
+        self._deliver(message, stream=False)
         return True
-
-    def _deliver_message(self, frame: bytes) -> None:
-        receiver = self._ws_factory.receiver
-        try:
-            try:
-                # RFC 7118 §4.2: the WebSocket message is the SIP message's
-                # boundary, so it parses as a datagram does (Content-Length
-                # may be left out).
-                message = parse_message(frame)
-            except ParseError as error:
-                receiver.message_invalid(error, self.peer, self)
-                return
-            receiver.message_received(message, self.peer, self)
-        except Exception:
-            # A bug for one message must not cost the phone its connection.
-            self.log.failure(
-                "internal error on a message from {host}:{port}",
-                host=self.peer.host,
-                port=self.peer.port,
-            )
 
     def _closed_by_peer(self, event: CloseConnection) -> None:
         if self._ws.state is ConnectionState.REMOTE_CLOSING:
