@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import unquote
 
 __all__ = [
+    "CHALLENGES",
     "CSV_FIELDS",
     "DISPOSITIONS",
     "HANGUP_BY",
@@ -213,6 +214,11 @@ CSV_FIELDS = (
 
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _CALLER_TEXT = ("call_id", "caller", "callee", "answered_by", "forwarded")
+
+
+#: Final statuses that end no call attempt: the caller answers the challenge
+#: with credentials, in the same call.
+CHALLENGES = frozenset({401, 407})
 
 
 def disposition_of(status: int) -> str:

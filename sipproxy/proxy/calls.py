@@ -48,7 +48,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sipproxy.cdr import CallRecordStore
-from sipproxy.cdr.record import CallRecord
+from sipproxy.cdr.record import CHALLENGES, CallRecord
 from sipproxy.cdr.record import disposition_of as disposition
 from sipproxy.proxy.events import DialogEvent, DialogState, FinalDecision
 from sipproxy.sip.errors import ParseError
@@ -59,9 +59,6 @@ __all__ = ["DEFAULT_MAX_CALL_SECONDS", "CallObserver", "CallTracker", "dispositi
 DEFAULT_MAX_CALL_SECONDS = 14_400.0
 #: Live calls kept at most: about 1 KiB each, so 100 MiB at worst.
 DEFAULT_MAX_CALLS = 100_000
-#: Statuses that are not the end of a call attempt: the caller retries the
-#: same call with credentials.
-_CHALLENGES = frozenset({401, 407})
 
 
 class CallObserver(Protocol):
@@ -206,7 +203,7 @@ class CallTracker:
         status = decision.status
         call = self._calls.get((decision.call_id or "", from_tag))
         if call is None:
-            if status >= 300 and status not in _CHALLENGES:
+            if status >= 300 and status not in CHALLENGES:
                 # Rejected before it was forwarded (404, 403...): no dialog
                 # event came, so the record is made whole here.
                 record = CallRecord(

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from twisted.logger import Logger
 
-from sipproxy.cdr.record import disposition_of
+from sipproxy.cdr.record import CHALLENGES, disposition_of
 from sipproxy.sip.addressing import Peer
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.message import Request
@@ -212,8 +212,6 @@ _LINE = (
     "via {route} in {ms} ms"
 )
 _LINE_WITH_CALL = _LINE + ", call {call}"
-#: Answers that ask for credentials: the caller retries the same call.
-_CHALLENGES = frozenset({401, 407})
 
 
 class FinalLogLine:
@@ -254,7 +252,7 @@ class FinalLogLine:
         # answers it with the same call) and names none.
         call = (
             disposition_of(decision.status)
-            if request.method == "INVITE" and decision.status not in _CHALLENGES
+            if request.method == "INVITE" and decision.status not in CHALLENGES
             else None
         )
         self.log.info(
