@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import gc
 import hashlib
 import os
@@ -40,6 +41,7 @@ import pstats
 import re
 import tempfile
 import time
+from dataclasses import dataclass, field
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -236,9 +238,18 @@ def digest_register(
     return bool(transport.written) and b" 200 " in transport.written[0][0][:16]
 
 
-def build(
-    cdr: str | None = None, users: str | None = None
-) -> tuple[SIPServerService, FakeDatagramTransport]:
+@dataclass(frozen=True, slots=True)
+class Bench:
+    """A wired server, the UDP protocol fed datagrams and its fake socket."""
+
+    service: SIPServerService
+    protocol: SIPDatagramProtocol
+    transport: FakeDatagramTransport
+    #: --kind digest-register: each user's HA1, by number
+    ha1s: list[str] = field(default_factory=list)
+
+
+def build(cdr: str | None = None, users: str | None = None) -> Bench:
     """A server wired as twistd wires it, with a fake socket."""
     options = {"domain": ["example.test"], "listen": ["udp:5060"], "rate-limit": "0"}
     if cdr is not None:
@@ -253,24 +264,23 @@ def build(
     transport = FakeDatagramTransport()
     protocol.makeConnection(transport)
     service.transports.add_udp(protocol)
-    service.bench_protocol = protocol  # type: ignore[attr-defined]
     Deferred.fromCoroutine(service.location.open())  # memory: at once
-    return service, transport
+    return Bench(service, protocol, transport)
 
 
 def run(kind: str, count: int, profile: bool, cdr: str | None = None) -> None:
     if kind == "digest-register":
         users, ha1s = digest_users()
         try:
-            service, transport = build(cdr, users)
+            bench = dataclasses.replace(build(cdr, users), ha1s=ha1s)
         finally:
             os.unlink(users)
-        service.bench_ha1s = ha1s  # type: ignore[attr-defined]
     else:
-        service, transport = build(cdr)
+        bench = build(cdr)
+    service = bench.service
     if cdr is None:
         # Nothing waits: the coroutine runs to its end right here.
-        Deferred.fromCoroutine(measure(service, transport, kind, count, profile))
+        Deferred.fromCoroutine(measure(bench, kind, count, profile))
         return
 
     async def recorded() -> None:
@@ -278,7 +288,7 @@ def run(kind: str, count: int, profile: bool, cdr: str | None = None) -> None:
         # thread answers through the reactor, so this one runs.
         await service.cdr.open()
         service._recording(None)
-        await measure(service, transport, kind, count, profile, service.cdr)
+        await measure(bench, kind, count, profile, service.cdr)
 
     def stop(result: object) -> object:
         reactor.stop()
@@ -296,8 +306,7 @@ _IN_FLIGHT = 10
 
 
 async def measure(
-    service: SIPServerService,
-    transport: FakeDatagramTransport,
+    bench: Bench,
     kind: str,
     count: int,
     profile: bool,
@@ -308,7 +317,7 @@ async def measure(
     With ``store``, the figure includes writing every record and closing the
     store: ``time.process_time`` counts every thread, the store's worker too.
     """
-    protocol: SIPDatagramProtocol = service.bench_protocol  # type: ignore[attr-defined]
+    service, protocol, transport = bench.service, bench.protocol, bench.transport
     template = _REGISTER if kind == "register" else _OPTIONS
     datagrams = (
         [template.format(n=n).encode() for n in range(count)]
@@ -332,7 +341,7 @@ async def measure(
             if store is not None and n % _IN_FLIGHT == _IN_FLIGHT - 1:
                 await service.calls.written()
     elif kind == "digest-register":
-        ha1s: list[str] = service.bench_ha1s  # type: ignore[attr-defined]
+        ha1s = bench.ha1s
         ha2 = _md5("REGISTER:sip:example.test")
         for n in range(count):
             answered += digest_register(protocol, transport, n, ha1s, ha2)
