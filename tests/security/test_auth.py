@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import string
 import subprocess
 import time
 from pathlib import Path
@@ -151,6 +152,35 @@ def test_one_nonce_serves_one_guess(secured: RunningServer) -> None:
         )
         assert status_of(response) == 401
     assert failures_logged(secured, "127.0.0.10") == 1
+
+
+def test_a_respelt_nonce_serves_no_second_guess(secured: RunningServer) -> None:
+    """The nonce's last base64url character carries two unused bits.
+
+    Its four spellings decoded to the same bytes and passed the HMAC, so a
+    nonce burnt by a wrong answer, respelt, was good for three more guesses.
+    Now only the spelling we issued is a nonce: the others are refused
+    uncounted, the right password included.
+    """
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+    challenge = fetch_challenge(secured.port, "127.0.0.13")
+    nonce = challenge["nonce"]
+    assert len(nonce) == 43  # 32 bytes, unpadded base64url
+    first = register_with(secured.port, "127.0.0.13", challenge, password="guess")
+    assert status_of(first) == 401
+    last = alphabet.index(nonce[-1])
+    respelt = [
+        nonce[:-1] + alphabet[(last & ~3) | low] for low in range(4) if low != last & 3
+    ]
+    for spelling, password in zip(
+        respelt, ("guess2", "guess3", "wonderland"), strict=True
+    ):
+        again = register_with(
+            secured.port, "127.0.0.13", {**challenge, "nonce": spelling},
+            password=password,
+        )  # fmt: skip
+        assert status_of(again) == 401, again
+    assert failures_logged(secured, "127.0.0.13") == 1
 
 
 def test_an_equivalent_digest_uri_is_accepted(secured: RunningServer) -> None:
