@@ -153,6 +153,9 @@ class SIPServerService(MultiService):
                 untracked=lambda: self.calls.untracked,
             ),
         )
+        # Busy lamps keep only watched users' calls, seeded from the tracker's
+        # live calls: a call nobody watches costs the notifier nothing.
+        self.notifier.follow(self.calls, self.proxy.events)
 
     @override
     def privilegedStartService(self) -> None:

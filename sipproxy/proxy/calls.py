@@ -74,9 +74,25 @@ class CallObserver(Protocol):
 class _Call:
     """One live call: its record so far, and what matching needs."""
 
-    __slots__ = ("heard", "ident", "key", "record", "set_up", "to_tag")
+    __slots__ = (
+        "confirmed",
+        "created",
+        "early",
+        "heard",
+        "ident",
+        "key",
+        "record",
+        "set_up",
+        "to_tag",
+    )
 
-    def __init__(self, ident: tuple[str, str], key: str, record: CallRecord) -> None:
+    def __init__(
+        self,
+        ident: tuple[str, str],
+        key: str,
+        record: CallRecord,
+        created: DialogEvent,
+    ) -> None:
         #: Call-ID and the caller's From tag
         self.ident = ident
         #: the live key in the store
@@ -87,6 +103,19 @@ class _Call:
         #: when something of this call was last heard (clock seconds)
         self.heard = record.start
         self.set_up = False
+        #: the events that made the call what it is, kept (references to
+        #: tuples already built) so busy lamps can be seeded from them
+        self.created = created
+        self.early: DialogEvent | None = None
+        self.confirmed: DialogEvent | None = None
+
+    def events(self) -> tuple[DialogEvent, ...]:
+        """The call's dialog events so far, in order: created, early, confirmed."""
+        return (
+            self.created,
+            *((self.early,) if self.early is not None else ()),
+            *((self.confirmed,) if self.confirmed is not None else ()),
+        )
 
 
 class CallTracker:
@@ -183,6 +212,23 @@ class CallTracker:
             )
         return out
 
+    def live_events(self) -> list[tuple[DialogEvent, ...]]:
+        """Each call in progress as its dialog events (see :meth:`events_of`).
+
+        Busy lamps (proxy/notifier.py) replay them when a user is first watched,
+        so a subscription made during a call sees it.
+        """
+        return [call.events() for call in self._calls.values()]
+
+    def events_of(self, call_id: str, from_tag: str) -> tuple[DialogEvent, ...]:
+        """The dialog events of one call in progress: created, early, confirmed.
+
+        Only the first early and the first confirmed are kept; empty when the
+        call is not in progress (or was not tracked).
+        """
+        call = self._calls.get((call_id, from_tag))
+        return () if call is None else call.events()
+
     # -- the event stream ----------------------------------------------------------
 
     def decided(self, decision: FinalDecision) -> None:
@@ -240,6 +286,8 @@ class CallTracker:
             return
         call.heard = event.at
         if state is DialogState.EARLY:
+            if call.early is None:
+                call.early = event
             self._set_up(call, event.at)
         elif call.record.answer is None:
             self._answered(call, event.at, event, event.status)
@@ -261,7 +309,7 @@ class CallTracker:
             # What the record says should this process die before the call ends.
             disposition="lost",
         )
-        call = _Call(key, f"{self.owner}:{key[0]}:{key[1]}", record)
+        call = _Call(key, f"{self.owner}:{key[0]}:{key[1]}", record, event)
         self._calls[key] = call
         self._write(self.store.keep_live(call.key, record))
 
@@ -281,6 +329,7 @@ class CallTracker:
         self._set_up(call, at)
         call.heard = at
         if confirmed is not None:
+            call.confirmed = confirmed
             call.to_tag = confirmed.to_tag
             call.record = dataclasses.replace(
                 call.record,
