@@ -75,7 +75,6 @@ class _Call:
     """One live call: its record so far, and what matching needs."""
 
     __slots__ = (
-        "confirmed",
         "created",
         "early",
         "heard",
@@ -103,19 +102,38 @@ class _Call:
         #: when something of this call was last heard (clock seconds)
         self.heard = record.start
         self.set_up = False
-        #: the events that made the call what it is, kept (references to
-        #: tuples already built) so busy lamps can be seeded from them
+        #: what busy lamps are seeded from (:meth:`events`): the event that
+        #: made the call (a tuple already built), and the first early
+        #: dialog's To tag and time; the answer is in the record
         self.created = created
-        self.early: DialogEvent | None = None
-        self.confirmed: DialogEvent | None = None
+        self.early: tuple[str | None, float] | None = None
 
     def events(self) -> tuple[DialogEvent, ...]:
-        """The call's dialog events so far, in order: created, early, confirmed."""
-        return (
-            self.created,
-            *((self.early,) if self.early is not None else ()),
-            *((self.confirmed,) if self.confirmed is not None else ()),
-        )
+        """The call's dialog events so far, in order: created, early, confirmed.
+
+        Rebuilt from the created event (sharing its strings) rather than kept
+        whole: a live call costs a tuple and a few references more, no more.
+        """
+        created = self.created
+        events = [created]
+        if self.early is not None:
+            to_tag, at = self.early
+            events.append(
+                created._replace(state=DialogState.EARLY, to_tag=to_tag, at=at)
+            )
+        record = self.record
+        if record.answer is not None:
+            events.append(
+                created._replace(
+                    state=DialogState.CONFIRMED,
+                    to_tag=self.to_tag,
+                    at=record.answer,
+                    status=record.status,
+                    answered_by=record.answered_by,
+                    forwarded=record.forwarded,
+                )
+            )
+        return tuple(events)
 
 
 class CallTracker:
@@ -287,7 +305,7 @@ class CallTracker:
         call.heard = event.at
         if state is DialogState.EARLY:
             if call.early is None:
-                call.early = event
+                call.early = (event.to_tag, event.at)
             self._set_up(call, event.at)
         elif call.record.answer is None:
             self._answered(call, event.at, event, event.status)
@@ -301,6 +319,8 @@ class CallTracker:
         if len(self._calls) >= self.max_calls:
             self.untracked += 1
             return
+        # Read once, and kept without the INVITE (see _Call.created).
+        event = event.detached()
         record = CallRecord(
             call_id=event.call_id,
             caller=event.user or event.caller,
@@ -329,7 +349,6 @@ class CallTracker:
         self._set_up(call, at)
         call.heard = at
         if confirmed is not None:
-            call.confirmed = confirmed
             call.to_tag = confirmed.to_tag
             call.record = dataclasses.replace(
                 call.record,
