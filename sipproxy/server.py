@@ -338,6 +338,7 @@ class SIPServerService(MultiService):
         self._apply(self.config, users)
         if office is not None and self.office is not None:
             self.office.office = office
+            self.notifier.office_changed()
             self.log.info(
                 "office configuration reloaded: {n} extensions, {g} groups",
                 n=len(office.extensions),

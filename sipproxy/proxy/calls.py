@@ -28,6 +28,10 @@ start, :meth:`CallTracker.start` closes the calls this process's previous run
 left live as ``lost``; live records are keyed ``"<owner>:<Call-ID>:<From tag>"``
 so that only this process's are closed.
 
+Busy lamps (proxy/notifier.py) keep only the calls of watched users; a user
+who becomes watched is seeded from :meth:`CallTracker.live_events`, each
+live call replayed as its created, early and confirmed events.
+
 Costs: the observers run on the message path. A decision that is not about an
 INVITE or UPDATE costs one comparison; storage writes are Deferreds nobody
 waits for; a store that fails is logged once and counted, never raised into

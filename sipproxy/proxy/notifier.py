@@ -502,6 +502,17 @@ class Notifier:
                 subscription.timer.cancel()
             subscription.timer = None
 
+    def office_changed(self) -> None:
+        """A reload replaced the office: groups may have other members now.
+
+        A new member of a watched group is seeded at once; the next call
+        would notice it too (see :meth:`dialog_changed`), too late for a
+        call already going.
+        """
+        if self._watched is not None:
+            self._lamps_changed = True
+            self._rewatch()
+
     def count(self) -> int:
         """Subscriptions served now."""
         return len(self._subscriptions)

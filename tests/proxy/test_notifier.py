@@ -833,3 +833,26 @@ def test_calls_nobody_watches_cost_the_lamps_nothing(lamps_follow: str) -> None:
     assert notifier.kept() == 0
     assert notifier not in h.proxy.events.dialogs
     assert h.calls in h.proxy.events.dialogs
+
+
+def test_a_member_added_to_a_watched_group_on_reload_lights_it_at_once() -> None:
+    """A reload puts Bob, in a call, into a watched group: its next NOTIFY shows it."""
+    sales = {"number": "600", "name": "sales", "members": ["dave"]}
+    h = Harness(office=parse_office({"groups": [sales]}))
+    h.register("bob", BOB)
+    ok, first = subscribed(h, "600")
+    assert states(first) == ["terminated"]
+    h.receive(invite("bob"), ALICE)
+    [to_bob] = requests(h.sent_to(BOB), "INVITE")
+    h.receive(answer(to_bob, 200, contact="<sip:bob@10.0.0.62:5060>"), BOB)
+    assert notifies(h) == []
+    plan = h.proxy.office
+    assert plan is not None
+    plan.office = parse_office({"groups": [{**sales, "members": ["bob", "dave"]}]})
+    notifier_of(h).office_changed()
+    h.receive(
+        subscribe("600", to_tag=ok.to_addr.tag, cseq=2, branch="z9hG4bKsub2"),
+        CAROL,
+    )
+    [refreshed] = notifies(h)
+    assert states(refreshed) == ["confirmed"]
