@@ -166,9 +166,23 @@ class DialogEvent(NamedTuple):
         A live call keeps the event that made it (busy lamps are seeded from
         it) for as long as it lasts; the request would be some kilobytes.
         """
-        if self.request is None:
+        request = self.request
+        if request is None:
             return self
-        return self._replace(request=None, uris=(self.caller, self.callee, self.uri))
+        # Built whole: _replace is a Python loop over the fields, once per call.
+        return DialogEvent(
+            self.state,
+            self.call_id,
+            self.from_tag,
+            self.to_tag,
+            None,
+            self.at,
+            self.status,
+            self.user,
+            self.answered_by,
+            self.forwarded,
+            (uri_of(request, "from"), uri_of(request, "to"), str(request.uri)),
+        )
 
 
 class DecisionObserver(Protocol):
