@@ -827,9 +827,7 @@ class Notifier:
         domains = sorted(self._domains())
         return f"sip:{user}@{domains[0]}" if domains else f"sip:{user}"
 
-    # -- NOTIFYs -----------------------------------------------------------------
-
-    # -- who is watched ------------------------------------------------------------
+    # -- who is watched ---------------------------------------------------------
 
     def _rewatch(self) -> None:
         """After lamps gained or lost subscriptions: keep the calls of who is watched.
@@ -894,6 +892,8 @@ class Notifier:
             others.append(me)
         if others != events.dialogs:
             events.dialogs = others
+
+    # -- NOTIFYs -----------------------------------------------------------------
 
     def _changed(self, users: Iterable[str]) -> None:
         """NOTIFY each subscription watching one of ``users`` (once each)."""
