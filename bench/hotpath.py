@@ -17,7 +17,10 @@ callee's side (parsing what it is sent, building its answers) is counted too.
 the proxy as the running server does (``none``: tracking without storing;
 ``jsonl:PATH`` appends each record, synchronously); without it nothing tracks
 calls, which is the figure to compare against. ``sqlite:`` writes on the
-reactor's thread pool, which this reactor-less bench does not run.
+reactor's thread pool, which this reactor-less bench does not run. Busy lamps
+are wired as in the server (the notifier follows the call tracker): the bench
+makes no subscription, so the notifier watches nobody and is off the event
+stream; calls cost it nothing, as in a server where nobody uses BLF keys.
 
 ``--kind digest-register`` runs the server with a users file (MD5, as
 ``htdigest`` writes it) and plays SIPp's register-with-auth scenario: each

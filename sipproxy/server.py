@@ -153,6 +153,9 @@ class SIPServerService(MultiService):
                 untracked=lambda: self.calls.untracked,
             ),
         )
+        # Busy lamps keep only watched users' calls, seeded from the tracker's
+        # live calls: a call nobody watches costs the notifier nothing.
+        self.notifier.follow(self.calls, self.proxy.events)
 
     @override
     def privilegedStartService(self) -> None:
@@ -335,6 +338,7 @@ class SIPServerService(MultiService):
         self._apply(self.config, users)
         if office is not None and self.office is not None:
             self.office.office = office
+            self.notifier.office_changed()
             self.log.info(
                 "office configuration reloaded: {n} extensions, {g} groups",
                 n=len(office.extensions),

@@ -28,6 +28,10 @@ start, :meth:`CallTracker.start` closes the calls this process's previous run
 left live as ``lost``; live records are keyed ``"<owner>:<Call-ID>:<From tag>"``
 so that only this process's are closed.
 
+Busy lamps (proxy/notifier.py) keep only the calls of watched users; a user
+who becomes watched is seeded from :meth:`CallTracker.live_events`, each
+live call replayed as its created, early and confirmed events.
+
 Costs: the observers run on the message path. A decision that is not about an
 INVITE or UPDATE costs one comparison; storage writes are Deferreds nobody
 waits for; a store that fails is logged once and counted, never raised into
@@ -74,9 +78,24 @@ class CallObserver(Protocol):
 class _Call:
     """One live call: its record so far, and what matching needs."""
 
-    __slots__ = ("heard", "ident", "key", "record", "set_up", "to_tag")
+    __slots__ = (
+        "created",
+        "early",
+        "heard",
+        "ident",
+        "key",
+        "record",
+        "set_up",
+        "to_tag",
+    )
 
-    def __init__(self, ident: tuple[str, str], key: str, record: CallRecord) -> None:
+    def __init__(
+        self,
+        ident: tuple[str, str],
+        key: str,
+        record: CallRecord,
+        created: DialogEvent,
+    ) -> None:
         #: Call-ID and the caller's From tag
         self.ident = ident
         #: the live key in the store
@@ -87,6 +106,38 @@ class _Call:
         #: when something of this call was last heard (clock seconds)
         self.heard = record.start
         self.set_up = False
+        #: what busy lamps are seeded from (:meth:`events`): the event that
+        #: made the call (a tuple already built), and the first early
+        #: dialog's To tag and time; the answer is in the record
+        self.created = created
+        self.early: tuple[str | None, float] | None = None
+
+    def events(self) -> tuple[DialogEvent, ...]:
+        """The call's dialog events so far, in order: created, early, confirmed.
+
+        Rebuilt from the created event (sharing its strings) rather than kept
+        whole: a live call costs a tuple and a few references more, no more.
+        """
+        created = self.created
+        events = [created]
+        if self.early is not None:
+            to_tag, at = self.early
+            events.append(
+                created._replace(state=DialogState.EARLY, to_tag=to_tag, at=at)
+            )
+        record = self.record
+        if record.answer is not None:
+            events.append(
+                created._replace(
+                    state=DialogState.CONFIRMED,
+                    to_tag=self.to_tag,
+                    at=record.answer,
+                    status=record.status,
+                    answered_by=record.answered_by,
+                    forwarded=record.forwarded,
+                )
+            )
+        return tuple(events)
 
 
 class CallTracker:
@@ -183,6 +234,23 @@ class CallTracker:
             )
         return out
 
+    def live_events(self) -> list[tuple[DialogEvent, ...]]:
+        """Each call in progress as its dialog events (see :meth:`events_of`).
+
+        Busy lamps (proxy/notifier.py) replay them when a user is first watched,
+        so a subscription made during a call sees it.
+        """
+        return [call.events() for call in self._calls.values()]
+
+    def events_of(self, call_id: str, from_tag: str) -> tuple[DialogEvent, ...]:
+        """The dialog events of one call in progress: created, early, confirmed.
+
+        Only the first early and the first confirmed are kept; empty when the
+        call is not in progress (or was not tracked).
+        """
+        call = self._calls.get((call_id, from_tag))
+        return () if call is None else call.events()
+
     # -- the event stream ----------------------------------------------------------
 
     def decided(self, decision: FinalDecision) -> None:
@@ -240,6 +308,8 @@ class CallTracker:
             return
         call.heard = event.at
         if state is DialogState.EARLY:
+            if call.early is None:
+                call.early = (event.to_tag, event.at)
             self._set_up(call, event.at)
         elif call.record.answer is None:
             self._answered(call, event.at, event, event.status)
@@ -253,6 +323,8 @@ class CallTracker:
         if len(self._calls) >= self.max_calls:
             self.untracked += 1
             return
+        # Read once, and kept without the INVITE (see _Call.created).
+        event = event.detached()
         record = CallRecord(
             call_id=event.call_id,
             caller=event.user or event.caller,
@@ -261,7 +333,7 @@ class CallTracker:
             # What the record says should this process die before the call ends.
             disposition="lost",
         )
-        call = _Call(key, f"{self.owner}:{key[0]}:{key[1]}", record)
+        call = _Call(key, f"{self.owner}:{key[0]}:{key[1]}", record, event)
         self._calls[key] = call
         self._write(self.store.keep_live(call.key, record))
 

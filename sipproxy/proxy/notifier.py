@@ -37,10 +37,17 @@ or :meth:`~Notifier.unsubscribe`; everything else happens here:
   ignores a version it has seen). Writes are Deferreds nobody waits for; a
   store that fails is logged once and counted, never raised into the proxy.
 
-Costs: observers run on the message path. An event costs a dict look-up per
-callee, and only users someone watches cost a NOTIFY. Calls are tracked for
-every user (a subscription made during a call must see it), capped at
-``max_calls``; subscriptions are capped per subscriber and in total.
+Costs: observers run on the message path, and most calls are of users nobody
+watches. With a source of live calls (:meth:`Notifier.follow`: the call
+tracker, as server.py wires it), the notifier keeps only the calls of watched
+users (the members of the lamps that have a subscription), and is off the
+event stream while nobody is watched: a call then costs nothing here, and the
+proxy builds no dialog event for the notifier's sake. A user who becomes
+watched (a new subscription, one taken in from a shared store by
+:meth:`~Notifier.sync`, a group that gained a member on reload) is seeded from
+the live calls, so the first NOTIFY shows a call already going. Without a
+source (the unit tests' bare proxy) every call is kept. Calls kept are capped
+at ``max_calls``; subscriptions are capped per subscriber and in total.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ from twisted.python.failure import Failure
 
 from sipproxy.location import SubscriptionStore
 from sipproxy.office.model import GroupTarget, Office, UserTarget
-from sipproxy.proxy.events import DialogEvent, DialogState
+from sipproxy.proxy.events import DialogEvent, DialogObserver, DialogState, Events
 from sipproxy.sip.addressing import Peer
 from sipproxy.sip.dialoginfo import CONTENT_TYPE, Dialog, dialog_info, most_telling
 from sipproxy.sip.errors import ParseError
@@ -70,6 +77,7 @@ __all__ = [
     "DEFAULT_EXPIRES",
     "GROUP",
     "Lamps",
+    "LiveCalls",
     "Notifier",
     "NotifierSettings",
     "NotifyObserver",
@@ -90,6 +98,16 @@ DEFAULT_MAX_CALL_SECONDS = 14_400.0
 #: a client transaction (HandlerContext.send_request); every response reaches
 #: ``on_response``, a timeout as 408 and a transport error as 503.
 SendRequest = Callable[[Request, Peer, Callable[[Response], None], str | None], object]
+
+
+class LiveCalls(Protocol):
+    """The calls in progress, as the dialog events that made them (CallTracker)."""
+
+    def live_events(self) -> list[tuple[DialogEvent, ...]]:
+        """Each call in progress: its created, first early and confirmed events."""
+
+    def events_of(self, call_id: str, from_tag: str) -> tuple[DialogEvent, ...]:
+        """One call's events, as :meth:`live_events`; empty if not in progress."""
 
 
 class NotifyObserver(Protocol):
@@ -205,6 +223,10 @@ class Lamps:
     ) -> None:
         self._office = office
         self._is_user = is_user
+
+    def office(self) -> Office | None:
+        """The office configuration now (a reload replaces it)."""
+        return self._office()
 
     def lamp(self, user_part: str) -> str | None:
         """The lamp a SUBSCRIBE to ``user_part`` watches; None: nobody of ours."""
@@ -368,6 +390,23 @@ class Notifier:
         #: keys ended here lately, so a sync that read the store before their
         #: removal landed does not bring them back
         self._gone: deque[str] = deque(maxlen=1024)
+        #: with a source (:meth:`follow`): the users whose calls are kept;
+        #: None: every user's
+        self._watched: frozenset[str] | None = None
+        self._source: LiveCalls | None = None
+        self._events: Events | None = None
+        #: the office the watched set was made with (a reload changes groups)
+        self._watched_office: Office | None = None
+        #: a lamp gained its first subscription or lost its last one
+        self._lamps_changed = False
+        #: subscriptions ended whose last NOTIFY is not answered yet, and
+        #: fetches: their lamps stay watched until then, so that NOTIFY shows
+        #: the calls
+        self._closing: dict[str, Subscription] = {}
+        #: replaying live calls: no NOTIFY for what was already the state
+        self._seeding = False
+        #: telling an event: the watched set changes only after it
+        self._busy = False
 
     # -- life -------------------------------------------------------------------
 
@@ -382,7 +421,26 @@ class Notifier:
                 continue
             if subscription.key not in self._subscriptions:
                 self._add(subscription)
+        self._rewatch()
         return len(records)
+
+    def follow(self, calls: LiveCalls, events: Events) -> None:
+        """Keep only watched users' calls; be on ``events`` only while watching.
+
+        :param calls: the calls in progress, to seed users as they become
+            watched; it must see every call the proxy makes (the call tracker
+            on the same ``events``), or a subscription made during a call it
+            missed shows that call only from its next change.
+        :param events: the proxy's event stream; the notifier takes itself
+            off its dialog observers while nobody is watched.
+        """
+        self._source = calls
+        self._events = events
+        self._watched = frozenset()
+        self._calls.clear()
+        self._lines.clear()
+        self._lamps_changed = True
+        self._rewatch()
 
     def sync_every(self, seconds: float) -> None:
         """On a shared store: :meth:`sync` every ``seconds`` from now on."""
@@ -432,6 +490,7 @@ class Notifier:
                 # Ended through another process, which sent the last NOTIFY.
                 mine.ending, mine.finished = "", True
                 self._remove(mine)
+        self._rewatch()
 
     def stop(self) -> None:
         """Cancel the timers; the subscriptions stay in the store."""
@@ -443,9 +502,24 @@ class Notifier:
                 subscription.timer.cancel()
             subscription.timer = None
 
+    def office_changed(self) -> None:
+        """A reload replaced the office: groups may have other members now.
+
+        A new member of a watched group is seeded at once; the next call
+        would notice it too (see :meth:`dialog_changed`), too late for a
+        call already going.
+        """
+        if self._watched is not None:
+            self._lamps_changed = True
+            self._rewatch()
+
     def count(self) -> int:
         """Subscriptions served now."""
         return len(self._subscriptions)
+
+    def kept(self) -> int:
+        """Calls kept now: those of watched users (of every user without a source)."""
+        return len(self._calls)
 
     def find(self, key: str) -> Subscription | None:
         """The subscription of a dialog key (:meth:`key_of`), if we serve it."""
@@ -487,6 +561,8 @@ class Notifier:
         subscription, notifiers MUST send a NOTIFY request immediately".
         """
         self._add(subscription)
+        # Before the first NOTIFY: it must show a call the user is already in.
+        self._rewatch()
         self._save(subscription)
         self._notify(subscription)
 
@@ -520,6 +596,7 @@ class Notifier:
             return
         subscription.ending = reason or ""
         self._remove(subscription)
+        self._closing[subscription.key] = subscription
         self._notify(subscription)
 
     def fetch(self, subscription: Subscription) -> None:
@@ -529,12 +606,33 @@ class Notifier:
         ``terminated;reason=timeout``.
         """
         subscription.ending = "timeout"
+        # Watched until its NOTIFY is answered: the body shows the calls.
+        self._closing[subscription.key] = subscription
+        self._lamps_changed = True
+        self._rewatch()
         self._notify(subscription)
 
     # -- the event stream --------------------------------------------------------
 
     def dialog_changed(self, event: DialogEvent) -> None:
         """A dialog was created, became early or confirmed, or ended."""
+        if (
+            event.state is DialogState.CREATED
+            and self._watched is not None
+            and self.lamps.office() is not self._watched_office
+        ):
+            self._lamps_changed = True  # a reload: groups may have new members
+            self._rewatch()
+        self._busy = True
+        try:
+            self._dialog_changed(event)
+        finally:
+            self._busy = False
+        if self._lamps_changed:
+            # A NOTIFY that failed at once ended a subscription meanwhile.
+            self._rewatch()
+
+    def _dialog_changed(self, event: DialogEvent) -> None:
         state = event.state
         if state is DialogState.CREATED:
             self._created(event)
@@ -548,7 +646,10 @@ class Notifier:
             call = self._calls.get(key)
             by_callee = True
         if call is None:
-            return
+            if state is DialogState.CONFIRMED and event.forwarded is not None:
+                call = self._forwarded_to_watched(key, event)
+            if call is None:
+                return
         if state is DialogState.EARLY:
             self._update(call, key, "early", event.to_tag)
         elif state is DialogState.CONFIRMED:
@@ -556,19 +657,28 @@ class Notifier:
         else:
             self._ended(call, key, event, by_callee)
 
-    def _created(self, event: DialogEvent) -> None:
+    def _created(self, event: DialogEvent, *, anyway: bool = False) -> None:
+        """A call started: keep it if it concerns a watched user (or ``anyway``)."""
         key = (event.call_id, event.from_tag or "")
         if key in self._calls:
             return  # the office plan rings on: the same call
         self._forget_old(event.at)
-        if len(self._calls) >= self.max_calls:
-            self.untracked += 1
-            return
         callees = self._ours(event.uri or event.callee)
         caller = event.user or self._caller(event.caller)
         if not callees and caller is None:
             return
         callees = tuple(user for user in callees if user != caller)
+        watched = self._watched
+        if (
+            watched is not None
+            and not anyway
+            and caller not in watched
+            and watched.isdisjoint(callees)
+        ):
+            return
+        if len(self._calls) >= self.max_calls:
+            self.untracked += 1
+            return
         self._calls[key] = call = _Call(callees, caller, event.at)
         dialog_id = _dialog_id(*key)
         touched: list[str] = []
@@ -585,6 +695,23 @@ class Notifier:
             )  # fmt: skip
             touched.append(caller)
         self._changed(touched)
+
+    def _forwarded_to_watched(
+        self, key: tuple[str, str], event: DialogEvent
+    ) -> _Call | None:
+        """A call not kept, forwarded by the office plan, answered by a watched user.
+
+        Neither the dialled users nor the caller are watched, so the call was
+        not kept; the user who answered is, and their lamp lights now. The
+        call is taken from the source as it began (its start, its caller).
+        """
+        watched, source = self._watched, self._source
+        answered = _user_part(event.answered_by)
+        if watched is None or source is None or answered not in watched:
+            return None
+        began = source.events_of(*key)
+        self._created(began[0] if began else event, anyway=True)
+        return self._calls.get(key)
 
     def _update(
         self, call: _Call, key: tuple[str, str], state: str, to_tag: str | None
@@ -700,10 +827,78 @@ class Notifier:
         domains = sorted(self._domains())
         return f"sip:{user}@{domains[0]}" if domains else f"sip:{user}"
 
+    # -- who is watched ---------------------------------------------------------
+
+    def _rewatch(self) -> None:
+        """After lamps gained or lost subscriptions: keep the calls of who is watched.
+
+        Calls of users no longer watched are dropped; users newly watched
+        are seeded from the live calls; the notifier is on the event stream
+        only while somebody is watched.
+        """
+        if self._source is None or not self._lamps_changed or self._busy:
+            return
+        self._lamps_changed = False
+        before = self._watched or frozenset()
+        self._watched_office = self.lamps.office()
+        lamps = {*self._by_lamp, *(s.lamp for s in self._closing.values())}
+        watched = frozenset(user for lamp in lamps for user in self.lamps.members(lamp))
+        self._watched = watched
+        for key, call in list(self._calls.items()):
+            users = self._users(call)
+            if watched.isdisjoint(users):
+                del self._calls[key]
+                for user in users:
+                    lines = self._lines.get(user)
+                    if lines is not None:
+                        lines.pop(key, None)
+                        if not lines:
+                            del self._lines[user]
+        if not watched.issubset(before):
+            self._seed()
+        self._listen(bool(watched))
+
+    def _seed(self) -> None:
+        """Replay the live calls not kept, keeping those of watched users.
+
+        Quietly: the NOTIFYs that follow (the new subscription's first one)
+        carry the state; a subscription already served saw no change.
+        """
+        assert self._source is not None
+        self._seeding = True
+        try:
+            for events in self._source.live_events():
+                first = events[0]
+                if (first.call_id, first.from_tag or "") in self._calls:
+                    continue
+                for event in events:
+                    self._dialog_changed(event)
+        finally:
+            self._seeding = False
+
+    def _listen(self, on: bool) -> None:
+        """Be on the proxy's dialog observers, or off them.
+
+        A new list rather than a change in place: this may run while the
+        stream is telling its observers (a NOTIFY that fails at once ends a
+        subscription), and a list changed under that loop skips an observer.
+        """
+        events = self._events
+        if events is None:
+            return
+        me: DialogObserver = self
+        others = [observer for observer in events.dialogs if observer is not me]
+        if on:
+            others.append(me)
+        if others != events.dialogs:
+            events.dialogs = others
+
     # -- NOTIFYs -----------------------------------------------------------------
 
     def _changed(self, users: Iterable[str]) -> None:
         """NOTIFY each subscription watching one of ``users`` (once each)."""
+        if self._seeding:
+            return
         keys: set[str] = set()
         for user in users:
             for lamp in (user, *self.lamps.groups_of(user)):
@@ -789,6 +984,16 @@ class Notifier:
 
     def _answered(self, subscription: Subscription, status: int) -> None:
         subscription.in_flight = False
+        self._answered_with(subscription, status)
+        if (
+            not subscription.in_flight
+            and self._closing.pop(subscription.key, None) is not None
+        ):
+            # Its last NOTIFY is answered (or never goes): its lamp may go.
+            self._lamps_changed = True
+        self._rewatch()
+
+    def _answered_with(self, subscription: Subscription, status: int) -> None:
         if status < 300:
             self._count("ok")
             if subscription.pending:
@@ -820,7 +1025,10 @@ class Notifier:
     # -- the table ---------------------------------------------------------------
 
     def _add(self, subscription: Subscription) -> None:
+        """Keep ``subscription``; the caller then calls :meth:`_rewatch`."""
         self._subscriptions[subscription.key] = subscription
+        if subscription.lamp not in self._by_lamp:
+            self._lamps_changed = True
         self._by_lamp.setdefault(subscription.lamp, set()).add(subscription.key)
         self._per_user[subscription.subscriber] += 1
         self._arm(subscription)
@@ -834,6 +1042,7 @@ class Notifier:
             keys.discard(subscription.key)
             if not keys:
                 del self._by_lamp[subscription.lamp]
+                self._lamps_changed = True
         self._per_user[subscription.subscriber] -= 1
         if self._per_user[subscription.subscriber] <= 0:
             del self._per_user[subscription.subscriber]

@@ -9,12 +9,17 @@ from sipproxy.config import Config, DialRule, ListenSpec
 from sipproxy.location import Binding, Flow
 from sipproxy.location.memory import MemoryLocationService
 from sipproxy.office.model import Office
+from sipproxy.proxy.calls import CallTracker
 from sipproxy.proxy.observer import ProxyObserver
 from sipproxy.registrar import RegistrarSettings
 from sipproxy.server import build_core
 from sipproxy.sip.message import Request, Response
 from sipproxy.sip.parser import parse_message
-from sipproxy.testing import FakeDatagramTransport, UDPMemoryReactor
+from sipproxy.testing import (
+    FakeDatagramTransport,
+    MemoryCallRecordStore,
+    UDPMemoryReactor,
+)
 from sipproxy.testing import run as run
 from sipproxy.transport.udp import SIPDatagramProtocol
 
@@ -38,12 +43,15 @@ class Harness:
         observer: ProxyObserver | None = None,
         registrar: RegistrarSettings | None = None,
         auth: Authenticator | None = None,
+        track_calls: bool = False,
     ) -> None:
         """Build the proxy; by default without a registrar and without digest.
 
         :param registrar: REGISTER goes to a real :class:`Registrar` with these
             settings on the harness's memory store.
         :param auth: digest authentication is on, with this authenticator.
+        :param track_calls: a call tracker watches the proxy, and busy lamps
+            follow it, as the server wires them (``self.calls``).
         """
         self.clock = UDPMemoryReactor()
         self.location = MemoryLocationService()
@@ -83,6 +91,13 @@ class Harness:
             5060, self.udp, interface="127.0.0.1"
         )
         self.transports.add_udp(self.udp)
+        self.calls: CallTracker | None = None
+        if track_calls:
+            self.calls = CallTracker(MemoryCallRecordStore(), self.clock, owner="h")
+            core.notifier.follow(self.calls, self.proxy.events)
+            # As the server does once the call-record store is open: after.
+            self.proxy.events.decisions.append(self.calls)
+            self.proxy.events.dialogs.append(self.calls)
 
     def register(
         self,

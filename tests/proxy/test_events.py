@@ -194,3 +194,24 @@ def test_metrics_and_the_log_line_observe_the_decisions() -> None:
     assert [type(o).__name__ for o in h.proxy.events.decisions] == ["FinalLogLine"]
     h.receive(invite("nobody"), ALICE)
     assert counted == [("INVITE", 404, 0.0)]
+
+
+def test_a_detached_dialog_event_keeps_its_uris_and_not_its_request() -> None:
+    """What a live call keeps: the same URIs, read once, without the INVITE."""
+    h = Harness()
+    recorder = observed(h)
+    ringing(h)
+    created = recorder.dialogs[0]
+    assert created.state is DialogState.CREATED
+    kept = created.detached()
+    assert kept.request is None
+    assert (kept.caller, kept.callee, kept.uri) == (
+        created.caller,
+        created.callee,
+        created.uri,
+    )
+    assert (kept.caller, kept.uri) == (
+        "sip:alice@example.test",
+        "sip:bob@example.test",
+    )
+    assert kept.detached() is kept

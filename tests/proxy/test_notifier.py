@@ -6,9 +6,12 @@ subscriptions and RFC 4235 bodies driven by the proxy's own dialog events.
 
 from __future__ import annotations
 
+import functools
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import replace
+
+import pytest
 
 from sipproxy.auth.digest import Authenticator
 from sipproxy.auth.ha1 import compute_ha1
@@ -22,6 +25,25 @@ from tests.proxy.harness import ALICE, BOB, BOB2, Harness, answer, invite
 from tests.proxy.test_calls import bye_from_alice, requests
 
 NS = {"d": NAMESPACE}
+
+
+@pytest.fixture(autouse=True, params=["every call", "watched calls"])
+def lamps_follow(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """Each test twice: the bare proxy, and the proxy as the server wires it.
+
+    The bare proxy's notifier keeps every call; the server's keeps only
+    watched users' calls, seeded from the call tracker's live calls. The
+    lamps must behave the same.
+    """
+    if request.param == "watched calls":
+        monkeypatch.setitem(
+            globals(), "Harness", functools.partial(Harness, track_calls=True)
+        )
+    return str(request.param)
+
+
 #: The subscriber: Carol's phone, with a BLF key for Bob.
 CAROL = ("192.0.2.30", 5080)
 
@@ -644,3 +666,193 @@ def test_lamps_resolve_users_extensions_and_groups() -> None:
     bare = Lamps()
     assert bare.lamp("anyone") == "anyone"
     assert bare.groups_of("anyone") == []
+
+
+def dialog_of(notify: Request) -> ET.Element:
+    [dialog] = body(notify).findall("d:dialog", NS)
+    return dialog
+
+
+def test_a_subscription_made_while_the_user_rings_shows_the_call_at_once() -> None:
+    """RFC 6665 §4.2.1.2: the first NOTIFY carries the state now: early, then on."""
+    h = Harness()
+    h.register("bob", BOB)
+    h.receive(invite(), ALICE)
+    [to_bob] = requests(h.sent_to(BOB), "INVITE")
+    h.receive(answer(to_bob, 180), BOB)
+    _, first = subscribed(h)
+    dialog = dialog_of(first)
+    assert dialog.findtext("d:state", namespaces=NS) == "early"
+    assert dialog.get("direction") == "recipient"
+    assert dialog.get("call-id") == "call-1"
+    assert (dialog.get("local-tag"), dialog.get("remote-tag")) == ("b1", "a1")
+    assert dialog.findtext("d:remote/d:identity", namespaces=NS) == (
+        "sip:alice@example.test"
+    )
+    h.receive(answer(to_bob, 200, contact="<sip:bob@10.0.0.62:5060>"), BOB)
+    [confirmed] = notifies(h)
+    assert states(confirmed) == ["confirmed"]
+
+
+def test_a_subscription_made_during_an_answered_call_shows_it_confirmed() -> None:
+    """Both lamps of a call in progress: the callee's and the caller's."""
+    h = Harness()
+    h.register("bob", BOB)
+    h.receive(invite(), ALICE)
+    [to_bob] = requests(h.sent_to(BOB), "INVITE")
+    h.receive(answer(to_bob, 200, contact="<sip:bob@10.0.0.62:5060>"), BOB)
+    _, first = subscribed(h)
+    assert states(first) == ["confirmed"]
+    assert dialog_of(first).get("local-tag") == "b1"
+    _, caller = subscribed(h, "alice", call_id="watch-alice", branch="z9hG4bKal")
+    assert states(caller) == ["confirmed"]
+    assert dialog_of(caller).get("direction") == "initiator"
+    ok = next(
+        m for m in h.sent_to(ALICE) if isinstance(m, Response) and m.status == 200
+    )
+    h.receive(bye_from_alice(ok), ALICE)
+    ended = {n.headers.get("call-id"): states(n) for n in notifies(h)}
+    assert ended == {"sub-1": ["terminated"], "watch-alice": ["terminated"]}
+
+
+def test_a_group_lamp_subscribed_during_a_members_call_shows_it() -> None:
+    office = parse_office(
+        {"groups": [{"number": "600", "name": "sales", "members": ["bob", "dave"]}]}
+    )
+    h = Harness(office=office)
+    h.register("bob", BOB)
+    h.receive(invite("bob"), ALICE)
+    [to_bob] = requests(h.sent_to(BOB), "INVITE")
+    h.receive(answer(to_bob, 200, contact="<sip:bob@10.0.0.62:5060>"), BOB)
+    _, first = subscribed(h, "600")
+    assert states(first) == ["confirmed"]
+
+
+def test_a_fetch_during_a_call_shows_it() -> None:
+    """A poll (RFC 6665 §4.4.3) sees the call as a subscription would."""
+    h = Harness()
+    h.register("bob", BOB)
+    h.receive(invite(), ALICE)
+    [to_bob] = requests(h.sent_to(BOB), "INVITE")
+    h.receive(answer(to_bob, 180), BOB)
+    h.receive(subscribe(expires=0), CAROL)
+    [notify] = requests(h.sent_to(CAROL), "NOTIFY")
+    assert states(notify) == ["early"]
+    h.receive(notify.response(200), CAROL)
+    h.receive(answer(to_bob, 200, contact="<sip:bob@10.0.0.62:5060>"), BOB)
+    assert notifies(h) == []
+
+
+def test_the_last_notify_of_an_unsubscribe_shows_the_call() -> None:
+    h = Harness()
+    h.register("bob", BOB)
+    ok, _ = subscribed(h)
+    h.receive(invite(), ALICE)
+    [to_bob] = requests(h.sent_to(BOB), "INVITE")
+    assert [states(n) for n in notifies(h)] == [["trying"]]
+    h.receive(answer(to_bob, 200, contact="<sip:bob@10.0.0.62:5060>"), BOB)
+    assert [states(n) for n in notifies(h)] == [["confirmed"]]
+    h.receive(
+        subscribe(to_tag=ok.to_addr.tag, cseq=2, branch="z9hG4bKsub2", expires=0),
+        CAROL,
+    )
+    [last] = notifies(h)
+    assert last.headers.get("subscription-state") == "terminated"
+    assert states(last) == ["confirmed"]
+
+
+def test_a_subscription_taken_from_a_shared_store_sees_the_calls_going() -> None:
+    """Redis scale-out: made on one process, synced by another mid-call."""
+    one, two = Harness(), Harness()
+    two.register("bob", BOB)
+    shared = notifier_of(two)
+    shared.store = one.location
+    shared.shared = True
+    two.receive(invite(), ALICE)
+    [to_bob] = requests(two.sent_to(BOB), "INVITE")
+    two.receive(answer(to_bob, 180), BOB)
+    subscribed(one)
+    run(shared.sync())
+    two.receive(answer(to_bob, 200, contact="<sip:bob@10.0.0.62:5060>"), BOB)
+    [notify] = requests(two.sent_to(CAROL), "NOTIFY")
+    assert states(notify) == ["confirmed"]
+
+
+def test_a_call_forwarded_to_the_only_watched_user_lights_their_lamp() -> None:
+    """Nobody watches Bob or Alice; Dave, whom Bob's busy forward reaches, is."""
+    office = parse_office({"forward": {"bob": {"busy": "dave"}}})
+    h = Harness(office=office)
+    dave = ("192.0.2.40", 5090)
+    h.register("bob", BOB)
+    h.register("dave", dave)
+    subscribed(h, "dave", call_id="watch-dave", branch="z9hG4bKdave")
+    h.receive(invite(), ALICE)
+    [to_bob] = requests(h.sent_to(BOB), "INVITE")
+    h.receive(answer(to_bob, 486), BOB)
+    [to_dave] = requests(h.sent_to(dave), "INVITE")
+    assert notifies(h) == []
+    h.receive(answer(to_dave, 200, to_tag="d1", contact="<sip:dave@10.0.0.40>"), dave)
+    [notify] = notifies(h)
+    assert states(notify) == ["confirmed"]
+    assert dialog_of(notify).findtext("d:remote/d:identity", namespaces=NS) == (
+        "sip:alice@example.test"
+    )
+
+
+def test_calls_nobody_watches_cost_the_lamps_nothing(lamps_follow: str) -> None:
+    """As the server wires it: off the event stream while nobody is watched.
+
+    Only watched users' calls are kept; an unsubscribe lets them go once its
+    last NOTIFY is answered.
+    """
+    if lamps_follow != "watched calls":
+        pytest.skip("the bare proxy's notifier keeps every call")
+    h = Harness()
+    notifier = notifier_of(h)
+    assert h.calls is not None
+    assert notifier not in h.proxy.events.dialogs
+    h.register("bob", BOB)
+    h.register("dave", ("192.0.2.40", 5090))
+    h.receive(invite("dave", call_id="to-dave"), ALICE)
+    assert notifier.kept() == 0
+    assert h.calls.active() == 1
+    ok, _ = subscribed(h)
+    assert notifier in h.proxy.events.dialogs
+    assert notifier.kept() == 0
+    h.receive(invite(branch="z9hG4bKalice2"), ALICE)
+    assert notifier.kept() == 1
+    assert [states(n) for n in notifies(h)] == [["trying"]]
+    h.receive(
+        subscribe(to_tag=ok.to_addr.tag, cseq=2, branch="z9hG4bKsub2", expires=0),
+        CAROL,
+    )
+    [last] = requests(h.sent_to(CAROL), "NOTIFY")
+    assert states(last) == ["trying"]
+    assert notifier.kept() == 1
+    h.receive(last.response(200), CAROL)
+    assert notifier.kept() == 0
+    assert notifier not in h.proxy.events.dialogs
+    assert h.calls in h.proxy.events.dialogs
+
+
+def test_a_member_added_to_a_watched_group_on_reload_lights_it_at_once() -> None:
+    """A reload puts Bob, in a call, into a watched group: its next NOTIFY shows it."""
+    sales = {"number": "600", "name": "sales", "members": ["dave"]}
+    h = Harness(office=parse_office({"groups": [sales]}))
+    h.register("bob", BOB)
+    ok, first = subscribed(h, "600")
+    assert states(first) == ["terminated"]
+    h.receive(invite("bob"), ALICE)
+    [to_bob] = requests(h.sent_to(BOB), "INVITE")
+    h.receive(answer(to_bob, 200, contact="<sip:bob@10.0.0.62:5060>"), BOB)
+    assert notifies(h) == []
+    plan = h.proxy.office
+    assert plan is not None
+    plan.office = parse_office({"groups": [{**sales, "members": ["bob", "dave"]}]})
+    notifier_of(h).office_changed()
+    h.receive(
+        subscribe("600", to_tag=ok.to_addr.tag, cseq=2, branch="z9hG4bKsub2"),
+        CAROL,
+    )
+    [refreshed] = notifies(h)
+    assert states(refreshed) == ["confirmed"]
