@@ -29,6 +29,7 @@ $(BIN)/twistd: setup.py setup.cfg pyproject.toml
 		$(SUDO) apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/python -c 'from sipproxy import native; print(native.summary())'
 	touch $(SIP_BUILT) $@
 
 # The install compiles sipproxy/sip/ with mypyc where it can (setup.py; pure
@@ -40,6 +41,7 @@ SIP_SOURCES := $(wildcard sipproxy/sip/*.py)
 SIP_BUILT := $(VENV)/.sip-built
 $(SIP_BUILT): $(SIP_SOURCES) | $(BIN)/twistd
 	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/python -c 'from sipproxy import native; print(native.summary())'
 	touch $@
 
 venv: $(BIN)/twistd $(SIP_BUILT)

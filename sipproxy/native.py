@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.machinery
+import importlib.util
 import os
 import sys
 import warnings
@@ -27,7 +28,7 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["MANIFEST", "SourceFinder", "choose", "stale_reason"]
+__all__ = ["MANIFEST", "SourceFinder", "choose", "stale_reason", "summary"]
 
 PACKAGE = "sipproxy.sip"
 #: Written by setup.py's build: ``<sha256>  <name>.py`` per compiled module.
@@ -92,11 +93,15 @@ def stale_reason(folder: Path) -> str | None:
     return None
 
 
+def _pure_asked() -> bool:
+    return os.environ.get("SIPPROXY_PURE", "") not in ("", "0")
+
+
 def choose() -> None:
     """Load ``sipproxy.sip`` from source if asked to, or if the build is stale."""
     if any(isinstance(f, SourceFinder) for f in sys.meta_path):
         return
-    if os.environ.get("SIPPROXY_PURE", "") not in ("", "0"):
+    if _pure_asked():
         sys.meta_path.insert(0, SourceFinder())
         return
     reason = stale_reason(_SIP)
@@ -108,3 +113,22 @@ def choose() -> None:
             stacklevel=2,
         )
         sys.meta_path.insert(0, SourceFinder())
+
+
+def summary() -> str:
+    """Whether ``sipproxy.sip`` runs compiled, in one line for the install (Makefile).
+
+    pip shows what setup.py says about it only with ``-v``.
+    """
+    spec = importlib.util.find_spec(PACKAGE + ".parser")
+    origin = spec.origin if spec is not None else None
+    if origin is not None and not origin.endswith(".py"):
+        return "sipproxy/sip/ runs compiled (mypyc)"
+    if _pure_asked():
+        why = "SIPPROXY_PURE is set"
+    else:
+        why = stale_reason(_SIP) or (
+            "not compiled (no C compiler or Python headers?"
+            " `pip install -v -e .` says why)"
+        )
+    return f"sipproxy/sip/ runs as pure Python: {why}"

@@ -111,3 +111,11 @@ def test_modules_without_digests_are_stale(tmp_path: Path) -> None:
     reason = native.stale_reason(folder)
     assert reason is not None
     assert native.MANIFEST in reason
+
+
+def test_the_summary_says_what_runs() -> None:
+    parser = importlib.import_module("sipproxy.sip.parser")
+    compiled = not (parser.__file__ or "").endswith(".py")
+    assert native.summary().startswith(
+        "sipproxy/sip/ runs compiled" if compiled else "sipproxy/sip/ runs as pure"
+    )
