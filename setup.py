@@ -30,8 +30,8 @@ MANIFEST = "compiled.sha256"
 
 
 def _say(line: str) -> None:
-    # pip shows a build backend's stderr only with -v; a one-line verdict on
-    # stderr is still what `python -m build` and setup.py users see.
+    # pip shows a build backend's output only with -v (three times: setup.py runs
+    # for each build hook); the Makefile prints native.summary() for that reason.
     print(f"sipproxy: {line}", file=sys.stderr)
 
 
@@ -44,9 +44,9 @@ def _why_pure() -> str | None:
     include = sysconfig.get_paths()["include"]
     if not Path(include, "Python.h").is_file():
         return f"no Python headers in {include} (Debian: python3-dev)"
-    compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[
-        0
-    ]
+    # distutils compiles with $CC if set, else with the compiler Python was built with
+    command = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    compiler = command.split()[0]
     if shutil.which(compiler) is None:
         return f"no C compiler {compiler!r} (Debian: gcc)"
     try:
@@ -80,7 +80,8 @@ class BuildSip(build_ext):
             self.extensions = []
             _remove_compiled()
             return
-        target = ROOT if self.inplace or self.editable_mode else Path(self.build_lib)
+        # inplace: setuptools' editable install copies the modules into the tree
+        target = ROOT if self.inplace else Path(self.build_lib)
         lines = [
             f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in SOURCES
         ]
