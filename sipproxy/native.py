@@ -128,7 +128,7 @@ def summary() -> str:
         why = "SIPPROXY_PURE is set"
     else:
         why = stale_reason(_SIP) or (
-            "not compiled (no C compiler or Python headers?"
-            " `pip install -v -e .` says why)"
+            "not compiled at install (SIPPROXY_PURE=1, or no C compiler or Python"
+            " headers: `pip install -v -e .` says which)"
         )
     return f"sipproxy/sip/ runs as pure Python: {why}"
