@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 NETNS := unshare $(shell [ "$$(id -u)" = 0 ] && printf '%s' -n || printf '%s' -rn) -- \
 	sh -c 'ip link set lo up && exec "$$0" "$$@"'
 # tool:debian-package pairs the test suite needs on the machine
-SYSTEM_TOOLS := sipp:sip-tester redis-server:redis-server unshare:util-linux ip:iproute2 baresip:baresip-core linphonec:linphone-cli fail2ban-regex:fail2ban htdigest:apache2-utils openssl:openssl systemd-analyze:systemd \
+SYSTEM_TOOLS := gcc:gcc python3-config:python3-dev sipp:sip-tester redis-server:redis-server unshare:util-linux ip:iproute2 baresip:baresip-core linphonec:linphone-cli fail2ban-regex:fail2ban htdigest:apache2-utils openssl:openssl systemd-analyze:systemd \
 	node:nodejs npm:npm chromium:chromium certutil:libnss3-tools
 # The browser phones' test (tests/browser/): JsSIP and puppeteer-core from npm,
 # driving the Debian chromium above; `npm ci` installs exactly package-lock.json
@@ -29,9 +29,22 @@ $(BIN)/twistd: setup.py setup.cfg pyproject.toml
 		$(SUDO) apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/python -c 'from sipproxy import native; print(native.summary())'
+	touch $(SIP_BUILT) $@
+
+# The install compiles sipproxy/sip/ with mypyc where it can (setup.py; pure
+# Python with SIPPROXY_PURE=1 or without a C compiler). A compiled module shadows
+# its source, so an edited source is rebuilt before anything runs: every target
+# that runs code depends on venv. (Outside make, sipproxy/native.py notices the
+# stale build at import and runs the sources, with a warning.)
+SIP_SOURCES := $(wildcard sipproxy/sip/*.py)
+SIP_BUILT := $(VENV)/.sip-built
+$(SIP_BUILT): $(SIP_SOURCES) | $(BIN)/twistd
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/python -c 'from sipproxy import native; print(native.summary())'
 	touch $@
 
-venv: $(BIN)/twistd
+venv: $(BIN)/twistd $(SIP_BUILT)
 
 run: venv
 	$(BIN)/twistd -n --pidfile= sipproxy --config $(CONFIG)
@@ -58,8 +71,16 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy sipproxy tests twisted/plugins bench
 
-check: lint system-deps browser-deps
+# The whole suite runs on the build as installed (compiled where it could be), then
+# the wire format's own tests (parser, RFC 4475/5118 corpus, hypothesis round trips)
+# again on its pure Python; under CI=true tests/test_native.py checks that the
+# first run was compiled and the second pure. system-deps comes first: a fresh
+# machine needs its C compiler before lint's venv is built.
+PURE_TESTS := tests/sip tests/registrar/test_rfc4475.py tests/test_native.py
+
+check: system-deps lint browser-deps
 	$(NETNS) $(BIN)/pytest
+	SIPPROXY_PURE=1 $(BIN)/pytest -q $(PURE_TESTS)
 
 test: check
 

@@ -164,7 +164,7 @@ class Header:
     #: the top Via, a From/To NameAddress, a CSeq, or all the NameAddresses of a
     #: Contact/Route/Record-Route field. The field is immutable and read many
     #: times on the way through the server (bench/hotpath.py): parsed once.
-    view: object = field(default=None, init=False, compare=False, repr=False)
+    view: object | None = field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", canonical_name(self.name))
