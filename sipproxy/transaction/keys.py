@@ -7,11 +7,14 @@ CSeq and top Via instead. Responses are matched to client transactions by the to
 Via branch (which we generated) and the CSeq method.
 
 Keys are hashable values, so the layer finds a transaction with one dict lookup.
+They are named tuples: hashing and comparing them is the tuple's own C code,
+where a dataclass's generated ``__hash__`` and ``__eq__`` run Python for every
+lookup (several per message).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.message import Request, Response
@@ -35,8 +38,7 @@ __all__ = [
 _STAMPED = frozenset({"received", "rport"})
 
 
-@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
-class BranchKey:
+class BranchKey(NamedTuple):
     """An RFC 3261 server transaction: branch, sent-by and method (§17.2.3)."""
 
     branch: str
@@ -45,8 +47,7 @@ class BranchKey:
     method: str
 
 
-@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
-class LegacyKey:
+class LegacyKey(NamedTuple):
     """An RFC 2543 server transaction, matched field by field (§17.2.3).
 
     ``request_uri`` and ``via`` are normalised so that equal values (§19.1.4,
@@ -67,8 +68,7 @@ class LegacyKey:
 ServerKey = BranchKey | LegacyKey
 
 
-@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
-class ClientKey:
+class ClientKey(NamedTuple):
     """A client transaction: the branch we generated and the method (§17.1.3)."""
 
     branch: str
