@@ -7,14 +7,11 @@ CSeq and top Via instead. Responses are matched to client transactions by the to
 Via branch (which we generated) and the CSeq method.
 
 Keys are hashable values, so the layer finds a transaction with one dict lookup.
-They are named tuples: hashing and comparing them is the tuple's own C code,
-where a dataclass's generated ``__hash__`` and ``__eq__`` run Python for every
-lookup (several per message).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
 
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.message import Request, Response
@@ -38,7 +35,8 @@ __all__ = [
 _STAMPED = frozenset({"received", "rport"})
 
 
-class BranchKey(NamedTuple):
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
+class BranchKey:
     """An RFC 3261 server transaction: branch, sent-by and method (§17.2.3)."""
 
     branch: str
@@ -47,7 +45,8 @@ class BranchKey(NamedTuple):
     method: str
 
 
-class LegacyKey(NamedTuple):
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
+class LegacyKey:
     """An RFC 2543 server transaction, matched field by field (§17.2.3).
 
     ``request_uri`` and ``via`` are normalised so that equal values (§19.1.4,
@@ -68,7 +67,8 @@ class LegacyKey(NamedTuple):
 ServerKey = BranchKey | LegacyKey
 
 
-class ClientKey(NamedTuple):
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
+class ClientKey:
     """A client transaction: the branch we generated and the method (§17.1.3)."""
 
     branch: str
