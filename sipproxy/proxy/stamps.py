@@ -252,10 +252,9 @@ class Stamps:
                 upstream.rport or "",
             )
         )
-        # One-shot (OpenSSL's HMAC): hmac.new builds two hash objects in Python.
-        signature = hmac.digest(
+        signature = hmac.new(
             self._via_secret, text.encode("utf-8", "surrogateescape"), "sha256"
-        )
+        ).digest()
         return signature[:6].hex()
 
     def host_port(self, peer: Peer) -> tuple[str, int]:
