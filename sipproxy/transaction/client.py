@@ -109,7 +109,6 @@ class _ClientTransaction(TransactionMachine):
         timeout: float | None = None,
         on_terminated: Callable[[Any], None] | None = None,
         queue: TimerQueue | None = None,
-        key: ClientKey | None = None,
     ) -> None:
         super().__init__(
             state=self._initial_state,
@@ -120,8 +119,7 @@ class _ClientTransaction(TransactionMachine):
             queue=queue,
         )
         self.request = request
-        # The layer passes the key it has just computed for its table.
-        self.key: ClientKey = key if key is not None else client_key(request)
+        self.key: ClientKey = client_key(request)
         self._user = user
         self._send = send
         self._wire = request.to_bytes()

@@ -295,7 +295,6 @@ class TransactionLayer:
             timeout=timeout,
             on_terminated=self._client_terminated,
             queue=self._queue,
-            key=key,
         )
         if isinstance(transaction, ClientNonInviteTransaction):
             transaction.on_completed = self._on_client_completed
