@@ -26,7 +26,7 @@ digest arithmetic lives in :mod:`sipproxy.auth.digest`.
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from sipproxy.auth.digest import AuthResult, Outcome, parse_credentials
 from sipproxy.sip.errors import ParseError
@@ -111,7 +111,7 @@ def without_our_credentials(request: Request, realm: str | None) -> Request:
     )
     if len(kept) == len(fields):
         return request
-    return replace(request, headers=Headers(kept))
+    return request.with_headers(Headers(kept))
 
 
 @dataclass(frozen=True, slots=True)

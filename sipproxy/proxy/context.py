@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from twisted.internet.interfaces import IReactorTime
@@ -300,8 +300,8 @@ class HandlerContext:
         ):
             # RFC 3325 §5: an identity the user asked to hide leaves the trust
             # domain without its P-Asserted-Identity.
-            request = replace(
-                request, headers=request.headers.remove("P-Asserted-Identity")
+            request = request.with_headers(
+                request.headers.remove("P-Asserted-Identity")
             )
         via = self.stamps.our_via(
             context.key, target.peer, rport=True, upstream=request.top_via
@@ -360,7 +360,7 @@ class HandlerContext:
         response nothing more does.
         """
         via = self.our_via(secrets.token_hex(6), peer, rport=True)
-        request = replace(request, headers=request.headers.prepend("Via", str(via)))
+        request = request.with_headers(request.headers.prepend("Via", str(via)))
         transaction: ClientTransaction | None = None
 
         def failed(why: str) -> None:

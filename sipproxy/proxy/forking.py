@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -500,7 +500,14 @@ class Forking:
         """Send a response upstream on the server transaction, our Via removed."""
         if response.headers.get_all("via") and self._is_our_via(response.top_via):
             _, headers = response.headers.pop_first_value("via")
-            response = replace(response, headers=headers)
+            # Not dataclasses.replace: several times the cost, on every response.
+            response = Response(
+                response.status,
+                response.reason,
+                headers,
+                response.body,
+                response.version,
+            )
         if "via" not in response.headers:
             return
         context.server.respond(response)

@@ -11,7 +11,6 @@ transaction: the core hands them to :func:`forward_ack`.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 
 from sipproxy.auth.gate import without_our_credentials
 from sipproxy.location import Flow
@@ -21,6 +20,7 @@ from sipproxy.proxy.dialplan import loose_route, route_by_dialplan
 from sipproxy.proxy.events import DialogState
 from sipproxy.proxy.identity import asserted_identity
 from sipproxy.proxy.routing import (
+    copy_with,
     loop_key,
     next_hop,
     prepare_forward,
@@ -73,7 +73,7 @@ async def on_register(ctx: HandlerContext, incoming: Incoming) -> None:
         # RFC 3327 §5.2: only an edge proxy we trust may put itself on the way
         # to a phone; a phone's own Path would steer its calls to any host.
         # Ignored, as if it had not been written.
-        request = replace(request, headers=request.headers.remove("Path"))
+        request = request.with_headers(request.headers.remove("Path"))
     if ctx.registrar is None or not incoming.ours_domain:
         # Not a relay for other registrars: only our own domains register here.
         raise RejectedError(403, "Not Our Domain")
@@ -144,7 +144,7 @@ async def proxy(ctx: HandlerContext, incoming: Incoming) -> None:
             # A trunk costs money: only our authenticated users dial out.
             raise RejectedError(403, "Not A Relay")
         # An operator's rule (a number to a trunk, a domain to a gateway).
-        request = replace(request, uri=routed)
+        request = copy_with(request, routed, request.headers)
         if settings.outbound_proxy:
             request = with_routes(request, [loose_route(settings.outbound_proxy)])
         targets = await ctx.targets.by_uri(request, None)

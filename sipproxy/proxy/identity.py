@@ -9,8 +9,6 @@ authenticated user of ours is asserted as the user we verified.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -142,7 +140,7 @@ def asserted_identity(
             headers = headers.append(
                 "P-Asserted-Identity", f"<{caller.scheme}:{user}@{caller.host}>"
             )
-    return replace(request, headers=headers)
+    return request.with_headers(headers)
 
 
 def wants_privacy(request: Request) -> bool:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 from sipproxy.sip.headers import Headers
 from sipproxy.sip.message import Request, first_address
@@ -54,7 +53,19 @@ def preprocess_routes(request: Request, is_ours: IsOurs) -> Request:
         _, headers = headers.pop_first_value("route")
     if headers is request.headers and uri_text == request.uri:
         return request
-    return replace(request, uri=uri_text, headers=headers)
+    return copy_with(request, uri_text, headers)
+
+
+def copy_with(request: Request, uri: str, headers: Headers) -> Request:
+    """``request`` with Request-URI ``uri`` and ``headers``, the rest kept.
+
+    Every forwarded request is copied a few times on its way; a plain
+    construction costs a fraction of ``dataclasses.replace``, and an unchanged
+    Request-URI keeps the parse it had.
+    """
+    if uri == request.uri:
+        return request.with_headers(headers)
+    return Request(request.method, uri, headers, request.body, request.version)
 
 
 def _remove_last_value(headers: Headers, name: str) -> Headers:
@@ -152,11 +163,8 @@ def prepare_forward(
     for value in reversed(routes):
         headers = headers.prepend("Route", value)
     headers = headers.prepend("Via", str(via))
-    return replace(
-        request,
-        uri=request.uri if request_uri is None else request_uri,
-        headers=headers,
-    )
+    uri = request.uri if request_uri is None else request_uri
+    return copy_with(request, uri, headers)
 
 
 def next_hop(request: Request) -> tuple[Request, SipURI | AbsoluteURI]:
@@ -176,5 +184,5 @@ def next_hop(request: Request) -> tuple[Request, SipURI | AbsoluteURI]:
     if isinstance(top, SipURI) and not top.has_param("lr"):
         _, headers = request.headers.pop_first_value("route")
         headers = headers.append("Route", f"<{request.uri}>")
-        return replace(request, uri=str(top), headers=headers), top
+        return copy_with(request, str(top), headers), top
     return request, top

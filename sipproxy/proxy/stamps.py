@@ -122,10 +122,13 @@ class Stamps:
         branch = make_branch(key, f"{next(self._counter):x}")
         if upstream is not None:
             branch = f"{branch}.{self._via_mac(branch, upstream)}"
-        flag = ";rport" if rport else ""
-        return Via.parse(
-            f"SIP/2.0/{peer.transport.upper()} {host}:{port};branch={branch}{flag}"
-        )
+        # Built as Via.parse would read it back, without writing and parsing
+        # text: one per forwarded request. Every part is ours (a configured or
+        # socket address, a token branch), so nothing needs checking.
+        params: tuple[tuple[str, str | None], ...] = (("branch", branch),)
+        if rport:
+            params += (("rport", None),)
+        return Via("SIP/2.0", peer.transport.upper(), host, port, params)
 
     def record_route(
         self,

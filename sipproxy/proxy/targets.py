@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import replace
 from typing import Protocol
 
 from twisted.internet.interfaces import IReactorTime
@@ -24,7 +23,7 @@ from sipproxy.location import Binding, Flow, LocationService
 from sipproxy.proxy.checks import RejectedError
 from sipproxy.proxy.flows import Pinned
 from sipproxy.proxy.forking import Destination
-from sipproxy.proxy.routing import next_hop
+from sipproxy.proxy.routing import copy_with, next_hop
 from sipproxy.sip.addressing import Peer, ip_of, same_address
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.message import Request
@@ -134,7 +133,7 @@ class TargetLookup:
         self, request: Request, binding: Binding
     ) -> list[Destination]:
         """Where one binding of a user is reached; [] if nowhere right now."""
-        copy = replace(request, uri=binding.contact)
+        copy = copy_with(request, binding.contact, request.headers)
         if binding.path:
             # RFC 3327 §5.3: the Path is the route to the phone; we follow it.
             return await self.by_uri(with_routes(copy, binding.path), None)
@@ -327,7 +326,7 @@ def with_routes(request: Request, routes: Sequence[str]) -> Request:
     headers = request.headers
     for value in reversed(routes):
         headers = headers.prepend("Route", value)
-    return replace(request, headers=headers)
+    return request.with_headers(headers)
 
 
 __all__ = ["TargetLookup", "TargetSettings", "with_routes"]

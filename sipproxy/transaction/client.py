@@ -27,6 +27,7 @@ from twisted.internet.interfaces import IReactorTime
 from sipproxy.sip.addressing import Channel, Peer
 from sipproxy.sip.headers import Header, Headers, split_values
 from sipproxy.sip.message import Request, Response
+from sipproxy.transaction.deadlines import TimerQueue
 from sipproxy.transaction.keys import ClientKey, client_key
 from sipproxy.transaction.state import State, TransactionMachine
 from sipproxy.transaction.timers import Timers
@@ -107,6 +108,7 @@ class _ClientTransaction(TransactionMachine):
         timers: Timers = Timers(),  # noqa: B008 - a frozen value
         timeout: float | None = None,
         on_terminated: Callable[[Any], None] | None = None,
+        queue: TimerQueue | None = None,
     ) -> None:
         super().__init__(
             state=self._initial_state,
@@ -114,6 +116,7 @@ class _ClientTransaction(TransactionMachine):
             timers=timers,
             reliable=reliable,
             on_terminated=on_terminated,
+            queue=queue,
         )
         self.request = request
         self.key: ClientKey = client_key(request)

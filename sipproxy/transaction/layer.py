@@ -82,6 +82,7 @@ from sipproxy.transaction.client import (
     ClientInviteTransaction,
     ClientNonInviteTransaction,
 )
+from sipproxy.transaction.deadlines import TimerQueue
 from sipproxy.transaction.expiry import Expiry
 from sipproxy.transaction.keys import (
     ClientKey,
@@ -216,6 +217,9 @@ class TransactionLayer:
         self._absorbing = Expiry[ClientKey](
             clock, udp.timer_k, self._forget_client, resolution=sweep_resolution
         )
+        # Every live transaction's timers (100 Trying, A-I, L, M), on one
+        # reactor call: most are cancelled long before they are due.
+        self._queue = TimerQueue(clock)
         # Bound once rather than per transaction.
         self._on_server_state = self._server_state_changed
         self._on_server_terminated = self._server_terminated
@@ -290,6 +294,7 @@ class TransactionLayer:
             timers=self._timers,
             timeout=timeout,
             on_terminated=self._client_terminated,
+            queue=self._queue,
         )
         if isinstance(transaction, ClientNonInviteTransaction):
             transaction.on_completed = self._on_client_completed
@@ -367,6 +372,7 @@ class TransactionLayer:
             timers=self._timers,
             key=key,
             on_terminated=self._on_server_terminated,
+            queue=self._queue,
         )
         self._servers[key] = transaction
         source = source_key(peer.host)

@@ -31,6 +31,7 @@ from sipproxy.sip.addressing import Channel, Peer, response_destination
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.headers import Headers
 from sipproxy.sip.message import Request, Response
+from sipproxy.transaction.deadlines import TimerQueue
 from sipproxy.transaction.keys import BranchKey, ServerKey, server_key
 from sipproxy.transaction.state import State, TransactionMachine
 from sipproxy.transaction.timers import Timers
@@ -61,6 +62,7 @@ class _ServerTransaction(TransactionMachine):
         timers: Timers = Timers(),  # noqa: B008 - a frozen value
         key: ServerKey | None = None,
         on_terminated: Callable[[Any], None] | None = None,
+        queue: TimerQueue | None = None,
     ) -> None:
         super().__init__(
             state=self._initial_state,
@@ -68,6 +70,7 @@ class _ServerTransaction(TransactionMachine):
             timers=timers,
             reliable=peer.reliable,
             on_terminated=on_terminated,
+            queue=queue,
         )
         self.request = request
         self.peer = peer

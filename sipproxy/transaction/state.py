@@ -1,11 +1,13 @@
 """Transaction states and the timer bookkeeping every transaction shares.
 
-A transaction arms named timers (``"A"``, ``"B"``, ...) on an injected
-:class:`IReactorTime`; entering :attr:`State.TERMINATED` cancels whatever is still
-armed and tells the owner (the layer) once, so that it can drop the transaction
-from its tables. A timer of zero seconds (D, I, J, K over a reliable transport)
-fires at once, without a round trip through the clock (RFC 3261 §17.1.1.2: "zero
-seconds for reliable transports").
+A transaction arms named timers (``"A"``, ``"B"``, ...) on a
+:class:`~sipproxy.transaction.deadlines.TimerQueue` over an injected
+:class:`IReactorTime` (the layer's, shared by all its transactions; else one of
+its own), each at its exact time; entering :attr:`State.TERMINATED` cancels
+whatever is still armed and tells the owner (the layer) once, so that it can drop
+the transaction from its tables. A timer of zero seconds (D, I, J, K over a
+reliable transport) fires at once, without a round trip through the clock (RFC 3261
+§17.1.1.2: "zero seconds for reliable transports").
 
 The owner may also watch every change of state (:attr:`TransactionMachine.on_state`):
 the layer counts requests still waiting for a final answer that way, in O(1), as
@@ -18,9 +20,10 @@ import enum
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from sipproxy.transaction.deadlines import Entry, TimerQueue
 from sipproxy.transaction.timers import Timers
 
 __all__ = ["State", "TransactionMachine"]
@@ -51,6 +54,7 @@ class TransactionMachine:
         timers: Timers,
         reliable: bool,
         on_terminated: Callable[[Any], None] | None,
+        queue: TimerQueue | None = None,
     ) -> None:
         self._state = state
         #: told ``(transaction, previous_state)`` after each change of state; set
@@ -60,7 +64,8 @@ class TransactionMachine:
         self._clock = clock
         self._timers = timers.over(reliable=reliable)
         self._on_terminated = on_terminated
-        self._armed: dict[str, IDelayedCall] = {}
+        self._queue = queue if queue is not None else TimerQueue(clock)
+        self._armed: dict[str, Entry] = {}
 
     @property
     def state(self) -> State:
@@ -97,13 +102,13 @@ class TransactionMachine:
             del self._armed[name]
             fire()
 
-        self._armed[name] = self._clock.callLater(delay, expired)
+        self._armed[name] = self._queue.call_later(delay, expired)
 
     def _disarm(self, *names: str) -> None:
         for name in names:
-            call = self._armed.pop(name, None)
-            if call is not None and call.active():
-                call.cancel()
+            entry = self._armed.pop(name, None)
+            if entry is not None:
+                self._queue.cancel(entry)
 
     def _terminate(self) -> None:
         """Enter Terminated: cancel every timer, then tell the owner once."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sipproxy.sip.addressing import Peer
 from sipproxy.sip.headers import Headers
 from sipproxy.sip.message import Request, Response
+from sipproxy.sip.via import Via
 from tests.proxy.harness import BOB, PROXY, Harness
 
 
@@ -77,3 +78,20 @@ def test_a_transport_error_is_a_503() -> None:
     for _ in range(20):
         h.clock.advance(4)
     assert [r.status for r in answers] == [503]
+
+
+def test_our_via_is_what_its_text_parses_to() -> None:
+    """Our Via, built as a value, reads back the same from the wire (§20.42)."""
+    h = Harness()
+    upstream = Via.parse("SIP/2.0/UDP 192.0.2.7:5070;branch=z9hG4bK-up;rport=5070")
+    for peer in (
+        Peer("udp", *BOB),
+        Peer("tcp", *BOB),
+        Peer("udp", "2001:db8::9", 5060),
+    ):
+        for rport in (True, False):
+            for below in (None, upstream):
+                via = h.proxy.stamps.our_via("k1", peer, rport=rport, upstream=below)
+                assert Via.parse(str(via)) == via
+                assert via.transport == peer.transport.upper()
+                assert (via.rport == "") is rport
