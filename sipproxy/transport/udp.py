@@ -73,8 +73,13 @@ class SIPDatagramProtocol(DatagramProtocol):
 
     def send(self, data: bytes, peer: Peer) -> None:
         """Send one message to ``peer``; a failed send is logged, never raised."""
+        transport = self.transport
+        if transport is None:
+            # The socket is closed (the server is stopping); a retransmission
+            # timer of a transaction may still fire in these last moments.
+            return
         try:
-            self.transport.write(data, (peer.host, peer.port))  # type: ignore[union-attr]
+            transport.write(data, (peer.host, peer.port))  # type: ignore[union-attr]
         except OSError as error:
             self.log.warn(
                 "udp send to {host}:{port} failed: {error}",
