@@ -79,7 +79,7 @@ class SIPDatagramProtocol(DatagramProtocol):
             # timer of a transaction may still fire in these last moments.
             return
         try:
-            transport.write(data, (peer.host, peer.port))  # type: ignore[union-attr]
+            transport.write(data, (peer.host, peer.port))
         except OSError as error:
             self.log.warn(
                 "udp send to {host}:{port} failed: {error}",

@@ -19,9 +19,9 @@ class _Receiver:
 
 def test_a_send_after_the_socket_closed_is_dropped_quietly() -> None:
     """A retransmission timer firing while the server stops raises nothing."""
-    protocol = SIPDatagramProtocol(_Receiver())  # type: ignore[arg-type]
+    protocol = SIPDatagramProtocol(_Receiver())
     transport = FakeDatagramTransport()
-    protocol.makeConnection(transport)  # type: ignore[arg-type]
+    protocol.makeConnection(transport)
     to = Peer("UDP", "127.0.0.1", 5070)
     protocol.send(b"before", to)
     protocol.doStop()
