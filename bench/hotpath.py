@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import dataclasses
-import gc
 import hashlib
 import os
 import pstats
@@ -50,6 +49,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from sipproxy.cdr import CallRecordStore
+from sipproxy.collector import Collector
 from sipproxy.config import build_config
 from sipproxy.server import SIPServerService, build_server
 from sipproxy.sip.message import Request
@@ -331,8 +331,9 @@ async def measure(
     if kind == "call":
         bob = _REGISTER.format(n=0).replace("u0@", "bob@").replace("5061", "5070")
         protocol.datagramReceived(bob.encode(), _CALLEE)
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    # The running server's collection policy (sipproxy.collector).
+    collector = Collector(reactor)
+    collector.start()
     profiler = cProfile.Profile() if profile else None
     if profiler:
         profiler.enable()
@@ -355,6 +356,7 @@ async def measure(
         await service.calls.stop()
         await store.close()
     spent = time.process_time() - start
+    collector.stop()
     if profiler:
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)

@@ -7,7 +7,6 @@ tests start; it owns start-up, shutdown, reload and what the admin API asks.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,6 +29,7 @@ from sipproxy.auth.digest import Authenticator
 from sipproxy.auth.htdigest import UserDB, load_users
 from sipproxy.cdr import CallRecordStore
 from sipproxy.cdr.spec import cdr_from_spec
+from sipproxy.collector import Collector
 from sipproxy.config import (
     Config,
     ListenSpec,
@@ -135,6 +135,7 @@ class SIPServerService(MultiService):
         )
         self.stream_factories: dict[str, SIPStreamFactory] = {}
         self._purge: LoopingCall | None = None
+        self._collector: Collector | None = None
         self.cdr: CallRecordStore = cdr_from_spec(
             config.cdr, reactor, location=config.location
         )
@@ -445,12 +446,10 @@ class SIPServerService(MultiService):
                 signal.SIGHUP,
                 lambda *_: self._reactor.callFromThread(self.reload),
             )
-        # Everything built at start-up lives as long as the process: keep the
-        # collector from walking it again on every full collection.
-        gc.freeze()
-        # Young collections every 700 allocations cost a REGISTER burst dearly;
-        # our garbage is short-lived messages, not cycles (docs/performance.md).
-        gc.set_threshold(50_000, 20, 20)
+        # What lives on is frozen out of the collector's walks (sipproxy.collector):
+        # long collection pauses made phones retransmit.
+        self._collector = Collector(self._reactor)
+        self._collector.start()
         where = ", ".join(
             f"{spec.transport} {host_port(port)}" for spec, port in self.ports
         )
@@ -514,6 +513,9 @@ class SIPServerService(MultiService):
         self._open = False
         if self._purge is not None and self._purge.running:
             self._purge.stop()
+        if self._collector is not None:
+            self._collector.stop()
+            self._collector = None
         if self.admin_port is not None:
             self.admin_port.stopListening()
             self.admin_port = None
