@@ -16,10 +16,9 @@ object, and a REGISTER makes some sixty of them (bench/hotpath.py).
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 __all__ = [
@@ -144,7 +143,6 @@ def split_values(value: str) -> list[str]:
     return values
 
 
-@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
 class Header:
     """One header field (RFC 3261 §7.3).
 
@@ -153,25 +151,46 @@ class Header:
     ``raw`` is the exact bytes of the whole field as received, folds included and
     line ends written as CRLF, without the final CRLF; it is ``None`` for fields
     built in code. Equality ignores ``raw``: a field equals its re-parsed self.
+
+    A plain class, not a dataclass: the parser makes one per received field and
+    passes ``key`` it already knows, and a dataclass's ``__post_init__`` with
+    ``object.__setattr__`` cost a third of that (bench/hotpath.py).
     """
 
-    name: str
-    value: str
-    raw: bytes | None = field(default=None, compare=False, repr=False)
-    #: ``canonical_name(name)``, computed once because every lookup needs it
-    key: str = field(init=False, compare=False, repr=False)
-    #: the field parsed, kept by the typed views of a message (message.kept_view):
-    #: the top Via, a From/To NameAddress, a CSeq, or all the NameAddresses of a
-    #: Contact/Route/Record-Route field. The field is immutable and read many
-    #: times on the way through the server (bench/hotpath.py): parsed once.
-    view: object | None = field(default=None, init=False, compare=False, repr=False)
+    __slots__ = ("key", "name", "raw", "value", "view")
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "key", canonical_name(self.name))
+    def __init__(
+        self, name: str, value: str, raw: bytes | None = None, key: str | None = None
+    ) -> None:
+        self.name = name
+        self.value = value
+        self.raw = raw
+        #: ``canonical_name(name)``, computed once because every lookup needs it
+        self.key = canonical_name(name) if key is None else key
+        #: the field parsed, kept by the typed views of a message (message.kept_view):
+        #: the top Via, a From/To NameAddress, a CSeq, or all the NameAddresses of a
+        #: Contact/Route/Record-Route field. The field is immutable and read many
+        #: times on the way through the server (bench/hotpath.py): parsed once.
+        self.view: object | None = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Header):
+            return NotImplemented
+        return self.name == other.name and self.value == other.value
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.value))
+
+    def __repr__(self) -> str:
+        return f"Header(name={self.name!r}, value={self.value!r})"
 
     def remember(self, view: object) -> None:
         """Keep ``view`` as this field parsed (see :attr:`view`)."""
-        object.__setattr__(self, "view", view)
+        self.view = view
+
+    def with_value(self, value: str) -> Header:
+        """A field of the same name with another value, serialised from it."""
+        return Header(self.name, value, None, self.key)
 
     def to_bytes(self) -> bytes:
         """The field as it goes on the wire, without the final CRLF."""
@@ -303,7 +322,7 @@ class Headers:
             if len(values) == 1:
                 rest: tuple[Header, ...] = ()
             else:
-                rest = (dataclasses.replace(h, value=", ".join(values[1:]), raw=None),)
+                rest = (h.with_value(", ".join(values[1:])),)
             return first, Headers((*self.fields[:i], *rest, *self.fields[i + 1 :]))
         raise KeyError(name)
 

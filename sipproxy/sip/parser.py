@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 
 from sipproxy.sip.errors import ParseError
-from sipproxy.sip.headers import Header, Headers
+from sipproxy.sip.headers import Header, Headers, canonical_name
 from sipproxy.sip.message import CSeq, Request, Response, parse_digits
 from sipproxy.sip.status import METHODS
 from sipproxy.sip.uri import STAR, SipURI
@@ -134,6 +134,60 @@ def _parse_fields(lines: list[bytes]) -> tuple[list[Header], str | None]:
     return fields, error
 
 
+#: Names as they arrive (``b"Via"``, ``b"v"``) to ``(name, key)``: most messages
+#: spell their dozen names the same way, so a field's name costs one lookup.
+_NAMES: dict[bytes, tuple[str, str]] = {}
+#: The most spellings kept: a sender inventing names must not grow it without end.
+_NAMES_MAX = 1024
+
+
+def _name_of(raw: bytes) -> tuple[str, str] | None:
+    """``(name, key)`` for a field name as received, or ``None`` if it is no token."""
+    known = _NAMES.get(raw)
+    if known is not None:
+        return known
+    if not _TOKEN.fullmatch(raw):
+        return None
+    name = raw.decode("ascii")
+    known = (name, canonical_name(name))
+    if len(_NAMES) < _NAMES_MAX:
+        _NAMES[raw] = known
+    return known
+
+
+def _fast_fields(section: bytes) -> list[Header] | None:
+    """The fields of a header section written the usual way, or ``None``.
+
+    The usual way: every line ends in CRLF, no line is folded, no bare CR or LF,
+    each name a token right before its colon, no line over MAX_LINE_LENGTH, at
+    most MAX_HEADER_FIELDS fields. Then one split finds every line and each field
+    costs a lookup, a strip and a decode. Anything else gives ``None`` and
+    :func:`_parse_fields` takes the section apart line by line, with the error a
+    malformed one deserves (tests/sip/test_parser.py compares the two).
+    """
+    if not section:
+        return []
+    lines = section.split(b"\r\n")
+    n = len(lines)
+    if (
+        n > MAX_HEADER_FIELDS
+        or section.count(b"\r") != n - 1
+        or section.count(b"\n") != n - 1
+    ):
+        return None
+    fields: list[Header] = []
+    for line in lines:
+        colon = line.find(b":")
+        if colon <= 0 or len(line) > MAX_LINE_LENGTH:
+            return None
+        known = _name_of(line[:colon])
+        if known is None:
+            return None
+        value = line[colon + 1 :].strip(b" \t").decode("utf-8", "surrogateescape")
+        fields.append(Header(known[0], value, line, known[1]))
+    return fields
+
+
 def _decode(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
@@ -195,12 +249,28 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
             framing_error = framing_error or "no empty line after the header fields"
     else:
         head_end, body_start = found
-    lines = _split_lines(data[:head_end])
-    if not lines:
-        raise ParseError("empty message")
-    start_line = lines[0]
+    first_end = data.find(b"\n", 0, head_end + 1) - 1
+    fast: list[Header] | None = None
+    if (
+        found is not None
+        and first_end > 0
+        and data[first_end] == data[head_end - 1] == 13
+    ):
+        # CRLF after the start line and after the last field: try the usual way.
+        # Without fields the section's end is before its start, a slice mypyc
+        # does not clamp as Python does (PyBytes_FromStringAndSize gets < 0).
+        fast = _fast_fields(data[first_end + 2 : max(head_end - 1, first_end + 2)])
+    field_error: str | None = None
+    if fast is not None:
+        start_line = data[:first_end]
+        fields = fast
+    else:
+        lines = _split_lines(data[:head_end])
+        if not lines:
+            raise ParseError("empty message")
+        start_line = lines[0]
+        fields, field_error = _parse_fields(lines[1:])
     is_request = start_line[:4].upper() != b"SIP/"
-    fields, field_error = _parse_fields(lines[1:])
     headers = Headers(tuple(fields))
     attached = headers if is_request else None
 
@@ -245,6 +315,11 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
     return Response(int(parts[1]), reason, headers, body, parts[0].decode("ascii"))
 
 
+#: Fields a request must carry exactly once, and at most once (RFC 3261 §8.1.1).
+_ONCE = ("from", "to", "call-id", "cseq")
+_AT_MOST_ONCE = ("max-forwards", "content-length", "content-type")
+
+
 def validate_request(request: Request) -> None:
     """Check what a proxy needs well-formed before it acts (RFC 3261 §16.3 step 1).
 
@@ -267,11 +342,17 @@ def validate_request(request: Request) -> None:
     vias = headers.get_all("via")
     if not vias:
         raise fail("no Via")
-    for name in ("from", "to", "call-id", "cseq"):
-        if headers.count(name) != 1:
+    # One pass over the fields counts every name the checks below limit.
+    counts = dict.fromkeys(_ONCE + _AT_MOST_ONCE, 0)
+    for h in headers.fields:
+        key = h.key
+        if key in counts:
+            counts[key] += 1
+    for name in _ONCE:
+        if counts[name] != 1:
             raise fail(f"{name} must appear exactly once")
-    for name in ("max-forwards", "content-length", "content-type"):
-        if headers.count(name) > 1:
+    for name in _AT_MOST_ONCE:
+        if counts[name] > 1:
             raise fail(f"{name} must appear at most once")
     if _undecodable(headers.get("call-id") or ""):
         # RFC 3261 §25.1: a Call-ID is "word" characters, ASCII; bytes that are
