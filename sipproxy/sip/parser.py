@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.headers import Header, Headers, canonical_name
-from sipproxy.sip.message import CSeq, Request, Response, parse_digits
+from sipproxy.sip.message import Request, Response, parse_digits
 from sipproxy.sip.status import METHODS
 from sipproxy.sip.uri import STAR, SipURI
 from sipproxy.sip.via import BRANCH_COOKIE, Via
@@ -404,9 +404,12 @@ def validate_response(response: Response) -> None:
     vias = headers.get_all("via")
     if not vias:
         raise ParseError("no Via")
-    for value in vias:
+    # The top Via and the CSeq are kept parsed on the response: the transaction
+    # layer matches on both right after this.
+    response.top_via  # noqa: B018
+    for value in vias[1:]:
         Via.parse(value)
-    CSeq.parse(headers.get("cseq") or "")
+    response.cseq  # noqa: B018
     for name in ("from", "to", "call-id"):
         if name not in headers:
             raise ParseError(f"no {name}")
