@@ -39,7 +39,7 @@ from sipproxy.proxy.forking import (
 )
 from sipproxy.proxy.identity import Identity, wants_privacy
 from sipproxy.proxy.owner import Owners
-from sipproxy.proxy.routing import prepare_forward
+from sipproxy.proxy.routing import prepare_forward, via_field
 from sipproxy.proxy.stamps import Stamps
 from sipproxy.proxy.targets import TargetLookup
 from sipproxy.sip.addressing import Channel, Peer
@@ -360,7 +360,7 @@ class HandlerContext:
         response nothing more does.
         """
         via = self.our_via(secrets.token_hex(6), peer, rport=True)
-        request = request.with_headers(request.headers.prepend("Via", str(via)))
+        request = request.with_headers(request.headers.prepend_field(via_field(via)))
         transaction: ClientTransaction | None = None
 
         def failed(why: str) -> None:

@@ -271,8 +271,15 @@ class Headers:
         It goes where the first field of that name is, or at the very top when there
         is none, so a proxy's Via or Record-Route ends up topmost (RFC 3261 §16.6).
         """
-        key = canonical_name(name)
-        new = Header(name, value)
+        return self.prepend_field(Header(name, value))
+
+    def prepend_field(self, new: Header) -> Headers:
+        """A copy with the field ``new`` as the first of its name (see prepend).
+
+        For a field built with its view already known (our own Via), so that no
+        one parses back what we just wrote.
+        """
+        key = new.key
         for i, h in enumerate(self.fields):
             if h.key == key:
                 return Headers((*self.fields[:i], new, *self.fields[i:]))

@@ -139,3 +139,20 @@ def test_next_hop_loose_and_strict() -> None:
     ]
     plain = make()
     assert str(next_hop(plain)[1]) == "sip:bob@example.test"
+
+
+def test_our_via_goes_out_parsed_already() -> None:
+    """The forwarded copy's top Via field keeps our Via as its view.
+
+    The client transaction reads that Via for its key and again for every
+    response; parsing back the text we wrote would cost a parse per request.
+    The view must be exactly what the text parses to.
+    """
+    ours = Via.parse(f"SIP/2.0/UDP {US}:5060;branch=z9hG4bK-ours.1;rport")
+    out = prepare_forward(make(), request_uri=None, via=ours)
+    top = out.headers.first_field("via")
+    assert top is not None
+    assert top.view is ours
+    assert out.top_via is ours
+    assert Via.parse(top.value) == ours
+    assert out.headers.get_all("via")[1].endswith("branch=z9hG4bKa1")
