@@ -51,6 +51,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sipproxy import eager
 from sipproxy.cdr import CallRecordStore
 from sipproxy.cdr.record import CHALLENGES, CallRecord
 from sipproxy.cdr.record import disposition_of as disposition
@@ -188,7 +189,11 @@ class CallTracker:
     def start(self) -> Deferred[list[CallRecord]]:
         """Close what a previous run of this owner left live, and start sweeping."""
         self._schedule()
-        return self._write(self.store.close_lost(self.owner, self._clock.seconds()))
+        lost = Deferred.fromCoroutine(
+            self.store.close_lost(self.owner, self._clock.seconds())
+        )
+        self._track(lost.addErrback(self._store_failed))
+        return lost
 
     def stop(self) -> Deferred[None]:
         """Stop sweeping; fires once the store writes already sent are done.
@@ -352,14 +357,18 @@ class CallTracker:
     ) -> None:
         self._set_up(call, at)
         call.heard = at
+        # One copy of the record, not two: each runs its checks again.
         if confirmed is not None:
             call.to_tag = confirmed.to_tag
             call.record = dataclasses.replace(
                 call.record,
+                answer=at,
+                status=status,
                 answered_by=confirmed.answered_by,
                 forwarded=confirmed.forwarded,
             )
-        call.record = dataclasses.replace(call.record, answer=at, status=status)
+        else:
+            call.record = dataclasses.replace(call.record, answer=at, status=status)
         self._write(self.store.keep_live(call.key, call.record))
 
     def _bye(self, event: DialogEvent) -> None:
@@ -448,8 +457,15 @@ class CallTracker:
 
     # -- the store ---------------------------------------------------------------
 
-    def _write(self, work: Coroutine[Any, Any, Any]) -> Deferred[Any]:
-        written = Deferred.fromCoroutine(work).addErrback(self._store_failed)
+    def _write(self, work: Coroutine[Any, Any, Any]) -> None:
+        # Three or four writes a call; with the null store (--cdr none, what a
+        # memory location runs) every one finishes at once: no Deferred then.
+        written = eager.start(work)
+        if written is not None:
+            self._track(written.addErrback(self._store_failed))
+
+    def _track(self, written: Deferred[Any]) -> None:
+        """Count ``written`` among the writes stop() waits for, until it fires."""
         if not written.called:
             self._writing.add(written)
 
@@ -458,7 +474,6 @@ class CallTracker:
                 return result
 
             written.addBoth(done)
-        return written
 
     def _store_failed(self, failure: Failure) -> None:
         self.store_errors += 1

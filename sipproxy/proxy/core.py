@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from sipproxy import eager
 from sipproxy.auth.digest import Authenticator
 from sipproxy.auth.gate import NEVER_CHALLENGED, credentials_header
 from sipproxy.guard import BanList
@@ -234,20 +234,11 @@ class Proxy:
                 source=peer,
             )
             return
-        # Run the handler at once, as Deferred.fromCoroutine would, but without
-        # its Deferred and context copy: with the memory store nearly every
-        # request is answered or forwarded before the handler first waits.
-        # Only one that does wait goes on as a Deferred.
-        handling = self._handle(request, transaction, peer, channel)
-        try:
-            waiting = handling.send(None)
-        except StopIteration:
-            return
-        except BaseException:
-            finished: Deferred[None] = fail()
-        else:
-            finished = Deferred.fromCoroutine(_resumed(handling, waiting))
-        finished.addErrback(self._internal_error, transaction, request, peer)
+        # With the memory store nearly every request is answered or forwarded
+        # before its handler first waits: no Deferred for those (sipproxy.eager).
+        finished = eager.start(self._handle(request, transaction, peer, channel))
+        if finished is not None:
+            finished.addErrback(self._internal_error, transaction, request, peer)
 
     def response_received(
         self,
@@ -458,33 +449,6 @@ class Proxy:
             why=error.reason,
         )
         channel.send(response.to_bytes(), destination)
-
-
-def _resumed(
-    handling: Coroutine[Any, Any, None], waiting: Any
-) -> Generator[Any, Any, None]:
-    """The rest of a started coroutine, for Deferred.fromCoroutine.
-
-    ``waiting`` is what it yielded first (the Deferred it awaits); from there on
-    this hands every value and exception through, as ``yield from`` would.
-    """
-    while True:
-        try:
-            sent = yield waiting
-        except GeneratorExit:
-            # As yield from: closed (a waiting request collected), close it too.
-            handling.close()
-            raise
-        except BaseException as error:
-            try:
-                waiting = handling.throw(error)
-            except StopIteration:
-                return
-        else:
-            try:
-                waiting = handling.send(sent)
-            except StopIteration:
-                return
 
 
 def _cseq_method(headers: Headers | None) -> str | None:
