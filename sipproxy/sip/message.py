@@ -174,22 +174,52 @@ def first_address(headers: Headers, key: str) -> NameAddress | None:
     return None if h is None else kept_view(h, parse_addresses)[0]
 
 
+#: Views parsed lately, per header name and by the exact value text. One call's From
+#: comes back in every message of the call, its To (with the tag) in all but the
+#: first, its CSeq values in every call: a value seen again is not parsed again.
+#: Views are immutable values (sip/headers.py), so messages may share them.
+_SEEN: dict[str, dict[str, object]] = {}
+#: Values kept per header name at most; beyond, its table starts over.
+SEEN_MAX = 2048
+#: Longer values are not kept: real ones are well under this, and a sender of
+#: long made-up values must not fill memory with them (at most some 8 MB here).
+SEEN_VALUE_MAX = 256
+
+
 def kept_view(field: Header, parse: Callable[[str], _V]) -> _V:
     """``parse(field.value)``, done once per field and kept on it (Header.view).
 
     Each header name has one parse (the top Via, a NameAddress, a CSeq, the
-    addresses of a list), so a field's view is always of the same kind.
+    addresses of a list), so a field's view is always of the same kind. A value
+    parsed lately for another message is taken from there (:data:`_SEEN`);
+    values that do not parse are not kept there.
     """
     view = field.view
     if view is None:
+        value = field.value
+        # By header name, not by parse: compiled, a classmethod is a new
+        # object at each reference, and every header name has one parse.
+        seen = _SEEN.get(field.key)
+        if seen is None:
+            seen = _SEEN[field.key] = {}
+        view = seen.get(value)
+        if view is not None:
+            field.remember(view)
+            return view  # type: ignore[return-value]
         try:
-            view = parse(field.value)
+            view = parse(value)
         except ParseError as error:
             # Kept too: validation, the 400 and its addressing all read the top
             # Via, and a hostile one must cost one parse, not three.
             field.remember(_Unparseable(error.reason))
             raise
         field.remember(view)
+        if len(value) <= SEEN_VALUE_MAX:
+            if len(seen) >= SEEN_MAX:
+                # Emptied, not evicted one by one: refilling costs one parse per
+                # value, and a sender of endless new values gains nothing.
+                seen.clear()
+            seen[value] = view
     elif type(view) is _Unparseable:
         raise ParseError(view.reason)
     return view  # type: ignore[return-value]

@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import pytest
 
+from sipproxy.sip import message as message_module
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.headers import Headers
 from sipproxy.sip.message import CSeq, Request, Response, response_from_headers
 from sipproxy.sip.parser import parse_message
 from sipproxy.sip.status import METHODS, REASON_PHRASES, reason_phrase
+from sipproxy.sip.uri import NameAddress, parse_uri
 
 INVITE = (
     b"INVITE sip:bob@biloxi.com SIP/2.0\r\n"
@@ -211,3 +213,63 @@ def test_status_tables() -> None:
     assert "REGISTER" in METHODS
     assert "UPDATE" in METHODS
     assert len(METHODS) == 14
+
+
+def _options(from_value: str, n: int) -> Request:
+    data = (
+        f"OPTIONS sip:c@d SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK{n}\r\n"
+        f"From: {from_value}\r\nTo: <sip:c@d>\r\nCall-ID: x{n}\r\n"
+        "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    request = parse_message(data)
+    assert isinstance(request, Request)
+    return request
+
+
+def test_a_value_seen_lately_is_not_parsed_again() -> None:
+    """Messages of one call repeat their From: the second reuses the first's view."""
+    first = _options("<sip:alice@example.test>;tag=shared-1", 1)
+    second = _options("<sip:alice@example.test>;tag=shared-1", 2)
+    assert first.from_addr is second.from_addr
+    assert first.from_addr == NameAddress.parse("<sip:alice@example.test>;tag=shared-1")
+    other = _options("<sip:alice@example.test>;tag=shared-2", 3)
+    assert other.from_addr.tag == "shared-2"
+
+
+def test_a_value_that_does_not_parse_is_refused_every_time() -> None:
+    for n in range(2):
+        with pytest.raises(ParseError):
+            _options('"unterminated <sip:a@b>', n).from_addr  # noqa: B018
+    assert all(
+        '"unterminated <sip:a@b>' not in table
+        for table in message_module._SEEN.values()
+    )
+
+
+def test_the_table_of_values_seen_is_bounded() -> None:
+    for n in range(message_module.SEEN_MAX + 50):
+        _options(f"<sip:u{n}@example.test>;tag=bound", n).from_addr  # noqa: B018
+    assert all(len(t) <= message_module.SEEN_MAX for t in message_module._SEEN.values())
+    # Starting over forgets nothing that matters: the value parses again.
+    again = _options("<sip:u0@example.test>;tag=bound", 0)
+    assert again.from_addr.uri == parse_uri("sip:u0@example.test")
+
+
+def test_a_long_value_is_not_kept() -> None:
+    long_user = "u" * message_module.SEEN_VALUE_MAX
+    first = _options(f"<sip:{long_user}@example.test>;tag=long", 1)
+    second = _options(f"<sip:{long_user}@example.test>;tag=long", 2)
+    assert first.from_addr == second.from_addr
+    assert first.from_addr is not second.from_addr
+
+
+def test_one_table_of_values_seen_per_header_name() -> None:
+    """Parsing many messages adds no tables: one per header name read."""
+    before = set(message_module._SEEN)
+    for n in range(20):
+        request = _options("<sip:alice@example.test>;tag=tables", n)
+        request.from_addr  # noqa: B018
+        request.to_addr  # noqa: B018
+        request.cseq  # noqa: B018
+        request.top_via  # noqa: B018
+    assert set(message_module._SEEN) == before | {"via", "from", "to", "cseq"}
