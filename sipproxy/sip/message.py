@@ -186,6 +186,10 @@ SEEN_MAX = 2048
 SEEN_VALUE_MAX = 256
 
 
+#: Request-URIs parsed lately, by their text (see Request.request_uri).
+_SEEN_URIS: dict[str, SipURI | AbsoluteURI] = {}
+
+
 def kept_view(field: Header, parse: Callable[[str], _V]) -> _V:
     """``parse(field.value)``, done once per field and kept on it (Header.view).
 
@@ -280,7 +284,17 @@ class Request(_Message):
         """The Request-URI, parsed (RFC 3261 §7.1, §19)."""
         view = self._uri_view
         if view is None:
-            view = parse_uri(self.uri)
+            # As kept_view: a call's requests repeat their Request-URI, and
+            # every REGISTER of a domain names the same one.
+            text = self.uri
+            seen = _SEEN_URIS
+            view = seen.get(text)
+            if view is None:
+                view = parse_uri(text)
+                if len(text) <= SEEN_VALUE_MAX:
+                    if len(seen) >= SEEN_MAX:
+                        seen.clear()
+                    seen[text] = view
             object.__setattr__(self, "_uri_view", view)
         return view
 

@@ -273,3 +273,15 @@ def test_one_table_of_values_seen_per_header_name() -> None:
         request.cseq  # noqa: B018
         request.top_via  # noqa: B018
     assert set(message_module._SEEN) == before | {"via", "from", "to", "cseq"}
+
+
+def test_a_request_uri_seen_lately_is_not_parsed_again() -> None:
+    first = _options("<sip:alice@example.test>;tag=r", 1)
+    second = _options("<sip:alice@example.test>;tag=r", 2)
+    assert first.request_uri is second.request_uri
+    assert first.request_uri == parse_uri("sip:c@d")
+    bad = Request("OPTIONS", "sip:[bad", Headers())
+    for _ in range(2):
+        with pytest.raises(ParseError):
+            bad.request_uri  # noqa: B018
+    assert "sip:[bad" not in message_module._SEEN_URIS
