@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 
 from sipproxy.sip.headers import Header, Headers
-from sipproxy.sip.message import Request, first_address
+from sipproxy.sip.message import Request, first_address, learn_view, parse_via
 from sipproxy.sip.uri import AbsoluteURI, NameAddress, SipURI
 from sipproxy.sip.via import Via
 
@@ -122,7 +122,7 @@ def is_loop(request: Request, key: str, is_our_via: Callable[[Via], bool]) -> bo
         # Only the sender's own Via: the request has not passed through us.
         return False
     for value in values:
-        via = Via.parse(value)
+        via = parse_via(value)
         if not is_our_via(via):
             continue
         branch = via.branch or ""
@@ -173,8 +173,11 @@ def via_field(via: Via) -> Header:
     The client transaction reads the top Via of what it sends (its key) and of
     every response: without the view it would parse back the text just written.
     """
-    field = Header("Via", str(via))
+    text = str(via)
+    field = Header("Via", text)
     field.remember(via)
+    # Every response to the request comes back with this text on top.
+    learn_view("via", text, via)
     return field
 
 

@@ -25,9 +25,11 @@ __all__ = [
     "Response",
     "first_address",
     "kept_view",
+    "learn_view",
     "parse_addresses",
     "parse_digits",
     "parse_top_via",
+    "parse_via",
     "response_from_headers",
 ]
 
@@ -190,6 +192,49 @@ SEEN_VALUE_MAX = 256
 _SEEN_URIS: dict[str, SipURI | AbsoluteURI] = {}
 
 
+def _table(key: str) -> dict[str, object]:
+    # By header name, not by parse: compiled, a classmethod is a new object at
+    # each reference, and every header name has one parse.
+    seen = _SEEN.get(key)
+    if seen is None:
+        seen = _SEEN[key] = {}
+    return seen
+
+
+def _keep(seen: dict[str, object], value: str, view: object) -> None:
+    if len(value) <= SEEN_VALUE_MAX:
+        if len(seen) >= SEEN_MAX:
+            # Emptied, not evicted one by one: refilling costs one parse per
+            # value, and a sender of endless new values gains nothing.
+            seen.clear()
+        seen[value] = view
+
+
+def learn_view(key: str, value: str, view: object) -> None:
+    """Note that ``value`` of a field ``key`` parses to ``view``.
+
+    For a value we wrote ourselves from a view we built (our Via, a Via we
+    stamped): whoever reads it back, in this message or in a response that
+    copies it, finds the view instead of parsing the text. ``view`` must be
+    exactly what the text parses to.
+    """
+    _keep(_table(key), value, view)
+
+
+def parse_via(value: str) -> Via:
+    """``Via.parse(value)`` for one Via value, taken from the values seen lately.
+
+    A response carries below our Via the one we stamped on the request.
+    """
+    seen = _table("via")
+    view = seen.get(value)
+    if type(view) is Via:
+        return view
+    via = Via.parse(value)
+    _keep(seen, value, via)
+    return via
+
+
 def kept_view(field: Header, parse: Callable[[str], _V]) -> _V:
     """``parse(field.value)``, done once per field and kept on it (Header.view).
 
@@ -201,11 +246,7 @@ def kept_view(field: Header, parse: Callable[[str], _V]) -> _V:
     view = field.view
     if view is None:
         value = field.value
-        # By header name, not by parse: compiled, a classmethod is a new
-        # object at each reference, and every header name has one parse.
-        seen = _SEEN.get(field.key)
-        if seen is None:
-            seen = _SEEN[field.key] = {}
+        seen = _table(field.key)
         view = seen.get(value)
         if view is not None:
             field.remember(view)
@@ -218,12 +259,7 @@ def kept_view(field: Header, parse: Callable[[str], _V]) -> _V:
             field.remember(_Unparseable(error.reason))
             raise
         field.remember(view)
-        if len(value) <= SEEN_VALUE_MAX:
-            if len(seen) >= SEEN_MAX:
-                # Emptied, not evicted one by one: refilling costs one parse per
-                # value, and a sender of endless new values gains nothing.
-                seen.clear()
-            seen[value] = view
+        _keep(seen, value, view)
     elif type(view) is _Unparseable:
         raise ParseError(view.reason)
     return view  # type: ignore[return-value]

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.headers import Header, Headers, canonical_name
-from sipproxy.sip.message import Request, Response, parse_digits
+from sipproxy.sip.message import Request, Response, parse_digits, parse_via
 from sipproxy.sip.status import METHODS
 from sipproxy.sip.uri import STAR, SipURI
-from sipproxy.sip.via import BRANCH_COOKIE, Via
+from sipproxy.sip.via import BRANCH_COOKIE
 
 __all__ = [
     "MAX_HEADER_FIELDS",
@@ -366,7 +366,7 @@ def validate_request(request: Request) -> None:
             # RFC 3581 §3: a client sends rport without a value; one that is no
             # port at all is answered, not let loose on response addressing.
             raise ParseError(f"bad rport in Via: {top_via.rport[:20]!r}")
-        parsed_vias = [top_via] + [Via.parse(v) for v in vias[1:]]
+        parsed_vias = [top_via] + [parse_via(v) for v in vias[1:]]
         for via in parsed_vias:
             if via.branch == BRANCH_COOKIE:
                 # RFC 4475 §3.2.1: the cookie alone identifies no transaction.
@@ -408,7 +408,7 @@ def validate_response(response: Response) -> None:
     # layer matches on both right after this.
     response.top_via  # noqa: B018
     for value in vias[1:]:
-        Via.parse(value)
+        parse_via(value)
     response.cseq  # noqa: B018
     for name in ("from", "to", "call-id"):
         if name not in headers:

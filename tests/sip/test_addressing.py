@@ -6,6 +6,7 @@ import pytest
 
 from sipproxy.sip.addressing import Peer, response_destination, stamp_received
 from sipproxy.sip.headers import Headers
+from sipproxy.sip.message import parse_via
 from sipproxy.sip.via import Via
 
 UDP_PEER = Peer("udp", "192.0.2.7", 40123)
@@ -135,3 +136,33 @@ def test_ip_of_takes_one_pair_of_brackets() -> None:
     assert ip_of("[[::1]]") is None
     assert ip_of("[::1") is None
     assert ip_of("example.test") is None
+
+
+@pytest.mark.parametrize(
+    ("via", "peer"),
+    [
+        ("SIP/2.0/UDP 10.0.0.9:5060;branch=z9hG4bKs1;rport", UDP_PEER),
+        ("SIP/2.0/UDP phone.example;branch=z9hG4bKs2", UDP_PEER),
+        (
+            "SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bKs3;rport",
+            Peer("udp", "2001:db8::2", 5062),
+        ),
+        (
+            "SIP/2.0/TCP [2001:db8::1];branch=z9hG4bKs4;received=1.2.3.4",
+            Peer("tcp", "2001:db8::2", 40000),
+        ),
+    ],
+)
+def test_the_stamped_via_is_known_as_what_its_text_parses_to(
+    via: str, peer: Peer
+) -> None:
+    """The stamped Via is noted for responses (message.learn_view).
+
+    It must be exactly what its text parses to; a response's lower Via then
+    finds it.
+    """
+    stamped = stamp_received(headers_with_via(via), peer)
+    field = stamped.first_field("via")
+    assert field is not None
+    assert field.view == Via.parse(field.value)
+    assert parse_via(field.value) is field.view
