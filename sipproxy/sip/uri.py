@@ -149,7 +149,12 @@ def _format_params(params: tuple[tuple[str, str | None], ...]) -> str:
     return "".join(f";{n}" if v is None else f";{n}={v}" for n, v in params)
 
 
-@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
+# Immutable by convention (sip/headers.py). init=False and a hand-written
+# __init__: mypyc compiles that one, where the dataclass decorator's generated
+# __init__ runs interpreted, and every received message builds several of these
+# views (issue 18). The parsers build them by class name, not through cls, so
+# that the compiled __init__ is called directly rather than via type.__call__.
+@dataclass(slots=True, unsafe_hash=True, init=False)
 class SipURI:
     """A ``sip:`` or ``sips:`` URI (RFC 3261 §19.1.1), every part as written.
 
@@ -162,8 +167,26 @@ class SipURI:
     password: str | None
     host: str
     port: int | None
-    params: tuple[tuple[str, str | None], ...] = ()
-    headers: tuple[tuple[str, str], ...] = ()
+    params: tuple[tuple[str, str | None], ...]
+    headers: tuple[tuple[str, str], ...]
+
+    def __init__(
+        self,
+        scheme: str,
+        user: str | None,
+        password: str | None,
+        host: str,
+        port: int | None,
+        params: tuple[tuple[str, str | None], ...] = (),
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        self.scheme = scheme
+        self.user = user
+        self.password = password
+        self.host = host
+        self.port = port
+        self.params = params
+        self.headers = headers
 
     @classmethod
     def parse(cls, text: str) -> SipURI:
@@ -176,7 +199,7 @@ class SipURI:
         scheme = text[:colon]
         if colon < 0 or scheme.lower() not in ("sip", "sips"):
             raise ParseError(f"not a SIP URI: {text[:60]!r}")
-        return cls._parse_rest(scheme, text[colon + 1 :])
+        return SipURI._parse_rest(scheme, text[colon + 1 :])
 
     @classmethod
     def _parse_rest(cls, scheme: str, rest: str) -> SipURI:
@@ -194,8 +217,8 @@ class SipURI:
                         p.partition("=") for p in m[4].split(";")[1:]
                     )
                 )
-                return cls(scheme, m[1], None, m[2], port, params, ())
-        return cls._parse_rest_walk(scheme, rest)
+                return SipURI(scheme, m[1], None, m[2], port, params, ())
+        return SipURI._parse_rest_walk(scheme, rest)
 
     @classmethod
     def _parse_rest_walk(cls, scheme: str, rest: str) -> SipURI:
@@ -253,7 +276,7 @@ class SipURI:
                 if not eq or not _HNAME.fullmatch(name) or not _HVALUE.fullmatch(value):
                     raise ParseError(f"bad URI header: {h[:40]!r}")
                 headers.append((name, value))
-        return cls(scheme, user, password, host, port, tuple(params), tuple(headers))
+        return SipURI(scheme, user, password, host, port, tuple(params), tuple(headers))
 
     def __str__(self) -> str:
         parts = [self.scheme, ":"]
@@ -356,7 +379,8 @@ def _header_set(headers: tuple[tuple[str, str], ...]) -> frozenset[tuple[str, st
     return frozenset((_unescape(n).lower(), _unescape(v)) for n, v in headers)
 
 
-@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
+# Immutable by convention; a compiled __init__, called by name (see SipURI).
+@dataclass(slots=True, unsafe_hash=True, init=False)
 class AbsoluteURI:
     """A URI of any scheme other than sip and sips (``tel:``, ``http:``, ...).
 
@@ -365,6 +389,10 @@ class AbsoluteURI:
 
     scheme: str
     opaque: str
+
+    def __init__(self, scheme: str, opaque: str) -> None:
+        self.scheme = scheme
+        self.opaque = opaque
 
     def __str__(self) -> str:
         return f"{self.scheme}:{self.opaque}"
@@ -502,7 +530,8 @@ def parse_params(text: str, i: int = 0) -> tuple[tuple[str, str | None], ...]:
     return tuple(params)
 
 
-@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
+# Immutable by convention; a compiled __init__, called by name (see SipURI).
+@dataclass(slots=True, unsafe_hash=True, init=False)
 class NameAddress:
     """A name-addr or addr-spec with its header parameters (RFC 3261 §20.10, §25).
 
@@ -513,9 +542,21 @@ class NameAddress:
     """
 
     uri: SipURI | AbsoluteURI
-    display_name: str | None = None
-    params: tuple[tuple[str, str | None], ...] = ()
-    angle: bool = True
+    display_name: str | None
+    params: tuple[tuple[str, str | None], ...]
+    angle: bool
+
+    def __init__(
+        self,
+        uri: SipURI | AbsoluteURI,
+        display_name: str | None = None,
+        params: tuple[tuple[str, str | None], ...] = (),
+        angle: bool = True,
+    ) -> None:
+        self.uri = uri
+        self.display_name = display_name
+        self.params = params
+        self.angle = angle
 
     @classmethod
     def parse(cls, text: str) -> NameAddress:
@@ -551,7 +592,7 @@ class NameAddress:
                 raise ParseError(f"unterminated <URI>: {text[:60]!r}")
             uri_text = text[lt + 1 : gt]
             uri = parse_uri(uri_text)
-            return cls(uri, display, parse_params(text, gt + 1), True)
+            return NameAddress(uri, display, parse_params(text, gt + 1), True)
         if text == STAR:
             raise ParseError("'*' is not an address")
         semi = text.find(";")
@@ -559,7 +600,7 @@ class NameAddress:
         if "?" in uri_text or "," in uri_text:
             raise ParseError(f"URI with '?' or ',' must be in <>: {text[:60]!r}")
         params = () if semi < 0 else parse_params(text, semi)
-        return cls(parse_uri(uri_text), None, params, False)
+        return NameAddress(parse_uri(uri_text), None, params, False)
 
     def __str__(self) -> str:
         params = _format_params(self.params)

@@ -31,7 +31,9 @@ _HOSTNAME = re.compile(r"[A-Za-z0-9\-._]+")
 _PORT = re.compile(r"[ \t]*:[ \t]*([0-9]{1,5})")
 
 
-@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
+# Immutable by convention; a compiled __init__, called by name (see SipURI in
+# sip/uri.py).
+@dataclass(slots=True, unsafe_hash=True, init=False)
 class Via:
     """A via-parm: who sent the request and how to get the response back.
 
@@ -44,7 +46,21 @@ class Via:
     transport: str
     host: str
     port: int | None
-    params: tuple[tuple[str, str | None], ...] = ()
+    params: tuple[tuple[str, str | None], ...]
+
+    def __init__(
+        self,
+        protocol: str,
+        transport: str,
+        host: str,
+        port: int | None,
+        params: tuple[tuple[str, str | None], ...] = (),
+    ) -> None:
+        self.protocol = protocol
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.params = params
 
     @classmethod
     def parse(cls, text: str) -> Via:
@@ -65,7 +81,7 @@ class Via:
             if port > 65535:
                 raise ParseError(f"Via port out of range: {port}")
             i = p.end()
-        return cls(protocol, transport, host, port, parse_params(text, i))
+        return Via(protocol, transport, host, port, parse_params(text, i))
 
     def __str__(self) -> str:
         port = "" if self.port is None else f":{self.port}"
