@@ -60,11 +60,17 @@ _HVALUE = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()\[\]/?:+$]|%[0-9A-Fa-f]{2})*")
 # The opaque part of any other absolute URI: printable, no LWS, no <>" delimiters.
 _OPAQUE = re.compile(r"[^\x00-\x20\x7f<>\"]+")
 # token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
-_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_TOKEN_RE = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_TOKEN = re.compile(_TOKEN_RE)
 _TOKENS = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+(?:[ \t]+[A-Za-z0-9\-.!%*_+`'~]+)*")
 # gen-value = token / host / quoted-string; host here may be an IPv6 address with or
 # without brackets (RFC 5118 §4.5), so ":" "[" "]" are allowed.
-_GEN_VALUE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+")
+_GEN_VALUE_RE = r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+"
+_GEN_VALUE = re.compile(_GEN_VALUE_RE)
+# The usual header parameters, ";branch=z9hG4bK..;rport", for the fast paths'
+# regexes: no LWS and no quoted value, so that splitting them on ";" and "=" is
+# exact (_split_plain_params).
+_PLAIN_PARAMS_RE = rf"(?:;{_TOKEN_RE}(?:={_GEN_VALUE_RE})?)*"
 _WS = " \t"
 _NEEDS_ANGLE = re.compile(r"[;?,]").search
 
@@ -527,6 +533,17 @@ def parse_params(text: str, i: int = 0) -> tuple[tuple[str, str | None], ...]:
                 i = m.end()
             i = _skip_ws(text, i)
         params.append((name, value))
+    return tuple(params)
+
+
+def _split_plain_params(text: str) -> tuple[tuple[str, str | None], ...]:
+    """The parameters of ``text``, which _PLAIN_PARAMS_RE matches whole."""
+    if not text:
+        return ()
+    params: list[tuple[str, str | None]] = []
+    for part in text[1:].split(";"):
+        name, eq, value = part.partition("=")
+        params.append((name, value if eq else None))
     return tuple(params)
 
 
