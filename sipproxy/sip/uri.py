@@ -49,10 +49,13 @@ _PORT = re.compile(r"[0-9]{1,5}")
 # The usual SIP URI after "sip:": a user of unreserved characters (no escapes,
 # ";", "?", "/" or ":"), a host name or IPv4 address, a port, parameters of
 # paramchars without escapes. Groups: user, host, port, ";params".
-_PLAIN_URI = re.compile(
+_PLAIN_URI_BODY = (
     r"(?:([A-Za-z0-9\-_.!~*'()&=+$,]+)@)?([A-Za-z0-9\-._]+)(?::([0-9]{1,5}))?"
     r"((?:;[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+)?)*)"
 )
+_PLAIN_URI = re.compile(_PLAIN_URI_BODY)
+# "sip:" or "sips:" in any case, as a group, before _PLAIN_URI_BODY.
+_PLAIN_SIP_SCHEME = r"([Ss][Ii][Pp][Ss]?):"
 _PARAMCHARS = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()\[\]/:&+$]|%[0-9A-Fa-f]{2})+")
 # hname / hvalue: hnv-unreserved = "[" / "]" / "/" / "?" / ":" / "+" / "$"
 _HNAME = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()\[\]/?:+$]|%[0-9A-Fa-f]{2})+")
@@ -62,7 +65,8 @@ _OPAQUE = re.compile(r"[^\x00-\x20\x7f<>\"]+")
 # token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
 _TOKEN_RE = r"[A-Za-z0-9\-.!%*_+`'~]+"
 _TOKEN = re.compile(_TOKEN_RE)
-_TOKENS = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+(?:[ \t]+[A-Za-z0-9\-.!%*_+`'~]+)*")
+_TOKENS_RE = rf"{_TOKEN_RE}(?:[ \t]+{_TOKEN_RE})*"
+_TOKENS = re.compile(_TOKENS_RE)
 # gen-value = token / host / quoted-string; host here may be an IPv6 address with or
 # without brackets (RFC 5118 §4.5), so ":" "[" "]" are allowed.
 _GEN_VALUE_RE = r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+"
@@ -71,6 +75,14 @@ _GEN_VALUE = re.compile(_GEN_VALUE_RE)
 # regexes: no LWS and no quoted value, so that splitting them on ";" and "=" is
 # exact (_split_plain_params).
 _PLAIN_PARAMS_RE = rf"(?:;{_TOKEN_RE}(?:={_GEN_VALUE_RE})?)*"
+# The usual name-addr, '"Alice" <sip:alice@host>;tag=1' or '<sip:u@h:5060>',
+# whole: a quoted display name without quoted-pairs, or a token one; a plain
+# SIP URI; plain parameters. Groups: quoted display, token display, the scheme
+# and those of _PLAIN_URI_BODY, the header ";params".
+_PLAIN_NAME_ADDRESS = re.compile(
+    rf'(?:"([^"\\]*)"[ \t]*|({_TOKENS_RE})[ \t]*)?'
+    rf"<{_PLAIN_SIP_SCHEME}{_PLAIN_URI_BODY}>({_PLAIN_PARAMS_RE})"
+)
 _WS = " \t"
 _NEEDS_ANGLE = re.compile(r"[;?,]").search
 
@@ -213,17 +225,10 @@ class SipURI:
         # IPv6 or headers: one regex takes those apart into exactly what the full
         # walk below would give (tests/sip/test_uri.py compares the two).
         m = _PLAIN_URI.fullmatch(rest)
-        if m is not None and len(m[2]) <= MAX_HOST_LENGTH:
-            port_text = m[3]
-            port = None if port_text is None else int(port_text)
-            if port is None or port <= 65535:
-                params = tuple(
-                    (name, value if eq else None)
-                    for name, eq, value in (
-                        p.partition("=") for p in m[4].split(";")[1:]
-                    )
-                )
-                return SipURI(scheme, m[1], None, m[2], port, params, ())
+        if m is not None:
+            uri = _plain_sip_uri(scheme, m[1], m[2], m[3], m[4])
+            if uri is not None:
+                return uri
         return SipURI._parse_rest_walk(scheme, rest)
 
     @classmethod
@@ -368,6 +373,24 @@ class SipURI:
             elif name in _SIGNIFICANT_PARAMS:
                 return False
         return _header_set(self.headers) == _header_set(other.headers)
+
+
+def _plain_sip_uri(
+    scheme: str, user: str | None, host: str, port_text: str | None, params: str
+) -> SipURI | None:
+    """The SipURI of a plain URI's parts (_PLAIN_URI_BODY's groups), or None.
+
+    None when the host is too long or the port out of range: the walk then
+    gives the error.
+    """
+    if len(host) > MAX_HOST_LENGTH:
+        return None
+    port: int | None = None
+    if port_text is not None:
+        port = int(port_text)
+        if port > 65535:
+            return None
+    return SipURI(scheme, user, None, host, port, _split_plain_params(params), ())
 
 
 def _unescape_opt(text: str | None) -> str | None:
@@ -586,6 +609,20 @@ class NameAddress:
         :raises ParseError: on ``*``, an unterminated quote, a display name that is
             neither tokens nor a quoted-string, LWS inside ``<>``, or a bad URI.
         """
+        text = text.strip(_WS)
+        # One regex call for the usual value, where the walk makes four or more;
+        # the walk gives the same for it (tests/sip/test_uri.py compares the two).
+        m = _PLAIN_NAME_ADDRESS.fullmatch(text)
+        if m is not None:
+            uri = _plain_sip_uri(m[3], m[4], m[5], m[6], m[7])
+            if uri is not None:
+                quoted = m[1]
+                display = m[2] if quoted is None else quoted
+                return NameAddress(uri, display, _split_plain_params(m[8]), True)
+        return NameAddress._parse_walk(text)
+
+    @staticmethod
+    def _parse_walk(text: str) -> NameAddress:
         text = text.strip(_WS)
         display: str | None = None
         if text.startswith('"'):
