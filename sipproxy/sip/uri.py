@@ -49,10 +49,13 @@ _PORT = re.compile(r"[0-9]{1,5}")
 # The usual SIP URI after "sip:": a user of unreserved characters (no escapes,
 # ";", "?", "/" or ":"), a host name or IPv4 address, a port, parameters of
 # paramchars without escapes. Groups: user, host, port, ";params".
-_PLAIN_URI = re.compile(
+_PLAIN_URI_BODY = (
     r"(?:([A-Za-z0-9\-_.!~*'()&=+$,]+)@)?([A-Za-z0-9\-._]+)(?::([0-9]{1,5}))?"
     r"((?:;[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+)?)*)"
 )
+_PLAIN_URI = re.compile(_PLAIN_URI_BODY)
+# "sip:" or "sips:" in any case, as a group, before _PLAIN_URI_BODY.
+_PLAIN_SIP_SCHEME = r"([Ss][Ii][Pp][Ss]?):"
 _PARAMCHARS = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()\[\]/:&+$]|%[0-9A-Fa-f]{2})+")
 # hname / hvalue: hnv-unreserved = "[" / "]" / "/" / "?" / ":" / "+" / "$"
 _HNAME = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()\[\]/?:+$]|%[0-9A-Fa-f]{2})+")
@@ -60,11 +63,26 @@ _HVALUE = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()\[\]/?:+$]|%[0-9A-Fa-f]{2})*")
 # The opaque part of any other absolute URI: printable, no LWS, no <>" delimiters.
 _OPAQUE = re.compile(r"[^\x00-\x20\x7f<>\"]+")
 # token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
-_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
-_TOKENS = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+(?:[ \t]+[A-Za-z0-9\-.!%*_+`'~]+)*")
+_TOKEN_RE = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_TOKEN = re.compile(_TOKEN_RE)
+_TOKENS_RE = rf"{_TOKEN_RE}(?:[ \t]+{_TOKEN_RE})*"
+_TOKENS = re.compile(_TOKENS_RE)
 # gen-value = token / host / quoted-string; host here may be an IPv6 address with or
 # without brackets (RFC 5118 §4.5), so ":" "[" "]" are allowed.
-_GEN_VALUE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+")
+_GEN_VALUE_RE = r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+"
+_GEN_VALUE = re.compile(_GEN_VALUE_RE)
+# The usual header parameters, ";branch=z9hG4bK..;rport", for the fast paths'
+# regexes: no LWS and no quoted value, so that splitting them on ";" and "=" is
+# exact (_split_plain_params).
+_PLAIN_PARAMS_RE = rf"(?:;{_TOKEN_RE}(?:={_GEN_VALUE_RE})?)*"
+# The usual name-addr, '"Alice" <sip:alice@host>;tag=1' or '<sip:u@h:5060>',
+# whole: a quoted display name without quoted-pairs, or a token one; a plain
+# SIP URI; plain parameters. Groups: quoted display, token display, the scheme
+# and those of _PLAIN_URI_BODY, the header ";params".
+_PLAIN_NAME_ADDRESS = re.compile(
+    rf'(?:"([^"\\]*)"[ \t]*|({_TOKENS_RE})[ \t]*)?'
+    rf"<{_PLAIN_SIP_SCHEME}{_PLAIN_URI_BODY}>({_PLAIN_PARAMS_RE})"
+)
 _WS = " \t"
 _NEEDS_ANGLE = re.compile(r"[;?,]").search
 
@@ -149,7 +167,12 @@ def _format_params(params: tuple[tuple[str, str | None], ...]) -> str:
     return "".join(f";{n}" if v is None else f";{n}={v}" for n, v in params)
 
 
-@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
+# Immutable by convention (sip/headers.py). init=False and a hand-written
+# __init__: mypyc compiles that one, where the dataclass decorator's generated
+# __init__ runs interpreted, and every received message builds several of these
+# views (issue 18). The parsers build them by class name, not through cls, so
+# that the compiled __init__ is called directly rather than via type.__call__.
+@dataclass(slots=True, unsafe_hash=True, init=False)
 class SipURI:
     """A ``sip:`` or ``sips:`` URI (RFC 3261 §19.1.1), every part as written.
 
@@ -162,8 +185,26 @@ class SipURI:
     password: str | None
     host: str
     port: int | None
-    params: tuple[tuple[str, str | None], ...] = ()
-    headers: tuple[tuple[str, str], ...] = ()
+    params: tuple[tuple[str, str | None], ...]
+    headers: tuple[tuple[str, str], ...]
+
+    def __init__(
+        self,
+        scheme: str,
+        user: str | None,
+        password: str | None,
+        host: str,
+        port: int | None,
+        params: tuple[tuple[str, str | None], ...] = (),
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        self.scheme = scheme
+        self.user = user
+        self.password = password
+        self.host = host
+        self.port = port
+        self.params = params
+        self.headers = headers
 
     @classmethod
     def parse(cls, text: str) -> SipURI:
@@ -176,7 +217,7 @@ class SipURI:
         scheme = text[:colon]
         if colon < 0 or scheme.lower() not in ("sip", "sips"):
             raise ParseError(f"not a SIP URI: {text[:60]!r}")
-        return cls._parse_rest(scheme, text[colon + 1 :])
+        return SipURI._parse_rest(scheme, text[colon + 1 :])
 
     @classmethod
     def _parse_rest(cls, scheme: str, rest: str) -> SipURI:
@@ -184,18 +225,11 @@ class SipURI:
         # IPv6 or headers: one regex takes those apart into exactly what the full
         # walk below would give (tests/sip/test_uri.py compares the two).
         m = _PLAIN_URI.fullmatch(rest)
-        if m is not None and len(m[2]) <= MAX_HOST_LENGTH:
-            port_text = m[3]
-            port = None if port_text is None else int(port_text)
-            if port is None or port <= 65535:
-                params = tuple(
-                    (name, value if eq else None)
-                    for name, eq, value in (
-                        p.partition("=") for p in m[4].split(";")[1:]
-                    )
-                )
-                return cls(scheme, m[1], None, m[2], port, params, ())
-        return cls._parse_rest_walk(scheme, rest)
+        if m is not None:
+            uri = _plain_sip_uri(scheme, m[1], m[2], m[3], m[4])
+            if uri is not None:
+                return uri
+        return SipURI._parse_rest_walk(scheme, rest)
 
     @classmethod
     def _parse_rest_walk(cls, scheme: str, rest: str) -> SipURI:
@@ -253,7 +287,7 @@ class SipURI:
                 if not eq or not _HNAME.fullmatch(name) or not _HVALUE.fullmatch(value):
                     raise ParseError(f"bad URI header: {h[:40]!r}")
                 headers.append((name, value))
-        return cls(scheme, user, password, host, port, tuple(params), tuple(headers))
+        return SipURI(scheme, user, password, host, port, tuple(params), tuple(headers))
 
     def __str__(self) -> str:
         parts = [self.scheme, ":"]
@@ -341,6 +375,24 @@ class SipURI:
         return _header_set(self.headers) == _header_set(other.headers)
 
 
+def _plain_sip_uri(
+    scheme: str, user: str | None, host: str, port_text: str | None, params: str
+) -> SipURI | None:
+    """The SipURI of a plain URI's parts (_PLAIN_URI_BODY's groups), or None.
+
+    None when the host is too long or the port out of range: the walk then
+    gives the error.
+    """
+    if len(host) > MAX_HOST_LENGTH:
+        return None
+    port: int | None = None
+    if port_text is not None:
+        port = int(port_text)
+        if port > 65535:
+            return None
+    return SipURI(scheme, user, None, host, port, _split_plain_params(params), ())
+
+
 def _unescape_opt(text: str | None) -> str | None:
     return None if text is None else _unescape(text)
 
@@ -356,7 +408,8 @@ def _header_set(headers: tuple[tuple[str, str], ...]) -> frozenset[tuple[str, st
     return frozenset((_unescape(n).lower(), _unescape(v)) for n, v in headers)
 
 
-@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
+# Immutable by convention; a compiled __init__, called by name (see SipURI).
+@dataclass(slots=True, unsafe_hash=True, init=False)
 class AbsoluteURI:
     """A URI of any scheme other than sip and sips (``tel:``, ``http:``, ...).
 
@@ -365,6 +418,10 @@ class AbsoluteURI:
 
     scheme: str
     opaque: str
+
+    def __init__(self, scheme: str, opaque: str) -> None:
+        self.scheme = scheme
+        self.opaque = opaque
 
     def __str__(self) -> str:
         return f"{self.scheme}:{self.opaque}"
@@ -502,7 +559,19 @@ def parse_params(text: str, i: int = 0) -> tuple[tuple[str, str | None], ...]:
     return tuple(params)
 
 
-@dataclass(slots=True, unsafe_hash=True)  # immutable by convention (sip/headers.py)
+def _split_plain_params(text: str) -> tuple[tuple[str, str | None], ...]:
+    """The parameters of ``text``, which _PLAIN_PARAMS_RE matches whole."""
+    if not text:
+        return ()
+    params: list[tuple[str, str | None]] = []
+    for part in text[1:].split(";"):
+        name, eq, value = part.partition("=")
+        params.append((name, value if eq else None))
+    return tuple(params)
+
+
+# Immutable by convention; a compiled __init__, called by name (see SipURI).
+@dataclass(slots=True, unsafe_hash=True, init=False)
 class NameAddress:
     """A name-addr or addr-spec with its header parameters (RFC 3261 §20.10, §25).
 
@@ -513,9 +582,21 @@ class NameAddress:
     """
 
     uri: SipURI | AbsoluteURI
-    display_name: str | None = None
-    params: tuple[tuple[str, str | None], ...] = ()
-    angle: bool = True
+    display_name: str | None
+    params: tuple[tuple[str, str | None], ...]
+    angle: bool
+
+    def __init__(
+        self,
+        uri: SipURI | AbsoluteURI,
+        display_name: str | None = None,
+        params: tuple[tuple[str, str | None], ...] = (),
+        angle: bool = True,
+    ) -> None:
+        self.uri = uri
+        self.display_name = display_name
+        self.params = params
+        self.angle = angle
 
     @classmethod
     def parse(cls, text: str) -> NameAddress:
@@ -528,6 +609,20 @@ class NameAddress:
         :raises ParseError: on ``*``, an unterminated quote, a display name that is
             neither tokens nor a quoted-string, LWS inside ``<>``, or a bad URI.
         """
+        text = text.strip(_WS)
+        # One regex call for the usual value, where the walk makes four or more;
+        # the walk gives the same for it (tests/sip/test_uri.py compares the two).
+        m = _PLAIN_NAME_ADDRESS.fullmatch(text)
+        if m is not None:
+            uri = _plain_sip_uri(m[3], m[4], m[5], m[6], m[7])
+            if uri is not None:
+                quoted = m[1]
+                display = m[2] if quoted is None else quoted
+                return NameAddress(uri, display, _split_plain_params(m[8]), True)
+        return NameAddress._parse_walk(text)
+
+    @staticmethod
+    def _parse_walk(text: str) -> NameAddress:
         text = text.strip(_WS)
         display: str | None = None
         if text.startswith('"'):
@@ -551,7 +646,7 @@ class NameAddress:
                 raise ParseError(f"unterminated <URI>: {text[:60]!r}")
             uri_text = text[lt + 1 : gt]
             uri = parse_uri(uri_text)
-            return cls(uri, display, parse_params(text, gt + 1), True)
+            return NameAddress(uri, display, parse_params(text, gt + 1), True)
         if text == STAR:
             raise ParseError("'*' is not an address")
         semi = text.find(";")
@@ -559,7 +654,7 @@ class NameAddress:
         if "?" in uri_text or "," in uri_text:
             raise ParseError(f"URI with '?' or ',' must be in <>: {text[:60]!r}")
         params = () if semi < 0 else parse_params(text, semi)
-        return cls(parse_uri(uri_text), None, params, False)
+        return NameAddress(parse_uri(uri_text), None, params, False)
 
     def __str__(self) -> str:
         params = _format_params(self.params)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -247,6 +249,86 @@ def test_plain_uri_fast_path_gives_what_the_full_walk_gives(rest: str) -> None:
 )
 def test_plain_uri_fast_path_examples(rest: str) -> None:
     assert _either("sip", rest, walk=False) == _either("sip", rest, walk=True)
+
+
+def _outcome(parse: Callable[[str], object], text: str) -> object:
+    try:
+        return parse(text)
+    except ParseError as error:
+        return ("error", error.reason)
+
+
+def _pick(plain: list[str], odd: list[str]) -> st.SearchStrategy[str]:
+    """Mostly one of ``plain`` (what a fast path takes), else one of ``odd``."""
+    return st.sampled_from(plain * 8 + odd)
+
+
+# Name-addrs the fast path takes (bar long hosts and big ports, which it leaves
+# to the walk), near misses with one odd part or more, and random text.
+_SCHEMES = _pick(["sip:", "SIP:", "sips:", "sIpS:"], ["tel:", "sipx:", "si p:", ""])
+_URI_PARTS = st.builds(
+    "{}{}{}{}".format,
+    _pick(["", "u@", "a.b-c_~!*'()&=+$,@"], ["@", "u:pw@", "u%41@", "u;x@"]),
+    _pick(
+        ["h", "127.0.0.1", "a_b.c-d.", "h" * 255],
+        ["h" * 256, "[::1]", "[1:2]", "", "h h"],
+    ),
+    _pick(["", ":5060", ":0", ":65535"], [":65536", ":99999", ":", ":x", ":1 "]),
+    st.lists(
+        _pick(
+            [";lr", ";transport=udp", ";x=[::1]/:&+$"],
+            [";x=", ";", ";x=%41", "?h=v", ";x=a=b", "; x"],
+        ),
+        max_size=3,
+    ).map("".join),
+)
+_URI_BODIES = st.one_of(
+    _URI_PARTS, st.text(alphabet="ab1.-_~!*'()&=+$,;:?/@%[]<> \t9", max_size=40)
+)
+_DISPLAYS = _pick(
+    ["", '"Alice" ', '"Alice"', '""', '"a <b> ;,@\u00e9\r\n" ', "Alice ", "A  B\tC"],
+    ['"\\"" ', '"open ', "A,B ", "a@b ", " ", "\t", '"x" y '],
+)
+_HEADER_PARAMS = st.lists(
+    _pick(
+        [";tag=a1", ";expires=60", ";lr", ";q=0.5", ";received=[::1]"],
+        [";x=", ";", " ;x", ";x ", ';x="a b"', ",", ">"],
+    ),
+    max_size=3,
+).map("".join)
+_NAME_ADDRESSES = st.one_of(
+    st.builds("{}<{}{}>{}".format, _DISPLAYS, _SCHEMES, _URI_PARTS, _HEADER_PARAMS),
+    st.builds("{}<{}{}>{}".format, _DISPLAYS, _SCHEMES, _URI_BODIES, _HEADER_PARAMS),
+    st.builds("{}{}{}".format, _SCHEMES, _URI_BODIES, _HEADER_PARAMS),
+    st.text(alphabet='"<>sip:a@b;tag=1 \t\\,', max_size=40),
+)
+
+
+@given(_NAME_ADDRESSES)
+@settings(max_examples=3000, deadline=None)
+def test_plain_name_address_fast_path_gives_what_the_full_walk_gives(
+    text: str,
+) -> None:
+    """The one-regex path for '"Alice" <sip:a@h>;tag=1' and the like never differs."""
+    assert _outcome(NameAddress.parse, text) == _outcome(NameAddress._parse_walk, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<sip:alice@example.test>;tag=a1",
+        '"Alice" <sip:alice@example.test>;tag=a1',
+        "Alice Smith <SIPS:alice@127.0.0.1:5061;transport=tls>;expires=60;q=0.5",
+        '""<sip:a@b>',
+        "<sip:a@b:65536>",
+        "<sip:a@" + "h" * 256 + ">",
+        "<sip:a@b>;",
+        "<sip:a@b> ;tag=1",
+        "  <sip:a@b>;tag=1\t",
+    ],
+)
+def test_plain_name_address_fast_path_examples(text: str) -> None:
+    assert _outcome(NameAddress.parse, text) == _outcome(NameAddress._parse_walk, text)
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@ from __future__ import annotations
 import contextlib
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sipproxy.sip.errors import ParseError
@@ -175,3 +175,123 @@ def test_any_sent_by_parses_or_raises_parse_error(host: str) -> None:
     with contextlib.suppress(ParseError):
         via = Via.parse(f"SIP/2.0/UDP {host}")
         assert len(via.host) <= 255
+
+
+def _either(text: str, walk: bool) -> object:
+    parse = Via._parse_walk if walk else Via.parse
+    try:
+        return parse(text)
+    except ParseError as error:
+        return ("error", error.reason)
+
+
+# Pieces that make plain via-parms and near misses: LWS, IPv6, quotes, long
+# hosts, ports past 65535, empty parameters, commas, tabs.
+_VIA_PIECES = st.sampled_from(
+    [
+        "SIP/2.0/",
+        "SIP",
+        "/",
+        "2.0",
+        "UDP",
+        "tls",
+        " ",
+        "\t",
+        "  ",
+        "h",
+        "127.0.0.1",
+        "a.b-c_d",
+        "h" * 256,
+        ":",
+        "5060",
+        "0",
+        "65535",
+        "65536",
+        "99999",
+        "123456",
+        ";",
+        "=",
+        "branch",
+        "z9hG4bK-1-inv",
+        "rport",
+        "received",
+        "[::1]",
+        "[2001:db8::1]",
+        "2001:db8::1",
+        '"',
+        '"x y"',
+        ",",
+        "%",
+        "~",
+        "\r\n",
+    ]
+)
+
+
+def _vias(
+    protocols: list[str],
+    transports: list[str],
+    hosts: list[str],
+    ports: list[str],
+    params: list[str],
+) -> st.SearchStrategy[str]:
+    return st.builds(
+        "{}/{} {}{}{}".format,
+        st.sampled_from(protocols),
+        st.sampled_from(transports),
+        st.sampled_from(hosts),
+        st.sampled_from(ports),
+        st.lists(st.sampled_from(params), max_size=4).map("".join),
+    )
+
+
+_PLAIN_HOSTS = ["h", "127.0.0.1", "a.b-c_d.", "_x", "h" * 255, "h" * 256]
+_PLAIN_PORTS = ["", ":5060", ":0", ":65535", ":65536", ":99999"]
+_PLAIN_PARAMS = [";branch=z9hG4bK-1", ";rport", ";rport=5060", ";x=%41", ";r=[::1]"]
+# What the fast path takes (bar the host lengths and ports it leaves to the walk)...
+_PLAIN_VIAS = _vias(
+    ["SIP/2.0", "sip/2.0", "X/1"],
+    ["UDP", "tcp", "TLS", "x!%*_+`'~"],
+    _PLAIN_HOSTS,
+    _PLAIN_PORTS,
+    [*_PLAIN_PARAMS, ";received=2001:db8::1"],
+)
+# ...and near misses of it, one spoiler or more.
+_NEAR_VIAS = _vias(
+    ["SIP/2.0", "SIP /2.0", "SIP/ 2.0", "SIP/2.0 ", "\tSIP/2.0", "S,IP/2.0"],
+    ["UDP", "", "U DP", "UDP\t", "UDP ", "U\u00e9"],
+    [*_PLAIN_HOSTS, "[::1]", "[1:2]", "h h", "h,h", ""],
+    [*_PLAIN_PORTS, ":", " :1", ": 1", ":1 ", ":123456", ":x"],
+    [*_PLAIN_PARAMS, ";", "; x", ";x ", ';x="a b"', ";x=a=b", ";x=", ";x=\u00e9", ","],
+)
+
+
+@given(
+    st.one_of(
+        _PLAIN_VIAS,
+        _NEAR_VIAS,
+        st.lists(_VIA_PIECES, max_size=16).map("".join),
+        st.text(alphabet='SIP/2.0UDP h:1;=b[]" \t,%', max_size=40),
+    )
+)
+@settings(max_examples=3000, deadline=None)
+def test_plain_via_fast_path_gives_what_the_full_walk_gives(text: str) -> None:
+    """The one-regex path for plain via-parms (the hot path) never differs."""
+    assert _either(text, walk=False) == _either(text, walk=True)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1-inv;rport",
+        "SIP/2.0/TCP h;received=2001:db8::9:255;rport=5060",
+        "SIP/2.0/UDP h:65535",
+        "SIP/2.0/UDP h:65536",
+        "SIP/2.0/UDP " + "h" * 256,
+        "SIP/2.0/UDP " + "h" * 255 + ";lr",
+        "SIP/2.0/UDP h;;",
+        "SIP/2.0/UDP h;branch=",
+    ],
+)
+def test_plain_via_fast_path_examples(text: str) -> None:
+    assert _either(text, walk=False) == _either(text, walk=True)
