@@ -357,18 +357,19 @@ class CallTracker:
     ) -> None:
         self._set_up(call, at)
         call.heard = at
-        # One copy of the record, not two: each runs its checks again.
+        record = call.record
+        answered_by, forwarded = record.answered_by, record.forwarded
         if confirmed is not None:
             call.to_tag = confirmed.to_tag
-            call.record = dataclasses.replace(
-                call.record,
-                answer=at,
-                status=status,
-                answered_by=confirmed.answered_by,
-                forwarded=confirmed.forwarded,
-            )
-        else:
-            call.record = dataclasses.replace(call.record, answer=at, status=status)
+            answered_by, forwarded = confirmed.answered_by, confirmed.forwarded
+        # One copy of the record: each copy runs its checks again.
+        call.record = dataclasses.replace(
+            record,
+            answer=at,
+            status=status,
+            answered_by=answered_by,
+            forwarded=forwarded,
+        )
         self._write(self.store.keep_live(call.key, call.record))
 
     def _bye(self, event: DialogEvent) -> None:

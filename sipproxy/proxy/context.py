@@ -39,11 +39,11 @@ from sipproxy.proxy.forking import (
 )
 from sipproxy.proxy.identity import Identity, wants_privacy
 from sipproxy.proxy.owner import Owners
-from sipproxy.proxy.routing import prepare_forward, via_field
+from sipproxy.proxy.routing import prepare_forward
 from sipproxy.proxy.stamps import Stamps
 from sipproxy.proxy.targets import TargetLookup
 from sipproxy.sip.addressing import Channel, Peer
-from sipproxy.sip.message import Request, Response
+from sipproxy.sip.message import Request, Response, via_field
 from sipproxy.sip.via import Via
 from sipproxy.transaction.layer import (
     ClientTransaction,

@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 
-from sipproxy.sip.headers import Header, Headers
-from sipproxy.sip.message import Request, first_address, learn_view, parse_via
+from sipproxy.sip.headers import Headers
+from sipproxy.sip.message import Request, first_address, parse_via, via_field
 from sipproxy.sip.uri import AbsoluteURI, NameAddress, SipURI
 from sipproxy.sip.via import Via
 
@@ -162,23 +162,11 @@ def prepare_forward(
         headers = headers.prepend("Record-Route", value)
     for value in reversed(routes):
         headers = headers.prepend("Route", value)
+    # The client transaction reads the top Via of what it sends (its key) and of
+    # every response: written with its view, it is not parsed back.
     headers = headers.prepend_field(via_field(via))
     uri = request.uri if request_uri is None else request_uri
     return copy_with(request, uri, headers)
-
-
-def via_field(via: Via) -> Header:
-    """A Via field for ``via`` that keeps ``via`` as its parsed view.
-
-    The client transaction reads the top Via of what it sends (its key) and of
-    every response: without the view it would parse back the text just written.
-    """
-    text = str(via)
-    field = Header("Via", text)
-    field.remember(via)
-    # Every response to the request comes back with this text on top.
-    learn_view("via", text, via)
-    return field
 
 
 def next_hop(request: Request) -> tuple[Request, SipURI | AbsoluteURI]:

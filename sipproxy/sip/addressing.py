@@ -14,7 +14,7 @@ from typing import Protocol
 
 from sipproxy.sip.errors import ParseError
 from sipproxy.sip.headers import Headers
-from sipproxy.sip.message import kept_view, learn_view, parse_top_via
+from sipproxy.sip.message import kept_view, parse_top_via, via_field
 from sipproxy.sip.transports import DEFAULT_PORTS, RELIABLE
 from sipproxy.sip.via import Via
 
@@ -183,14 +183,9 @@ def stamp_received(headers: Headers, peer: Peer) -> Headers:
     if changed is via:
         return headers
     _, rest = headers.pop_first_value("via")
-    text = str(changed)
-    stamped = rest.prepend("Via", text)
-    # Responses carry this Via back below ours: they find it parsed.
-    learn_view("via", text, changed)
-    new_top = stamped.first_field("via")
-    assert new_top is not None  # just prepended
-    new_top.remember(changed)  # everyone downstream reads this Via: parse it once
-    return stamped
+    # Everyone downstream reads this Via, and responses bring it back below
+    # ours: written with its view, it is never parsed.
+    return rest.prepend_field(via_field(changed))
 
 
 def response_destination(via: Via, peer: Peer) -> Peer:

@@ -25,12 +25,12 @@ __all__ = [
     "Response",
     "first_address",
     "kept_view",
-    "learn_view",
     "parse_addresses",
     "parse_digits",
     "parse_top_via",
     "parse_via",
     "response_from_headers",
+    "via_field",
 ]
 
 #: CSeq numbers are 32-bit unsigned (RFC 3261 §8.1.1.5).
@@ -201,7 +201,7 @@ def _table(key: str) -> dict[str, object]:
     return seen
 
 
-def _keep(seen: dict[str, object], value: str, view: object) -> None:
+def _keep(seen: dict[str, _V], value: str, view: _V) -> None:
     if len(value) <= SEEN_VALUE_MAX:
         if len(seen) >= SEEN_MAX:
             # Emptied, not evicted one by one: refilling costs one parse per
@@ -210,15 +210,20 @@ def _keep(seen: dict[str, object], value: str, view: object) -> None:
         seen[value] = view
 
 
-def learn_view(key: str, value: str, view: object) -> None:
-    """Note that ``value`` of a field ``key`` parses to ``view``.
+def via_field(via: Via) -> Header:
+    """A Via field written from ``via``, known to parse to it.
 
-    For a value we wrote ourselves from a view we built (our Via, a Via we
-    stamped): whoever reads it back, in this message or in a response that
-    copies it, finds the view instead of parsing the text. ``view`` must be
-    exactly what the text parses to.
+    For a Via we build (ours, or one we stamp with received/rport): the field
+    keeps ``via`` as its view, and the text is noted with it among the values
+    seen, so neither this message nor a response that brings the Via back
+    parses what we wrote. ``Via.parse(str(via))`` must equal ``via``
+    (tests/sip/test_addressing.py, tests/proxy/test_context.py).
     """
-    _keep(_table(key), value, view)
+    text = str(via)
+    field = Header("Via", text)
+    field.remember(via)
+    _keep(_table("via"), text, via)
+    return field
 
 
 def parse_via(value: str) -> Via:
@@ -323,14 +328,10 @@ class Request(_Message):
             # As kept_view: a call's requests repeat their Request-URI, and
             # every REGISTER of a domain names the same one.
             text = self.uri
-            seen = _SEEN_URIS
-            view = seen.get(text)
+            view = _SEEN_URIS.get(text)
             if view is None:
                 view = parse_uri(text)
-                if len(text) <= SEEN_VALUE_MAX:
-                    if len(seen) >= SEEN_MAX:
-                        seen.clear()
-                    seen[text] = view
+                _keep(_SEEN_URIS, text, view)
             object.__setattr__(self, "_uri_view", view)
         return view
 

@@ -156,7 +156,7 @@ def test_ip_of_takes_one_pair_of_brackets() -> None:
 def test_the_stamped_via_is_known_as_what_its_text_parses_to(
     via: str, peer: Peer
 ) -> None:
-    """The stamped Via is noted for responses (message.learn_view).
+    """The stamped Via is noted for responses (message.via_field).
 
     It must be exactly what its text parses to; a response's lower Via then
     finds it.
